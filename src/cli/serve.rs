@@ -1,0 +1,63 @@
+//! `breakwater serve`: run until SIGTERM/SIGINT; SIGHUP reloads recipient
+//! lists and the certificate.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::Config;
+use crate::logging::{self, LogFormat};
+use crate::server::Server;
+
+pub fn run(config_path: &Path, log_format: LogFormat) -> ExitCode {
+    let config = match super::load_config(config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    logging::init(log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("breakwater: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config_path, config))
+}
+
+async fn serve(config_path: &Path, config: Config) -> ExitCode {
+    let server = match Server::start(config).await {
+        Ok(server) => server,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start");
+            eprintln!("breakwater: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        eprintln!("breakwater: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    tracing::info!(hostname = %server.config().hostname, "breakwater ready");
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match Config::load(config_path) {
+                Ok(new_config) => server.reload(&new_config),
+                Err(err) => tracing::error!(error = %err, "reload: configuration invalid; nothing changed"),
+            },
+        }
+    }
+    tracing::info!("shutting down: no new connections; waiting for sessions");
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}

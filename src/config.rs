@@ -1,0 +1,360 @@
+//! Operator configuration: TOML on disk, typed here, validated once at start-up.
+//!
+//! The keys are an operator-facing contract (docs and tools depend on them), so
+//! unknown keys are rejected instead of silently ignored, and every error names
+//! the file, the key path and the problem, the way `postfix check` would.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where `serve` and `check-config` look when no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/breakwater.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Banner and EHLO name, and the authserv-id in trace headers.
+    #[serde(default = "system_hostname")]
+    pub hostname: String,
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default, rename = "domain")]
+    pub domains: Vec<DomainConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Bytes; advertised in the SIZE extension and enforced while streaming.
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Generate a self-signed certificate when both files are missing, so a fresh
+    /// checkout offers STARTTLS out of the box. Turn off in production.
+    pub tls_generate_if_missing: bool,
+    /// RFC 5321 4.5.3.2.7: server timeout waiting for the next command.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// RFC 5321 4.5.3.2.5/6: timeout for each read while receiving message data.
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// Bad commands tolerated before the session is closed with 421.
+    pub max_errors: u32,
+    /// What to do with bare LF / bare CR line endings (SMTP smuggling defence).
+    pub bare_lf: BareLfPolicy,
+    /// Messages with more trace headers than this are rejected as looping.
+    pub max_received_headers: usize,
+    /// On SIGTERM, how long running sessions may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareLfPolicy {
+    /// Reject the message (550 5.5.2) and commands ending in a bare LF.
+    Reject,
+    /// Treat bare LF/CR as a line end, stored as CRLF; only CRLF.CRLF ends DATA.
+    Normalize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// A segment is sealed and a new one started past this many bytes.
+    pub segment_size: u64,
+    /// Message bodies larger than this go to their own file instead of a segment,
+    /// so a huge message never sits whole in memory or blocks the group commit.
+    pub large_message_threshold: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainConfig {
+    pub name: String,
+    /// One address per line; absent = any local part is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<PathBuf>,
+    /// "mx" (DNS MX lookup) or "host:port".
+    #[serde(default = "default_upstream")]
+    pub upstream: String,
+    #[serde(default)]
+    pub tls: UpstreamTls,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    Required,
+    #[default]
+    Opportunistic,
+    None,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            listen: vec!["127.0.0.1:2525".parse().expect("literal address")],
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 100,
+            max_connections: 1000,
+            max_connections_per_ip: 50,
+            tls_cert: PathBuf::from("certs/cert.pem"),
+            tls_key: PathBuf::from("certs/key.pem"),
+            tls_generate_if_missing: true,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            max_errors: 20,
+            bare_lf: BareLfPolicy::Reject,
+            max_received_headers: 50,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: PathBuf::from("data/spool"),
+            segment_size: 64 * 1024 * 1024,
+            large_message_threshold: 1024 * 1024,
+        }
+    }
+}
+
+fn default_upstream() -> String {
+    "mx".to_string()
+}
+
+fn system_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length and gethostname NUL-terminates
+    // within it (or truncates), which we handle by searching for the NUL.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        if let Ok(name) = std::str::from_utf8(&buf[..end]) {
+            if !name.is_empty() {
+                return name.to_string();
+            }
+        }
+    }
+    "localhost".to_string()
+}
+
+/// A configuration problem, always naming the file and (when there is one) the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: key `{key}`: {problem}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse and validate TOML text; `path` is only used to name the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let deserializer = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let key = err.path().to_string();
+            let key = if key == "." { "(document)".into() } else { key };
+            ConfigError::Invalid {
+                file: path.to_path_buf(),
+                key,
+                problem: err.into_inner().message().trim().to_string(),
+            }
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key: key.to_string(),
+            problem,
+        };
+        if !is_valid_hostname(&self.hostname) {
+            return Err(invalid(
+                "hostname",
+                format!("{:?} is not a valid host name", self.hostname),
+            ));
+        }
+        let smtp = &self.smtp;
+        if smtp.listen.is_empty() {
+            return Err(invalid("smtp.listen", "needs at least one address".into()));
+        }
+        for (key, value) in [
+            ("smtp.max_message_size", smtp.max_message_size),
+            ("smtp.max_recipients", smtp.max_recipients as u64),
+            ("smtp.max_connections", smtp.max_connections as u64),
+            (
+                "smtp.max_connections_per_ip",
+                smtp.max_connections_per_ip as u64,
+            ),
+            (
+                "smtp.max_received_headers",
+                smtp.max_received_headers as u64,
+            ),
+            ("spool.segment_size", self.spool.segment_size),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0".into()));
+            }
+        }
+        for (key, value) in [
+            ("smtp.command_timeout", smtp.command_timeout),
+            ("smtp.data_timeout", smtp.data_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be longer than 0s".into()));
+            }
+        }
+        if self.domains.is_empty() {
+            return Err(invalid(
+                "domain",
+                "no [[domain]] configured: Breakwater would accept no mail".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, domain) in self.domains.iter().enumerate() {
+            let key = |field: &str| format!("domain[{i}].{field}");
+            let name = domain.name.trim_end_matches('.').to_ascii_lowercase();
+            if !is_valid_hostname(&name) || !name.contains('.') {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?} is not a valid domain name", domain.name),
+                ));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(invalid(
+                    &key("name"),
+                    format!("domain {name} is configured twice"),
+                ));
+            }
+            if domain.upstream != "mx" && parse_host_port(&domain.upstream).is_none() {
+                return Err(invalid(
+                    &key("upstream"),
+                    format!(
+                        "{:?} is neither \"mx\" nor host:port (e.g. \"tenant.mail.protection.outlook.com:25\")",
+                        domain.upstream
+                    ),
+                ));
+            }
+            if let Some(list) = &domain.recipients {
+                if let Err(err) = std::fs::metadata(list) {
+                    return Err(invalid(
+                        &key("recipients"),
+                        format!("cannot read {}: {err}", list.display()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (what `check-config` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+    }
+}
+
+/// `host:port` with a non-empty host and a numeric port.
+pub fn parse_host_port(value: &str) -> Option<(&str, u16)> {
+    let (host, port) = value.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = port.parse::<u16>().ok()?;
+    (!host.is_empty() && port != 0).then_some((host, port))
+}
+
+fn is_valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = parse("hostname = \"mx2.example.com\"\n[[domain]]\nname = \"example.com\"\n")
+            .expect("valid");
+        assert_eq!(config.smtp.max_recipients, 100);
+        assert_eq!(config.smtp.command_timeout, Duration::from_secs(300));
+        assert_eq!(config.domains[0].upstream, "mx");
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        let err = parse("[smtp]\nmax_recipients = \"many\"\n[[domain]]\nname=\"example.com\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("test.toml: key `smtp.max_recipients`"),
+            "{err}"
+        );
+        assert!(err.contains("invalid type"), "{err}");
+
+        let err = parse("[smtp]\nlisten_on = []\n").unwrap_err().to_string();
+        assert!(
+            err.contains("smtp.listen_on") || err.contains("unknown field"),
+            "{err}"
+        );
+
+        let err = parse("[[domain]]\nname=\"example.com\"\nupstream=\"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("domain[0].upstream"), "{err}");
+
+        let err = parse("hostname = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("key `domain`"), "{err}");
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(parse_host_port("a.b:25"), Some(("a.b", 25)));
+        assert_eq!(parse_host_port("[::1]:2526"), Some(("::1", 2526)));
+        assert_eq!(parse_host_port("a.b"), None);
+        assert_eq!(parse_host_port(":25"), None);
+    }
+}

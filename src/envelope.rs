@@ -1,0 +1,193 @@
+//! The small shared vocabulary the stages meet in: a queue ID, the SMTP envelope
+//! as it was received, and the per-recipient delivery state the spool keeps.
+//!
+//! These types are serialised into the spool files, so changing a field is an
+//! on-disk format change (see docs/ARCHITECTURE.md).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Time-sortable queue ID (a ULID), logged in every line about a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueueId(pub ulid::Ulid);
+
+impl QueueId {
+    pub fn generate() -> QueueId {
+        QueueId(ulid::Ulid::new())
+    }
+
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_bytes()
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> QueueId {
+        QueueId(ulid::Ulid::from_bytes(bytes))
+    }
+
+    /// Milliseconds since the epoch when the ID was made (≈ arrival time).
+    pub fn timestamp_ms(self) -> u64 {
+        self.0.timestamp_ms()
+    }
+}
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for QueueId {
+    type Err = ulid::DecodeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ulid::Ulid::from_string(s).map(QueueId)
+    }
+}
+
+impl Serialize for QueueId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for QueueId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Everything known about a message at the moment it was accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Reverse-path; empty for the null sender `<>` (bounces).
+    pub sender: String,
+    pub recipients: Vec<Recipient>,
+    /// DSN (RFC 3461) RET parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn_ret: Option<DsnRet>,
+    /// DSN ENVID parameter (xtext-decoded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn_envid: Option<String>,
+    #[serde(default)]
+    pub smtputf8: bool,
+    #[serde(default)]
+    pub body_8bitmime: bool,
+    /// RFC 8689: the sender asked that every hop use TLS.
+    #[serde(default)]
+    pub requiretls: bool,
+    pub client: ClientInfo,
+    /// Milliseconds since the epoch.
+    pub received_at_ms: u64,
+    /// Bytes of the spooled message, including our Received header.
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DsnRet {
+    Full,
+    Hdrs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// Forward-path, domain lower-cased.
+    pub address: String,
+    /// DSN ORCPT parameter, as given (`rfc822;user@example.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<String>,
+    /// DSN NOTIFY flags: bit set of `NOTIFY_*`; 0 = not given (default: failure).
+    #[serde(default)]
+    pub notify: u8,
+}
+
+pub const NOTIFY_SUCCESS: u8 = 1;
+pub const NOTIFY_FAILURE: u8 = 2;
+pub const NOTIFY_DELAY: u8 = 4;
+pub const NOTIFY_NEVER: u8 = 8;
+
+impl Recipient {
+    pub fn domain(&self) -> &str {
+        self.address.rsplit_once('@').map_or("", |(_, d)| d)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub ip: IpAddr,
+    pub helo: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher: String,
+}
+
+/// Delivery state of one message; replaced as a whole on every update so that
+/// replaying the spool log is idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageState {
+    #[serde(default)]
+    pub held: bool,
+    /// When the delivery engine should next look at this message (ms since epoch).
+    pub next_attempt_ms: u64,
+    /// One entry per envelope recipient, same order.
+    pub recipients: Vec<RecipientState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RecipientState {
+    pub status: RecipientStatus,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reply: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipientStatus {
+    /// Never attempted yet.
+    #[default]
+    Queued,
+    /// Attempted; temporary failure; will be retried.
+    Deferred,
+    Delivered,
+    /// Permanent failure; a DSN is owed to the sender.
+    Failed,
+}
+
+impl RecipientStatus {
+    pub fn is_final(self) -> bool {
+        matches!(self, RecipientStatus::Delivered | RecipientStatus::Failed)
+    }
+}
+
+impl MessageState {
+    /// A freshly accepted message: every recipient queued, due now.
+    pub fn new_for(envelope: &Envelope) -> MessageState {
+        MessageState {
+            held: false,
+            next_attempt_ms: envelope.received_at_ms,
+            recipients: vec![RecipientState::default(); envelope.recipients.len()],
+        }
+    }
+
+    /// Nothing left to do for any recipient.
+    pub fn is_finished(&self) -> bool {
+        self.recipients.iter().all(|r| r.status.is_final())
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

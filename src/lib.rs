@@ -1,0 +1,26 @@
+//! Breakwater: a mail-continuity relay. It stands as a secondary (or gateway)
+//! MX in front of the real mail host and makes sure inbound mail is never
+//! bounced, lost or stalled unseen while that host is down.
+//!
+//! The modules follow the data: **SMTP intake → policy → spool → delivery →
+//! upstream**, with the spool as the hub every other part talks to.
+//!
+//! - [`config`]: the operator's TOML, validated with errors that name file and key.
+//! - [`envelope`]: the small shared types (queue ID, envelope, delivery state).
+//! - [`smtp`]: INTAKE — the inbound SMTP server; answers 250 only after the
+//!   spool has the message on disk.
+//! - [`policy`]: who may send to whom: configured domains and recipient lists;
+//!   never an open relay.
+//! - [`spool`]: THE HUB — fsync'd segment files (truth) + sled index (derived).
+//! - [`server`]: wires the stages together for `serve` and for tests.
+//! - [`cli`]: the `breakwater` command line; `main.rs` only calls into it.
+//! - [`logging`]: tracing setup, text or JSON, one line per message event.
+
+pub mod cli;
+pub mod config;
+pub mod envelope;
+pub mod logging;
+pub mod policy;
+pub mod server;
+pub mod smtp;
+pub mod spool;

@@ -1,0 +1,228 @@
+//! Who may send mail to whom through us: never an open relay.
+//!
+//! A recipient is accepted only when its domain is one of the configured
+//! `[[domain]]`s and, where the domain has a recipient list, its address is on
+//! it. Everything is decided at RCPT time, so unknown users are rejected in the
+//! SMTP dialogue and never turn into backscatter bounces.
+//!
+//! Relay tricks are refused the way Postfix does with
+//! `allow_untrusted_routing = no`: a local part carrying its own routing
+//! (`%`, `!`, or an `@` inside quotes) could make a downstream host forward the
+//! mail elsewhere, so it is rejected even for a configured domain.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptVerdict {
+    /// Accept; the address in canonical form (domain lower-cased, local part
+    /// quoted if it needs to be).
+    Accept(String),
+    /// 550 5.7.1: not a domain we relay for, or a routing trick.
+    RelayDenied(&'static str),
+    /// 550 5.1.1: our domain, but no such user on its list.
+    UnknownUser,
+    /// 553 5.1.3: not a usable address at all.
+    BadSyntax(&'static str),
+}
+
+#[derive(Debug, Default)]
+pub struct RecipientPolicy {
+    domains: HashMap<String, DomainRule>,
+}
+
+#[derive(Debug)]
+struct DomainRule {
+    /// Lower-cased full addresses; `None` = any local part.
+    recipients: Option<HashSet<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {problem}")]
+pub struct PolicyError {
+    pub file: PathBuf,
+    pub problem: String,
+}
+
+impl RecipientPolicy {
+    /// Build from the configuration, reading every recipient list.
+    pub fn load(config: &Config) -> Result<RecipientPolicy, PolicyError> {
+        let mut domains = HashMap::new();
+        for domain in &config.domains {
+            let name = domain.name.trim_end_matches('.').to_ascii_lowercase();
+            let recipients = match &domain.recipients {
+                Some(path) => Some(read_recipient_list(path, &name)?),
+                None => None,
+            };
+            domains.insert(name, DomainRule { recipients });
+        }
+        Ok(RecipientPolicy { domains })
+    }
+
+    /// Decide on one RCPT address as parsed by the command parser (quotes
+    /// removed, source route already dropped).
+    pub fn check(&self, address: &str) -> RcptVerdict {
+        let Some((local, domain)) = address.rsplit_once('@') else {
+            return RcptVerdict::BadSyntax("address needs a domain");
+        };
+        if local.is_empty() {
+            return RcptVerdict::BadSyntax("empty local part");
+        }
+        let domain = domain.strip_suffix('.').unwrap_or(domain).to_lowercase();
+        if domain.is_empty() || domain.starts_with('[') || domain.ends_with('.') {
+            return RcptVerdict::RelayDenied("relay access denied");
+        }
+        let Some(rule) = self.domains.get(&domain) else {
+            return RcptVerdict::RelayDenied("relay access denied");
+        };
+        if local.contains(['@', '%', '!']) {
+            return RcptVerdict::RelayDenied("routing in the local part is not permitted");
+        }
+        if local.chars().any(|c| c.is_control()) {
+            return RcptVerdict::BadSyntax("control characters in address");
+        }
+        let canonical = format!("{}@{domain}", quote_local_part(local));
+        if let Some(list) = &rule.recipients {
+            if !list.contains(&canonical.to_lowercase()) {
+                return RcptVerdict::UnknownUser;
+            }
+        }
+        RcptVerdict::Accept(canonical)
+    }
+
+    pub fn domain_count(&self) -> usize {
+        self.domains.len()
+    }
+}
+
+fn read_recipient_list(path: &Path, domain: &str) -> Result<HashSet<String>, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|err| PolicyError {
+        file: path.to_path_buf(),
+        problem: format!("cannot read recipient list: {err}"),
+    })?;
+    let mut out = HashSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        // A bare local part means "at this domain".
+        let address = match line.rsplit_once('@') {
+            Some((_, d)) if !d.eq_ignore_ascii_case(domain) => {
+                return Err(PolicyError {
+                    file: path.to_path_buf(),
+                    problem: format!("line {}: {line:?} is not an address at {domain}", n + 1),
+                })
+            }
+            Some(_) => line.to_lowercase(),
+            None => format!("{line}@{domain}").to_lowercase(),
+        };
+        out.insert(address);
+    }
+    Ok(out)
+}
+
+/// RFC 5321 4.1.2: a local part that is not a dot-atom must be sent quoted.
+fn quote_local_part(local: &str) -> String {
+    let is_atext =
+        |c: char| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
+    let dot_atom = !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local.split('.').all(|atom| atom.chars().all(is_atext));
+    if dot_atom {
+        return local.to_string();
+    }
+    let mut quoted = String::with_capacity(local.len() + 2);
+    quoted.push('"');
+    for c in local.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RecipientPolicy {
+        let mut domains = HashMap::new();
+        domains.insert("example.com".to_string(), DomainRule { recipients: None });
+        let mut list = HashSet::new();
+        list.insert("alice@listed.example".to_string());
+        domains.insert(
+            "listed.example".to_string(),
+            DomainRule {
+                recipients: Some(list),
+            },
+        );
+        RecipientPolicy { domains }
+    }
+
+    #[test]
+    fn accepts_configured_domains_case_insensitively() {
+        let p = policy();
+        assert_eq!(
+            p.check("Bob@EXAMPLE.com"),
+            RcptVerdict::Accept("Bob@example.com".into())
+        );
+        assert_eq!(
+            p.check("bob@example.com."),
+            RcptVerdict::Accept("bob@example.com".into())
+        );
+        assert_eq!(
+            p.check("ALICE@Listed.Example"),
+            RcptVerdict::Accept("ALICE@listed.example".into())
+        );
+        assert_eq!(
+            p.check("john doe@example.com"),
+            RcptVerdict::Accept("\"john doe\"@example.com".into())
+        );
+    }
+
+    #[test]
+    fn rejects_relay_and_unknown() {
+        let p = policy();
+        assert!(matches!(
+            p.check("bob@other.example"),
+            RcptVerdict::RelayDenied(_)
+        ));
+        assert!(matches!(
+            p.check("bob@example.com.evil.example"),
+            RcptVerdict::RelayDenied(_)
+        ));
+        assert!(matches!(
+            p.check("bob@sub.example.com"),
+            RcptVerdict::RelayDenied(_)
+        ));
+        assert!(matches!(
+            p.check("bob@example.com.."),
+            RcptVerdict::RelayDenied(_)
+        ));
+        assert!(matches!(
+            p.check("bob@[127.0.0.1]"),
+            RcptVerdict::RelayDenied(_)
+        ));
+        assert!(matches!(
+            p.check("bob%evil.example@example.com"),
+            RcptVerdict::RelayDenied(_)
+        ));
+        assert!(matches!(
+            p.check("evil.example!bob@example.com"),
+            RcptVerdict::RelayDenied(_)
+        ));
+        assert!(matches!(
+            p.check("bob@evil.example@example.com"),
+            RcptVerdict::RelayDenied(_)
+        ));
+        assert_eq!(p.check("mallory@listed.example"), RcptVerdict::UnknownUser);
+        assert!(matches!(p.check("nodomain"), RcptVerdict::BadSyntax(_)));
+        assert!(matches!(p.check("@example.com"), RcptVerdict::BadSyntax(_)));
+    }
+}

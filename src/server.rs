@@ -1,0 +1,137 @@
+//! The composition root: opens the spool, builds the policy and TLS, binds the
+//! listeners, and runs them until told to stop. `breakwater serve` and the
+//! integration tests both start Breakwater through [`Server::start`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::policy::RecipientPolicy;
+use crate::smtp::tls::{self, TlsHandle};
+use crate::smtp::{SmtpContext, SmtpServer};
+use crate::spool::Spool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot open spool {dir}: {source}")]
+    Spool {
+        dir: PathBuf,
+        source: crate::spool::SpoolError,
+    },
+    #[error("{0}")]
+    Listen(#[from] std::io::Error),
+}
+
+/// A running Breakwater.
+pub struct Server {
+    pub smtp_addrs: Vec<SocketAddr>,
+    pub spool: Spool,
+    policy: Arc<RwLock<Arc<RecipientPolicy>>>,
+    tls: TlsHandle,
+    config: Config,
+    shutdown: watch::Sender<bool>,
+    smtp_task: JoinHandle<()>,
+}
+
+impl Server {
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        let tls = TlsHandle::new(load_tls(&config)?);
+        let policy = Arc::new(RwLock::new(Arc::new(RecipientPolicy::load(&config)?)));
+        let (spool, report) = Spool::open(&config.spool).map_err(|source| StartError::Spool {
+            dir: config.spool.dir.clone(),
+            source,
+        })?;
+        tracing::info!(
+            messages = report.messages,
+            segments = report.segments,
+            records = report.records,
+            dir = %config.spool.dir.display(),
+            "spool open"
+        );
+        let ctx = SmtpContext {
+            hostname: config.hostname.clone(),
+            config: Arc::new(config.smtp.clone()),
+            spool: spool.clone(),
+            policy: policy.clone(),
+            tls: tls.clone(),
+        };
+        let smtp = SmtpServer::bind(ctx).await?;
+        let smtp_addrs = smtp.local_addrs();
+        for addr in &smtp_addrs {
+            tracing::info!(%addr, "smtp listening");
+        }
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let smtp_task = tokio::spawn(smtp.run(shutdown_rx));
+        Ok(Server {
+            smtp_addrs,
+            spool,
+            policy,
+            tls,
+            config,
+            shutdown,
+            smtp_task,
+        })
+    }
+
+    /// SIGHUP: re-read recipient lists and the certificate without dropping
+    /// connections. On any error the old state stays in force.
+    pub fn reload(&self, config: &Config) {
+        match RecipientPolicy::load(config) {
+            Ok(policy) => {
+                *self.policy.write().expect("policy lock") = Arc::new(policy);
+                tracing::info!(
+                    domains = config.domains.len(),
+                    "reload: recipient policy reloaded"
+                );
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "reload: keeping the previous recipient policy")
+            }
+        }
+        match load_tls(config) {
+            Ok(Some(acceptor)) => {
+                self.tls.replace(acceptor);
+                tracing::info!("reload: TLS certificate reloaded");
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::error!(error = %err, "reload: keeping the previous TLS certificate")
+            }
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Stop accepting, let sessions finish (bounded by `shutdown_grace`),
+    /// then flush and close the spool.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.smtp_task.await;
+        self.spool.close().await;
+        tracing::info!("shutdown complete");
+    }
+}
+
+fn load_tls(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, tls::TlsError> {
+    let smtp = &config.smtp;
+    if smtp.tls_generate_if_missing
+        && tls::ensure_dev_certificate(&smtp.tls_cert, &smtp.tls_key, &config.hostname)?
+    {
+        tracing::warn!(cert = %smtp.tls_cert.display(), "generated a self-signed development certificate; install a real one for production");
+    }
+    if !smtp.tls_cert.exists() && !smtp.tls_key.exists() {
+        tracing::warn!("no TLS certificate configured: STARTTLS will not be offered");
+        return Ok(None);
+    }
+    tls::load_acceptor(&smtp.tls_cert, &smtp.tls_key).map(Some)
+}

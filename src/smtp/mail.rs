@@ -1,0 +1,61 @@
+//! MAIL FROM: start a transaction. The reverse-path is not policed here
+//! (bounces from `<>` must get through); size and TLS requirements are.
+
+use smtp_proto::{
+    MailFrom, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS, MAIL_RET_FULL,
+    MAIL_RET_HDRS, MAIL_SMTPUTF8,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::session::{Session, Transaction};
+use crate::envelope::DsnRet;
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(crate) fn cmd_mail(&mut self, from: MailFrom<String>) {
+        if self.helo.is_none() {
+            return self.error_reply(503, "5.5.1", "Send EHLO or HELO first");
+        }
+        if self.tx.is_some() {
+            return self.error_reply(503, "5.5.1", "Nested MAIL command");
+        }
+        let has_params = from.flags != 0 || from.size != 0 || from.env_id.is_some();
+        if has_params && !self.esmtp {
+            return self.error_reply(555, "5.5.4", "MAIL parameters need EHLO");
+        }
+        if from.size as u64 > self.ctx.config.max_message_size {
+            return self.error_reply(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            );
+        }
+        if from.flags & MAIL_BODY_BINARYMIME != 0 {
+            return self.error_reply(555, "5.5.4", "BODY=BINARYMIME is not supported");
+        }
+        if from.flags & MAIL_REQUIRETLS != 0 && self.tls.is_none() {
+            return self.error_reply(530, "5.7.10", "REQUIRETLS needs a TLS session");
+        }
+        let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
+        if !smtputf8 && !from.address.is_ascii() {
+            return self.error_reply(553, "5.6.7", "Non-ASCII sender address needs SMTPUTF8");
+        }
+        let dsn_ret = if from.flags & MAIL_RET_FULL != 0 {
+            Some(DsnRet::Full)
+        } else if from.flags & MAIL_RET_HDRS != 0 {
+            Some(DsnRet::Hdrs)
+        } else {
+            None
+        };
+        self.tx = Some(Transaction {
+            sender: from.address,
+            dsn_ret,
+            dsn_envid: from.env_id,
+            smtputf8,
+            body_8bitmime: from.flags & MAIL_BODY_8BITMIME != 0,
+            requiretls: from.flags & MAIL_REQUIRETLS != 0,
+            recipients: Vec::new(),
+            bdat: None,
+        });
+        self.reply(250, "2.1.0", "Sender OK");
+    }
+}

@@ -1,0 +1,48 @@
+//! INTAKE: the inbound SMTP server (RFC 5321 + ESMTP extensions).
+//!
+//! - `listener`: accepts connections under a global semaphore and a per-IP
+//!   cap, and drains sessions on shutdown (the mini-redis shape);
+//! - `session`: one task per connection — line reading, pipelined replies,
+//!   timeouts, the error budget, and dispatch to one file per verb
+//!   (`ehlo`, `mail`, `rcpt`, `data`, `starttls`);
+//! - `body`: DATA/BDAT framing and the smuggling/line/loop checks;
+//! - `tls`: the STARTTLS certificate.
+//!
+//! The session talks to the rest of the program through exactly two things:
+//! the [`RecipientPolicy`](crate::policy::RecipientPolicy) at RCPT time and
+//! the [`Spool`](crate::spool::Spool) at end of data. A 250 after data is sent
+//! only once the spool says the message is on disk.
+
+pub mod body;
+mod data;
+mod ehlo;
+pub mod listener;
+mod mail;
+mod rcpt;
+mod session;
+mod starttls;
+pub mod tls;
+
+use std::sync::{Arc, RwLock};
+
+use crate::config::SmtpConfig;
+use crate::policy::RecipientPolicy;
+use crate::spool::Spool;
+
+pub use listener::SmtpServer;
+
+/// What every session shares. Cheap to clone (all handles).
+#[derive(Clone)]
+pub struct SmtpContext {
+    pub hostname: String,
+    pub config: Arc<SmtpConfig>,
+    pub spool: Spool,
+    pub policy: Arc<RwLock<Arc<RecipientPolicy>>>,
+    pub tls: tls::TlsHandle,
+}
+
+impl SmtpContext {
+    fn policy(&self) -> Arc<RecipientPolicy> {
+        self.policy.read().expect("policy lock").clone()
+    }
+}

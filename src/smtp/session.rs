@@ -1,0 +1,391 @@
+//! One SMTP session: reads command lines, answers them, and hands verbs to
+//! their own files. Generic over the stream so the same code serves the
+//! plain connection and, after STARTTLS, the TLS one.
+//!
+//! Pipelining (RFC 2920) falls out of one rule: replies are buffered and
+//! flushed only when no complete command is waiting in the input buffer, i.e.
+//! just before the session would block on a read.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smtp_proto::Request;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::body::BodyDecoder;
+use super::SmtpContext;
+use crate::config::BareLfPolicy;
+use crate::envelope::{DsnRet, Recipient, TlsInfo};
+use crate::spool::MessageBody;
+
+/// RFC 5321 4.5.3.1.4.
+pub(crate) const MAX_COMMAND_LINE: usize = 512;
+/// MAIL/RCPT may be longer: RFC 3461 allows +500 octets for ORCPT/NOTIFY,
+/// RFC 1870 and 6531 add a few more.
+pub(crate) const MAX_PARAM_COMMAND_LINE: usize = 1024;
+
+pub(crate) struct Session<S> {
+    pub(crate) ctx: Arc<SmtpContext>,
+    pub(crate) stream: S,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    wbuf: Vec<u8>,
+    pub(crate) peer: SocketAddr,
+    pub(crate) helo: Option<String>,
+    pub(crate) esmtp: bool,
+    pub(crate) tls: Option<TlsInfo>,
+    pub(crate) tx: Option<Transaction>,
+    errors: u32,
+    shutdown: watch::Receiver<bool>,
+    /// A line longer than allowed is being skipped up to its LF.
+    skipping_long_line: bool,
+}
+
+/// The mail transaction between MAIL and end of data.
+pub(crate) struct Transaction {
+    pub sender: String,
+    pub dsn_ret: Option<DsnRet>,
+    pub dsn_envid: Option<String>,
+    pub smtputf8: bool,
+    pub body_8bitmime: bool,
+    pub requiretls: bool,
+    pub recipients: Vec<Recipient>,
+    /// Set once BDAT has started; DATA is then refused.
+    pub bdat: Option<BdatState>,
+}
+
+pub(crate) struct BdatState {
+    pub body: MessageBody,
+    pub decoder: BodyDecoder,
+}
+
+/// What the session loop should do after a command.
+pub(crate) enum Flow {
+    Continue,
+    Quit,
+    StartTls,
+}
+
+pub(crate) enum SessionEnd<S> {
+    Closed,
+    /// 220 was sent for STARTTLS; the caller performs the handshake.
+    StartTls(S),
+}
+
+enum Input {
+    Line(Vec<u8>),
+    TooLong,
+    Eof,
+    Timeout,
+    Shutdown,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(crate) fn new(
+        ctx: Arc<SmtpContext>,
+        stream: S,
+        peer: SocketAddr,
+        tls: Option<TlsInfo>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Session {
+            ctx,
+            stream,
+            rbuf: Vec::with_capacity(16 * 1024),
+            rpos: 0,
+            wbuf: Vec::with_capacity(1024),
+            peer,
+            helo: None,
+            esmtp: false,
+            tls,
+            tx: None,
+            errors: 0,
+            shutdown,
+            skipping_long_line: false,
+        }
+    }
+
+    pub(crate) async fn greet(&mut self) -> std::io::Result<()> {
+        let banner = format!("{} ESMTP Breakwater", self.ctx.hostname);
+        self.reply(220, "", &banner);
+        self.flush().await
+    }
+
+    pub(crate) async fn run(mut self) -> std::io::Result<SessionEnd<S>> {
+        loop {
+            let line = match self.next_input().await? {
+                Input::Line(line) => line,
+                Input::TooLong => {
+                    self.error_reply(500, "5.5.2", "Line too long");
+                    if self.too_many_errors() {
+                        return self.close_with(421, "4.7.0", "Too many errors").await;
+                    }
+                    continue;
+                }
+                Input::Eof => {
+                    tracing::debug!(client = %self.peer, "disconnect without QUIT");
+                    return Ok(SessionEnd::Closed);
+                }
+                Input::Timeout => {
+                    tracing::info!(client = %self.peer, "timeout waiting for command");
+                    return self.close_with(421, "4.4.2", "Timeout exceeded").await;
+                }
+                Input::Shutdown => {
+                    return self.close_with(421, "4.3.2", "Service shutting down").await;
+                }
+            };
+            match self.command(&line).await? {
+                Flow::Continue => {
+                    if self.too_many_errors() {
+                        return self.close_with(421, "4.7.0", "Too many errors").await;
+                    }
+                }
+                Flow::Quit => {
+                    self.flush().await?;
+                    let _ = self.stream.shutdown().await;
+                    return Ok(SessionEnd::Closed);
+                }
+                Flow::StartTls => {
+                    self.flush().await?;
+                    let pipelined = self.rbuf.len() - self.rpos;
+                    if pipelined > 0 {
+                        // CVE-2011-0411 class: anything sent after STARTTLS
+                        // before the handshake must not be read as a command.
+                        tracing::warn!(client = %self.peer, bytes = pipelined, "discarding data pipelined after STARTTLS");
+                    }
+                    return Ok(SessionEnd::StartTls(self.stream));
+                }
+            }
+        }
+    }
+
+    async fn command(&mut self, line: &[u8]) -> std::io::Result<Flow> {
+        if !line.ends_with(b"\r\n") && self.ctx.config.bare_lf == BareLfPolicy::Reject {
+            self.error_reply(500, "5.5.2", "Command lines must end with CRLF");
+            return Ok(Flow::Continue);
+        }
+        let verb_allows_params = line.len() >= 4
+            && (line[..4].eq_ignore_ascii_case(b"MAIL") || line[..4].eq_ignore_ascii_case(b"RCPT"));
+        if line.len() > MAX_COMMAND_LINE && !verb_allows_params {
+            self.error_reply(500, "5.5.2", "Line too long");
+            return Ok(Flow::Continue);
+        }
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(request) => request.into_owned(),
+            Err(err) => {
+                self.parse_error(err);
+                return Ok(Flow::Continue);
+            }
+        };
+        match request {
+            Request::Ehlo { host } => self.cmd_ehlo(host, true),
+            Request::Helo { host } => self.cmd_ehlo(host, false),
+            Request::Lhlo { .. } => self.error_reply(500, "5.5.1", "LHLO is for LMTP"),
+            Request::Mail { from } => self.cmd_mail(from),
+            Request::Rcpt { to } => self.cmd_rcpt(to),
+            Request::Data => return self.cmd_data().await,
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => return self.cmd_bdat(chunk_size, is_last).await,
+            Request::Rset => {
+                self.tx = None;
+                self.reply(250, "2.0.0", "Ok");
+            }
+            Request::Noop { .. } => self.reply(250, "2.0.0", "Ok"),
+            Request::Quit => {
+                self.reply(221, "2.0.0", "Bye");
+                return Ok(Flow::Quit);
+            }
+            Request::Vrfy { .. } => self.reply(
+                252,
+                "2.5.2",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            ),
+            Request::Help { .. } => self.reply(
+                214,
+                "2.0.0",
+                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT STARTTLS VRFY HELP",
+            ),
+            Request::StartTls => return Ok(self.cmd_starttls()),
+            Request::Auth { .. } => self.error_reply(
+                502,
+                "5.5.1",
+                "AUTH not supported: this is an MX, not a submission server",
+            ),
+            Request::Expn { .. } => self.error_reply(502, "5.5.1", "EXPN not supported"),
+            Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+                self.error_reply(502, "5.5.1", "Command not implemented")
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn parse_error(&mut self, err: smtp_proto::Error) {
+        use smtp_proto::Error as E;
+        match err {
+            E::UnknownCommand => self.error_reply(500, "5.5.2", "Command unrecognized"),
+            E::InvalidSenderAddress => self.error_reply(553, "5.1.7", "Bad sender address syntax"),
+            E::InvalidRecipientAddress => {
+                self.error_reply(553, "5.1.3", "Bad recipient address syntax")
+            }
+            E::SyntaxError { syntax } => {
+                self.error_reply(501, "5.5.4", &format!("Syntax: {syntax}"))
+            }
+            E::InvalidParameter { param } => {
+                self.error_reply(501, "5.5.4", &format!("Invalid parameter {param}"))
+            }
+            E::UnsupportedParameter { param } => {
+                self.error_reply(555, "5.5.4", &format!("Unsupported parameter {param}"))
+            }
+            E::NeedsMoreData { .. } | E::ResponseTooLong | E::InvalidResponse { .. } => {
+                self.error_reply(500, "5.5.2", "Syntax error")
+            }
+        }
+    }
+
+    // ---- replies -------------------------------------------------------
+
+    pub(crate) fn reply(&mut self, code: u16, status: &str, text: &str) {
+        let line = if status.is_empty() {
+            format!("{code} {text}\r\n")
+        } else {
+            format!("{code} {status} {text}\r\n")
+        };
+        self.wbuf.extend_from_slice(line.as_bytes());
+    }
+
+    /// A 4xx/5xx reply that counts against the session's error budget.
+    pub(crate) fn error_reply(&mut self, code: u16, status: &str, text: &str) {
+        self.errors += 1;
+        self.reply(code, status, text);
+    }
+
+    pub(crate) fn reply_lines(&mut self, code: u16, lines: &[String]) {
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+            self.wbuf
+                .extend_from_slice(format!("{code}{sep}{line}\r\n").as_bytes());
+        }
+    }
+
+    fn too_many_errors(&self) -> bool {
+        self.errors > self.ctx.config.max_errors
+    }
+
+    pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    async fn close_with(
+        mut self,
+        code: u16,
+        status: &str,
+        text: &str,
+    ) -> std::io::Result<SessionEnd<S>> {
+        let text = format!("{} {text}", self.ctx.hostname);
+        self.reply(code, status, &text);
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+        Ok(SessionEnd::Closed)
+    }
+
+    // ---- input ---------------------------------------------------------
+
+    async fn next_input(&mut self) -> std::io::Result<Input> {
+        loop {
+            let pending = &self.rbuf[self.rpos..];
+            if let Some(pos) = memchr::memchr(b'\n', pending) {
+                let line = pending[..=pos].to_vec();
+                self.rpos += pos + 1;
+                if std::mem::take(&mut self.skipping_long_line) {
+                    return Ok(Input::TooLong);
+                }
+                if line.len() > MAX_PARAM_COMMAND_LINE {
+                    return Ok(Input::TooLong);
+                }
+                return Ok(Input::Line(line));
+            }
+            if pending.len() > MAX_PARAM_COMMAND_LINE {
+                // Keep memory bounded: drop what we have of the line and
+                // answer once its end arrives.
+                self.skipping_long_line = true;
+                self.rbuf.clear();
+                self.rpos = 0;
+            }
+            self.flush().await?;
+            let timeout = self.ctx.config.command_timeout;
+            let mut shutdown = self.shutdown.clone();
+            if *shutdown.borrow() {
+                return Ok(Input::Shutdown);
+            }
+            tokio::select! {
+                read = tokio::time::timeout(timeout, read_more(&mut self.stream, &mut self.rbuf, &mut self.rpos)) => match read {
+                    Err(_) => return Ok(Input::Timeout),
+                    Ok(Ok(0)) => return Ok(Input::Eof),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) => return Err(err),
+                },
+                _ = shutdown.changed() => return Ok(Input::Shutdown),
+            }
+        }
+    }
+
+    /// Bytes already received but not yet consumed.
+    pub(crate) fn buffered(&self) -> &[u8] {
+        &self.rbuf[self.rpos..]
+    }
+
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.rpos += n;
+    }
+
+    /// Read more message data (after flushing replies), with the DATA timeout.
+    /// Returns false at end of stream or timeout.
+    pub(crate) async fn fill_data(&mut self) -> std::io::Result<bool> {
+        self.flush().await?;
+        let timeout: Duration = self.ctx.config.data_timeout;
+        match tokio::time::timeout(
+            timeout,
+            read_more(&mut self.stream, &mut self.rbuf, &mut self.rpos),
+        )
+        .await
+        {
+            Err(_) => {
+                tracing::info!(client = %self.peer, "timeout while receiving message data");
+                self.reply(421, "4.4.2", "Timeout exceeded while receiving data");
+                let _ = self.flush().await;
+                Ok(false)
+            }
+            Ok(Ok(0)) => Ok(false),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(err)) => Err(err),
+        }
+    }
+}
+
+/// Read into the buffer, first reclaiming the consumed prefix.
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    pos: &mut usize,
+) -> std::io::Result<usize> {
+    if *pos == buf.len() {
+        buf.clear();
+        *pos = 0;
+    } else if *pos > 64 * 1024 {
+        buf.drain(..*pos);
+        *pos = 0;
+    }
+    if buf.capacity() - buf.len() < 8 * 1024 {
+        buf.reserve(64 * 1024);
+    }
+    stream.read_buf(buf).await
+}

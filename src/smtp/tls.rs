@@ -1,0 +1,103 @@
+//! The server certificate for STARTTLS: loaded from PEM files, swappable at
+//! run time (SIGHUP), and generated self-signed for a fresh checkout.
+//!
+//! rustls with the `ring` provider only, TLS 1.2 and 1.3 only.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{file}: {problem}")]
+    File { file: String, problem: String },
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The current acceptor; `None` when no certificate is configured or loadable.
+#[derive(Clone, Default)]
+pub struct TlsHandle {
+    current: Arc<RwLock<Option<TlsAcceptor>>>,
+}
+
+impl TlsHandle {
+    pub fn new(acceptor: Option<TlsAcceptor>) -> TlsHandle {
+        TlsHandle {
+            current: Arc::new(RwLock::new(acceptor)),
+        }
+    }
+
+    pub fn acceptor(&self) -> Option<TlsAcceptor> {
+        self.current.read().expect("tls lock").clone()
+    }
+
+    pub fn replace(&self, acceptor: TlsAcceptor) {
+        *self.current.write().expect("tls lock") = Some(acceptor);
+    }
+}
+
+pub fn load_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let file_error = |path: &Path, problem: String| TlsError::File {
+        file: path.display().to_string(),
+        problem,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| file_error(cert, format!("cannot read certificate chain: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_error(cert, format!("bad PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(file_error(cert, "no CERTIFICATE block found".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| file_error(key, format!("cannot read private key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Write a self-signed certificate for `hostname` when neither file exists.
+/// Returns whether one was generated.
+pub fn ensure_dev_certificate(cert: &Path, key: &Path, hostname: &str) -> Result<bool, TlsError> {
+    if cert.exists() || key.exists() {
+        return Ok(false);
+    }
+    let generated =
+        rcgen::generate_simple_self_signed(vec![hostname.to_string(), "localhost".to_string()])
+            .map_err(|e| TlsError::File {
+                file: cert.display().to_string(),
+                problem: format!("cannot generate certificate: {e}"),
+            })?;
+    write_private(key, generated.key_pair.serialize_pem().as_bytes())?;
+    std::fs::write(cert, generated.cert.pem()).map_err(|e| TlsError::File {
+        file: cert.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    Ok(true)
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let error = |e: std::io::Error| TlsError::File {
+        file: path.display().to_string(),
+        problem: e.to_string(),
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(error)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(error)?;
+    file.write_all(data).map_err(error)
+}

@@ -1,0 +1,78 @@
+//! A message body while it is being received: in memory while small, spilled to
+//! `tmp/` once it crosses the large-message threshold, so a 50 MB message costs
+//! a file, not 50 MB of RAM.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::envelope::QueueId;
+
+pub struct MessageBody {
+    pub(crate) id: QueueId,
+    pub(crate) memory: Vec<u8>,
+    pub(crate) spill: Option<Spill>,
+    pub(crate) len: u64,
+    pub(crate) crc: crc32fast::Hasher,
+    threshold: u64,
+    tmp_dir: PathBuf,
+}
+
+pub(crate) struct Spill {
+    pub file: File,
+    pub path: PathBuf,
+}
+
+impl MessageBody {
+    pub(crate) fn new(id: QueueId, threshold: u64, tmp_dir: PathBuf) -> MessageBody {
+        MessageBody {
+            id,
+            memory: Vec::with_capacity(16 * 1024),
+            spill: None,
+            len: 0,
+            crc: crc32fast::Hasher::new(),
+            threshold,
+            tmp_dir,
+        }
+    }
+
+    pub fn id(&self) -> QueueId {
+        self.id
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.crc.update(data);
+        self.len += data.len() as u64;
+        if let Some(spill) = &mut self.spill {
+            return spill.file.write_all(data);
+        }
+        self.memory.extend_from_slice(data);
+        if self.memory.len() as u64 > self.threshold {
+            let path = self.tmp_dir.join(format!("{}.part", self.id));
+            let mut file = File::create(&path)?;
+            file.write_all(&self.memory)?;
+            self.memory = Vec::new();
+            self.spill = Some(Spill { file, path });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MessageBody {
+    fn drop(&mut self) {
+        // A body dropped without being enqueued (rejected, aborted, crashed
+        // session) leaves nothing behind; enqueue takes `spill` out first.
+        if let Some(spill) = self.spill.take() {
+            let _ = std::fs::remove_file(&spill.path);
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! THE HUB: the durable spool every other stage talks to through [`Spool`].
+//!
+//! Layout under `[spool] dir`:
+//! ```text
+//! segments/0000000000000001.seg   append-only record logs (the truth, see `record`)
+//! large/<QUEUEID>.eml             bodies above the large-message threshold
+//! tmp/<QUEUEID>.part              bodies being received (deleted at start-up)
+//! index/                          sled database (derived; rebuilt when in doubt)
+//! ```
+//!
+//! Durability contract: [`Spool::enqueue`] returns only after the message's
+//! record (and its large body file, if any) are fsync'd; the SMTP layer sends
+//! 250 only after that. Appends from all sessions go through one writer thread
+//! that batches them into a single fsync (group commit, `writer`).
+//!
+//! Segments are reclaimed oldest-first once every message in them is finished;
+//! in-order reclamation is what lets a `remove` record never outlive the
+//! message record it cancels (see docs/ARCHITECTURE.md).
+
+mod body;
+mod index;
+mod record;
+mod recovery;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+pub use body::MessageBody;
+pub use index::IndexEntry;
+
+use crate::config::SpoolConfig;
+use crate::envelope::{Envelope, MessageState, QueueId};
+use record::{Kind, MessageMeta, RemoveMeta, StateMeta};
+use writer::{AppendOp, Op, SegmentWriter};
+
+/// Where a message record lives on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub segment: u64,
+    /// Start of the record (its header) in the segment file.
+    pub offset: u64,
+    pub meta_len: u32,
+    /// Length of the body stored in the segment; 0 when `external`.
+    pub body_len: u64,
+    pub body_crc: u32,
+    pub external: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("spool index error: {0}")]
+    Index(#[from] sled::Error),
+    #[error("message {0} is not in the spool")]
+    NotFound(QueueId),
+    #[error("message {0} is damaged on disk: {1}")]
+    Corrupt(QueueId, String),
+    #[error("the spool is shut down")]
+    Closed,
+}
+
+/// A message as the rest of the program sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpooledMessage {
+    pub id: QueueId,
+    pub envelope: Envelope,
+    pub state: MessageState,
+}
+
+/// Counters about the group commit, for benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub fsyncs: AtomicU64,
+    pub fsync_records: AtomicU64,
+    pub fsync_micros: AtomicU64,
+}
+
+impl Stats {
+    fn record_fsync(&self, took: Duration, records: usize) {
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_records
+            .fetch_add(records as u64, Ordering::Relaxed);
+        self.fsync_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    segments_dir: PathBuf,
+    large_dir: PathBuf,
+    tmp_dir: PathBuf,
+    large_threshold: u64,
+    index: index::Index,
+    tx: Mutex<Option<mpsc::Sender<Op>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    current_segment: Arc<AtomicU64>,
+    reclaim: Mutex<Reclaim>,
+    stats: Arc<Stats>,
+}
+
+/// Live message count per segment, and the oldest segment still on disk.
+struct Reclaim {
+    live: HashMap<u64, usize>,
+    oldest: u64,
+}
+
+/// What `Spool::open` found, for the start-up log line and for tests.
+#[derive(Debug, Clone)]
+pub struct OpenReport {
+    pub messages: usize,
+    pub segments: usize,
+    pub records: u64,
+    /// Why the index had to be rebuilt from the spool files, if it did.
+    pub index_rebuilt: Option<String>,
+}
+
+impl Spool {
+    /// Open (creating if needed) the spool, recover it and start the writer.
+    pub fn open(config: &SpoolConfig) -> Result<(Spool, OpenReport), SpoolError> {
+        let root = &config.dir;
+        let segments_dir = root.join("segments");
+        let large_dir = root.join("large");
+        let tmp_dir = root.join("tmp");
+        let index_dir = root.join("index");
+        for dir in [root, &segments_dir, &large_dir, &tmp_dir] {
+            std::fs::create_dir_all(dir)?;
+        }
+        for entry in std::fs::read_dir(&tmp_dir)? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
+
+        let replay = recovery::replay(&segments_dir)?;
+        remove_orphan_large_files(&large_dir, &replay.live)?;
+
+        let index = match index::Index::open(&index_dir) {
+            Ok(index) => index,
+            Err(err) => {
+                tracing::error!(error = %err, "spool: index does not open; rebuilding it from the spool files");
+                std::fs::remove_dir_all(&index_dir)?;
+                index::Index::open(&index_dir)?
+            }
+        };
+        let index_rebuilt = recovery::reconcile(&index, &replay)?;
+        match &index_rebuilt {
+            Some(reason) => {
+                tracing::warn!(messages = replay.live.len(), %reason, "spool: index rebuilt from spool files")
+            }
+            None => tracing::info!(
+                messages = replay.live.len(),
+                "spool: index verified against spool files"
+            ),
+        }
+
+        let mut live = HashMap::new();
+        for entry in replay.live.values() {
+            *live.entry(entry.location.segment).or_insert(0) += 1;
+        }
+        let next_segment = replay.segments.last().map_or(1, |last| last + 1);
+        let oldest = replay.segments.first().copied().unwrap_or(next_segment);
+        let report = OpenReport {
+            messages: replay.live.len(),
+            segments: replay.segments.len(),
+            records: replay.records,
+            index_rebuilt,
+        };
+
+        let stats = Arc::new(Stats::default());
+        let current_segment = Arc::new(AtomicU64::new(next_segment));
+        let writer = SegmentWriter::open(
+            segments_dir.clone(),
+            large_dir.clone(),
+            config.segment_size,
+            next_segment,
+            current_segment.clone(),
+            stats.clone(),
+        )?;
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer.run(rx))?;
+
+        let spool = Spool {
+            inner: Arc::new(Inner {
+                segments_dir,
+                large_dir,
+                tmp_dir,
+                large_threshold: config.large_message_threshold,
+                index,
+                tx: Mutex::new(Some(tx)),
+                writer_thread: Mutex::new(Some(thread)),
+                current_segment,
+                reclaim: Mutex::new(Reclaim { live, oldest }),
+                stats,
+            }),
+        };
+        spool.reclaim();
+        Ok((spool, report))
+    }
+
+    /// Start receiving a new message; its queue ID is assigned now so that it
+    /// can appear in the Received header and in every log line.
+    pub fn new_body(&self) -> MessageBody {
+        MessageBody::new(
+            QueueId::generate(),
+            self.inner.large_threshold,
+            self.inner.tmp_dir.clone(),
+        )
+    }
+
+    /// Make a message durable. When this returns `Ok`, the message survives a
+    /// crash and may be acknowledged to the client.
+    pub async fn enqueue(
+        &self,
+        mut body: MessageBody,
+        mut envelope: Envelope,
+    ) -> Result<QueueId, SpoolError> {
+        let id = body.id;
+        envelope.size = body.len;
+        let state = MessageState::new_for(&envelope);
+        let meta = serde_json::to_vec(&MessageMeta {
+            id,
+            envelope: envelope.clone(),
+            state: state.clone(),
+        })
+        .expect("message metadata serialises");
+
+        let (content, external_body_crc) = match body.spill.take() {
+            Some(spill) => {
+                let target = self.large_path(id);
+                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    spill.file.sync_data()?;
+                    std::fs::rename(&spill.path, &target)
+                })
+                .await
+                .map_err(|err| std::io::Error::other(err.to_string()))??;
+                (Vec::new(), Some(body.crc.clone().finalize()))
+            }
+            None => (std::mem::take(&mut body.memory), None),
+        };
+
+        let appended = self
+            .append(Kind::Message, meta, content, external_body_crc)
+            .await;
+        let location = match appended {
+            Ok(location) => location,
+            Err(err) => {
+                if external_body_crc.is_some() {
+                    let _ = std::fs::remove_file(self.large_path(id));
+                }
+                return Err(err);
+            }
+        };
+        let entry = IndexEntry {
+            location,
+            envelope,
+            state,
+        };
+        if let Err(err) = self.inner.index.insert(id, &entry) {
+            // The message is durable; only the index missed it. Start-up
+            // reconciliation will find it, so acknowledging is still right.
+            tracing::error!(queue_id = %id, error = %err, "spool: index insert failed; message is safe on disk");
+        }
+        *self
+            .inner
+            .reclaim
+            .lock()
+            .expect("reclaim lock")
+            .live
+            .entry(location.segment)
+            .or_insert(0) += 1;
+        Ok(id)
+    }
+
+    pub fn get(&self, id: QueueId) -> Result<Option<SpooledMessage>, SpoolError> {
+        Ok(self.inner.index.get(id)?.map(|entry| SpooledMessage {
+            id,
+            envelope: entry.envelope,
+            state: entry.state,
+        }))
+    }
+
+    /// The message exactly as spooled (our Received header first), checksum-verified.
+    pub fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
+        let entry = self.inner.index.get(id)?.ok_or(SpoolError::NotFound(id))?;
+        let location = entry.location;
+        let data = if location.external {
+            std::fs::read(self.large_path(id))?
+        } else {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::File::open(writer::segment_path(
+                &self.inner.segments_dir,
+                location.segment,
+            ))?;
+            let mut data = vec![0u8; location.body_len as usize];
+            let start = location.offset + record::HEADER_LEN as u64 + u64::from(location.meta_len);
+            file.read_exact_at(&mut data, start)?;
+            data
+        };
+        if crc32fast::hash(&data) != location.body_crc {
+            return Err(SpoolError::Corrupt(id, "body checksum mismatch".into()));
+        }
+        Ok(data)
+    }
+
+    /// Up to `limit` messages due for a delivery attempt at `now_ms`, oldest due first.
+    pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<QueueId>, SpoolError> {
+        Ok(self.inner.index.due(now_ms, limit)?)
+    }
+
+    /// When the next message becomes due, if any is scheduled.
+    pub fn next_due_ms(&self) -> Result<Option<u64>, SpoolError> {
+        Ok(self.inner.index.next_due_ms()?)
+    }
+
+    /// Durably replace a message's delivery state (per-recipient outcomes,
+    /// next attempt, hold flag).
+    pub async fn set_state(&self, id: QueueId, state: MessageState) -> Result<(), SpoolError> {
+        if self.inner.index.get(id)?.is_none() {
+            return Err(SpoolError::NotFound(id));
+        }
+        let meta = serde_json::to_vec(&StateMeta {
+            id,
+            state: state.clone(),
+        })
+        .expect("state metadata serialises");
+        self.append(Kind::State, meta, Vec::new(), None).await?;
+        self.inner.index.set_state(id, &state)?;
+        Ok(())
+    }
+
+    /// Durably finish a message (delivered, bounced, deleted). Returns false if
+    /// it was not in the spool.
+    pub async fn remove(&self, id: QueueId, reason: &str) -> Result<bool, SpoolError> {
+        if self.inner.index.get(id)?.is_none() {
+            return Ok(false);
+        }
+        let meta = serde_json::to_vec(&RemoveMeta {
+            id,
+            reason: reason.to_string(),
+        })
+        .expect("remove metadata serialises");
+        self.append(Kind::Remove, meta, Vec::new(), None).await?;
+        let Some(entry) = self.inner.index.remove(id)? else {
+            return Ok(false);
+        };
+        if entry.location.external {
+            let _ = std::fs::remove_file(self.large_path(id));
+        }
+        if let Some(count) = self
+            .inner
+            .reclaim
+            .lock()
+            .expect("reclaim lock")
+            .live
+            .get_mut(&entry.location.segment)
+        {
+            *count = count.saturating_sub(1);
+        }
+        self.reclaim();
+        Ok(true)
+    }
+
+    /// Every message in the spool, oldest first.
+    pub fn list(&self) -> Result<Vec<SpooledMessage>, SpoolError> {
+        self.inner
+            .index
+            .all()
+            .map(|item| {
+                let (id, entry) = item?;
+                Ok(SpooledMessage {
+                    id,
+                    envelope: entry.envelope,
+                    state: entry.state,
+                })
+            })
+            .collect()
+    }
+
+    /// Messages with `address` among their recipients (case-insensitive).
+    pub fn for_recipient(&self, address: &str) -> Result<Vec<SpooledMessage>, SpoolError> {
+        let mut out = Vec::new();
+        for id in self.inner.index.for_recipient(address)? {
+            if let Some(message) = self.get(id)? {
+                out.push(message);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// Finish pending appends, stop the writer and flush the index. Further
+    /// writes fail with [`SpoolError::Closed`].
+    pub async fn close(&self) {
+        let tx = self.inner.tx.lock().expect("tx lock").take();
+        if let Some(tx) = tx {
+            let (ack, done) = oneshot::channel();
+            if tx.send(Op::Shutdown(ack)).is_ok() {
+                let _ = done.await;
+            }
+        }
+        let thread = self.inner.writer_thread.lock().expect("thread lock").take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        if let Err(err) = self.inner.index.flush() {
+            tracing::warn!(error = %err, "spool: index flush at shutdown failed (it will be verified at start-up)");
+        }
+    }
+
+    async fn append(
+        &self,
+        kind: Kind,
+        meta: Vec<u8>,
+        body: Vec<u8>,
+        external_body_crc: Option<u32>,
+    ) -> Result<Location, SpoolError> {
+        let (done, result) = oneshot::channel();
+        let op = Op::Append(AppendOp {
+            kind,
+            meta,
+            body,
+            external_body_crc,
+            done,
+        });
+        {
+            let tx = self.inner.tx.lock().expect("tx lock");
+            let tx = tx.as_ref().ok_or(SpoolError::Closed)?;
+            tx.send(op).map_err(|_| SpoolError::Closed)?;
+        }
+        Ok(result.await.map_err(|_| SpoolError::Closed)??)
+    }
+
+    fn large_path(&self, id: QueueId) -> PathBuf {
+        self.inner.large_dir.join(format!("{id}.eml"))
+    }
+
+    /// Delete segments, oldest first, while every message in them is finished.
+    fn reclaim(&self) {
+        let current = self.inner.current_segment.load(Ordering::SeqCst);
+        let mut reclaim = self.inner.reclaim.lock().expect("reclaim lock");
+        while reclaim.oldest < current {
+            let oldest = reclaim.oldest;
+            if reclaim.live.get(&oldest).copied().unwrap_or(0) > 0 {
+                break;
+            }
+            let path = writer::segment_path(&self.inner.segments_dir, oldest);
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::debug!(segment = oldest, "spool: segment reclaimed"),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    tracing::warn!(segment = oldest, error = %err, "spool: cannot delete finished segment");
+                    break;
+                }
+            }
+            reclaim.live.remove(&oldest);
+            reclaim.oldest += 1;
+        }
+    }
+}
+
+fn remove_orphan_large_files(
+    large_dir: &Path,
+    live: &std::collections::BTreeMap<QueueId, IndexEntry>,
+) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(large_dir)? {
+        let path = entry?.path();
+        let id = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<QueueId>().ok());
+        let keep = id.is_some_and(|id| live.get(&id).is_some_and(|e| e.location.external));
+        if !keep {
+            tracing::info!(file = %path.display(), "spool: removing large body with no live message");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    Ok(())
+}

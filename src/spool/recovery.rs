@@ -1,0 +1,269 @@
+//! Start-up recovery: read the segments (the truth), cut off a torn tail, and
+//! make the sled index agree with them — verifying it, or rebuilding it.
+//!
+//! Sealed segments were fully fsync'd before the next one was created, so for
+//! them only headers and metadata are read (bodies are skipped, checked on
+//! read). The newest segment may end in a torn batch from a crash: its bodies
+//! are checked too and the file is cut at the first bad record. Nothing in a
+//! torn batch had been acknowledged, because acknowledgement waits for fsync.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use super::index::{Index, IndexEntry};
+use super::record::{Header, Kind, MessageMeta, RemoveMeta, StateMeta, HEADER_LEN};
+use super::Location;
+use crate::envelope::QueueId;
+
+/// What replaying the segments produced.
+pub(crate) struct Replay {
+    pub live: BTreeMap<QueueId, IndexEntry>,
+    /// Segment IDs present on disk, oldest first.
+    pub segments: Vec<u64>,
+    pub records: u64,
+}
+
+pub(crate) fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(id) = name
+            .strip_suffix(".seg")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+pub(crate) fn replay(segments_dir: &Path) -> std::io::Result<Replay> {
+    let segments = list_segments(segments_dir)?;
+    let mut replay = Replay {
+        live: BTreeMap::new(),
+        segments: segments.clone(),
+        records: 0,
+    };
+    for (i, &segment) in segments.iter().enumerate() {
+        let is_newest = i + 1 == segments.len();
+        let path = super::writer::segment_path(segments_dir, segment);
+        replay_segment(&path, segment, is_newest, &mut replay)?;
+    }
+    Ok(replay)
+}
+
+fn replay_segment(
+    path: &PathBuf,
+    segment: u64,
+    is_newest: bool,
+    replay: &mut Replay,
+) -> std::io::Result<()> {
+    let file = File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    let mut offset = 0u64;
+    let mut header_buf = [0u8; HEADER_LEN];
+    let mut meta = Vec::new();
+    let mut body = Vec::new();
+    loop {
+        if offset == file_len {
+            return Ok(());
+        }
+        let bad = |why: &str| (offset, why.to_string());
+        let outcome: Result<u64, (u64, String)> = (|| {
+            if file_len - offset < HEADER_LEN as u64 {
+                return Err(bad("short header"));
+            }
+            reader
+                .read_exact(&mut header_buf)
+                .map_err(|e| bad(&e.to_string()))?;
+            let header = Header::decode(&header_buf).ok_or_else(|| bad("bad header"))?;
+            if offset + header.total_len() > file_len {
+                return Err(bad("record runs past end of file"));
+            }
+            meta.resize(header.meta_len as usize, 0);
+            reader
+                .read_exact(&mut meta)
+                .map_err(|e| bad(&e.to_string()))?;
+            if crc32fast::hash(&meta) != header.meta_crc {
+                return Err(bad("metadata checksum mismatch"));
+            }
+            if is_newest && !header.external_body() {
+                body.resize(header.body_len as usize, 0);
+                reader
+                    .read_exact(&mut body)
+                    .map_err(|e| bad(&e.to_string()))?;
+                if crc32fast::hash(&body) != header.body_crc {
+                    return Err(bad("body checksum mismatch"));
+                }
+            } else {
+                reader
+                    .seek_relative(header.body_len as i64)
+                    .map_err(|e| bad(&e.to_string()))?;
+            }
+            apply(&header, &meta, segment, offset, replay).map_err(|e| bad(&e))?;
+            Ok(header.total_len())
+        })();
+        match outcome {
+            Ok(len) => {
+                offset += len;
+                replay.records += 1;
+            }
+            Err((at, why)) if is_newest => {
+                tracing::warn!(
+                    segment,
+                    offset = at,
+                    dropped_bytes = file_len - at,
+                    reason = %why,
+                    "spool: cutting torn tail of newest segment (unacknowledged writes from a crash)"
+                );
+                let file = std::fs::OpenOptions::new().write(true).open(path)?;
+                file.set_len(at)?;
+                file.sync_all()?;
+                return Ok(());
+            }
+            Err((at, why)) => {
+                // Mid-file damage in a sealed segment is disk corruption, not a
+                // crash. Resynchronise on the next intact header so one bad
+                // sector costs the records in it, not the whole segment.
+                tracing::error!(segment, offset = at, reason = %why, "spool: corrupt record in sealed segment; scanning for the next intact record");
+                match find_next_header(path, at + 1, file_len)? {
+                    Some(next) => {
+                        reader.seek(SeekFrom::Start(next))?;
+                        offset = next;
+                    }
+                    None => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+fn find_next_header(path: &Path, from: u64, file_len: u64) -> std::io::Result<Option<u64>> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(from))?;
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)?;
+    let mut start = 0;
+    while let Some(pos) = memchr::memmem::find(&data[start..], super::record::MAGIC) {
+        let at = start + pos;
+        if let Some(header) = Header::decode(&data[at..]) {
+            if from + at as u64 + header.total_len() <= file_len {
+                return Ok(Some(from + at as u64));
+            }
+        }
+        start = at + 1;
+    }
+    Ok(None)
+}
+
+fn apply(
+    header: &Header,
+    meta: &[u8],
+    segment: u64,
+    offset: u64,
+    replay: &mut Replay,
+) -> Result<(), String> {
+    match header.kind {
+        Kind::Message => {
+            let meta: MessageMeta = serde_json::from_slice(meta).map_err(|e| e.to_string())?;
+            let location = Location {
+                segment,
+                offset,
+                meta_len: header.meta_len,
+                body_len: header.body_len,
+                body_crc: header.body_crc,
+                external: header.external_body(),
+            };
+            replay.live.insert(
+                meta.id,
+                IndexEntry {
+                    location,
+                    envelope: meta.envelope,
+                    state: meta.state,
+                },
+            );
+        }
+        Kind::State => {
+            let meta: StateMeta = serde_json::from_slice(meta).map_err(|e| e.to_string())?;
+            if let Some(entry) = replay.live.get_mut(&meta.id) {
+                entry.state = meta.state;
+            }
+        }
+        Kind::Remove => {
+            let meta: RemoveMeta = serde_json::from_slice(meta).map_err(|e| e.to_string())?;
+            replay.live.remove(&meta.id);
+        }
+    }
+    Ok(())
+}
+
+/// Make the index equal to the replay. Returns why it was rebuilt, if it was.
+pub(crate) fn reconcile(index: &Index, replay: &Replay) -> Result<Option<String>, sled::Error> {
+    let reason = match check(index, replay) {
+        Ok(None) => return Ok(None),
+        Ok(Some(reason)) => reason,
+        Err(err) => format!("index unreadable: {err}"),
+    };
+    index.clear()?;
+    for (id, entry) in &replay.live {
+        index.insert(*id, entry)?;
+    }
+    index.flush()?;
+    Ok(Some(reason))
+}
+
+fn check(index: &Index, replay: &Replay) -> Result<Option<String>, sled::Error> {
+    if index.len() != replay.live.len() {
+        return Ok(Some(format!(
+            "index has {} messages, spool files have {}",
+            index.len(),
+            replay.live.len()
+        )));
+    }
+    for item in index.all() {
+        let (id, entry) = item?;
+        if replay.live.get(&id) != Some(&entry) {
+            return Ok(Some(format!(
+                "index entry for {id} differs from the spool files"
+            )));
+        }
+    }
+    // The derived trees must match too: a message missing from the schedule
+    // would never be delivered.
+    let scheduled = replay
+        .live
+        .values()
+        .filter(|e| !e.state.held && !e.state.is_finished())
+        .count();
+    if index.due(u64::MAX, usize::MAX)?.len() != scheduled {
+        return Ok(Some(
+            "delivery schedule does not match the spool files".into(),
+        ));
+    }
+    let recipient_keys: usize = replay
+        .live
+        .values()
+        .map(|e| {
+            let mut addrs: Vec<String> = e
+                .envelope
+                .recipients
+                .iter()
+                .map(|r| r.address.to_lowercase())
+                .collect();
+            addrs.sort_unstable();
+            addrs.dedup();
+            addrs.len()
+        })
+        .sum();
+    if index.recipient_entries() != recipient_keys {
+        return Ok(Some(
+            "recipient index does not match the spool files".into(),
+        ));
+    }
+    Ok(None)
+}

@@ -1,0 +1,205 @@
+//! Group commit: one thread owns the open segment and turns a burst of appends
+//! from many SMTP sessions into one `write` and one `fdatasync`.
+//!
+//! Why a thread and not a task: fsync blocks for milliseconds, and while it runs
+//! new appends pile up in the channel; the next loop iteration takes all of them
+//! at once. That pile-up *is* the batching — no timers, no added latency when
+//! the spool is idle (a lone message is synced immediately).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::record::{self, Kind};
+use super::Location;
+
+/// Keep one batch's buffer bounded so a burst of large messages doesn't balloon.
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+const MAX_BATCH_OPS: usize = 1024;
+
+pub(crate) struct AppendOp {
+    pub kind: Kind,
+    pub meta: Vec<u8>,
+    pub body: Vec<u8>,
+    /// Set when the body was already made durable in `large/`.
+    pub external_body_crc: Option<u32>,
+    pub done: oneshot::Sender<std::io::Result<Location>>,
+}
+
+pub(crate) enum Op {
+    Append(AppendOp),
+    /// Stop after finishing everything queued before it.
+    Shutdown(oneshot::Sender<()>),
+}
+
+pub(crate) struct SegmentWriter {
+    segments_dir: PathBuf,
+    large_dir: PathBuf,
+    segment_size: u64,
+    current: u64,
+    file: File,
+    len: u64,
+    /// Shared so the spool never reclaims the segment being written.
+    current_id: Arc<AtomicU64>,
+    stats: Arc<super::Stats>,
+}
+
+pub(crate) fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016}.seg"))
+}
+
+impl SegmentWriter {
+    pub fn open(
+        segments_dir: PathBuf,
+        large_dir: PathBuf,
+        segment_size: u64,
+        first_segment: u64,
+        current_id: Arc<AtomicU64>,
+        stats: Arc<super::Stats>,
+    ) -> std::io::Result<SegmentWriter> {
+        let file = create_segment(&segments_dir, first_segment)?;
+        current_id.store(first_segment, Ordering::SeqCst);
+        Ok(SegmentWriter {
+            segments_dir,
+            large_dir,
+            segment_size,
+            current: first_segment,
+            file,
+            len: 0,
+            current_id,
+            stats,
+        })
+    }
+
+    pub fn run(mut self, rx: mpsc::Receiver<Op>) {
+        let mut batch: Vec<AppendOp> = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(1024 * 1024);
+        while let Ok(first) = rx.recv() {
+            let mut shutdown = None;
+            match first {
+                Op::Append(op) => batch.push(op),
+                Op::Shutdown(ack) => shutdown = Some(ack),
+            }
+            let mut bytes: usize = batch.iter().map(|op| op.meta.len() + op.body.len()).sum();
+            while shutdown.is_none() && batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(Op::Append(op)) => {
+                        bytes += op.meta.len() + op.body.len();
+                        batch.push(op);
+                    }
+                    Ok(Op::Shutdown(ack)) => shutdown = Some(ack),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.commit(&mut batch, &mut buf);
+            }
+            if let Some(ack) = shutdown {
+                let _ = self.file.sync_all();
+                let _ = ack.send(());
+                return;
+            }
+        }
+    }
+
+    fn commit(&mut self, batch: &mut Vec<AppendOp>, buf: &mut Vec<u8>) {
+        if self.len >= self.segment_size {
+            if let Err(err) = self.roll() {
+                tracing::error!(error = %err, "spool: cannot start a new segment");
+                fail_all(batch, &err);
+                return;
+            }
+        }
+        buf.clear();
+        let start = self.len;
+        let mut locations = Vec::with_capacity(batch.len());
+        let mut any_external = false;
+        for op in batch.iter() {
+            let offset = start + buf.len() as u64;
+            record::encode_into(buf, op.kind, &op.meta, &op.body, op.external_body_crc);
+            any_external |= op.external_body_crc.is_some();
+            locations.push(Location {
+                segment: self.current,
+                offset,
+                meta_len: op.meta.len() as u32,
+                body_len: op.body.len() as u64,
+                body_crc: op
+                    .external_body_crc
+                    .unwrap_or_else(|| crc32fast::hash(&op.body)),
+                external: op.external_body_crc.is_some(),
+            });
+        }
+        let started = Instant::now();
+        let result = (|| {
+            if any_external {
+                // The renames into large/ must be durable before a record points at them.
+                sync_dir(&self.large_dir)?;
+            }
+            self.file.write_all(buf)?;
+            self.file.sync_data()
+        })();
+        self.stats.record_fsync(started.elapsed(), batch.len());
+        match result {
+            Ok(()) => {
+                self.len += buf.len() as u64;
+                for (op, location) in batch.drain(..).zip(locations) {
+                    let _ = op.done.send(Ok(location));
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, segment = self.current, "spool: append failed; nothing in this batch was acknowledged");
+                fail_all(batch, &err);
+                // Never append after a torn or unsynced region: recovery stops
+                // reading a segment at the first bad record. Cut back, or move on.
+                let cut = self
+                    .file
+                    .set_len(start)
+                    .and_then(|_| self.file.seek(SeekFrom::Start(start)).map(|_| ()))
+                    .and_then(|_| self.file.sync_all());
+                if cut.is_err() || err.raw_os_error().is_some() {
+                    if let Err(err) = self.roll() {
+                        tracing::error!(error = %err, "spool: cannot start a new segment");
+                    }
+                }
+            }
+        }
+    }
+
+    fn roll(&mut self) -> std::io::Result<()> {
+        let next = self.current + 1;
+        let file = create_segment(&self.segments_dir, next)?;
+        let _ = self.file.sync_all();
+        self.file = file;
+        self.current = next;
+        self.len = 0;
+        self.current_id.store(next, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn fail_all(batch: &mut Vec<AppendOp>, err: &std::io::Error) {
+    for op in batch.drain(..) {
+        let _ = op
+            .done
+            .send(Err(std::io::Error::new(err.kind(), err.to_string())));
+    }
+}
+
+fn create_segment(dir: &Path, id: u64) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(segment_path(dir, id))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
