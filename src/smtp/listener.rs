@@ -205,7 +205,7 @@ async fn handle_connection(
             .protocol_version()
             .and_then(|v| v.as_str())
             .unwrap_or("TLS")
-            .to_string(),
+            .replace('_', "."),
         cipher: connection
             .negotiated_cipher_suite()
             .and_then(|c| c.suite().as_str())

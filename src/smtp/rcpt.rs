@@ -70,7 +70,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         {
             tx.recipients.push(Recipient {
                 address,
-                orcpt: to.orcpt,
+                // The parser keeps only the address; RFC 3461 DSNs want the type too.
+                orcpt: to.orcpt.map(|addr| format!("rfc822;{addr}")),
                 notify,
             });
         }
