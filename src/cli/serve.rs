@@ -30,14 +30,8 @@ pub fn run(config_path: &Path, log_format: LogFormat) -> ExitCode {
 }
 
 async fn serve(config_path: &Path, config: Config) -> ExitCode {
-    let server = match Server::start(config).await {
-        Ok(server) => server,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot start");
-            eprintln!("breakwater: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
+    // Handlers first: a signal that arrives while the spool is opening must
+    // not take the default action (terminate) for SIGHUP/SIGTERM.
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -45,6 +39,14 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
     ) else {
         eprintln!("breakwater: cannot install signal handlers");
         return ExitCode::FAILURE;
+    };
+    let server = match Server::start(config).await {
+        Ok(server) => server,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start");
+            eprintln!("breakwater: {err}");
+            return ExitCode::FAILURE;
+        }
     };
     tracing::info!(hostname = %server.config().hostname, "breakwater ready");
     loop {

@@ -101,10 +101,16 @@ impl BinaryServer {
         let (tx, rx) = std::sync::mpsc::channel();
         let log_writer = log.clone();
         std::thread::spawn(move || {
+            let mut addr = None;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.split("smtp listening addr=").nth(1) {
-                    let _ = tx.send(rest.trim().to_string());
+                    addr = Some(rest.trim().to_string());
+                }
+                if line.contains("breakwater ready") {
+                    if let Some(addr) = addr.take() {
+                        let _ = tx.send(addr);
+                    }
                 }
                 log_writer.lock().unwrap().push(line);
             }

@@ -1,0 +1,470 @@
+//! The real `breakwater` binary: kill -9 crash recovery, index loss and
+//! corruption, SIGHUP reload, SIGTERM drain, and `check-config`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use breakwater::envelope::QueueId;
+use breakwater::spool::Spool;
+use common::*;
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Acked(QueueId),
+    Rejected(u16),
+    /// The connection broke before a reply: the server may or may not have it.
+    Unknown,
+}
+
+struct Sent {
+    body: Vec<u8>,
+    outcome: Outcome,
+}
+
+/// Tiny xorshift; the seed is printed so a failure can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn message_body(token: &str, size: usize, bad: bool) -> Vec<u8> {
+    let mut body =
+        format!("Subject: {token}\r\nMessage-ID: <{token}@crash.test>\r\n\r\n").into_bytes();
+    let line = b"The quick brown fox jumps over the lazy dog 0123456789 ....\r\n";
+    while body.len() < size {
+        body.extend_from_slice(line);
+    }
+    if bad {
+        body.extend_from_slice(b"bare\nline\r\n");
+    }
+    body
+}
+
+/// One client: sends messages over reused connections until `stop`,
+/// recording what the server answered for each.
+fn client_loop(
+    id: usize,
+    addr: Arc<Mutex<std::net::SocketAddr>>,
+    stop: Arc<AtomicBool>,
+    ledger: Arc<Mutex<HashMap<String, Sent>>>,
+    seed: u64,
+) {
+    let mut rng = Rng(seed);
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let target = *addr.lock().unwrap();
+        let Ok(stream) = std::net::TcpStream::connect(target) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let mut c = RawClient::from_stream(stream);
+        let ok = (|| -> std::io::Result<()> {
+            if c.try_reply()?.code != 220 {
+                return Err(std::io::Error::other("no greeting"));
+            }
+            c.send(b"EHLO crash.test\r\n");
+            c.try_reply()?;
+            for _ in 0..20 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                n += 1;
+                let token = format!("crash-{id}-{n}");
+                let size = match rng.below(10) {
+                    0 => 200_000, // above the large-message threshold: own file
+                    1..=3 => 20_000,
+                    _ => 500 + rng.below(4000) as usize,
+                };
+                let bad = rng.below(10) == 0;
+                let body = message_body(&token, size, bad);
+                ledger.lock().unwrap().insert(
+                    token.clone(),
+                    Sent {
+                        body: body.clone(),
+                        outcome: Outcome::Unknown,
+                    },
+                );
+                let mut wire =
+                    b"MAIL FROM:<load@remote.test>\r\nRCPT TO:<user@example.com>\r\nDATA\r\n"
+                        .to_vec();
+                wire.extend_from_slice(&body);
+                wire.extend_from_slice(b".\r\n");
+                std::io::Write::write_all(&mut c.stream, &wire)?;
+                let codes = [
+                    c.try_reply()?.code,
+                    c.try_reply()?.code,
+                    c.try_reply()?.code,
+                ];
+                if codes != [250, 250, 354] {
+                    return Err(std::io::Error::other(format!("unexpected {codes:?}")));
+                }
+                let reply = c.try_reply()?;
+                let outcome = if reply.code == 250 {
+                    Outcome::Acked(queue_id(&reply))
+                } else {
+                    Outcome::Rejected(reply.code)
+                };
+                ledger.lock().unwrap().get_mut(&token).unwrap().outcome = outcome;
+            }
+            c.send(b"QUIT\r\n");
+            Ok(())
+        })();
+        if ok.is_err() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn token_of(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let start = text.find("Subject: ").expect("subject") + 9;
+    text[start..].split("\r\n").next().unwrap().to_string()
+}
+
+/// Every 250 is in the spool byte-for-byte; nothing refused is.
+fn verify_spool(fixture: &Fixture, ledger: &HashMap<String, Sent>) -> (usize, Option<String>) {
+    let (spool, report) = Spool::open(&fixture.config.spool).expect("spool opens");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let messages = spool.list().expect("list");
+    let by_id: HashMap<QueueId, Vec<u8>> = messages
+        .iter()
+        .map(|m| {
+            (
+                m.id,
+                spool
+                    .read_body(m.id)
+                    .expect("body readable and checksum-valid"),
+            )
+        })
+        .collect();
+    let mut acked = 0;
+    for (token, sent) in ledger {
+        if let Outcome::Acked(id) = sent.outcome {
+            acked += 1;
+            let stored = by_id
+                .get(&id)
+                .unwrap_or_else(|| panic!("acknowledged message {token} ({id}) lost"));
+            assert_eq!(
+                without_trace_header(stored),
+                &sent.body[..],
+                "{token} ({id}) altered"
+            );
+        }
+    }
+    for body in by_id.values() {
+        let token = token_of(without_trace_header(body));
+        let sent = ledger
+            .get(&token)
+            .unwrap_or_else(|| panic!("spool holds {token}, which was never sent"));
+        assert!(
+            !matches!(sent.outcome, Outcome::Rejected(_)),
+            "{token} was refused but is in the spool"
+        );
+    }
+    rt.block_on(spool.close());
+    (acked, report.index_rebuilt)
+}
+
+#[test]
+fn kill_9_never_loses_an_acknowledged_message() {
+    let mut fixture = Fixture::new();
+    fixture.config.spool.segment_size = 512 * 1024;
+    fixture.config.spool.large_message_threshold = 100_000;
+    let config_path = fixture.write_config();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("crash test seed {seed}");
+    let mut rng = Rng(seed);
+
+    let mut server = BinaryServer::start(&config_path);
+    let addr = Arc::new(Mutex::new(server.addr));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ledger = Arc::new(Mutex::new(HashMap::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (addr, stop, ledger) = (addr.clone(), stop.clone(), ledger.clone());
+            let seed = seed.wrapping_add(i as u64 * 7919) | 1;
+            std::thread::spawn(move || client_loop(i, addr, stop, ledger, seed))
+        })
+        .collect();
+
+    let kills = 6;
+    for _ in 0..kills {
+        std::thread::sleep(Duration::from_millis(300 + rng.below(700)));
+        server.kill9();
+        server = BinaryServer::start(&config_path);
+        *addr.lock().unwrap() = server.addr;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().unwrap();
+    }
+    server.kill9();
+
+    let ledger = Arc::try_unwrap(ledger).ok().unwrap().into_inner().unwrap();
+    let (acked, _) = verify_spool(&fixture, &ledger);
+    let rejected = ledger
+        .values()
+        .filter(|s| matches!(s.outcome, Outcome::Rejected(_)))
+        .count();
+    let unknown = ledger
+        .values()
+        .filter(|s| matches!(s.outcome, Outcome::Unknown))
+        .count();
+    eprintln!("crash test: kills={kills} sent={} acked={acked} rejected={rejected} in-flight-at-kill={unknown}", ledger.len());
+    assert!(acked >= 100, "too little traffic to mean anything: {acked}");
+    assert!(rejected > 0, "the refused-message check never ran");
+
+    // Lose the index entirely: rebuilt from the segments.
+    std::fs::remove_dir_all(fixture.config.spool.dir.join("index")).unwrap();
+    let (again, rebuilt) = verify_spool(&fixture, &ledger);
+    assert_eq!(again, acked);
+    assert!(rebuilt.is_some(), "a missing index must be rebuilt");
+
+    // A stale index (an older copy) is detected and rebuilt.
+    let index_dir = fixture.config.spool.dir.join("index");
+    let stale = fixture.path().join("stale-index");
+    copy_dir(&index_dir, &stale);
+    let server = BinaryServer::start(&config_path);
+    let mut c = RawClient::greeted(server.addr);
+    c.expect("EHLO late.test", 250);
+    let mut ledger = ledger;
+    for i in 0..5 {
+        let token = format!("late-{i}");
+        let body = message_body(&token, 1000, false);
+        let reply = c.send_mail("late@remote.test", &["user@example.com"], &body);
+        assert_eq!(reply.code, 250);
+        ledger.insert(
+            token,
+            Sent {
+                body,
+                outcome: Outcome::Acked(queue_id(&reply)),
+            },
+        );
+    }
+    server.kill9();
+    std::fs::remove_dir_all(&index_dir).unwrap();
+    copy_dir(&stale, &index_dir);
+    let (with_late, rebuilt) = verify_spool(&fixture, &ledger);
+    assert_eq!(with_late, acked + 5);
+    assert!(rebuilt.is_some(), "a stale index must be noticed");
+
+    // A corrupted index (garbage over sled's files) is rebuilt too, and the
+    // real binary starts on it.
+    for entry in walk(&index_dir) {
+        let len = std::fs::metadata(&entry).unwrap().len() as usize;
+        std::fs::write(&entry, vec![0xA5u8; len.max(64)]).unwrap();
+    }
+    let server = BinaryServer::start(&config_path);
+    let mut c = RawClient::greeted(server.addr);
+    c.expect("NOOP", 250);
+    assert!(
+        server.log_text().contains("rebuil"),
+        "corrupt index not rebuilt: {}",
+        server.log_text()
+    );
+    server.kill9();
+    let (after_corruption, _) = verify_spool(&fixture, &ledger);
+    assert_eq!(after_corruption, acked + 5);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn sighup_reloads_recipient_lists_without_dropping_connections() {
+    let fixture = Fixture::new();
+    let config_path = fixture.write_config();
+    let server = BinaryServer::start(&config_path);
+    let mut c = RawClient::greeted(server.addr);
+    c.expect("EHLO hup.test", 250);
+    c.expect("MAIL FROM:<s@remote.test>", 250);
+    c.expect("RCPT TO:<carol@listed.example>", 550);
+    std::fs::write(
+        fixture.path().join("listed.txt"),
+        "alice@listed.example\ncarol@listed.example\n",
+    )
+    .unwrap();
+    server.signal(libc::SIGHUP);
+    assert!(
+        wait_for(Duration::from_secs(10), || server
+            .log_text()
+            .contains("recipient policy reloaded")),
+        "{}",
+        server.log_text()
+    );
+    // Same connection, same transaction: still alive, new list in force.
+    c.expect("RCPT TO:<carol@listed.example>", 250);
+    c.expect("RCPT TO:<bob@listed.example>", 550);
+    c.expect("DATA", 354);
+    c.send(b"Subject: after reload\r\n\r\nhi\r\n.\r\n");
+    assert_eq!(c.reply().code, 250);
+    // A broken config on reload keeps the old policy in force.
+    std::fs::write(&config_path, "hostname = [broken\n").unwrap();
+    server.signal(libc::SIGHUP);
+    assert!(wait_for(Duration::from_secs(10), || server
+        .log_text()
+        .contains("configuration invalid")));
+    c.expect("MAIL FROM:<s@remote.test>", 250);
+    c.expect("RCPT TO:<carol@listed.example>", 250);
+}
+
+#[test]
+fn sigterm_drains_sessions_and_exits_cleanly() {
+    let fixture = Fixture::new();
+    let config_path = fixture.write_config();
+    let mut server = BinaryServer::start(&config_path);
+    let mut idle = RawClient::greeted(server.addr);
+    idle.expect("EHLO idle.test", 250);
+    let mut busy = RawClient::greeted(server.addr);
+    busy.expect("EHLO busy.test", 250);
+    busy.expect("MAIL FROM:<s@remote.test>", 250);
+    busy.expect("RCPT TO:<a@example.com>", 250);
+    busy.expect("DATA", 354);
+    busy.send(b"Subject: in flight during shutdown\r\n\r\n");
+    server.signal(libc::SIGTERM);
+    // The idle session is told to go away.
+    let r = idle.reply();
+    assert_eq!((r.code, &r.text[..5]), (421, "4.3.2"), "{r:?}");
+    // The session in DATA may finish its message and gets a real 250.
+    std::thread::sleep(Duration::from_millis(200));
+    busy.send(b"body\r\n.\r\n");
+    let r = busy
+        .try_reply()
+        .unwrap_or_else(|e| panic!("{e}: {}", server.log_text()));
+    assert_eq!(r.code, 250, "{r:?}");
+    let id = queue_id(&r);
+    busy.send(b"QUIT\r\n");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        std::net::TcpStream::connect(server.addr).is_err(),
+        "still accepting after shutdown"
+    );
+    let (spool, report) = Spool::open(&fixture.config.spool).unwrap();
+    assert!(
+        report.index_rebuilt.is_none(),
+        "clean shutdown leaves a consistent index: {report:?}"
+    );
+    assert!(spool.get(id).unwrap().is_some());
+}
+
+#[test]
+fn check_config_reports_file_key_and_problem() {
+    let fixture = Fixture::new();
+    let good = fixture.write_config();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakwater"))
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("max_recipients = 100") && printed.contains("name = \"example.com\""),
+        "{printed}"
+    );
+
+    let cases = [
+        (
+            "[smtp]\nmax_recipients = -1\n[[domain]]\nname = \"example.com\"\n",
+            "smtp.max_recipients",
+        ),
+        (
+            "[smtp]\nlisten = [\"not an address\"]\n[[domain]]\nname = \"example.com\"\n",
+            "smtp.listen",
+        ),
+        (
+            "[[domain]]\nname = \"example.com\"\ntls = \"sometimes\"\n",
+            "domain[0].tls",
+        ),
+        (
+            "[[domain]]\nname = \"example.com\"\nrecipients = \"/nonexistent/list.txt\"\n",
+            "domain[0].recipients",
+        ),
+        (
+            "[spool]\ndirectory = \"x\"\n[[domain]]\nname = \"example.com\"\n",
+            "spool",
+        ),
+        (
+            "[smtp]\ncommand_timeout = \"soon\"\n[[domain]]\nname = \"example.com\"\n",
+            "smtp.command_timeout",
+        ),
+    ];
+    for (text, key) in cases {
+        let path = fixture.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakwater"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("bad.toml") && err.contains(key),
+            "{text} -> {err}"
+        );
+    }
+    // BREAKWATER_CONFIG names the file when --config is absent.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakwater"))
+        .arg("check-config")
+        .env("BREAKWATER_CONFIG", fixture.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
