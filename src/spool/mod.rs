@@ -6,6 +6,7 @@
 //! large/<QUEUEID>.eml             bodies above the large-message threshold
 //! tmp/<QUEUEID>.part              bodies being received (deleted at start-up)
 //! index/                          sled database (derived; rebuilt when in doubt)
+//! lock                            flock'd by the one process using this spool
 //! ```
 //!
 //! Durability contract: [`Spool::enqueue`] returns only after the message's
@@ -65,6 +66,8 @@ pub enum SpoolError {
     Corrupt(QueueId, String),
     #[error("the spool is shut down")]
     Closed,
+    #[error("the spool {0} is in use by another process")]
+    Locked(PathBuf),
 }
 
 /// A message as the rest of the program sees it.
@@ -109,6 +112,9 @@ struct Inner {
     current_segment: Arc<AtomicU64>,
     reclaim: Mutex<Reclaim>,
     stats: Arc<Stats>,
+    /// Held for the life of the spool: two processes on one spool would
+    /// interleave appends and delete each other's index.
+    _lock: std::fs::File,
 }
 
 /// Live message count per segment, and the oldest segment still on disk.
@@ -138,6 +144,7 @@ impl Spool {
         for dir in [root, &segments_dir, &large_dir, &tmp_dir] {
             std::fs::create_dir_all(dir)?;
         }
+        let lock = lock_spool(root)?;
         for entry in std::fs::read_dir(&tmp_dir)? {
             let _ = std::fs::remove_file(entry?.path());
         }
@@ -168,7 +175,20 @@ impl Spool {
         for entry in replay.live.values() {
             *live.entry(entry.location.segment).or_insert(0) += 1;
         }
-        let next_segment = replay.segments.last().map_or(1, |last| last + 1);
+        // Always append to a fresh segment after a restart (never after a
+        // possibly torn region), but reuse the newest one if it is empty.
+        let next_segment = match replay.segments.last() {
+            None => 1,
+            Some(&last) => {
+                let empty = std::fs::metadata(writer::segment_path(&segments_dir, last))
+                    .is_ok_and(|m| m.len() == 0);
+                if empty {
+                    last
+                } else {
+                    last + 1
+                }
+            }
+        };
         let oldest = replay.segments.first().copied().unwrap_or(next_segment);
         let report = OpenReport {
             messages: replay.live.len(),
@@ -204,6 +224,7 @@ impl Spool {
                 current_segment,
                 reclaim: Mutex::new(Reclaim { live, oldest }),
                 stats,
+                _lock: lock,
             }),
         };
         spool.reclaim();
@@ -480,6 +501,21 @@ impl Spool {
             reclaim.oldest += 1;
         }
     }
+}
+
+fn lock_spool(root: &Path) -> Result<std::fs::File, SpoolError> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join("lock"))?;
+    // SAFETY: flock on a descriptor we own; released when the file is closed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(SpoolError::Locked(root.to_path_buf()));
+    }
+    Ok(file)
 }
 
 fn remove_orphan_large_files(

@@ -113,7 +113,7 @@ fn replay_segment(
                 offset += len;
                 replay.records += 1;
             }
-            Err((at, why)) if is_newest => {
+            Err((at, why)) if is_newest && find_next_header(path, at + 1, file_len)?.is_none() => {
                 tracing::warn!(
                     segment,
                     offset = at,
@@ -127,10 +127,11 @@ fn replay_segment(
                 return Ok(());
             }
             Err((at, why)) => {
-                // Mid-file damage in a sealed segment is disk corruption, not a
-                // crash. Resynchronise on the next intact header so one bad
-                // sector costs the records in it, not the whole segment.
-                tracing::error!(segment, offset = at, reason = %why, "spool: corrupt record in sealed segment; scanning for the next intact record");
+                // Damage followed by intact records is not a torn tail but
+                // corruption (or a torn batch written out of order). Skip to
+                // the next intact header so one bad sector costs the records
+                // in it, not everything after it.
+                tracing::error!(segment, offset = at, reason = %why, "spool: damaged record; resuming at the next intact record");
                 match find_next_header(path, at + 1, file_len)? {
                     Some(next) => {
                         reader.seek(SeekFrom::Start(next))?;
