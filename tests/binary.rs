@@ -467,3 +467,16 @@ fn check_config_reports_file_key_and_problem() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
+
+#[test]
+fn shipped_configs_are_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in ["config/breakwater.toml", "config/docker.toml"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakwater"))
+            .args(["check-config", "--config", file])
+            .current_dir(root)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}

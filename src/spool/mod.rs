@@ -450,6 +450,13 @@ impl Spool {
         if let Err(err) = self.inner.index.flush() {
             tracing::warn!(error = %err, "spool: index flush at shutdown failed (it will be verified at start-up)");
         }
+        let stats = &self.inner.stats;
+        tracing::info!(
+            fsyncs = stats.fsyncs.load(Ordering::Relaxed),
+            records = stats.fsync_records.load(Ordering::Relaxed),
+            fsync_ms = stats.fsync_micros.load(Ordering::Relaxed) / 1000,
+            "spool closed"
+        );
     }
 
     async fn append(
