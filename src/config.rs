@@ -23,6 +23,10 @@ pub struct Config {
     pub smtp: SmtpConfig,
     #[serde(default)]
     pub spool: SpoolConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
     #[serde(default, rename = "domain")]
     pub domains: Vec<DomainConfig>,
 }
@@ -79,20 +83,96 @@ pub struct SpoolConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Turn the delivery engine off (spool only), e.g. for intake benchmarks.
+    pub enabled: bool,
+    /// Deliveries in flight at once, overall.
+    pub concurrency: usize,
+    /// Deliveries in flight at once to one upstream.
+    pub per_upstream: usize,
+    /// Wait before attempt n+1 (the last value repeats), each ±20% jitter.
+    pub retry: Vec<humantime_serde::Serde<Duration>>,
+    /// A recipient still deferred this long after arrival fails (DSN).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// How often a down upstream is probed (connect + EHLO + QUIT).
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// Consecutive connection failures before an upstream is marked down.
+    pub down_after_failures: u32,
+    /// Postfix smtp_connect_timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Each command reply (Postfix smtp_helo/mail/rcpt_timeout: 300 s).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Sending the message and reading the final reply (Postfix data_done: 600 s).
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// How long an idle upstream connection is kept for reuse.
+    #[serde(with = "humantime_serde")]
+    pub connection_idle: Duration,
+    /// Port used for MX-routed delivery (25; other values only for labs and tests).
+    pub mx_port: u16,
+    /// Extra trusted CA certificates (PEM) besides the Mozilla roots, e.g. a
+    /// private CA in front of the upstream, or a test CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+impl DeliveryConfig {
+    pub fn retry_schedule(&self) -> Vec<Duration> {
+        self.retry.iter().map(|d| **d).collect()
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            enabled: true,
+            concurrency: 20,
+            per_upstream: 10,
+            retry: [60, 120, 300, 600, 900]
+                .into_iter()
+                .map(|s| Duration::from_secs(s).into())
+                .collect(),
+            max_age: Duration::from_secs(5 * 24 * 3600),
+            probe_interval: Duration::from_secs(5),
+            down_after_failures: 3,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            connection_idle: Duration::from_secs(30),
+            mx_port: 25,
+            extra_ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Resolvers to ask, e.g. ["127.0.0.1:5353"]; empty = the system's.
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainConfig {
     pub name: String,
     /// One address per line; absent = any local part is accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipients: Option<PathBuf>,
-    /// "mx" (DNS MX lookup) or "host:port".
+    /// "mx" (DNS MX lookup), or "host:port", or several "host:port" separated
+    /// by commas, tried in order.
     #[serde(default = "default_upstream")]
     pub upstream: String,
     #[serde(default)]
     pub tls: UpstreamTls,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamTls {
     Required,
@@ -228,9 +308,34 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0".into()));
             }
         }
+        let delivery = &self.delivery;
+        if delivery.retry.is_empty() {
+            return Err(invalid(
+                "delivery.retry",
+                "needs at least one interval".into(),
+            ));
+        }
+        if delivery.concurrency == 0 || delivery.per_upstream == 0 {
+            return Err(invalid(
+                "delivery.concurrency",
+                "concurrency and per_upstream must be greater than 0".into(),
+            ));
+        }
+        if let Some(ca) = &delivery.extra_ca_file {
+            if let Err(err) = std::fs::metadata(ca) {
+                return Err(invalid(
+                    "delivery.extra_ca_file",
+                    format!("cannot read {}: {err}", ca.display()),
+                ));
+            }
+        }
         for (key, value) in [
             ("smtp.command_timeout", smtp.command_timeout),
             ("smtp.data_timeout", smtp.data_timeout),
+            ("delivery.probe_interval", delivery.probe_interval),
+            ("delivery.connect_timeout", delivery.connect_timeout),
+            ("delivery.command_timeout", delivery.command_timeout),
+            ("delivery.data_timeout", delivery.data_timeout),
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be longer than 0s".into()));
@@ -258,7 +363,12 @@ impl Config {
                     format!("domain {name} is configured twice"),
                 ));
             }
-            if domain.upstream != "mx" && parse_host_port(&domain.upstream).is_none() {
+            if domain.upstream != "mx"
+                && domain
+                    .upstream
+                    .split(',')
+                    .any(|part| parse_host_port(part.trim()).is_none())
+            {
                 return Err(invalid(
                     &key("upstream"),
                     format!(

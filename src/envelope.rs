@@ -148,6 +148,10 @@ pub struct RecipientState {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reply: Option<String>,
+    /// A failure notification for this recipient has been queued (or was
+    /// not wanted): never bounce the same recipient twice.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dsn_done: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

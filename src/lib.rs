@@ -12,12 +12,15 @@
 //! - [`policy`]: who may send to whom: configured domains and recipient lists;
 //!   never an open relay.
 //! - [`spool`]: THE HUB — fsync'd segment files (truth) + sled index (derived).
+//! - [`delivery`]: DELIVERY — routes (static/MX), the SMTP client, per-recipient
+//!   retries, upstream circuit + auto-flush, holds, DSNs.
 //! - [`server`]: wires the stages together for `serve` and for tests.
 //! - [`cli`]: the `breakwater` command line; `main.rs` only calls into it.
 //! - [`logging`]: tracing setup, text or JSON, one line per message event.
 
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod envelope;
 pub mod logging;
 pub mod policy;

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::delivery::{DeliveryEngine, DeliveryError};
 use crate::policy::RecipientPolicy;
 use crate::smtp::tls::{self, TlsHandle};
 use crate::smtp::{SmtpContext, SmtpServer};
@@ -28,6 +29,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Listen(#[from] std::io::Error),
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
 }
 
 /// A running Breakwater.
@@ -39,6 +42,7 @@ pub struct Server {
     config: Config,
     shutdown: watch::Sender<bool>,
     smtp_task: JoinHandle<()>,
+    delivery: Option<DeliveryEngine>,
 }
 
 impl Server {
@@ -69,6 +73,16 @@ impl Server {
             tracing::info!(%addr, "smtp listening");
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let delivery = if config.delivery.enabled {
+            Some(DeliveryEngine::start(
+                &config,
+                spool.clone(),
+                shutdown_rx.clone(),
+            )?)
+        } else {
+            tracing::warn!("delivery disabled: messages stay in the spool");
+            None
+        };
         let smtp_task = tokio::spawn(smtp.run(shutdown_rx));
         Ok(Server {
             smtp_addrs,
@@ -78,6 +92,7 @@ impl Server {
             config,
             shutdown,
             smtp_task,
+            delivery,
         })
     }
 
@@ -112,11 +127,19 @@ impl Server {
         &self.config
     }
 
+    /// The delivery engine (hold/release upstreams, status), when enabled.
+    pub fn delivery(&self) -> Option<&DeliveryEngine> {
+        self.delivery.as_ref()
+    }
+
     /// Stop accepting, let sessions finish (bounded by `shutdown_grace`),
     /// then flush and close the spool.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.smtp_task.await;
+        if let Some(delivery) = self.delivery {
+            delivery.join(self.config.smtp.shutdown_grace).await;
+        }
         self.spool.close().await;
         tracing::info!("shutdown complete");
     }

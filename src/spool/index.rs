@@ -23,6 +23,17 @@ pub struct IndexEntry {
     pub location: Location,
     pub envelope: Envelope,
     pub state: MessageState,
+    /// A volatile schedule override set by the delivery engine (in flight,
+    /// or waiting for a held/down upstream). Never written to the segments:
+    /// after a restart the durable `next_attempt_ms` applies again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked_until_ms: Option<u64>,
+}
+
+impl IndexEntry {
+    fn due_ms(&self) -> u64 {
+        self.parked_until_ms.unwrap_or(self.state.next_attempt_ms)
+    }
 }
 
 pub(crate) struct Index {
@@ -71,7 +82,7 @@ impl Index {
         self.messages.insert(id.to_bytes(), value)?;
         if is_scheduled(&entry.state) {
             self.schedule
-                .insert(schedule_key(entry.state.next_attempt_ms, id), &[])?;
+                .insert(schedule_key(entry.due_ms(), id), &[])?;
         }
         for rcpt in &entry.envelope.recipients {
             self.by_recipient
@@ -91,21 +102,29 @@ impl Index {
         let Some(mut entry) = self.get(id)? else {
             return Ok(None);
         };
-        if is_scheduled(&entry.state) {
-            self.schedule
-                .remove(schedule_key(entry.state.next_attempt_ms, id))?;
-        }
+        self.schedule.remove(schedule_key(entry.due_ms(), id))?;
         entry.state = state.clone();
+        entry.parked_until_ms = None;
         self.insert(id, &entry)?;
         Ok(Some(entry))
+    }
+
+    /// Move a message in the schedule without touching its durable state.
+    pub fn park(&self, id: QueueId, until_ms: u64) -> IndexResult<bool> {
+        let Some(mut entry) = self.get(id)? else {
+            return Ok(false);
+        };
+        self.schedule.remove(schedule_key(entry.due_ms(), id))?;
+        entry.parked_until_ms = Some(until_ms);
+        self.insert(id, &entry)?;
+        Ok(true)
     }
 
     pub fn remove(&self, id: QueueId) -> IndexResult<Option<IndexEntry>> {
         let Some(entry) = self.get(id)? else {
             return Ok(None);
         };
-        self.schedule
-            .remove(schedule_key(entry.state.next_attempt_ms, id))?;
+        self.schedule.remove(schedule_key(entry.due_ms(), id))?;
         for rcpt in &entry.envelope.recipients {
             self.by_recipient.remove(recipient_key(&rcpt.address, id))?;
         }

@@ -7,6 +7,7 @@
 //! tmp/<QUEUEID>.part              bodies being received (deleted at start-up)
 //! index/                          sled database (derived; rebuilt when in doubt)
 //! lock                            flock'd by the one process using this spool
+//! upstream-holds.json             upstreams an operator put on hold
 //! ```
 //!
 //! Durability contract: [`Spool::enqueue`] returns only after the message's
@@ -112,6 +113,9 @@ struct Inner {
     current_segment: Arc<AtomicU64>,
     reclaim: Mutex<Reclaim>,
     stats: Arc<Stats>,
+    work: Arc<tokio::sync::Notify>,
+    holds_path: PathBuf,
+    holds_lock: Mutex<()>,
     /// Held for the life of the spool: two processes on one spool would
     /// interleave appends and delete each other's index.
     _lock: std::fs::File,
@@ -224,6 +228,9 @@ impl Spool {
                 current_segment,
                 reclaim: Mutex::new(Reclaim { live, oldest }),
                 stats,
+                work: Arc::new(tokio::sync::Notify::new()),
+                holds_path: root.join("upstream-holds.json"),
+                holds_lock: Mutex::new(()),
                 _lock: lock,
             }),
         };
@@ -288,6 +295,7 @@ impl Spool {
             location,
             envelope,
             state,
+            parked_until_ms: None,
         };
         if let Err(err) = self.inner.index.insert(id, &entry) {
             // The message is durable; only the index missed it. Start-up
@@ -302,6 +310,7 @@ impl Spool {
             .live
             .entry(location.segment)
             .or_insert(0) += 1;
+        self.inner.work.notify_one();
         Ok(id)
     }
 
@@ -359,6 +368,60 @@ impl Spool {
         .expect("state metadata serialises");
         self.append(Kind::State, meta, Vec::new(), None).await?;
         self.inner.index.set_state(id, &state)?;
+        self.inner.work.notify_one();
+        Ok(())
+    }
+
+    /// Move a message in the delivery schedule without a durable write: used
+    /// while it is in flight, or while its upstream is held or down. A restart
+    /// forgets all parking and goes back to the durable schedule.
+    pub fn park(&self, id: QueueId, until_ms: u64) -> Result<bool, SpoolError> {
+        let parked = self.inner.index.park(id, until_ms)?;
+        if until_ms <= crate::envelope::now_ms() {
+            self.inner.work.notify_one();
+        }
+        Ok(parked)
+    }
+
+    /// Wakes whoever waits for delivery work (new message, new schedule).
+    pub fn work_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.work.clone()
+    }
+
+    /// Upstreams an operator has put on hold; survives restarts.
+    pub fn held_upstreams(&self) -> Result<std::collections::BTreeSet<String>, SpoolError> {
+        match std::fs::read(&self.inner.holds_path) {
+            Ok(data) => serde_json::from_slice(&data).map_err(|err| {
+                SpoolError::Corrupt(
+                    QueueId::from_bytes([0; 16]),
+                    format!("{}: {err}", self.inner.holds_path.display()),
+                )
+            }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Hold or release an upstream, durably (write, fsync, rename, fsync dir).
+    pub fn set_upstream_held(&self, upstream: &str, held: bool) -> Result<(), SpoolError> {
+        let _guard = self.inner.holds_lock.lock().expect("holds lock");
+        let mut holds = self.held_upstreams()?;
+        if held {
+            holds.insert(upstream.to_string());
+        } else {
+            holds.remove(upstream);
+        }
+        let tmp = self.inner.holds_path.with_extension("tmp");
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&serde_json::to_vec_pretty(&holds).expect("holds serialise"))?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.inner.holds_path)?;
+        if let Some(dir) = self.inner.holds_path.parent() {
+            writer::sync_dir(dir)?;
+        }
         Ok(())
     }
 

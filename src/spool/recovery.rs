@@ -186,6 +186,7 @@ fn apply(
                     location,
                     envelope: meta.envelope,
                     state: meta.state,
+                    parked_until_ms: None,
                 },
             );
         }

@@ -9,7 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use breakwater::config::{Config, DomainConfig, SmtpConfig, SpoolConfig, UpstreamTls};
+pub mod dns;
+pub mod sink;
+
+use breakwater::config::{
+    Config, DeliveryConfig, DnsConfig, DomainConfig, SmtpConfig, SpoolConfig, UpstreamTls,
+};
 use breakwater::server::Server;
 
 pub const DOMAIN: &str = "example.com";
@@ -42,6 +47,12 @@ impl Fixture {
                 dir: root.join("spool"),
                 ..SpoolConfig::default()
             },
+            // Intake tests look at the spool; delivery tests turn this on.
+            delivery: DeliveryConfig {
+                enabled: false,
+                ..DeliveryConfig::default()
+            },
+            dns: DnsConfig::default(),
             domains: vec![
                 DomainConfig {
                     name: DOMAIN.to_string(),

@@ -1,0 +1,130 @@
+//! Delivery status notifications (RFC 3464 `multipart/report`), sent from
+//! `<>` to the envelope sender when recipients fail for good.
+
+use time::format_description::well_known::Rfc2822;
+
+use crate::envelope::{DsnRet, Envelope, QueueId, NOTIFY_FAILURE, NOTIFY_NEVER};
+
+/// One failed recipient for the report.
+pub struct FailedRecipient<'a> {
+    pub address: &'a str,
+    pub orcpt: Option<&'a str>,
+    /// The reply or reason, starting with its enhanced status code when known.
+    pub diagnostic: &'a str,
+    pub remote_mta: Option<&'a str>,
+}
+
+/// Whether a failure DSN is owed for this recipient (RFC 3461 4.1: default
+/// is failure notifications only; NEVER means none).
+pub fn wants_failure_notice(notify: u8) -> bool {
+    notify == 0 || (notify & NOTIFY_NEVER == 0 && notify & NOTIFY_FAILURE != 0)
+}
+
+/// The enhanced status code at the start of a diagnostic, if any.
+fn status_of(diagnostic: &str) -> String {
+    diagnostic
+        .split_whitespace()
+        .find(|word| {
+            let parts: Vec<&str> = word.split('.').collect();
+            parts.len() == 3
+                && parts
+                    .iter()
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .unwrap_or("5.0.0")
+        .to_string()
+}
+
+/// Build the DSN message (CRLF line endings, ready to spool).
+pub fn build(
+    hostname: &str,
+    id: QueueId,
+    envelope: &Envelope,
+    failed: &[FailedRecipient<'_>],
+    original: &[u8],
+) -> Vec<u8> {
+    let now = time::OffsetDateTime::now_utc()
+        .format(&Rfc2822)
+        .unwrap_or_default();
+    let arrival =
+        time::OffsetDateTime::from_unix_timestamp((envelope.received_at_ms / 1000) as i64)
+            .ok()
+            .and_then(|t| t.format(&Rfc2822).ok())
+            .unwrap_or_default();
+    let boundary = format!("{id}/{hostname}");
+    let mut out = String::new();
+    out.push_str(&format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"
+    ));
+    out.push_str(&format!("To: <{}>\r\n", envelope.sender));
+    out.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
+    out.push_str(&format!("Date: {now}\r\n"));
+    out.push_str(&format!("Message-ID: <{id}.dsn@{hostname}>\r\n"));
+    out.push_str("Auto-Submitted: auto-replied\r\n");
+    out.push_str("MIME-Version: 1.0\r\n");
+    out.push_str(&format!(
+        "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n"
+    ));
+    out.push_str("This is a MIME-encapsulated message.\r\n\r\n");
+
+    out.push_str(&format!(
+        "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    ));
+    out.push_str(&format!(
+        "This is the mail system at host {hostname}.\r\n\r\nYour message could not be delivered to one or more recipients.\r\nIt is attached below.\r\n\r\n"
+    ));
+    for rcpt in failed {
+        out.push_str(&format!("<{}>: {}\r\n", rcpt.address, rcpt.diagnostic));
+    }
+    out.push_str("\r\n");
+
+    out.push_str(&format!(
+        "--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
+    ));
+    out.push_str(&format!("Reporting-MTA: dns; {hostname}\r\n"));
+    if let Some(envid) = &envelope.dsn_envid {
+        out.push_str(&format!("Original-Envelope-Id: {envid}\r\n"));
+    }
+    out.push_str(&format!("X-Breakwater-Queue-ID: {id}\r\n"));
+    out.push_str(&format!("Arrival-Date: {arrival}\r\n"));
+    for rcpt in failed {
+        out.push_str("\r\n");
+        if let Some(orcpt) = rcpt.orcpt {
+            out.push_str(&format!(
+                "Original-Recipient: {}\r\n",
+                orcpt.replacen(';', "; ", 1)
+            ));
+        }
+        out.push_str(&format!("Final-Recipient: rfc822; {}\r\n", rcpt.address));
+        out.push_str("Action: failed\r\n");
+        out.push_str(&format!("Status: {}\r\n", status_of(rcpt.diagnostic)));
+        if let Some(mta) = rcpt.remote_mta {
+            out.push_str(&format!("Remote-MTA: dns; {mta}\r\n"));
+        }
+        out.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", rcpt.diagnostic));
+    }
+    out.push_str("\r\n");
+
+    let headers_only = envelope.dsn_ret == Some(DsnRet::Hdrs);
+    let mut bytes = out.into_bytes();
+    if headers_only {
+        bytes.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n").as_bytes(),
+        );
+        let end = original
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(original.len(), |p| p + 2);
+        bytes.extend_from_slice(&original[..end]);
+    } else {
+        bytes.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n").as_bytes(),
+        );
+        bytes.extend_from_slice(original);
+    }
+    if !bytes.ends_with(b"\r\n") {
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    bytes
+}

@@ -1,0 +1,556 @@
+//! DELIVERY: take due messages from the spool's schedule and get them to the
+//! upstream — per recipient, with retries, bounces, and an automatic flush
+//! when a down upstream comes back.
+//!
+//! - `route`: static hosts or MX (hickory), self-MX protection;
+//! - `client`: the SMTP client (mail-send low-level calls), TLS policy, pool;
+//! - `upstream`: per-upstream circuit, holds, throttling, parked messages;
+//! - `dsn`: RFC 3464 bounces.
+//!
+//! The scheduler reads only the spool's `schedule` index (never a full scan),
+//! parks a message while it is in flight (a lease, so a crashed task cannot
+//! lose it), and records each attempt's per-recipient outcome durably with
+//! `Spool::set_state` before the next attempt is planned. A delivery that
+//! happened but was not yet recorded when the process died is repeated after
+//! restart: duplicates are possible, loss is not.
+
+pub mod client;
+pub mod dsn;
+pub mod route;
+pub mod upstream;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, DeliveryConfig};
+use crate::envelope::{
+    now_ms, ClientInfo, Envelope, MessageState, QueueId, Recipient, RecipientStatus,
+};
+use crate::spool::{Spool, SpooledMessage};
+use client::{Outcome, SessionFailure, Transaction, Transport};
+use route::{RouteError, Router};
+use upstream::{Availability, UpstreamStatus, Upstreams};
+
+/// How long a message stays parked while in flight before it is considered
+/// abandoned and becomes due again.
+const IN_FLIGHT_LEASE_MS: u64 = 30 * 60 * 1000;
+/// "Until further notice" for messages waiting on a held or down upstream.
+const PARKED_INDEFINITELY_MS: u64 = u64::MAX / 2;
+
+struct Engine {
+    spool: Spool,
+    router: Router,
+    transport: Transport,
+    upstreams: Upstreams,
+    config: DeliveryConfig,
+    hostname: String,
+    retry: Vec<Duration>,
+    global: Arc<Semaphore>,
+    in_flight: Mutex<HashSet<QueueId>>,
+}
+
+pub struct DeliveryEngine {
+    engine: Arc<Engine>,
+    scheduler: JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("delivery setup: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
+}
+
+impl DeliveryEngine {
+    pub fn start(
+        config: &Config,
+        spool: Spool,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<DeliveryEngine, DeliveryError> {
+        let router = Router::new(config).map_err(DeliveryError::Setup)?;
+        let transport =
+            Transport::new(&config.delivery, &config.hostname).map_err(DeliveryError::Setup)?;
+        let held = spool.held_upstreams()?;
+        for name in &held {
+            tracing::info!(upstream = %name, "upstream is on hold (from previous run)");
+        }
+        let engine = Arc::new(Engine {
+            upstreams: Upstreams::new(
+                held,
+                config.delivery.down_after_failures,
+                config.delivery.per_upstream,
+            ),
+            retry: config.delivery.retry_schedule(),
+            global: Arc::new(Semaphore::new(config.delivery.concurrency)),
+            config: config.delivery.clone(),
+            hostname: config.hostname.clone(),
+            in_flight: Mutex::new(HashSet::new()),
+            spool,
+            router,
+            transport,
+        });
+        let scheduler = tokio::spawn(engine.clone().schedule(shutdown));
+        Ok(DeliveryEngine { engine, scheduler })
+    }
+
+    /// Stop delivering to an upstream; everything for it stays spooled. Durable.
+    pub fn hold(&self, upstream: &str) -> Result<(), DeliveryError> {
+        self.engine.spool.set_upstream_held(upstream, true)?;
+        self.engine.upstreams.set_held(upstream, true);
+        tracing::info!(upstream, "upstream held");
+        Ok(())
+    }
+
+    /// Resume delivery to an upstream and flush its parked mail now.
+    pub fn release(&self, upstream: &str) -> Result<(), DeliveryError> {
+        self.engine.spool.set_upstream_held(upstream, false)?;
+        self.engine.upstreams.set_held(upstream, false);
+        let parked = self.engine.upstreams.take_parked(upstream);
+        tracing::info!(
+            upstream,
+            messages = parked.len(),
+            "upstream released; flushing"
+        );
+        self.engine.flush(&parked);
+        Ok(())
+    }
+
+    /// The upstream a recipient domain is routed to (its hold/health name).
+    pub fn upstream_for(&self, domain: &str) -> String {
+        self.engine.router.route_for(domain).upstream
+    }
+
+    pub fn status(&self) -> Vec<UpstreamStatus> {
+        self.engine.upstreams.status()
+    }
+
+    /// After shutdown was signalled: let running deliveries finish (bounded).
+    pub async fn join(self, grace: Duration) {
+        let _ = self.scheduler.await;
+        let all = self.engine.config.concurrency as u32;
+        if tokio::time::timeout(grace, self.engine.global.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "delivery: attempts still running at shutdown; they will be retried after restart"
+            );
+        }
+    }
+}
+
+impl Engine {
+    async fn schedule(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let work = self.spool.work_notify();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let now = now_ms();
+            let due = match self.spool.due(now, 256) {
+                Ok(due) => due,
+                Err(err) => {
+                    tracing::error!(error = %err, "delivery: cannot read the schedule");
+                    Vec::new()
+                }
+            };
+            for id in due {
+                if !self.in_flight.lock().expect("in-flight lock").insert(id) {
+                    continue;
+                }
+                let _ = self.spool.park(id, now + IN_FLIGHT_LEASE_MS);
+                let permit = tokio::select! {
+                    permit = self.global.clone().acquire_owned() => permit.expect("semaphore open"),
+                    _ = shutdown.changed() => {
+                        self.in_flight.lock().expect("in-flight lock").remove(&id);
+                        return;
+                    }
+                };
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    engine.process(id).await;
+                    engine.in_flight.lock().expect("in-flight lock").remove(&id);
+                    drop(permit);
+                });
+            }
+            let wait = match self.spool.next_due_ms() {
+                Ok(Some(next)) => {
+                    Duration::from_millis(next.saturating_sub(now_ms()).clamp(10, 60_000))
+                }
+                _ => Duration::from_secs(60),
+            };
+            tokio::select! {
+                _ = work.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Make messages due now.
+    fn flush(&self, ids: &[QueueId]) {
+        let now = now_ms();
+        for id in ids {
+            let _ = self.spool.park(*id, now);
+        }
+    }
+
+    async fn process(self: &Arc<Self>, id: QueueId) {
+        let message = match self.spool.get(id) {
+            Ok(Some(message)) => message,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::error!(queue_id = %id, error = %err, "delivery: cannot read message state");
+                return;
+            }
+        };
+        let body = match self.spool.read_body(id) {
+            Ok(body) => body,
+            Err(err) => {
+                // Damaged on disk: keep it for an operator, never drop it.
+                tracing::error!(queue_id = %id, error = %err, "delivery: message body unreadable; parked for an operator");
+                let _ = self.spool.park(id, PARKED_INDEFINITELY_MS);
+                return;
+            }
+        };
+        let mut state = message.state.clone();
+        let envelope = &message.envelope;
+
+        // Pending recipients, grouped by upstream (one transaction each).
+        let mut groups: BTreeMap<String, (route::Route, String, Vec<usize>)> = BTreeMap::new();
+        for (index, rcpt) in envelope.recipients.iter().enumerate() {
+            if state.recipients[index].status.is_final() {
+                continue;
+            }
+            let route = self.router.route_for(rcpt.domain());
+            groups
+                .entry(route.upstream.clone())
+                .or_insert_with(|| (route, rcpt.domain().to_string(), Vec::new()))
+                .2
+                .push(index);
+        }
+
+        let mut attempted = false;
+        let mut parked_until: Option<u64> = None;
+        let mut parked_on = Vec::new();
+        for (name, (route, domain, indexes)) in groups {
+            match self.upstreams.availability(&name, &domain) {
+                Availability::Open => {}
+                Availability::Held | Availability::Down => {
+                    parked_until = Some(
+                        parked_until
+                            .map_or(PARKED_INDEFINITELY_MS, |t| t.min(PARKED_INDEFINITELY_MS)),
+                    );
+                    parked_on.push((name, domain));
+                    continue;
+                }
+                Availability::Throttled(until) => {
+                    parked_until = Some(parked_until.map_or(until, |t| t.min(until)));
+                    continue;
+                }
+            }
+            attempted = true;
+            let permits = self.upstreams.permits(&name, &domain);
+            let _permit = permits.acquire_owned().await.expect("semaphore open");
+            let outcomes = self
+                .attempt(&name, &domain, &route, envelope, &indexes, &body)
+                .await;
+            for (index, outcome, relay) in outcomes {
+                self.record(id, envelope, &mut state, index, outcome, &relay);
+            }
+        }
+
+        self.expire(id, envelope, &mut state);
+        let bounced = self.bounce_failures(&message, &mut state, &body).await;
+        if state.is_finished() && bounced {
+            let reason = if state
+                .recipients
+                .iter()
+                .any(|r| r.status == RecipientStatus::Failed)
+            {
+                "bounced"
+            } else {
+                "delivered"
+            };
+            match self.spool.remove(id, reason).await {
+                Ok(_) => tracing::info!(queue_id = %id, reason, "removed"),
+                Err(err) => {
+                    tracing::error!(queue_id = %id, error = %err, "cannot remove finished message; it may be delivered again")
+                }
+            }
+            return;
+        }
+        if !bounced {
+            // The DSN could not be queued: keep the message and try again soon.
+            attempted = true;
+        }
+        for (name, domain) in &parked_on {
+            self.upstreams.park(name, domain, id);
+        }
+        if attempted {
+            state.next_attempt_ms = now_ms() + self.backoff(&state);
+            if let Err(err) = self.spool.set_state(id, state).await {
+                tracing::error!(queue_id = %id, error = %err, "delivery: cannot record attempt; it will be repeated");
+            }
+        } else if let Some(until) = parked_until {
+            let _ = self.spool.park(id, until);
+        }
+        // A flush may have raced with parking: re-check now-open upstreams.
+        for (name, domain) in parked_on {
+            if self.upstreams.availability(&name, &domain) == Availability::Open {
+                self.flush(&self.upstreams.take_parked(&name));
+            }
+        }
+    }
+
+    /// One transaction for one upstream: per-recipient outcomes with the relay used.
+    async fn attempt(
+        self: &Arc<Self>,
+        name: &str,
+        domain: &str,
+        route: &route::Route,
+        envelope: &Envelope,
+        indexes: &[usize],
+        body: &[u8],
+    ) -> Vec<(usize, Outcome, String)> {
+        let all = |outcome: Outcome, relay: &str| {
+            indexes
+                .iter()
+                .map(|i| (*i, outcome.clone(), relay.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let targets = match self.router.targets(domain).await {
+            Ok(targets) => targets,
+            Err(RouteError::Permanent(why)) => return all(Outcome::Failed(why), "none"),
+            Err(RouteError::Temporary(why)) => return all(Outcome::Deferred(why), "none"),
+        };
+        let tx = Transaction {
+            envelope,
+            recipients: indexes
+                .iter()
+                .map(|i| (*i, &envelope.recipients[*i]))
+                .collect(),
+            body,
+            tls: route.tls,
+        };
+        let mut last_error = String::new();
+        let mut all_unreachable = true;
+        for target in &targets {
+            match self.transport.deliver(target, &tx).await {
+                Ok(report) => {
+                    let flushed = self.upstreams.record_success(name, domain);
+                    self.flush(&flushed);
+                    let relay = format!(
+                        "{}[{}]{}",
+                        target.host,
+                        target.addr,
+                        report.tls.map(|t| format!(" ({t})")).unwrap_or_default()
+                    );
+                    if let Some(throttle) = report.outcomes.iter().find_map(|(_, o)| match o {
+                        Outcome::Deferred(reply) if client::is_throttle(reply) => Some(reply),
+                        _ => None,
+                    }) {
+                        let pause = self
+                            .retry
+                            .first()
+                            .copied()
+                            .unwrap_or(Duration::from_secs(60));
+                        tracing::info!(upstream = name, reply = %throttle, "throttled by upstream");
+                        self.upstreams
+                            .throttle(name, domain, now_ms() + pause.as_millis() as u64);
+                    }
+                    return report
+                        .outcomes
+                        .into_iter()
+                        .map(|(i, o)| (i, o, relay.clone()))
+                        .collect();
+                }
+                Err(SessionFailure::Unreachable(why)) => last_error = why,
+                Err(SessionFailure::Broken(why)) => {
+                    all_unreachable = false;
+                    last_error = why;
+                }
+            }
+        }
+        if all_unreachable && self.upstreams.record_failure(name, domain, &last_error) {
+            tokio::spawn(self.clone().probe(name.to_string()));
+        }
+        let reply = if last_error.starts_with('4') || last_error.contains(" 4.") {
+            last_error
+        } else {
+            format!("4.4.1 {last_error}")
+        };
+        all(Outcome::Deferred(reply), "none")
+    }
+
+    fn record(
+        &self,
+        id: QueueId,
+        envelope: &Envelope,
+        state: &mut MessageState,
+        index: usize,
+        outcome: Outcome,
+        relay: &str,
+    ) {
+        let rcpt = &mut state.recipients[index];
+        rcpt.attempts += 1;
+        let (status, reply, word) = match outcome {
+            Outcome::Delivered(reply) => (RecipientStatus::Delivered, reply, "sent"),
+            Outcome::Deferred(reply) => (RecipientStatus::Deferred, reply, "deferred"),
+            Outcome::Failed(reply) => (RecipientStatus::Failed, reply, "bounced"),
+        };
+        rcpt.status = status;
+        let delay = now_ms().saturating_sub(envelope.received_at_ms) as f64 / 1000.0;
+        tracing::info!(
+            queue_id = %id,
+            to = %envelope.recipients[index].address,
+            relay,
+            delay = format!("{delay:.1}"),
+            attempts = rcpt.attempts,
+            status = word,
+            reply = %reply,
+            "delivery"
+        );
+        rcpt.last_reply = Some(reply);
+    }
+
+    /// Deferred recipients older than `max_age` fail (RFC 3463 4.4.7).
+    fn expire(&self, id: QueueId, envelope: &Envelope, state: &mut MessageState) {
+        let age = now_ms().saturating_sub(envelope.received_at_ms);
+        if age < self.config.max_age.as_millis() as u64 {
+            return;
+        }
+        for (index, rcpt) in state.recipients.iter_mut().enumerate() {
+            if !rcpt.status.is_final() {
+                let last = rcpt
+                    .last_reply
+                    .clone()
+                    .unwrap_or_else(|| "no attempt possible".into());
+                rcpt.status = RecipientStatus::Failed;
+                rcpt.last_reply = Some(format!(
+                    "4.4.7 message expired after {}; last error: {last}",
+                    humantime::format_duration(self.config.max_age)
+                ));
+                tracing::info!(queue_id = %id, to = %envelope.recipients[index].address, status = "expired", "delivery");
+            }
+        }
+    }
+
+    fn backoff(&self, state: &MessageState) -> u64 {
+        let attempts = state
+            .recipients
+            .iter()
+            .filter(|r| !r.status.is_final())
+            .map(|r| r.attempts)
+            .min()
+            .unwrap_or(1)
+            .max(1) as usize;
+        let base = self.retry[(attempts - 1).min(self.retry.len() - 1)];
+        let jitter = 0.8 + fastrand::f64() * 0.4;
+        (base.as_millis() as f64 * jitter) as u64
+    }
+
+    /// Queue one DSN for the recipients that failed since the last one
+    /// (Postfix bounces failures at once, without waiting for deferred
+    /// recipients). False if the DSN could not be queued.
+    async fn bounce_failures(
+        &self,
+        message: &SpooledMessage,
+        state: &mut MessageState,
+        body: &[u8],
+    ) -> bool {
+        let envelope = &message.envelope;
+        let pending: Vec<usize> = (0..state.recipients.len())
+            .filter(|&i| {
+                state.recipients[i].status == RecipientStatus::Failed
+                    && !state.recipients[i].dsn_done
+            })
+            .collect();
+        let failed: Vec<dsn::FailedRecipient<'_>> = pending
+            .iter()
+            .filter(|&&i| dsn::wants_failure_notice(envelope.recipients[i].notify))
+            .map(|&i| dsn::FailedRecipient {
+                address: &envelope.recipients[i].address,
+                orcpt: envelope.recipients[i].orcpt.as_deref(),
+                diagnostic: state.recipients[i]
+                    .last_reply
+                    .as_deref()
+                    .unwrap_or("5.0.0 delivery failed"),
+                remote_mta: None,
+            })
+            .collect();
+        // Never bounce a bounce.
+        if !failed.is_empty() && !envelope.sender.is_empty() {
+            let report = dsn::build(&self.hostname, message.id, envelope, &failed, body);
+            let mut dsn_body = self.spool.new_body();
+            let written = dsn_body.write(&report);
+            let dsn_envelope = Envelope {
+                sender: String::new(),
+                recipients: vec![Recipient {
+                    address: envelope.sender.clone(),
+                    orcpt: None,
+                    notify: 0,
+                }],
+                dsn_ret: None,
+                dsn_envid: None,
+                smtputf8: !envelope.sender.is_ascii(),
+                body_8bitmime: true,
+                requiretls: false,
+                client: ClientInfo {
+                    ip: std::net::IpAddr::from([127, 0, 0, 1]),
+                    helo: self.hostname.clone(),
+                    tls: None,
+                },
+                received_at_ms: now_ms(),
+                size: 0,
+            };
+            let queued = match written {
+                Ok(()) => self.spool.enqueue(dsn_body, dsn_envelope).await,
+                Err(err) => Err(err.into()),
+            };
+            match queued {
+                Ok(dsn_id) => {
+                    tracing::info!(queue_id = %message.id, dsn = %dsn_id, to = %envelope.sender, recipients = failed.len(), "sender non-delivery notification queued")
+                }
+                Err(err) => {
+                    tracing::error!(queue_id = %message.id, error = %err, "cannot queue DSN; will retry");
+                    return false;
+                }
+            }
+        }
+        for i in pending {
+            state.recipients[i].dsn_done = true;
+        }
+        true
+    }
+
+    async fn probe(self: Arc<Self>, name: String) {
+        let interval = self.config.probe_interval;
+        loop {
+            tokio::time::sleep(interval).await;
+            if !self.upstreams.is_down(&name) {
+                return;
+            }
+            let Some(domain) = self.upstreams.sample_domain(&name) else {
+                return;
+            };
+            let route = self.router.route_for(&domain);
+            let Ok(targets) = self.router.targets(&domain).await else {
+                continue;
+            };
+            for target in &targets {
+                if self.transport.probe(target, route.tls).await.is_ok() {
+                    let parked = self.upstreams.record_success(&name, &domain);
+                    tracing::info!(upstream = %name, messages = parked.len(), "probe succeeded; flushing parked mail");
+                    self.flush(&parked);
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Where mail for a recipient domain goes: a static list of hosts, or the
+//! domain's MX records (RFC 5321 5.1), with Postfix's self-MX protection.
+//!
+//! Routing is two steps: [`Router::route_for`] is pure configuration (which
+//! upstream, which TLS policy) and names the upstream whose health and hold
+//! state apply; [`Router::targets`] asks DNS for the concrete addresses at
+//! attempt time, so a changed MX takes effect without a restart.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::TokioResolver;
+
+use crate::config::{parse_host_port, Config, UpstreamTls};
+
+/// The configured way to a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Name of the upstream: the static host list as configured, or
+    /// `mx:<domain>`. Health, hold and concurrency are tracked per upstream.
+    pub upstream: String,
+    pub tls: UpstreamTls,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host name for logs and TLS verification.
+    pub host: String,
+    pub addr: SocketAddr,
+}
+
+/// A routing failure, with the enhanced status code it maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    Temporary(String),
+    Permanent(String),
+}
+
+#[derive(Debug, Clone)]
+enum Spec {
+    Mx,
+    Hosts(Vec<(String, u16)>),
+}
+
+pub struct Router {
+    resolver: TokioResolver,
+    hostname: String,
+    listen: Vec<SocketAddr>,
+    mx_port: u16,
+    domains: HashMap<String, (Spec, String, UpstreamTls)>,
+}
+
+impl Router {
+    pub fn new(config: &Config) -> Result<Router, String> {
+        let provider = TokioRuntimeProvider::default();
+        let mut builder = if config.dns.nameservers.is_empty() {
+            TokioResolver::builder_tokio()
+                .map_err(|e| format!("system resolver configuration: {e}"))?
+        } else {
+            let servers = config
+                .dns
+                .nameservers
+                .iter()
+                .map(|addr| {
+                    let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+                    for connection in &mut server.connections {
+                        connection.port = addr.port();
+                    }
+                    server
+                })
+                .collect();
+            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+        };
+        let options = builder.options_mut();
+        options.timeout = std::time::Duration::from_secs(5);
+        options.attempts = 2;
+        let resolver = builder.build().map_err(|e| format!("DNS resolver: {e}"))?;
+        let mut domains = HashMap::new();
+        for domain in &config.domains {
+            let name = domain.name.trim_end_matches('.').to_ascii_lowercase();
+            let spec = if domain.upstream == "mx" {
+                Spec::Mx
+            } else {
+                Spec::Hosts(
+                    domain
+                        .upstream
+                        .split(',')
+                        .filter_map(|part| parse_host_port(part.trim()))
+                        .map(|(h, p)| (h.to_string(), p))
+                        .collect(),
+                )
+            };
+            let key = match spec {
+                Spec::Mx => format!("mx:{name}"),
+                Spec::Hosts(_) => domain.upstream.replace(' ', ""),
+            };
+            domains.insert(name, (spec, key, domain.tls));
+        }
+        Ok(Router {
+            resolver,
+            hostname: config.hostname.trim_end_matches('.').to_ascii_lowercase(),
+            listen: config.smtp.listen.clone(),
+            mx_port: config.delivery.mx_port,
+            domains,
+        })
+    }
+
+    /// The route for a recipient domain. Domains we do not serve (DSNs going
+    /// back to senders) use their MX with opportunistic TLS.
+    pub fn route_for(&self, domain: &str) -> Route {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        match self.domains.get(&domain) {
+            Some((_, key, tls)) => Route {
+                upstream: key.clone(),
+                tls: *tls,
+            },
+            None => Route {
+                upstream: format!("mx:{domain}"),
+                tls: UpstreamTls::Opportunistic,
+            },
+        }
+    }
+
+    /// Concrete addresses to try, in order.
+    pub async fn targets(&self, domain: &str) -> Result<Vec<Target>, RouteError> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let spec = self
+            .domains
+            .get(&domain)
+            .map_or(Spec::Mx, |(spec, _, _)| spec.clone());
+        let targets = match spec {
+            Spec::Hosts(hosts) => {
+                let mut out = Vec::new();
+                let mut last_error = None;
+                for (host, port) in hosts {
+                    match self.addresses(&host, port).await {
+                        Ok(found) => out.extend(found),
+                        Err(err) => last_error = Some(err),
+                    }
+                }
+                if out.is_empty() {
+                    return Err(last_error.unwrap_or_else(|| {
+                        RouteError::Temporary("4.4.3 no upstream address".into())
+                    }));
+                }
+                out
+            }
+            Spec::Mx => self.mx_targets(&domain).await?,
+        };
+        let targets: Vec<Target> = targets
+            .into_iter()
+            .filter(|t| !self.is_own_listener(t.addr))
+            .collect();
+        if targets.is_empty() {
+            return Err(RouteError::Permanent(format!(
+                "5.4.6 mail for {domain} loops back to myself"
+            )));
+        }
+        Ok(targets)
+    }
+
+    async fn mx_targets(&self, domain: &str) -> Result<Vec<Target>, RouteError> {
+        let fqdn = format!("{domain}.");
+        let mut hosts: Vec<(u16, String)> = match self.resolver.mx_lookup(fqdn.as_str()).await {
+            Ok(lookup) => lookup
+                .answers()
+                .iter()
+                .filter_map(|record| match &record.data {
+                    RData::MX(mx) => Some((
+                        mx.preference,
+                        mx.exchange
+                            .to_ascii()
+                            .trim_end_matches('.')
+                            .to_ascii_lowercase(),
+                    )),
+                    _ => None,
+                })
+                .collect(),
+            Err(err) if err.is_nx_domain() => {
+                return Err(RouteError::Permanent(format!(
+                    "5.1.2 domain {domain} does not exist"
+                )))
+            }
+            // RFC 5321 5.1: no MX records → the domain itself is the implicit MX.
+            Err(err) if err.is_no_records_found() => vec![(0, domain.to_string())],
+            Err(err) => {
+                return Err(RouteError::Temporary(format!(
+                    "4.4.3 MX lookup for {domain} failed: {err}"
+                )))
+            }
+        };
+        // RFC 7505 null MX: "0 ." — the domain accepts no mail.
+        if hosts.iter().any(|(_, host)| host.is_empty()) {
+            return Err(RouteError::Permanent(format!(
+                "5.1.10 domain {domain} does not accept mail (null MX)"
+            )));
+        }
+        hosts.sort();
+        // Self-MX protection (Postfix smtp_addr.c): never relay to ourselves
+        // or to hosts no better than ourselves.
+        if let Some(own) = hosts
+            .iter()
+            .find(|(_, host)| *host == self.hostname)
+            .map(|(pref, _)| *pref)
+        {
+            hosts.retain(|(pref, _)| *pref < own);
+            if hosts.is_empty() {
+                return Err(RouteError::Permanent(format!(
+                    "5.4.6 mail for {domain} loops back to myself"
+                )));
+            }
+        }
+        let mut targets = Vec::new();
+        for (_, host) in &hosts {
+            if let Ok(found) = self.addresses(host, self.mx_port).await {
+                targets.extend(found);
+            }
+        }
+        if targets.is_empty() {
+            return Err(RouteError::Temporary(format!(
+                "4.4.4 unable to find primary relay for {domain}"
+            )));
+        }
+        Ok(targets)
+    }
+
+    async fn addresses(&self, host: &str, port: u16) -> Result<Vec<Target>, RouteError> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![Target {
+                host: host.to_string(),
+                addr: SocketAddr::new(ip, port),
+            }]);
+        }
+        let fqdn = format!("{}.", host.trim_end_matches('.'));
+        match self.resolver.lookup_ip(fqdn.as_str()).await {
+            Ok(lookup) => Ok(lookup
+                .iter()
+                .map(|ip| Target {
+                    host: host.to_string(),
+                    addr: SocketAddr::new(ip, port),
+                })
+                .collect()),
+            Err(err) if err.is_nx_domain() || err.is_no_records_found() => Err(
+                RouteError::Temporary(format!("4.4.3 host {host} has no address")),
+            ),
+            Err(err) => Err(RouteError::Temporary(format!(
+                "4.4.3 address lookup for {host} failed: {err}"
+            ))),
+        }
+    }
+
+    fn is_own_listener(&self, addr: SocketAddr) -> bool {
+        self.listen.iter().any(|own| {
+            own.port() == addr.port()
+                && (own.ip() == addr.ip()
+                    || (own.ip().is_unspecified()
+                        && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
+        })
+    }
+}

@@ -1,0 +1,203 @@
+//! Upstream health: a circuit per upstream, operator holds, throttling, and
+//! the set of messages parked while an upstream cannot take mail.
+//!
+//! Why a circuit: during an Exchange Online outage, trying every deferred
+//! message one by one just burns connections and log lines. After
+//! `down_after_failures` consecutive connection failures the upstream is
+//! marked down, its messages are parked (no durable write), and a single
+//! cheap probe runs every `probe_interval`. The moment the probe succeeds,
+//! every parked message is made due at once — the auto-flush.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::envelope::{now_ms, QueueId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Open,
+    Held,
+    Down,
+    /// Asked to slow down; try again at this time (ms).
+    Throttled(u64),
+}
+
+/// A snapshot for operators (admin API, drills).
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamStatus {
+    pub name: String,
+    pub state: &'static str,
+    /// When it went down (ms since epoch), if it is down.
+    pub down_since_ms: Option<u64>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+    pub parked_messages: usize,
+}
+
+struct State {
+    consecutive_failures: u32,
+    down_since_ms: Option<u64>,
+    last_error: Option<String>,
+    throttled_until_ms: u64,
+    /// A recipient domain routed here, for the probe's DNS lookup.
+    sample_domain: String,
+    parked: HashSet<QueueId>,
+    permits: Arc<Semaphore>,
+}
+
+pub struct Upstreams {
+    states: Mutex<HashMap<String, State>>,
+    held: Mutex<BTreeSet<String>>,
+    down_after: u32,
+    per_upstream: usize,
+}
+
+impl Upstreams {
+    pub fn new(held: BTreeSet<String>, down_after: u32, per_upstream: usize) -> Upstreams {
+        Upstreams {
+            states: Mutex::new(HashMap::new()),
+            held: Mutex::new(held),
+            down_after: down_after.max(1),
+            per_upstream,
+        }
+    }
+
+    fn with<R>(&self, name: &str, domain: &str, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut states = self.states.lock().expect("upstream lock");
+        let state = states.entry(name.to_string()).or_insert_with(|| State {
+            consecutive_failures: 0,
+            down_since_ms: None,
+            last_error: None,
+            throttled_until_ms: 0,
+            sample_domain: domain.to_string(),
+            parked: HashSet::new(),
+            permits: Arc::new(Semaphore::new(self.per_upstream)),
+        });
+        f(state)
+    }
+
+    pub fn availability(&self, name: &str, domain: &str) -> Availability {
+        if self.held.lock().expect("held lock").contains(name) {
+            return Availability::Held;
+        }
+        self.with(name, domain, |s| {
+            if s.down_since_ms.is_some() {
+                Availability::Down
+            } else if s.throttled_until_ms > now_ms() {
+                Availability::Throttled(s.throttled_until_ms)
+            } else {
+                Availability::Open
+            }
+        })
+    }
+
+    pub fn permits(&self, name: &str, domain: &str) -> Arc<Semaphore> {
+        self.with(name, domain, |s| s.permits.clone())
+    }
+
+    /// A connection got through. Returns the parked messages to flush if the
+    /// upstream was down.
+    pub fn record_success(&self, name: &str, domain: &str) -> Vec<QueueId> {
+        self.with(name, domain, |s| {
+            s.consecutive_failures = 0;
+            if s.down_since_ms.take().is_some() {
+                tracing::info!(upstream = name, "upstream up");
+                return s.parked.drain().collect();
+            }
+            Vec::new()
+        })
+    }
+
+    /// Every target was unreachable. Returns true when this marks it down.
+    pub fn record_failure(&self, name: &str, domain: &str, error: &str) -> bool {
+        self.with(name, domain, |s| {
+            s.consecutive_failures += 1;
+            s.last_error = Some(error.to_string());
+            if s.down_since_ms.is_none() && s.consecutive_failures >= self.down_after {
+                s.down_since_ms = Some(now_ms());
+                tracing::warn!(
+                    upstream = name,
+                    failures = s.consecutive_failures,
+                    error,
+                    "upstream down: parking its mail and probing"
+                );
+                return true;
+            }
+            false
+        })
+    }
+
+    pub fn throttle(&self, name: &str, domain: &str, until_ms: u64) {
+        self.with(name, domain, |s| {
+            if s.throttled_until_ms < until_ms {
+                tracing::warn!(upstream = name, until_ms, "upstream asked us to slow down");
+                s.throttled_until_ms = until_ms;
+            }
+        });
+    }
+
+    pub fn park(&self, name: &str, domain: &str, id: QueueId) {
+        self.with(name, domain, |s| {
+            s.parked.insert(id);
+        });
+    }
+
+    /// Take every parked message of an upstream (to flush it).
+    pub fn take_parked(&self, name: &str) -> Vec<QueueId> {
+        let mut states = self.states.lock().expect("upstream lock");
+        states
+            .get_mut(name)
+            .map(|s| s.parked.drain().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn sample_domain(&self, name: &str) -> Option<String> {
+        let states = self.states.lock().expect("upstream lock");
+        states.get(name).map(|s| s.sample_domain.clone())
+    }
+
+    pub fn is_down(&self, name: &str) -> bool {
+        let states = self.states.lock().expect("upstream lock");
+        states.get(name).is_some_and(|s| s.down_since_ms.is_some())
+    }
+
+    pub fn set_held(&self, name: &str, held: bool) {
+        let mut holds = self.held.lock().expect("held lock");
+        if held {
+            holds.insert(name.to_string());
+        } else {
+            holds.remove(name);
+        }
+    }
+
+    pub fn status(&self) -> Vec<UpstreamStatus> {
+        let held = self.held.lock().expect("held lock").clone();
+        let states = self.states.lock().expect("upstream lock");
+        let mut names: BTreeSet<String> = states.keys().cloned().collect();
+        names.extend(held.iter().cloned());
+        names
+            .into_iter()
+            .map(|name| {
+                let s = states.get(&name);
+                let state = if held.contains(&name) {
+                    "held"
+                } else if s.is_some_and(|s| s.down_since_ms.is_some()) {
+                    "down"
+                } else {
+                    "up"
+                };
+                UpstreamStatus {
+                    state,
+                    down_since_ms: s.and_then(|s| s.down_since_ms),
+                    last_error: s.and_then(|s| s.last_error.clone()),
+                    consecutive_failures: s.map_or(0, |s| s.consecutive_failures),
+                    parked_messages: s.map_or(0, |s| s.parked.len()),
+                    name,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,327 @@
+//! A scriptable upstream SMTP server for delivery tests: per-recipient
+//! replies, DATA/BDAT, STARTTLS with a test certificate, REQUIRETLS, and
+//! faults (refuse connections, drop mid-DATA, stall).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub mail_line: String,
+    pub rcpt_lines: Vec<String>,
+    pub data: Vec<u8>,
+    pub bdat: bool,
+    pub tls: bool,
+}
+
+impl Delivered {
+    pub fn rcpts(&self) -> Vec<String> {
+        self.rcpt_lines
+            .iter()
+            .map(|l| {
+                l.split('<')
+                    .nth(1)
+                    .and_then(|r| r.split('>').next())
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    }
+}
+
+#[derive(Clone)]
+pub struct Script {
+    /// Lower-cased recipient → reply line for RCPT (default 250).
+    pub rcpt: HashMap<String, String>,
+    pub data_reply: String,
+    pub chunking: bool,
+    pub requiretls: bool,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Close the connection after reading part of the message data.
+    pub drop_mid_data: bool,
+    /// Wait this long before answering the end of data.
+    pub data_delay: Duration,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Script {
+            rcpt: HashMap::new(),
+            data_reply: "250 2.0.0 Ok: queued".into(),
+            chunking: true,
+            requiretls: false,
+            tls: None,
+            drop_mid_data: false,
+            data_delay: Duration::ZERO,
+        }
+    }
+}
+
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Delivered>>>,
+    pub script: Arc<Mutex<Script>>,
+    pub connections: Arc<Mutex<usize>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Sink {
+    pub async fn start(bind: &str, script: Script) -> Sink {
+        let listener = TcpListener::bind(bind).await.expect("bind sink");
+        let addr = listener.local_addr().unwrap();
+        let mut sink = Sink {
+            addr,
+            received: Arc::default(),
+            script: Arc::new(Mutex::new(script)),
+            connections: Arc::default(),
+            task: None,
+        };
+        sink.serve(listener);
+        sink
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (received, script, connections) = (
+            self.received.clone(),
+            self.script.clone(),
+            self.connections.clone(),
+        );
+        self.task = Some(tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                *connections.lock().unwrap() += 1;
+                let (received, script) = (received.clone(), script.clone());
+                tokio::spawn(async move {
+                    let _ = session(stream, received, script).await;
+                });
+            }
+        }));
+    }
+
+    /// Stop listening: connections are refused until `resume`.
+    pub fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    pub async fn resume(&mut self) {
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("rebind sink: {e}"),
+            }
+        };
+        self.serve(listener);
+    }
+
+    pub fn delivered(&self) -> Vec<Delivered> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn set(&self, f: impl FnOnce(&mut Script)) {
+        f(&mut self.script.lock().unwrap());
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn session(
+    stream: tokio::net::TcpStream,
+    received: Arc<Mutex<Vec<Delivered>>>,
+    script: Arc<Mutex<Script>>,
+) -> std::io::Result<()> {
+    let mut io: BufReader<Box<dyn Io>> = BufReader::new(Box::new(stream));
+    let mut tls = false;
+    io.get_mut()
+        .write_all(b"220 sink.test ESMTP test sink\r\n")
+        .await?;
+    let mut mail_line = String::new();
+    let mut rcpt_lines: Vec<String> = Vec::new();
+    let mut bdat_data = Vec::new();
+    loop {
+        let mut line = String::new();
+        if io.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let upper = line.to_ascii_uppercase();
+        let script_now = script.lock().unwrap().clone();
+        let reply: String = if upper.starts_with("EHLO") {
+            let mut caps = vec![
+                "250-sink.test",
+                "250-PIPELINING",
+                "250-SIZE 100000000",
+                "250-8BITMIME",
+                "250-SMTPUTF8",
+                "250-DSN",
+                "250-ENHANCEDSTATUSCODES",
+            ];
+            if script_now.chunking {
+                caps.push("250-CHUNKING");
+            }
+            if script_now.tls.is_some() && !tls {
+                caps.push("250-STARTTLS");
+            }
+            if script_now.requiretls && tls {
+                caps.push("250-REQUIRETLS");
+            }
+            caps.push("250 HELP");
+            caps.join("\r\n") + "\r\n"
+        } else if upper.starts_with("STARTTLS") {
+            let Some(acceptor) = script_now.tls.clone() else {
+                io.get_mut().write_all(b"502 5.5.1 no TLS\r\n").await?;
+                continue;
+            };
+            io.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
+            let inner = io.into_inner();
+            let tls_stream = acceptor.accept(inner).await?;
+            io = BufReader::new(Box::new(tls_stream));
+            tls = true;
+            continue;
+        } else if upper.starts_with("MAIL") {
+            mail_line = line.trim_end().to_string();
+            rcpt_lines.clear();
+            bdat_data.clear();
+            "250 2.1.0 ok\r\n".into()
+        } else if upper.starts_with("RCPT") {
+            let addr = line
+                .split('<')
+                .nth(1)
+                .and_then(|r| r.split('>').next())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            let reply = script_now
+                .rcpt
+                .get(&addr)
+                .cloned()
+                .unwrap_or_else(|| "250 2.1.5 ok".into());
+            if reply.starts_with('2') {
+                rcpt_lines.push(line.trim_end().to_string());
+            }
+            reply + "\r\n"
+        } else if upper.starts_with("DATA") {
+            io.get_mut().write_all(b"354 go\r\n").await?;
+            let mut data = Vec::new();
+            loop {
+                let mut l = Vec::new();
+                if io.read_until(b'\n', &mut l).await? == 0 {
+                    return Ok(());
+                }
+                if l == b".\r\n" {
+                    break;
+                }
+                if script_now.drop_mid_data && data.len() > 10 {
+                    return Ok(());
+                }
+                let l = if l.starts_with(b"..") {
+                    l[1..].to_vec()
+                } else {
+                    l
+                };
+                data.extend_from_slice(&l);
+            }
+            tokio::time::sleep(script_now.data_delay).await;
+            finish(
+                &received,
+                &script_now,
+                &mail_line,
+                &rcpt_lines,
+                data,
+                false,
+                tls,
+            )
+        } else if upper.starts_with("BDAT") {
+            let mut words = upper.split_whitespace().skip(1);
+            let size: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+            let last = words.next() == Some("LAST");
+            let mut chunk = vec![0u8; size];
+            if script_now.drop_mid_data {
+                let _ = io.read(&mut chunk[..size.min(10)]).await;
+                return Ok(());
+            }
+            io.read_exact(&mut chunk).await?;
+            bdat_data.extend_from_slice(&chunk);
+            if last {
+                tokio::time::sleep(script_now.data_delay).await;
+                finish(
+                    &received,
+                    &script_now,
+                    &mail_line,
+                    &rcpt_lines,
+                    std::mem::take(&mut bdat_data),
+                    true,
+                    tls,
+                )
+            } else {
+                "250 2.0.0 chunk ok\r\n".into()
+            }
+        } else if upper.starts_with("RSET") || upper.starts_with("NOOP") {
+            "250 2.0.0 ok\r\n".into()
+        } else if upper.starts_with("QUIT") {
+            io.get_mut().write_all(b"221 2.0.0 bye\r\n").await?;
+            return Ok(());
+        } else {
+            "500 5.5.2 what\r\n".into()
+        };
+        io.get_mut().write_all(reply.as_bytes()).await?;
+    }
+}
+
+fn finish(
+    received: &Arc<Mutex<Vec<Delivered>>>,
+    script: &Script,
+    mail_line: &str,
+    rcpt_lines: &[String],
+    data: Vec<u8>,
+    bdat: bool,
+    tls: bool,
+) -> String {
+    if script.data_reply.starts_with('2') {
+        received.lock().unwrap().push(Delivered {
+            mail_line: mail_line.to_string(),
+            rcpt_lines: rcpt_lines.to_vec(),
+            data,
+            bdat,
+            tls,
+        });
+    }
+    format!("{}\r\n", script.data_reply)
+}
+
+/// A TLS acceptor for "localhost" and 127.0.0.1 with its CA PEM written to `ca_path`.
+pub fn test_tls(ca_path: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    std::fs::write(ca_path, cert.cert.pem()).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::try_from(cert.key_pair.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}

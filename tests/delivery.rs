@@ -1,0 +1,647 @@
+//! The delivery engine against real SMTP upstreams on loopback: a scripted
+//! sink (tests/common/sink.rs), a loopback DNS server, and Postfix's
+//! smtp-sink.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use breakwater::config::{Config, DomainConfig, UpstreamTls};
+use breakwater::server::Server;
+use common::dns::{TestDns, Zone};
+use common::sink::{Script, Sink};
+use common::*;
+use mail_parser::MimeHeaders;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+struct Setup {
+    fixture: Fixture,
+    rt: tokio::runtime::Runtime,
+    /// The upstream for example.com (static route).
+    upstream: Sink,
+    /// Where MX-routed mail goes (DSNs to remote.test, MX test domains).
+    mx_sink: Sink,
+    /// The upstream for listed.example: no CHUNKING.
+    data_only: Option<Sink>,
+    dns: TestDns,
+}
+
+fn base_zone() -> Zone {
+    let mut zone = Zone::default();
+    zone.mx
+        .insert("remote.test".into(), vec![(10, "mx.remote.test".into())]);
+    zone.a
+        .insert("mx.remote.test".into(), vec!["127.0.0.1".parse().unwrap()]);
+    zone
+}
+
+fn setup(zone: Zone, tweak: impl FnOnce(&mut Config, &Setup)) -> (Setup, Server) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (upstream, mx_sink, data_only, dns) = rt.block_on(async {
+        (
+            Sink::start("127.0.0.1:0", Script::default()).await,
+            Sink::start("127.0.0.1:0", Script::default()).await,
+            Sink::start(
+                "127.0.0.1:0",
+                Script {
+                    chunking: false,
+                    ..Script::default()
+                },
+            )
+            .await,
+            TestDns::start(zone).await,
+        )
+    });
+    let mut setup = Setup {
+        fixture: Fixture::new(),
+        rt,
+        upstream,
+        mx_sink,
+        data_only: Some(data_only),
+        dns,
+    };
+    let mut config = setup.fixture.config.clone();
+    config.delivery.enabled = true;
+    config.delivery.retry = vec![Duration::from_millis(200).into()];
+    config.delivery.probe_interval = Duration::from_millis(300);
+    config.delivery.down_after_failures = 2;
+    config.delivery.connect_timeout = Duration::from_secs(2);
+    config.delivery.command_timeout = Duration::from_secs(5);
+    config.delivery.mx_port = setup.mx_sink.addr.port();
+    config.dns.nameservers = vec![setup.dns.addr];
+    config.domains[0].upstream = setup.upstream.addr.to_string();
+    config.domains[0].tls = UpstreamTls::None;
+    config.domains[1].upstream = setup.data_only.as_ref().unwrap().addr.to_string();
+    config.domains[1].tls = UpstreamTls::None;
+    for name in ["mxroute.test", "selfmx.test", "loop.test", "nullmx.test"] {
+        config.domains.push(DomainConfig {
+            name: name.into(),
+            recipients: None,
+            upstream: "mx".into(),
+            tls: UpstreamTls::None,
+        });
+    }
+    tweak(&mut config, &setup);
+    setup.fixture.config = config;
+    let server = setup.rt.block_on(setup.fixture.start());
+    (setup, server)
+}
+
+fn submit(server: &Server, from: &str, to: &[&str], body: &[u8]) -> breakwater::envelope::QueueId {
+    let mut c = RawClient::greeted(server.smtp_addrs[0]);
+    c.expect("EHLO client.test", 250);
+    let reply = c.send_mail(from, to, body);
+    assert_eq!(reply.code, 250, "{reply:?}");
+    queue_id(&reply)
+}
+
+fn wait_empty(server: &Server) {
+    assert!(
+        wait_for(WAIT, || server.spool.is_empty()),
+        "spool not drained: {:?}",
+        server.spool.list().unwrap()
+    );
+}
+
+fn dsn_report(data: &[u8]) -> String {
+    let message = mail_parser::MessageParser::default()
+        .parse(data)
+        .expect("DSN parses");
+    let ct = message.content_type().expect("content type");
+    assert_eq!(ct.ctype(), "multipart");
+    assert_eq!(ct.subtype(), Some("report"));
+    assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
+    assert_eq!(
+        message.parts.len(),
+        4,
+        "root + text + delivery-status + original"
+    );
+    let status = message
+        .parts
+        .iter()
+        .find(|p| {
+            p.content_type()
+                .is_some_and(|c| c.subtype() == Some("delivery-status"))
+        })
+        .expect("delivery-status part");
+    String::from_utf8_lossy(status.contents()).into_owned()
+}
+
+#[test]
+fn delivers_the_spooled_bytes_exactly_with_bdat_and_data() {
+    let (s, server) = setup(base_zone(), |_, _| {});
+    let delivery = server.delivery().unwrap();
+    let upstream = delivery.upstream_for("example.com");
+    delivery.hold(&upstream).unwrap();
+    let body = b"Subject: exact\r\n\r\nline\r\n.leading dot\r\n..two\r\nlast line\r\n";
+    let id = submit(&server, "s@remote.test", &["ok@example.com"], body);
+    let spooled = server.spool.read_body(id).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        s.upstream.delivered().is_empty(),
+        "held upstream received mail"
+    );
+    delivery.release(&upstream).unwrap();
+    wait_empty(&server);
+    let got = s.upstream.delivered();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].bdat, "CHUNKING offered, BDAT used");
+    assert_eq!(got[0].data, spooled, "BDAT delivery is byte-for-byte");
+    assert_eq!(got[0].rcpts(), ["ok@example.com"]);
+    assert!(got[0].mail_line.contains("SIZE="), "{}", got[0].mail_line);
+
+    // Without CHUNKING (the second domain's upstream): DATA with
+    // dot-stuffing, still exactly the spooled bytes.
+    let plain = s.data_only.as_ref().unwrap();
+    let upstream = delivery.upstream_for(LISTED_DOMAIN);
+    delivery.hold(&upstream).unwrap();
+    let id = submit(&server, "s@remote.test", &["alice@listed.example"], body);
+    let spooled = server.spool.read_body(id).unwrap();
+    delivery.release(&upstream).unwrap();
+    wait_empty(&server);
+    let got = plain.delivered();
+    assert_eq!(got.len(), 1);
+    assert!(!got[0].bdat);
+    assert_eq!(
+        got[0].data, spooled,
+        "DATA delivery is byte-for-byte (no doubled CRLF)"
+    );
+    s.rt.block_on(server.shutdown());
+}
+
+#[test]
+fn per_recipient_outcomes_retry_and_dsn() {
+    let (s, server) = setup(base_zone(), |_, _| {});
+    s.upstream.set(|script| {
+        script
+            .rcpt
+            .insert("busy@example.com".into(), "450 4.2.1 mailbox busy".into());
+        script
+            .rcpt
+            .insert("gone@example.com".into(), "550 5.1.1 no such user".into());
+    });
+    submit(
+        &server,
+        "s@remote.test",
+        &["ok@example.com", "busy@example.com", "gone@example.com"],
+        b"Subject: mixed\r\n\r\nhello\r\n",
+    );
+    assert!(
+        wait_for(WAIT, || !s.mx_sink.delivered().is_empty()),
+        "no DSN"
+    );
+    let first = s.upstream.delivered();
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        first[0].rcpts(),
+        ["ok@example.com"],
+        "one transaction, only the accepted recipient"
+    );
+    // The deferred recipient is retried (retry = 200ms) until it is accepted.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!server.spool.is_empty(), "busy@ still waiting");
+    let waiting = server.spool.list().unwrap();
+    let busy_state = &waiting[0].state.recipients[1];
+    assert!(busy_state.attempts >= 2, "{busy_state:?}");
+    assert!(
+        busy_state.last_reply.as_deref().unwrap().contains("4.2.1"),
+        "{busy_state:?}"
+    );
+    s.upstream.set(|script| {
+        script.rcpt.remove("busy@example.com");
+    });
+    wait_empty(&server);
+    let all = s.upstream.delivered();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].rcpts(), ["busy@example.com"]);
+
+    let dsns = s.mx_sink.delivered();
+    assert_eq!(dsns.len(), 1, "exactly one DSN");
+    assert!(
+        dsns[0].mail_line.starts_with("MAIL FROM:<>"),
+        "DSN from the null sender: {}",
+        dsns[0].mail_line
+    );
+    assert_eq!(dsns[0].rcpts(), ["s@remote.test"]);
+    let report = dsn_report(&dsns[0].data);
+    assert!(
+        report.contains("Final-Recipient: rfc822; gone@example.com"),
+        "{report}"
+    );
+    assert!(
+        report.contains("Action: failed") && report.contains("Status: 5.1.1"),
+        "{report}"
+    );
+    assert!(
+        !report.contains("busy@example.com") && !report.contains("ok@example.com"),
+        "{report}"
+    );
+    s.rt.block_on(server.shutdown());
+}
+
+#[test]
+fn null_sender_is_never_bounced_and_notify_never_is_honoured() {
+    let (s, server) = setup(base_zone(), |_, _| {});
+    s.upstream.set(|script| {
+        script
+            .rcpt
+            .insert("gone@example.com".into(), "550 5.1.1 no such user".into());
+    });
+    submit(
+        &server,
+        "",
+        &["gone@example.com"],
+        b"Subject: bounce of a bounce\r\n\r\nx\r\n",
+    );
+    let mut c = RawClient::greeted(server.smtp_addrs[0]);
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<s@remote.test>", 250);
+    c.expect("RCPT TO:<gone@example.com> NOTIFY=NEVER", 250);
+    c.expect("DATA", 354);
+    c.send(b"Subject: never\r\n\r\nx\r\n.\r\n");
+    assert_eq!(c.reply().code, 250);
+    wait_empty(&server);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(s.mx_sink.delivered().is_empty(), "no DSN may be sent");
+    s.rt.block_on(server.shutdown());
+}
+
+#[test]
+fn deferred_mail_expires_into_a_dsn() {
+    let (s, server) = setup(base_zone(), |config, _| {
+        config.delivery.max_age = Duration::from_millis(800)
+    });
+    s.upstream.set(|script| {
+        script
+            .rcpt
+            .insert("busy@example.com".into(), "451 4.3.0 try later".into());
+    });
+    submit(
+        &server,
+        "s@remote.test",
+        &["busy@example.com"],
+        b"Subject: old\r\n\r\nx\r\n",
+    );
+    wait_empty(&server);
+    assert!(wait_for(WAIT, || !s.mx_sink.delivered().is_empty()));
+    let report = dsn_report(&s.mx_sink.delivered()[0].data);
+    assert!(report.contains("Status: 4.4.7"), "{report}");
+    assert!(
+        report.contains("last error: 451 4.3.0 try later"),
+        "{report}"
+    );
+    s.rt.block_on(server.shutdown());
+}
+
+#[test]
+fn mx_order_fallback_self_mx_and_null_mx() {
+    let mut zone = base_zone();
+    // mxroute.test: the best MX refuses connections (nothing on 127.0.0.2), the next one takes it.
+    zone.mx.insert(
+        "mxroute.test".into(),
+        vec![
+            (10, "mx1.mxroute.test".into()),
+            (20, "mx2.mxroute.test".into()),
+        ],
+    );
+    zone.a.insert(
+        "mx1.mxroute.test".into(),
+        vec!["127.0.0.2".parse().unwrap()],
+    );
+    zone.a.insert(
+        "mx2.mxroute.test".into(),
+        vec!["127.0.0.1".parse().unwrap()],
+    );
+    // selfmx.test: we are the secondary; only the primary may be used.
+    zone.mx.insert(
+        "selfmx.test".into(),
+        vec![
+            (20, "mx2.test.example".into()),
+            (10, "primary.selfmx.test".into()),
+        ],
+    );
+    zone.a.insert(
+        "primary.selfmx.test".into(),
+        vec!["127.0.0.1".parse().unwrap()],
+    );
+    zone.a.insert(
+        "mx2.test.example".into(),
+        vec!["127.0.0.9".parse().unwrap()],
+    );
+    // loop.test: we are the best MX.
+    zone.mx.insert(
+        "loop.test".into(),
+        vec![
+            (10, "mx2.test.example".into()),
+            (20, "other.loop.test".into()),
+        ],
+    );
+    zone.a
+        .insert("other.loop.test".into(), vec!["127.0.0.1".parse().unwrap()]);
+    // nullmx.test: RFC 7505.
+    zone.mx.insert("nullmx.test".into(), vec![(0, ".".into())]);
+    let (s, server) = setup(zone, |_, _| {});
+    submit(
+        &server,
+        "s@remote.test",
+        &["a@mxroute.test"],
+        b"Subject: fallback\r\n\r\nx\r\n",
+    );
+    submit(
+        &server,
+        "s@remote.test",
+        &["b@selfmx.test"],
+        b"Subject: secondary\r\n\r\nx\r\n",
+    );
+    submit(
+        &server,
+        "s@remote.test",
+        &["c@loop.test"],
+        b"Subject: loop\r\n\r\nx\r\n",
+    );
+    submit(
+        &server,
+        "s@remote.test",
+        &["d@nullmx.test"],
+        b"Subject: nullmx\r\n\r\nx\r\n",
+    );
+    wait_empty(&server);
+    assert!(wait_for(WAIT, || s.mx_sink.delivered().len() == 4));
+    let got = s.mx_sink.delivered();
+    let to: Vec<Vec<String>> = got.iter().map(|d| d.rcpts()).collect();
+    assert!(to.contains(&vec!["a@mxroute.test".to_string()]), "{to:?}");
+    assert!(to.contains(&vec!["b@selfmx.test".to_string()]), "{to:?}");
+    let reports: Vec<String> = got
+        .iter()
+        .filter(|d| d.rcpts() == ["s@remote.test"])
+        .map(|d| dsn_report(&d.data))
+        .collect();
+    assert_eq!(reports.len(), 2, "{to:?}");
+    assert!(
+        reports.iter().any(|r| r.contains("c@loop.test")
+            && r.contains("Status: 5.4.6")
+            && r.contains("loops back to myself")),
+        "{reports:?}"
+    );
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.contains("d@nullmx.test") && r.contains("Status: 5.1.10")),
+        "{reports:?}"
+    );
+    s.rt.block_on(server.shutdown());
+}
+
+#[test]
+fn tls_required_never_sends_in_clear_and_verifies_the_certificate() {
+    let (s, server) = setup(base_zone(), |config, setup| {
+        config.domains[0].tls = UpstreamTls::Required;
+        config.delivery.extra_ca_file = Some(setup.fixture.path().join("upstream-ca.pem"));
+        std::fs::write(setup.fixture.path().join("upstream-ca.pem"), b"").unwrap();
+    });
+    submit(
+        &server,
+        "s@remote.test",
+        &["ok@example.com"],
+        b"Subject: secret\r\n\r\nx\r\n",
+    );
+    assert!(
+        wait_for(WAIT, || *s.upstream.connections.lock().unwrap() >= 2),
+        "retried"
+    );
+    assert!(
+        s.upstream.delivered().is_empty(),
+        "sent in clear to a plaintext upstream"
+    );
+    let state = &server.spool.list().unwrap()[0].state.recipients[0];
+    assert!(
+        state
+            .last_reply
+            .as_deref()
+            .unwrap()
+            .contains("TLS required"),
+        "{state:?}"
+    );
+    s.rt.block_on(server.shutdown());
+
+    // Now the upstream offers STARTTLS with a certificate from our extra CA.
+    let ca = s.fixture.path().join("upstream-ca.pem");
+    let acceptor = common::sink::test_tls(&ca);
+    s.upstream.set(|script| script.tls = Some(acceptor));
+    let server = s.rt.block_on(s.fixture.start());
+    wait_empty(&server);
+    let got = s.upstream.delivered();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].tls, "delivered over TLS");
+    s.rt.block_on(server.shutdown());
+}
+
+#[test]
+fn requiretls_needs_verified_tls_and_a_requiretls_upstream() {
+    let (s, server) = setup(base_zone(), |config, setup| {
+        config.domains[0].tls = UpstreamTls::Opportunistic;
+        config.delivery.extra_ca_file = Some(setup.fixture.path().join("upstream-ca.pem"));
+        std::fs::write(setup.fixture.path().join("upstream-ca.pem"), b"").unwrap();
+    });
+    s.rt.block_on(server.shutdown());
+    let acceptor = common::sink::test_tls(&s.fixture.path().join("upstream-ca.pem"));
+    s.upstream.set(|script| script.tls = Some(acceptor));
+    let server = s.rt.block_on(s.fixture.start());
+    let send_requiretls = |server: &Server, rcpt: &str| {
+        let mut c = RawClient::greeted(server.smtp_addrs[0]);
+        c.expect("EHLO client.test", 250);
+        assert_eq!(c.cmd("STARTTLS").code, 220);
+        let mut c = c.start_tls(&s.fixture.config.smtp.tls_cert);
+        c.expect("EHLO client.test", 250);
+        c.expect("MAIL FROM:<s@remote.test> REQUIRETLS", 250);
+        c.expect(&format!("RCPT TO:<{rcpt}>"), 250);
+        c.expect("DATA", 354);
+        c.send(b"Subject: requiretls\r\n\r\nx\r\n.\r\n");
+        assert_eq!(c.reply().code, 250);
+    };
+    // Upstream without REQUIRETLS: must not be delivered; fails with 5.7.30.
+    send_requiretls(&server, "first@example.com");
+    wait_empty(&server);
+    assert!(s.upstream.delivered().is_empty());
+    assert!(wait_for(WAIT, || !s.mx_sink.delivered().is_empty()));
+    assert!(dsn_report(&s.mx_sink.delivered()[0].data).contains("5.7.30"));
+    // Upstream with REQUIRETLS: delivered, and the requirement is passed on.
+    s.upstream.set(|script| script.requiretls = true);
+    send_requiretls(&server, "second@example.com");
+    wait_empty(&server);
+    let got = s.upstream.delivered();
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].tls && got[0].mail_line.contains("REQUIRETLS"),
+        "{:?}",
+        got[0].mail_line
+    );
+    s.rt.block_on(server.shutdown());
+}
+
+#[test]
+fn down_upstream_is_probed_and_flushed_within_seconds_of_recovery() {
+    let (mut s, server) = setup(base_zone(), |_, _| {});
+    s.upstream.stop();
+    for i in 0..5 {
+        submit(
+            &server,
+            "s@remote.test",
+            &[&format!("u{i}@example.com")],
+            format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(),
+        );
+    }
+    let delivery = server.delivery().unwrap();
+    let name = delivery.upstream_for("example.com");
+    assert!(
+        wait_for(WAIT, || delivery
+            .status()
+            .iter()
+            .any(|u| u.name == name && u.state == "down")),
+        "{:?}",
+        delivery.status()
+    );
+    // Parked, not retried one by one: attempts stop growing while down.
+    std::thread::sleep(Duration::from_millis(300));
+    let attempts: u32 = server
+        .spool
+        .list()
+        .unwrap()
+        .iter()
+        .map(|m| m.state.recipients[0].attempts)
+        .sum();
+    std::thread::sleep(Duration::from_millis(1000));
+    let later: u32 = server
+        .spool
+        .list()
+        .unwrap()
+        .iter()
+        .map(|m| m.state.recipients[0].attempts)
+        .sum();
+    assert_eq!(
+        attempts, later,
+        "messages kept being attempted while the upstream was down"
+    );
+
+    let back = Instant::now();
+    s.rt.block_on(s.upstream.resume());
+    assert!(
+        wait_for(Duration::from_secs(10), || s.upstream.delivered().len()
+            == 5),
+        "not flushed"
+    );
+    let took = back.elapsed();
+    eprintln!("auto-flush: 5 messages delivered {took:?} after the upstream came back");
+    assert!(took < Duration::from_secs(5), "flush took {took:?}");
+    wait_empty(&server);
+    assert!(delivery
+        .status()
+        .iter()
+        .any(|u| u.name == name && u.state == "up"));
+    s.rt.block_on(server.shutdown());
+}
+
+#[test]
+fn held_upstream_stays_held_across_restart_until_released() {
+    let (s, server) = setup(base_zone(), |_, _| {});
+    let name = server.delivery().unwrap().upstream_for("example.com");
+    server.delivery().unwrap().hold(&name).unwrap();
+    for i in 0..3 {
+        submit(
+            &server,
+            "s@remote.test",
+            &["ok@example.com"],
+            format!("Subject: held {i}\r\n\r\nx\r\n").as_bytes(),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    s.rt.block_on(server.shutdown());
+    let server = s.rt.block_on(s.fixture.start());
+    let delivery = server.delivery().unwrap();
+    assert!(
+        delivery
+            .status()
+            .iter()
+            .any(|u| u.name == name && u.state == "held"),
+        "{:?}",
+        delivery.status()
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        s.upstream.delivered().is_empty(),
+        "a held upstream received mail"
+    );
+    assert_eq!(server.spool.len(), 3);
+    delivery.release(&name).unwrap();
+    wait_empty(&server);
+    assert_eq!(s.upstream.delivered().len(), 3);
+    s.rt.block_on(server.shutdown());
+}
+
+#[test]
+fn broken_sessions_defer_and_retry() {
+    let (s, server) = setup(base_zone(), |_, _| {});
+    s.upstream.set(|script| script.drop_mid_data = true);
+    submit(
+        &server,
+        "s@remote.test",
+        &["ok@example.com"],
+        b"Subject: dropped\r\n\r\nsome data here\r\n",
+    );
+    assert!(wait_for(WAIT, || *s.upstream.connections.lock().unwrap() >= 2));
+    assert!(s.upstream.delivered().is_empty());
+    let state = &server.spool.list().unwrap()[0].state.recipients[0];
+    assert!(
+        state.last_reply.as_deref().unwrap().contains("4.4.2"),
+        "{state:?}"
+    );
+    s.upstream.set(|script| script.drop_mid_data = false);
+    wait_empty(&server);
+    assert_eq!(s.upstream.delivered().len(), 1);
+    s.rt.block_on(server.shutdown());
+}
+
+#[test]
+fn relays_to_postfix_smtp_sink() {
+    let sink_bin = ["/usr/sbin/smtp-sink", "/usr/bin/smtp-sink"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("Postfix's smtp-sink (apt-get install postfix)");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (s, server) = setup(base_zone(), |config, _| {
+        config.domains[0].upstream = format!("127.0.0.1:{port}");
+    });
+    let dump = s.fixture.path().join("sink-dump");
+    std::fs::create_dir_all(&dump).unwrap();
+    let mut child = std::process::Command::new(sink_bin)
+        .args(["-u", "nobody", "-d"])
+        .arg(format!("{}/%M.", dump.display()))
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("100")
+        .spawn()
+        .unwrap();
+    let _ = std::fs::set_permissions(&dump, std::os::unix::fs::PermissionsExt::from_mode(0o777));
+    for i in 0..20 {
+        submit(
+            &server,
+            "s@remote.test",
+            &["ok@example.com"],
+            format!("Subject: pf {i}\r\n\r\nx\r\n").as_bytes(),
+        );
+    }
+    wait_empty(&server);
+    let files = std::fs::read_dir(&dump).unwrap().count();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(files, 20, "smtp-sink received every message");
+    s.rt.block_on(server.shutdown());
+}
