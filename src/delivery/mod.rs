@@ -238,6 +238,7 @@ impl Engine {
         let mut attempted = false;
         let mut parked_until: Option<u64> = None;
         let mut parked_on = Vec::new();
+        let mut waiting_on = Vec::new();
         for (name, (route, domain, indexes)) in groups {
             match self.upstreams.availability(&name, &domain) {
                 Availability::Open => {}
@@ -257,11 +258,16 @@ impl Engine {
             attempted = true;
             let permits = self.upstreams.permits(&name, &domain);
             let _permit = permits.acquire_owned().await.expect("semaphore open");
-            let outcomes = self
+            let (outcomes, unreachable) = self
                 .attempt(&name, &domain, &route, envelope, &indexes, &body)
                 .await;
             for (index, outcome, relay) in outcomes {
                 self.record(id, envelope, &mut state, index, outcome, &relay);
+            }
+            if unreachable {
+                // Keeps its retry schedule, but is flushed with the rest the
+                // moment the upstream is seen up again.
+                waiting_on.push((name, domain));
             }
         }
 
@@ -289,7 +295,7 @@ impl Engine {
             // The DSN could not be queued: keep the message and try again soon.
             attempted = true;
         }
-        for (name, domain) in &parked_on {
+        for (name, domain) in parked_on.iter().chain(&waiting_on) {
             self.upstreams.park(name, domain, id);
         }
         if attempted {
@@ -308,7 +314,8 @@ impl Engine {
         }
     }
 
-    /// One transaction for one upstream: per-recipient outcomes with the relay used.
+    /// One transaction for one upstream: per-recipient outcomes with the relay
+    /// used, and whether the upstream could not be reached at all.
     async fn attempt(
         self: &Arc<Self>,
         name: &str,
@@ -317,7 +324,7 @@ impl Engine {
         envelope: &Envelope,
         indexes: &[usize],
         body: &[u8],
-    ) -> Vec<(usize, Outcome, String)> {
+    ) -> (Vec<(usize, Outcome, String)>, bool) {
         let all = |outcome: Outcome, relay: &str| {
             indexes
                 .iter()
@@ -326,8 +333,8 @@ impl Engine {
         };
         let targets = match self.router.targets(domain).await {
             Ok(targets) => targets,
-            Err(RouteError::Permanent(why)) => return all(Outcome::Failed(why), "none"),
-            Err(RouteError::Temporary(why)) => return all(Outcome::Deferred(why), "none"),
+            Err(RouteError::Permanent(why)) => return (all(Outcome::Failed(why), "none"), false),
+            Err(RouteError::Temporary(why)) => return (all(Outcome::Deferred(why), "none"), false),
         };
         let tx = Transaction {
             envelope,
@@ -364,11 +371,11 @@ impl Engine {
                         self.upstreams
                             .throttle(name, domain, now_ms() + pause.as_millis() as u64);
                     }
-                    return report
+                    let outcomes = report
                         .outcomes
                         .into_iter()
-                        .map(|(i, o)| (i, o, relay.clone()))
-                        .collect();
+                        .map(|(i, o)| (i, o, relay.clone()));
+                    return (outcomes.collect(), false);
                 }
                 Err(SessionFailure::Unreachable(why)) => last_error = why,
                 Err(SessionFailure::Broken(why)) => {
@@ -385,7 +392,7 @@ impl Engine {
         } else {
             format!("4.4.1 {last_error}")
         };
-        all(Outcome::Deferred(reply), "none")
+        (all(Outcome::Deferred(reply), "none"), all_unreachable)
     }
 
     fn record(

@@ -117,11 +117,15 @@ impl BodyDecoder {
                 let rest = &input[i..];
                 let run = memchr::memchr3(b'\r', b'\n', 0, rest).unwrap_or(rest.len());
                 if run > 0 {
+                    // Emit exactly what the byte-by-byte path would have
+                    // emitted before flagging an over-long line, so the
+                    // result never depends on how the input was split.
+                    let within = run.min(MAX_TEXT_LINE.saturating_sub(self.line_len));
+                    self.emit(&rest[..within], out);
                     self.line_len += run;
                     if self.line_len > MAX_TEXT_LINE {
                         self.flag(BodyProblem::LineTooLong);
                     }
-                    self.emit(&rest[..run], out);
                     i += run;
                     continue;
                 }
@@ -389,6 +393,28 @@ mod tests {
         d.finish_chunks(&mut out);
         assert_eq!(out, b"a\r\n.\r\n.b\r\n");
         assert_eq!(d.problem(), None);
+    }
+
+    #[test]
+    fn long_lines_give_the_same_result_for_any_split() {
+        // Found by the smtp_body fuzz target: the fast path emitted a
+        // different prefix of an over-long line than the byte path.
+        let mut input = b"Subject: x\r\n\r\n".to_vec();
+        input.extend(std::iter::repeat_n(0xc1u8, 1500));
+        input.extend_from_slice(b"\r\n.\r\n");
+        let whole = data(&input);
+        assert_eq!(whole.3, Some(BodyProblem::LineTooLong));
+        for split in [1, 17, 500, 1000, 1014, 1015, 1016, 1400, 1516] {
+            let mut d = BodyDecoder::new(Framing::Dot, BareLfPolicy::Reject, 1 << 20, 50);
+            let mut out = Vec::new();
+            let (a, _) = d.feed(&input[..split], &mut out);
+            let (b, done) = d.feed(&input[split..], &mut out);
+            assert_eq!(
+                (out, a + b, done, d.problem()),
+                whole.clone(),
+                "split at {split}"
+            );
+        }
     }
 
     #[test]

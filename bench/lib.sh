@@ -1,0 +1,95 @@
+# Shared by the bench scripts: machine facts, CPU counters, and starting
+# Breakwater and Postfix (configured as in shared/reference/postfix-baseline.md).
+# Expects: RUN (results dir), BW_PORT, PF_PORT, UP_PORT (the upstream port).
+
+export DEBIAN_FRONTEND=noninteractive
+if [ ! -x /usr/sbin/smtp-source ]; then
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    apt-get update -qq && apt-get install -y -qq postfix
+fi
+PATH=$PATH:/usr/sbin
+BIN=$PWD/target/release/breakwater
+TICK=$(getconf CLK_TCK)
+
+machine_facts() {
+    echo "- CPU: $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+    echo "- Memory: $(free -g | awk '/Mem:/{print $2}') GiB; kernel $(uname -r)"
+    echo "- Spool filesystem: $(df -T "$RUN" | awk 'NR==2{print $2" on "$1}')"
+    echo "- Breakwater $(git rev-parse --short HEAD), Postfix $(postconf -h mail_version 2>/dev/null || echo '?')"
+}
+
+busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
+total_ticks() { awk '/^cpu /{s=0; for(i=2;i<=NF;i++) s+=$i; print s}' /proc/stat; }
+proc_cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+now() { date +%s.%N; }
+
+# bw_start [extra TOML appended to [delivery]]
+bw_start() {
+    local dir=$RUN/bw
+    rm -rf "$dir"; mkdir -p "$dir"
+    cat > "$dir/breakwater.toml" <<EOT
+hostname = "bw.bench.test"
+[smtp]
+listen = ["127.0.0.1:$BW_PORT"]
+max_connections_per_ip = 1000
+tls_cert = "$dir/cert.pem"
+tls_key = "$dir/key.pem"
+[spool]
+dir = "$dir/spool"
+[delivery]
+${1:-}
+[[domain]]
+name = "example.com"
+upstream = "127.0.0.1:$UP_PORT"
+tls = "none"
+EOT
+    "$BIN" serve --config "$dir/breakwater.toml" 2> "$dir/log" &
+    BW_PID=$!
+    for _ in $(seq 100); do grep -q "breakwater ready" "$dir/log" && return 0; sleep 0.1; done
+    echo "breakwater did not start:"; cat "$dir/log"; exit 1
+}
+bw_stop() { kill -TERM "$BW_PID" 2>/dev/null; wait "$BW_PID" 2>/dev/null || true; }
+bw_sent() { grep -c 'status="sent"' "$RUN/bw/log" || true; }
+
+pf_setup() {
+    postfix stop >/dev/null 2>&1 || true
+    cp /etc/postfix/master.cf.proto /etc/postfix/master.cf 2>/dev/null || true
+    cat > /etc/postfix/main.cf <<EOT
+compatibility_level = 3.6
+myhostname = pf.bench.test
+mydestination =
+relay_domains = example.com
+transport_maps = hash:/etc/postfix/transport
+smtpd_relay_restrictions = reject_unauth_destination
+mynetworks = 127.0.0.0/8
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+default_process_limit = 100
+default_destination_concurrency_limit = 20
+smtp_host_lookup = native
+default_transport = error
+maillog_file = /var/log/postfix-bench.log
+alias_maps =
+EOT
+    echo "example.com relay:[127.0.0.1]:$UP_PORT" > /etc/postfix/transport
+    postmap /etc/postfix/transport
+    sed -i "s/^smtp      inet  n       -       y       -       -       smtpd/127.0.0.1:$PF_PORT inet n - n - - smtpd/" /etc/postfix/master.cf
+    postconf -F '*/*/chroot = n' >/dev/null
+    postconf -e 'smtpd_peername_lookup = no' 2>/dev/null || true
+    postfix check
+}
+pf_start() { postsuper -d ALL >/dev/null 2>&1 || true; postfix start >/dev/null 2>&1; sleep 1; }
+pf_stop() { postfix stop >/dev/null 2>&1 || true; sleep 1; postsuper -d ALL >/dev/null 2>&1 || true; }
+pf_sent() { grep -c 'status=sent' /var/log/postfix-bench.log 2>/dev/null || true; }
+
+sink_start() { smtp-sink -c -u nobody "127.0.0.1:$UP_PORT" 1000 > "$RUN/sink.log" 2>&1 & SINK_PID=$!; sleep 0.3; }
+sink_stop() { kill "$SINK_PID" 2>/dev/null; wait "$SINK_PID" 2>/dev/null || true; }
+
+# wait_sent COUNTER_FN TARGET: poll until the counter reaches TARGET (max 600 s)
+wait_sent() {
+    local fn=$1 target=$2 deadline=$(( $(date +%s) + 600 ))
+    while [ "$($fn)" -lt "$target" ]; do
+        [ "$(date +%s)" -gt "$deadline" ] && { echo "TIMEOUT waiting for $target sent ($($fn))"; return 1; }
+        sleep 0.05
+    done
+}
