@@ -29,10 +29,8 @@ struct Setup {
 
 fn base_zone() -> Zone {
     let mut zone = Zone::default();
-    zone.mx
-        .insert("remote.test".into(), vec![(10, "mx.remote.test".into())]);
-    zone.a
-        .insert("mx.remote.test".into(), vec!["127.0.0.1".parse().unwrap()]);
+    zone.with_mx("remote.test", &[(10, "mx.remote.test")])
+        .with_host("mx.remote.test", "127.0.0.1");
     zone
 }
 
@@ -177,14 +175,10 @@ fn delivers_the_spooled_bytes_exactly_with_bdat_and_data() {
 #[test]
 fn per_recipient_outcomes_retry_and_dsn() {
     let (s, server) = setup(base_zone(), |_, _| {});
-    s.upstream.set(|script| {
-        script
-            .rcpt
-            .insert("busy@example.com".into(), "450 4.2.1 mailbox busy".into());
-        script
-            .rcpt
-            .insert("gone@example.com".into(), "550 5.1.1 no such user".into());
-    });
+    s.upstream
+        .rcpt_reply("busy@example.com", "450 4.2.1 mailbox busy");
+    s.upstream
+        .rcpt_reply("gone@example.com", "550 5.1.1 no such user");
     submit(
         &server,
         "s@remote.test",
@@ -247,11 +241,8 @@ fn per_recipient_outcomes_retry_and_dsn() {
 #[test]
 fn null_sender_is_never_bounced_and_notify_never_is_honoured() {
     let (s, server) = setup(base_zone(), |_, _| {});
-    s.upstream.set(|script| {
-        script
-            .rcpt
-            .insert("gone@example.com".into(), "550 5.1.1 no such user".into());
-    });
+    s.upstream
+        .rcpt_reply("gone@example.com", "550 5.1.1 no such user");
     submit(
         &server,
         "",
@@ -276,11 +267,8 @@ fn deferred_mail_expires_into_a_dsn() {
     let (s, server) = setup(base_zone(), |config, _| {
         config.delivery.max_age = Duration::from_millis(800)
     });
-    s.upstream.set(|script| {
-        script
-            .rcpt
-            .insert("busy@example.com".into(), "451 4.3.0 try later".into());
-    });
+    s.upstream
+        .rcpt_reply("busy@example.com", "451 4.3.0 try later");
     submit(
         &server,
         "s@remote.test",
@@ -301,50 +289,29 @@ fn deferred_mail_expires_into_a_dsn() {
 #[test]
 fn mx_order_fallback_self_mx_and_null_mx() {
     let mut zone = base_zone();
-    // mxroute.test: the best MX refuses connections (nothing on 127.0.0.2), the next one takes it.
-    zone.mx.insert(
-        "mxroute.test".into(),
-        vec![
-            (10, "mx1.mxroute.test".into()),
-            (20, "mx2.mxroute.test".into()),
-        ],
-    );
-    zone.a.insert(
-        "mx1.mxroute.test".into(),
-        vec!["127.0.0.2".parse().unwrap()],
-    );
-    zone.a.insert(
-        "mx2.mxroute.test".into(),
-        vec!["127.0.0.1".parse().unwrap()],
-    );
-    // selfmx.test: we are the secondary; only the primary may be used.
-    zone.mx.insert(
-        "selfmx.test".into(),
-        vec![
-            (20, "mx2.test.example".into()),
-            (10, "primary.selfmx.test".into()),
-        ],
-    );
-    zone.a.insert(
-        "primary.selfmx.test".into(),
-        vec!["127.0.0.1".parse().unwrap()],
-    );
-    zone.a.insert(
-        "mx2.test.example".into(),
-        vec!["127.0.0.9".parse().unwrap()],
-    );
-    // loop.test: we are the best MX.
-    zone.mx.insert(
-        "loop.test".into(),
-        vec![
-            (10, "mx2.test.example".into()),
-            (20, "other.loop.test".into()),
-        ],
-    );
-    zone.a
-        .insert("other.loop.test".into(), vec!["127.0.0.1".parse().unwrap()]);
-    // nullmx.test: RFC 7505.
-    zone.mx.insert("nullmx.test".into(), vec![(0, ".".into())]);
+    zone
+        // The best MX refuses connections (nothing on 127.0.0.2); the next takes it.
+        .with_mx(
+            "mxroute.test",
+            &[(10, "mx1.mxroute.test"), (20, "mx2.mxroute.test")],
+        )
+        .with_host("mx1.mxroute.test", "127.0.0.2")
+        .with_host("mx2.mxroute.test", "127.0.0.1")
+        // We are the secondary: only the primary may be used.
+        .with_mx(
+            "selfmx.test",
+            &[(20, "mx2.test.example"), (10, "primary.selfmx.test")],
+        )
+        .with_host("primary.selfmx.test", "127.0.0.1")
+        .with_host("mx2.test.example", "127.0.0.9")
+        // We are the best MX: the mail would loop.
+        .with_mx(
+            "loop.test",
+            &[(10, "mx2.test.example"), (20, "other.loop.test")],
+        )
+        .with_host("other.loop.test", "127.0.0.1")
+        // RFC 7505 null MX.
+        .with_mx("nullmx.test", &[(0, ".")]);
     let (s, server) = setup(zone, |_, _| {});
     submit(
         &server,

@@ -18,6 +18,22 @@ pub struct Zone {
     pub empty: HashSet<String>,
 }
 
+impl Zone {
+    pub fn with_mx(&mut self, domain: &str, hosts: &[(u16, &str)]) -> &mut Self {
+        self.mx.insert(
+            domain.into(),
+            hosts.iter().map(|(p, h)| (*p, h.to_string())).collect(),
+        );
+        self
+    }
+
+    pub fn with_host(&mut self, host: &str, ip: &str) -> &mut Self {
+        self.a
+            .insert(host.into(), vec![ip.parse().expect("IPv4 literal")]);
+        self
+    }
+}
+
 pub struct TestDns {
     pub addr: SocketAddr,
     pub zone: Arc<Mutex<Zone>>,

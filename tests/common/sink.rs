@@ -133,6 +133,15 @@ impl Sink {
         self.received.lock().unwrap().clone()
     }
 
+    /// Answer RCPT for `address` with `reply` (e.g. "550 5.1.1 no such user").
+    pub fn rcpt_reply(&self, address: &str, reply: &str) {
+        self.set(|script| {
+            script
+                .rcpt
+                .insert(address.to_ascii_lowercase(), reply.to_string());
+        });
+    }
+
     pub fn set(&self, f: impl FnOnce(&mut Script)) {
         f(&mut self.script.lock().unwrap());
     }
@@ -241,7 +250,6 @@ async fn session(
                 };
                 data.extend_from_slice(&l);
             }
-            tokio::time::sleep(script_now.data_delay).await;
             finish(
                 &received,
                 &script_now,
@@ -251,6 +259,7 @@ async fn session(
                 false,
                 tls,
             )
+            .await
         } else if upper.starts_with("BDAT") {
             let mut words = upper.split_whitespace().skip(1);
             let size: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
@@ -263,7 +272,6 @@ async fn session(
             io.read_exact(&mut chunk).await?;
             bdat_data.extend_from_slice(&chunk);
             if last {
-                tokio::time::sleep(script_now.data_delay).await;
                 finish(
                     &received,
                     &script_now,
@@ -273,6 +281,7 @@ async fn session(
                     true,
                     tls,
                 )
+                .await
             } else {
                 "250 2.0.0 chunk ok\r\n".into()
             }
@@ -288,7 +297,7 @@ async fn session(
     }
 }
 
-fn finish(
+async fn finish(
     received: &Arc<Mutex<Vec<Delivered>>>,
     script: &Script,
     mail_line: &str,
@@ -297,6 +306,7 @@ fn finish(
     bdat: bool,
     tls: bool,
 ) -> String {
+    tokio::time::sleep(script.data_delay).await;
     if script.data_reply.starts_with('2') {
         received.lock().unwrap().push(Delivered {
             mail_line: mail_line.to_string(),
