@@ -27,6 +27,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub dns: DnsConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
     #[serde(default, rename = "domain")]
     pub domains: Vec<DomainConfig>,
 }
@@ -148,6 +150,37 @@ impl Default for DeliveryConfig {
             connection_idle: Duration::from_secs(30),
             mx_port: 25,
             extra_ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// The admin HTTP API (JSON, bearer tokens), `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+    /// Hashed API tokens (`breakwater token create`).
+    pub tokens_file: PathBuf,
+    /// Where `token create --save` puts a token for the local `breakwater queue` CLI.
+    pub cli_token_file: PathBuf,
+    /// Append-only, hash-chained audit log (JSON lines).
+    pub audit_log: PathBuf,
+    /// Rotate the audit log past this size; keep this many old files.
+    pub audit_max_bytes: u64,
+    pub audit_keep: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: "127.0.0.1:8025".parse().expect("literal address"),
+            tokens_file: PathBuf::from("data/admin-tokens.json"),
+            cli_token_file: PathBuf::from("data/admin.token"),
+            audit_log: PathBuf::from("data/audit.log"),
+            audit_max_bytes: 16 * 1024 * 1024,
+            audit_keep: 10,
         }
     }
 }

@@ -139,6 +139,10 @@ pub struct MessageState {
     pub next_attempt_ms: u64,
     /// One entry per envelope recipient, same order.
     pub recipients: Vec<RecipientState>,
+    /// Operator override of the route ("host:port[,host:port]"), set by
+    /// "requeue"; `None` = the configured route for each recipient domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -180,6 +184,7 @@ impl MessageState {
             held: false,
             next_attempt_ms: envelope.received_at_ms,
             recipients: vec![RecipientState::default(); envelope.recipients.len()],
+            route: None,
         }
     }
 

@@ -14,15 +14,20 @@
 //! - [`spool`]: THE HUB — fsync'd segment files (truth) + sled index (derived).
 //! - [`delivery`]: DELIVERY — routes (static/MX), the SMTP client, per-recipient
 //!   retries, upstream circuit + auto-flush, holds, DSNs.
+//! - [`admin`]: the admin HTTP API (queue inspection and actions, upstreams,
+//!   queue shape, health, metrics) with bearer tokens and a hash-chained audit log.
+//! - [`metrics`]: Prometheus counters/histograms shared by the stages.
 //! - [`server`]: wires the stages together for `serve` and for tests.
 //! - [`cli`]: the `breakwater` command line; `main.rs` only calls into it.
 //! - [`logging`]: tracing setup, text or JSON, one line per message event.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod envelope;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod smtp;

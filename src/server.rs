@@ -36,12 +36,15 @@ pub enum StartError {
 /// A running Breakwater.
 pub struct Server {
     pub smtp_addrs: Vec<SocketAddr>,
+    /// The admin API address, when enabled.
+    pub admin_addr: Option<SocketAddr>,
     pub spool: Spool,
     policy: Arc<RwLock<Arc<RecipientPolicy>>>,
     tls: TlsHandle,
     config: Config,
     shutdown: watch::Sender<bool>,
     smtp_task: JoinHandle<()>,
+    admin_task: Option<JoinHandle<()>>,
     delivery: Option<DeliveryEngine>,
 }
 
@@ -83,15 +86,43 @@ impl Server {
             tracing::warn!("delivery disabled: messages stay in the spool");
             None
         };
+        let (admin_addr, admin_task) = if config.admin.enabled {
+            let (ready, ready_rx) = watch::channel(true);
+            // The listeners are bound above; keep the sender alive with the task.
+            let state = Arc::new(crate::admin::AdminState {
+                spool: spool.clone(),
+                delivery: delivery.as_ref().map(|d| (**d).clone()),
+                tokens: crate::admin::auth::TokenStore::new(&config.admin.tokens_file),
+                audit: crate::admin::audit::AuditLog::open(
+                    &config.admin.audit_log,
+                    config.admin.audit_max_bytes,
+                    config.admin.audit_keep,
+                )?,
+                hostname: config.hostname.clone(),
+                smtp_ready: ready_rx,
+            });
+            let (addr, task) =
+                crate::admin::serve(&config.admin, state, shutdown_rx.clone()).await?;
+            tracing::info!(%addr, "admin listening");
+            let task = tokio::spawn(async move {
+                let _ready = ready;
+                let _ = task.await;
+            });
+            (Some(addr), Some(task))
+        } else {
+            (None, None)
+        };
         let smtp_task = tokio::spawn(smtp.run(shutdown_rx));
         Ok(Server {
             smtp_addrs,
+            admin_addr,
             spool,
             policy,
             tls,
             config,
             shutdown,
             smtp_task,
+            admin_task,
             delivery,
         })
     }
@@ -137,6 +168,9 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.smtp_task.await;
+        if let Some(admin) = self.admin_task {
+            let _ = admin.await;
+        }
         if let Some(delivery) = self.delivery {
             delivery.join(self.config.smtp.shutdown_grace).await;
         }

@@ -54,8 +54,21 @@ struct Engine {
 }
 
 pub struct DeliveryEngine {
-    engine: Arc<Engine>,
+    handle: DeliveryHandle,
     scheduler: JoinHandle<()>,
+}
+
+/// What operators (admin API, tests) use to steer delivery. Cheap to clone.
+#[derive(Clone)]
+pub struct DeliveryHandle {
+    engine: Arc<Engine>,
+}
+
+impl std::ops::Deref for DeliveryEngine {
+    type Target = DeliveryHandle;
+    fn deref(&self) -> &DeliveryHandle {
+        &self.handle
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,9 +108,29 @@ impl DeliveryEngine {
             transport,
         });
         let scheduler = tokio::spawn(engine.clone().schedule(shutdown));
-        Ok(DeliveryEngine { engine, scheduler })
+        Ok(DeliveryEngine {
+            handle: DeliveryHandle { engine },
+            scheduler,
+        })
     }
 
+    /// After shutdown was signalled: let running deliveries finish (bounded).
+    pub async fn join(self, grace: Duration) {
+        let _ = self.scheduler.await;
+        let engine = self.handle.engine;
+        let all = engine.config.concurrency as u32;
+        if tokio::time::timeout(grace, engine.global.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "delivery: attempts still running at shutdown; they will be retried after restart"
+            );
+        }
+    }
+}
+
+impl DeliveryHandle {
     /// Stop delivering to an upstream; everything for it stays spooled. Durable.
     pub fn hold(&self, upstream: &str) -> Result<(), DeliveryError> {
         self.engine.spool.set_upstream_held(upstream, true)?;
@@ -129,18 +162,64 @@ impl DeliveryEngine {
         self.engine.upstreams.status()
     }
 
-    /// After shutdown was signalled: let running deliveries finish (bounded).
-    pub async fn join(self, grace: Duration) {
-        let _ = self.scheduler.await;
-        let all = self.engine.config.concurrency as u32;
-        if tokio::time::timeout(grace, self.engine.global.acquire_many(all))
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "delivery: attempts still running at shutdown; they will be retried after restart"
-            );
+    /// Make every pending message for an upstream due now.
+    pub fn flush_upstream(&self, upstream: &str) -> Result<usize, DeliveryError> {
+        let engine = &self.engine;
+        let mut ids = engine.upstreams.take_parked(upstream);
+        for message in engine.spool.list()? {
+            let pending_here = message
+                .envelope
+                .recipients
+                .iter()
+                .zip(&message.state.recipients)
+                .any(|(r, st)| {
+                    !st.status.is_final()
+                        && engine.route_name(&message.state, r.domain()) == upstream
+                });
+            if pending_here {
+                ids.push(message.id);
+            }
         }
+        ids.sort();
+        ids.dedup();
+        engine.flush(&ids);
+        Ok(ids.len())
+    }
+
+    /// The upstreams a message's pending recipients are waiting for.
+    pub fn upstreams_of(&self, message: &SpooledMessage) -> Vec<String> {
+        let mut names: Vec<String> = message
+            .envelope
+            .recipients
+            .iter()
+            .zip(&message.state.recipients)
+            .filter(|(_, st)| !st.status.is_final())
+            .map(|(r, _)| self.engine.route_name(&message.state, r.domain()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Return a message to its sender now: every pending recipient fails
+    /// with `reason`, a DSN goes out (unless the sender is `<>`), and the
+    /// message leaves the spool.
+    pub async fn bounce(&self, id: QueueId, reason: &str) -> Result<bool, DeliveryError> {
+        let engine = &self.engine;
+        let Some(message) = engine.spool.get(id)? else {
+            return Ok(false);
+        };
+        let body = engine.spool.read_body(id)?;
+        let mut state = message.state.clone();
+        for rcpt in state.recipients.iter_mut().filter(|r| !r.status.is_final()) {
+            rcpt.status = RecipientStatus::Failed;
+            rcpt.last_reply = Some(format!("5.0.0 {reason}"));
+        }
+        if !engine.bounce_failures(&message, &mut state, &body).await {
+            return Err(DeliveryError::Setup("could not queue the DSN".into()));
+        }
+        engine.spool.remove(id, "bounced by administrator").await?;
+        Ok(true)
     }
 }
 
@@ -192,6 +271,15 @@ impl Engine {
         }
     }
 
+    /// The upstream name for a recipient domain, honouring a per-message
+    /// route override (admin "requeue").
+    fn route_name(&self, state: &MessageState, domain: &str) -> String {
+        match &state.route {
+            Some(route) => route.clone(),
+            None => self.router.route_for(domain).upstream,
+        }
+    }
+
     /// Make messages due now.
     fn flush(&self, ids: &[QueueId]) {
         let now = now_ms();
@@ -227,7 +315,13 @@ impl Engine {
             if state.recipients[index].status.is_final() {
                 continue;
             }
-            let route = self.router.route_for(rcpt.domain());
+            let route = match &state.route {
+                Some(hosts) => route::Route {
+                    upstream: hosts.clone(),
+                    tls: crate::config::UpstreamTls::Opportunistic,
+                },
+                None => self.router.route_for(rcpt.domain()),
+            };
             groups
                 .entry(route.upstream.clone())
                 .or_insert_with(|| (route, rcpt.domain().to_string(), Vec::new()))
@@ -259,7 +353,14 @@ impl Engine {
             let permits = self.upstreams.permits(&name, &domain);
             let _permit = permits.acquire_owned().await.expect("semaphore open");
             let (outcomes, unreachable) = self
-                .attempt(&name, &domain, &route, envelope, &indexes, &body)
+                .attempt(
+                    &domain,
+                    &route,
+                    envelope,
+                    &indexes,
+                    &body,
+                    state.route.as_deref(),
+                )
                 .await;
             for (index, outcome, relay) in outcomes {
                 self.record(id, envelope, &mut state, index, outcome, &relay);
@@ -318,20 +419,25 @@ impl Engine {
     /// used, and whether the upstream could not be reached at all.
     async fn attempt(
         self: &Arc<Self>,
-        name: &str,
         domain: &str,
         route: &route::Route,
         envelope: &Envelope,
         indexes: &[usize],
         body: &[u8],
+        via: Option<&str>,
     ) -> (Vec<(usize, Outcome, String)>, bool) {
+        let name = route.upstream.as_str();
         let all = |outcome: Outcome, relay: &str| {
             indexes
                 .iter()
                 .map(|i| (*i, outcome.clone(), relay.to_string()))
                 .collect::<Vec<_>>()
         };
-        let targets = match self.router.targets(domain).await {
+        let resolved = match via {
+            Some(hosts) => self.router.targets_via(hosts).await,
+            None => self.router.targets(domain).await,
+        };
+        let targets = match resolved {
             Ok(targets) => targets,
             Err(RouteError::Permanent(why)) => return (all(Outcome::Failed(why), "none"), false),
             Err(RouteError::Temporary(why)) => return (all(Outcome::Deferred(why), "none"), false),

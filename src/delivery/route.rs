@@ -162,6 +162,27 @@ impl Router {
         Ok(targets)
     }
 
+    /// Targets for an explicit "host:port[,host:port]" list (operator requeue).
+    pub async fn targets_via(&self, hosts: &str) -> Result<Vec<Target>, RouteError> {
+        let mut out = Vec::new();
+        let mut last_error = RouteError::Permanent(format!("5.3.5 bad route {hosts:?}"));
+        for (host, port) in hosts
+            .split(',')
+            .filter_map(|part| parse_host_port(part.trim()))
+        {
+            match self.addresses(host, port).await {
+                Ok(found) => {
+                    out.extend(found.into_iter().filter(|t| !self.is_own_listener(t.addr)))
+                }
+                Err(err) => last_error = err,
+            }
+        }
+        if out.is_empty() {
+            return Err(last_error);
+        }
+        Ok(out)
+    }
+
     async fn mx_targets(&self, domain: &str) -> Result<Vec<Target>, RouteError> {
         let fqdn = format!("{domain}.");
         let mut hosts: Vec<(u16, String)> = match self.resolver.mx_lookup(fqdn.as_str()).await {

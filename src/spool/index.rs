@@ -176,6 +176,27 @@ impl Index {
         })
     }
 
+    /// Entries in queue-ID (arrival) order, starting after `after`.
+    pub fn iter_after(
+        &self,
+        after: Option<QueueId>,
+    ) -> impl Iterator<Item = IndexResult<(QueueId, IndexEntry)>> + '_ {
+        let start = match after {
+            Some(id) => std::ops::Bound::Excluded(id.to_bytes().to_vec()),
+            None => std::ops::Bound::Unbounded,
+        };
+        self.messages
+            .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
+            .map(|item| {
+                let (key, value) = item?;
+                let id = QueueId::from_bytes(key.as_ref().try_into().unwrap_or([0; 16]));
+                let entry = serde_json::from_slice(&value).map_err(|err| {
+                    sled::Error::Unsupported(format!("undecodable index entry {id}: {err}"))
+                })?;
+                Ok((id, entry))
+            })
+    }
+
     pub fn len(&self) -> usize {
         self.messages.len()
     }

@@ -473,6 +473,34 @@ impl Spool {
             .collect()
     }
 
+    /// One page of messages in arrival order after the cursor `after`, keeping
+    /// those `keep` accepts. Returns the page and the cursor for the next one
+    /// (None at the end). New messages always sort after existing ones, so
+    /// paging is stable while mail keeps arriving.
+    pub fn page(
+        &self,
+        after: Option<QueueId>,
+        limit: usize,
+        mut keep: impl FnMut(&SpooledMessage) -> bool,
+    ) -> Result<(Vec<SpooledMessage>, Option<QueueId>), SpoolError> {
+        let mut out = Vec::new();
+        for item in self.inner.index.iter_after(after) {
+            let (id, entry) = item?;
+            let message = SpooledMessage {
+                id,
+                envelope: entry.envelope,
+                state: entry.state,
+            };
+            if keep(&message) {
+                out.push(message);
+                if out.len() == limit {
+                    return Ok((out, Some(id)));
+                }
+            }
+        }
+        Ok((out, None))
+    }
+
     /// Messages with `address` among their recipients (case-insensitive).
     pub fn for_recipient(&self, address: &str) -> Result<Vec<SpooledMessage>, SpoolError> {
         let mut out = Vec::new();
@@ -486,6 +514,14 @@ impl Spool {
 
     pub fn len(&self) -> usize {
         self.inner.index.len()
+    }
+
+    /// Can the spool take a write right now? (create + fsync + remove a file)
+    pub fn probe_writable(&self) -> std::io::Result<()> {
+        let path = self.inner.tmp_dir.join(".probe");
+        let file = std::fs::File::create(&path)?;
+        file.sync_all()?;
+        std::fs::remove_file(path)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -13,7 +13,8 @@ pub mod dns;
 pub mod sink;
 
 use breakwater::config::{
-    Config, DeliveryConfig, DnsConfig, DomainConfig, SmtpConfig, SpoolConfig, UpstreamTls,
+    AdminConfig, Config, DeliveryConfig, DnsConfig, DomainConfig, SmtpConfig, SpoolConfig,
+    UpstreamTls,
 };
 use breakwater::server::Server;
 
@@ -53,6 +54,13 @@ impl Fixture {
                 ..DeliveryConfig::default()
             },
             dns: DnsConfig::default(),
+            admin: AdminConfig {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                tokens_file: root.join("admin-tokens.json"),
+                cli_token_file: root.join("admin.token"),
+                audit_log: root.join("audit.log"),
+                ..AdminConfig::default()
+            },
             domains: vec![
                 DomainConfig {
                     name: DOMAIN.to_string(),

@@ -1,0 +1,167 @@
+//! Which spooled messages an operator means: the filter shared by the list
+//! endpoint (query string) and bulk actions (JSON body).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::delivery::DeliveryHandle;
+use crate::envelope::{now_ms, RecipientStatus};
+use crate::spool::SpooledMessage;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// queued | deferred | held | failed
+    pub status: Option<String>,
+    /// Exact envelope sender, case-insensitive ("" = the null sender).
+    pub sender: Option<String>,
+    /// Exact recipient address, case-insensitive.
+    pub recipient: Option<String>,
+    /// Recipient domain.
+    pub domain: Option<String>,
+    /// Upstream name as shown by /api/v1/upstreams.
+    pub upstream: Option<String>,
+    /// e.g. "30m": only messages older than this.
+    pub older_than: Option<String>,
+    pub newer_than: Option<String>,
+    /// Case-insensitive text in the Subject header.
+    pub subject: Option<String>,
+}
+
+pub const STATUSES: [&str; 4] = ["queued", "deferred", "held", "failed"];
+
+/// The operator-facing status of a message.
+pub fn status_of(message: &SpooledMessage) -> &'static str {
+    let state = &message.state;
+    if state.held {
+        "held"
+    } else if state
+        .recipients
+        .iter()
+        .any(|r| r.status == RecipientStatus::Failed)
+    {
+        "failed"
+    } else if state
+        .recipients
+        .iter()
+        .any(|r| r.attempts > 0 && !r.status.is_final())
+    {
+        "deferred"
+    } else {
+        "queued"
+    }
+}
+
+/// A filter with its durations parsed and its values checked.
+pub struct Compiled {
+    filter: Filter,
+    older_than_ms: Option<u64>,
+    newer_than_ms: Option<u64>,
+}
+
+fn duration(key: &str, value: &Option<String>) -> Result<Option<u64>, String> {
+    value
+        .as_deref()
+        .map(|v| {
+            humantime::parse_duration(v)
+                .map(|d: Duration| d.as_millis() as u64)
+                .map_err(|e| format!("{key}: {v:?} is not a duration like \"30m\" or \"2h\": {e}"))
+        })
+        .transpose()
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.status.is_none()
+            && self.sender.is_none()
+            && self.recipient.is_none()
+            && self.domain.is_none()
+            && self.upstream.is_none()
+            && self.older_than.is_none()
+            && self.newer_than.is_none()
+            && self.subject.is_none()
+    }
+
+    pub fn compile(self) -> Result<Compiled, String> {
+        if let Some(status) = &self.status {
+            if !STATUSES.contains(&status.as_str()) {
+                return Err(format!(
+                    "status: {status:?} is not one of {}",
+                    STATUSES.join(", ")
+                ));
+            }
+        }
+        Ok(Compiled {
+            older_than_ms: duration("older_than", &self.older_than)?,
+            newer_than_ms: duration("newer_than", &self.newer_than)?,
+            filter: self,
+        })
+    }
+}
+
+impl Compiled {
+    /// `subject` gives the message's Subject only when asked for (it needs the body).
+    pub fn matches(
+        &self,
+        message: &SpooledMessage,
+        delivery: Option<&DeliveryHandle>,
+        subject: impl FnOnce() -> Option<String>,
+    ) -> bool {
+        let f = &self.filter;
+        let env = &message.envelope;
+        let age = now_ms().saturating_sub(env.received_at_ms);
+        if f.status.as_deref().is_some_and(|s| s != status_of(message))
+            || f.sender
+                .as_deref()
+                .is_some_and(|s| !s.eq_ignore_ascii_case(&env.sender))
+            || f.recipient.as_deref().is_some_and(|r| {
+                !env.recipients
+                    .iter()
+                    .any(|x| x.address.eq_ignore_ascii_case(r))
+            })
+            || f.domain.as_deref().is_some_and(|d| {
+                !env.recipients
+                    .iter()
+                    .any(|x| x.domain().eq_ignore_ascii_case(d))
+            })
+            || self.older_than_ms.is_some_and(|min| age < min)
+            || self.newer_than_ms.is_some_and(|max| age > max)
+        {
+            return false;
+        }
+        if let Some(upstream) = &f.upstream {
+            let Some(delivery) = delivery else {
+                return false;
+            };
+            if !delivery.upstreams_of(message).iter().any(|u| u == upstream) {
+                return false;
+            }
+        }
+        if let Some(text) = &f.subject {
+            let text = text.to_lowercase();
+            return subject().is_some_and(|s| s.to_lowercase().contains(&text));
+        }
+        true
+    }
+}
+
+/// The header section of a message (up to the first empty line).
+pub fn header_section(body: &[u8]) -> &[u8] {
+    let end = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(body.len(), |p| p + 2);
+    &body[..end]
+}
+
+/// The raw Subject header value, unfolded (no MIME decoding).
+pub fn subject_of(body: &[u8]) -> Option<String> {
+    let headers = String::from_utf8_lossy(header_section(body))
+        .replace("\r\n ", " ")
+        .replace("\r\n\t", " ");
+    headers
+        .split("\r\n")
+        .find(|line| line.len() > 8 && line[..8].eq_ignore_ascii_case("subject:"))
+        .map(|line| line[8..].trim().to_string())
+}

@@ -1,0 +1,217 @@
+//! ADMIN: the operator's side of the spool — a JSON HTTP API (axum) on its
+//! own address, the Prometheus endpoint, health checks, and the audit log.
+//!
+//! Everything goes through the Spool API and the delivery handle, so the
+//! admin side can never do to a message what the engine itself could not.
+//! Routes are listed in `docs/openapi.yaml`; a test keeps the two in step.
+//!
+//! Auth: `Authorization: Bearer <token>`; `viewer` may GET, `admin` may also
+//! POST. `/healthz`, `/readyz` and `/metrics` need no token (the admin port
+//! listens on loopback by default; put it behind your monitoring network).
+
+pub mod audit;
+pub mod auth;
+pub mod filter;
+mod queue;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::AdminConfig;
+use crate::delivery::DeliveryHandle;
+use crate::spool::Spool;
+use auth::{Role, TokenStore};
+
+/// Everything the handlers share.
+pub struct AdminState {
+    pub spool: Spool,
+    pub delivery: Option<DeliveryHandle>,
+    pub tokens: TokenStore,
+    pub audit: audit::AuditLog,
+    pub hostname: String,
+    /// Set once the SMTP listeners are up (for /readyz).
+    pub smtp_ready: watch::Receiver<bool>,
+}
+
+/// An API error with its status and a clear message.
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message.into())
+    }
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::NOT_FOUND, message.into())
+    }
+    pub fn internal(message: impl std::fmt::Display) -> ApiError {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, message.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<crate::spool::SpoolError> for ApiError {
+    fn from(err: crate::spool::SpoolError) -> ApiError {
+        ApiError::internal(err)
+    }
+}
+
+/// The authenticated caller.
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+    pub ip: String,
+}
+
+impl Caller {
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "token {:?} is a viewer token; this needs an admin token",
+                    self.name
+                ),
+            ))
+        }
+    }
+}
+
+impl FromRequestParts<Arc<AdminState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AdminState>,
+    ) -> Result<Caller, ApiError> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string());
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "missing bearer token (Authorization: Bearer …)".into(),
+                )
+            })?;
+        let (name, role) = state
+            .tokens
+            .check(token.trim())
+            .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()))?;
+        Ok(Caller { name, role, ip })
+    }
+}
+
+/// The route table; `docs/openapi.yaml` must list every one of these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/api/v1/queue"),
+    ("get", "/api/v1/queue/shape"),
+    ("get", "/api/v1/queue/{id}"),
+    ("get", "/api/v1/queue/{id}/raw"),
+    ("post", "/api/v1/queue/actions"),
+    ("get", "/api/v1/upstreams"),
+    ("post", "/api/v1/upstreams/{name}/{action}"),
+    ("get", "/api/v1/audit"),
+];
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/queue", get(queue::list))
+        .route("/api/v1/queue/shape", get(queue::shape))
+        .route("/api/v1/queue/{id}", get(queue::show))
+        .route("/api/v1/queue/{id}/raw", get(queue::raw))
+        .route("/api/v1/queue/actions", post(queue::actions))
+        .route("/api/v1/upstreams", get(queue::upstreams))
+        .route(
+            "/api/v1/upstreams/{name}/{action}",
+            post(queue::upstream_action),
+        )
+        .route("/api/v1/audit", get(queue::audit))
+        .with_state(state)
+}
+
+/// Bind the admin listener and serve until `shutdown` turns true.
+pub async fn serve(
+    config: &AdminConfig,
+    state: Arc<AdminState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {} (admin): {e}", config.listen),
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let task = tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        if let Err(err) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %err, "admin API stopped");
+        }
+    });
+    Ok((addr, task))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    let listening = *state.smtp_ready.borrow();
+    let probe = state.spool.probe_writable();
+    match (listening, probe) {
+        (true, Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "smtp listeners not up\n").into_response(),
+        (_, Err(err)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("spool not writable: {err}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    let metrics = crate::metrics::get();
+    queue::refresh_gauges(&state);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+        .into_response()
+}

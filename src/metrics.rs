@@ -1,0 +1,145 @@
+//! Prometheus metrics, shared by every stage (a cross-cutting concern, so
+//! one process-wide registry like the `metrics` crate's global recorder).
+//!
+//! Counters and histograms are updated where things happen; gauges that
+//! describe the spool (depth by status, oldest age, upstream state) are
+//! computed when `/metrics` is scraped, from the spool and delivery engine.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Counter,
+    pub accepted: Counter,
+    pub accepted_bytes: Counter,
+    pub rejected: Family<Labels, Counter>,
+    pub delivery_attempts: Family<Labels, Counter>,
+    pub fsync_seconds: Histogram,
+    pub acceptance_seconds: Histogram,
+    pub queue_messages: Family<Labels, Gauge>,
+    pub oldest_message_age: Gauge<f64, AtomicU64>,
+    pub upstream_up: Family<Labels, Gauge>,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process-wide metrics.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+fn label(key: &str, value: &str) -> Labels {
+    vec![(key.to_string(), value.to_string())]
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("breakwater");
+        let metrics = Metrics {
+            connections: Counter::default(),
+            accepted: Counter::default(),
+            accepted_bytes: Counter::default(),
+            rejected: Family::default(),
+            delivery_attempts: Family::default(),
+            fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            acceptance_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            queue_messages: Family::default(),
+            oldest_message_age: Gauge::default(),
+            upstream_up: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "smtp_connections",
+            "SMTP connections accepted",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "messages_accepted",
+            "Messages acknowledged with 250",
+            metrics.accepted.clone(),
+        );
+        registry.register(
+            "messages_accepted_bytes",
+            "Bytes of acknowledged messages",
+            metrics.accepted_bytes.clone(),
+        );
+        registry.register(
+            "messages_rejected",
+            "Messages or recipients refused, by reason",
+            metrics.rejected.clone(),
+        );
+        registry.register(
+            "delivery_attempts",
+            "Delivery attempts per recipient, by outcome",
+            metrics.delivery_attempts.clone(),
+        );
+        registry.register(
+            "spool_fsync_seconds",
+            "Time of one group-commit write + fdatasync",
+            metrics.fsync_seconds.clone(),
+        );
+        registry.register(
+            "smtp_acceptance_seconds",
+            "From end of data to the 250 (durable spooling)",
+            metrics.acceptance_seconds.clone(),
+        );
+        registry.register(
+            "queue_messages",
+            "Messages in the spool by status",
+            metrics.queue_messages.clone(),
+        );
+        registry.register(
+            "queue_oldest_message_age_seconds",
+            "Age of the oldest spooled message",
+            metrics.oldest_message_age.clone(),
+        );
+        registry.register(
+            "upstream_up",
+            "1 when the upstream takes connections, 0 when down or held",
+            metrics.upstream_up.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        self.rejected.get_or_create(&label("reason", reason)).inc();
+    }
+
+    pub fn delivery(&self, outcome: &str) {
+        self.delivery_attempts
+            .get_or_create(&label("outcome", outcome))
+            .inc();
+    }
+
+    pub fn set_queue(&self, status: &str, count: i64) {
+        self.queue_messages
+            .get_or_create(&label("status", status))
+            .set(count);
+    }
+
+    pub fn set_upstream(&self, name: &str, up: bool) {
+        self.upstream_up
+            .get_or_create(&label("upstream", name))
+            .set(i64::from(up));
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
