@@ -518,6 +518,7 @@ impl Engine {
             Outcome::Failed(reply) => (RecipientStatus::Failed, reply, "bounced"),
         };
         rcpt.status = status;
+        crate::metrics::get().delivery(word);
         let delay = now_ms().saturating_sub(envelope.received_at_ms) as f64 / 1000.0;
         tracing::info!(
             queue_id = %id,

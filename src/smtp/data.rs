@@ -189,6 +189,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             None => None,
         };
         if let Some((code, status, text, reason)) = rejected {
+            crate::metrics::get().rejected(&reason.replace(' ', "_").to_lowercase());
             tracing::info!(queue_id = %id, client = %self.peer, from = %tx.sender, reason, "message rejected");
             self.error_reply(code, status, text);
             return;
@@ -203,6 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return;
         }
         let nrcpt = tx.recipients.len();
+        let size = body.len();
         let sender = tx.sender.clone();
         let envelope = Envelope {
             sender: tx.sender,
@@ -220,12 +222,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             received_at_ms: now_ms(),
             size: 0,
         };
+        let started = std::time::Instant::now();
         match self.ctx.spool.enqueue(body, envelope).await {
             Ok(id) => {
+                let metrics = crate::metrics::get();
+                metrics.accepted.inc();
+                metrics.accepted_bytes.inc_by(size);
+                metrics
+                    .acceptance_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 tracing::info!(queue_id = %id, client = %self.peer, from = %sender, nrcpt, tls = self.tls.is_some(), "queued");
                 self.reply(250, "2.0.0", &format!("Ok: queued as {id}"));
             }
             Err(err) => {
+                crate::metrics::get().rejected("spool_error");
                 tracing::error!(queue_id = %id, error = %err, "message not stored: spool error");
                 self.error_reply(
                     451,

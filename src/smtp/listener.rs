@@ -133,6 +133,7 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        crate::metrics::get().connections.inc();
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(client = %peer, "smtp: connection limit reached");
             tokio::spawn(refuse(

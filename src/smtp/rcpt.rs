@@ -35,10 +35,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let address = match verdict {
             RcptVerdict::Accept(address) => address,
             RcptVerdict::RelayDenied(why) => {
+                crate::metrics::get().rejected("relay_denied");
                 tracing::info!(client = %self.peer, rcpt = %to.address, reason = why, "rcpt rejected: relay denied");
                 return self.error_reply(550, "5.7.1", &format!("<{}>: {why}", to.address));
             }
             RcptVerdict::UnknownUser => {
+                crate::metrics::get().rejected("unknown_user");
                 tracing::info!(client = %self.peer, rcpt = %to.address, "rcpt rejected: unknown user");
                 return self.error_reply(
                     550,

@@ -144,6 +144,9 @@ impl SegmentWriter {
             self.file.sync_data()
         })();
         self.stats.record_fsync(started.elapsed(), batch.len());
+        crate::metrics::get()
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
                 self.len += buf.len() as u64;
