@@ -29,6 +29,7 @@ pub struct Metrics {
     pub queue_messages: Family<Labels, Gauge>,
     pub oldest_message_age: Gauge<f64, AtomicU64>,
     pub upstream_up: Family<Labels, Gauge>,
+    pub upstream_queue: Family<Labels, Gauge>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -56,6 +57,7 @@ impl Metrics {
             queue_messages: Family::default(),
             oldest_message_age: Gauge::default(),
             upstream_up: Family::default(),
+            upstream_queue: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -134,6 +136,12 @@ impl Metrics {
         self.upstream_up
             .get_or_create(&label("upstream", name))
             .set(i64::from(up));
+    }
+
+    pub fn set_upstream_depth(&self, name: &str, count: i64) {
+        self.upstream_queue
+            .get_or_create(&label("upstream", name))
+            .set(count);
     }
 
     /// The Prometheus text exposition.

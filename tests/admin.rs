@@ -533,3 +533,105 @@ fn queue_cli_against_a_live_server() {
     drop(server);
     std::thread::sleep(Duration::from_millis(100));
 }
+
+#[test]
+fn upstream_hold_release_flush_and_bounce_over_the_api() {
+    use common::sink::{Script, Sink};
+    let mut fixture = Fixture::new();
+    let admin = auth::create(&fixture.config.admin.tokens_file, "ops", Role::Admin).unwrap();
+    let viewer = auth::create(&fixture.config.admin.tokens_file, "noc", Role::Viewer).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sink = rt.block_on(Sink::start("127.0.0.1:0", Script::default()));
+    fixture.config.delivery.enabled = true;
+    for domain in &mut fixture.config.domains {
+        domain.upstream = sink.addr.to_string();
+        domain.tls = breakwater::config::UpstreamTls::None;
+    }
+    let server = rt.block_on(fixture.start());
+    let api = Api::new(&server);
+    let name = sink.addr.to_string();
+    let path = |action: &str| format!("/api/v1/upstreams/{}/{action}", name.replace(':', "%3A"));
+    assert_eq!(api.post(&path("hold"), &viewer, json!({})).0, 403);
+    let (status, body) = api.post(&path("hold"), &admin, json!({}));
+    assert_eq!(status, 200, "{body}");
+    let mut c = RawClient::greeted(server.smtp_addrs[0]);
+    c.expect("EHLO up.test", 250);
+    for i in 0..2 {
+        let r = c.send_mail(
+            "bob@listed.example",
+            &[&format!("u{i}@example.com")],
+            format!("Subject: held {i}\r\n\r\nx\r\n").as_bytes(),
+        );
+        assert_eq!(r.code, 250);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(sink.delivered().is_empty());
+    let (_, ups) = api.get("/api/v1/upstreams", Some(&viewer));
+    let up = ups["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == name.as_str())
+        .cloned()
+        .expect("upstream listed");
+    assert_eq!(up["state"], "held");
+    assert_eq!(up["queue_depth"], 2);
+    // Bounce one: a DSN goes to its sender (whose domain routes to the same,
+    // held, upstream), the message leaves the spool.
+    let first = ids(&api
+        .get("/api/v1/queue?recipient=u0@example.com", Some(&admin))
+        .1);
+    let (_, done) = api.post(
+        "/api/v1/queue/actions",
+        &admin,
+        json!({"action": "bounce", "ids": first}),
+    );
+    assert_eq!(done["done"], 1, "{done}");
+    let (_, listed) = api.get("/api/v1/queue", Some(&admin));
+    assert_eq!(
+        ids(&listed).len(),
+        2,
+        "original removed, DSN queued: {listed}"
+    );
+    assert!(listed["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["sender"] == "" && m["recipients"][0]["address"] == "bob@listed.example"));
+    // Release: everything goes out, the DSN included.
+    let (status, _) = api.post(&path("release"), &admin, json!({}));
+    assert_eq!(status, 200);
+    assert!(wait_for(Duration::from_secs(10), || server
+        .spool
+        .is_empty()));
+    let delivered = sink.delivered();
+    assert_eq!(delivered.len(), 2);
+    assert!(delivered
+        .iter()
+        .any(|d| d.mail_line.starts_with("MAIL FROM:<>")
+            && String::from_utf8_lossy(&d.data).contains("returned by the administrator")));
+    let (status, body) = api.post(&path("flush"), &admin, json!({}));
+    assert_eq!((status, body["flushed"].as_u64()), (200, Some(0)));
+    assert_eq!(api.post(&path("explode"), &admin, json!({})).0, 400);
+    let (_, audit) = api.get("/api/v1/audit?actor=ops", Some(&admin));
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "upstream-hold",
+            "bounce",
+            "upstream-release",
+            "upstream-flush"
+        ]
+    );
+    rt.block_on(server.shutdown());
+}

@@ -417,7 +417,8 @@ pub fn refresh_gauges(state: &AdminState) {
     let metrics = crate::metrics::get();
     let mut counts: BTreeMap<&str, i64> = filter::STATUSES.iter().map(|s| (*s, 0)).collect();
     let mut oldest = None;
-    if let Ok(list) = state.spool.list() {
+    let list = state.spool.list().unwrap_or_default();
+    {
         for message in &list {
             *counts.entry(status_of(message)).or_default() += 1;
             oldest = Some(oldest.map_or(message.envelope.received_at_ms, |o: u64| {
@@ -434,6 +435,15 @@ pub fn refresh_gauges(state: &AdminState) {
     if let Some(delivery) = &state.delivery {
         for upstream in delivery.status() {
             metrics.set_upstream(&upstream.name, upstream.state == "up");
+        }
+        let mut depth: BTreeMap<String, i64> = BTreeMap::new();
+        for message in &list {
+            for name in delivery.upstreams_of(message) {
+                *depth.entry(name).or_default() += 1;
+            }
+        }
+        for (name, count) in depth {
+            metrics.set_upstream_depth(&name, count);
         }
     }
 }
