@@ -143,6 +143,23 @@ pub struct MessageState {
     /// "requeue"; `None` = the configured route for each recipient domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
+    /// The most recent delivery attempts (newest last, at most
+    /// `MAX_HISTORY`), so an operator can see why a message waits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Attempt>,
+}
+
+pub const MAX_HISTORY: usize = 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub ts_ms: u64,
+    /// Index of the recipient in the envelope.
+    pub recipient: usize,
+    /// sent | deferred | bounced
+    pub outcome: String,
+    pub relay: String,
+    pub reply: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -185,6 +202,7 @@ impl MessageState {
             next_attempt_ms: envelope.received_at_ms,
             recipients: vec![RecipientState::default(); envelope.recipients.len()],
             route: None,
+            history: Vec::new(),
         }
     }
 

@@ -86,9 +86,9 @@ impl Server {
             tracing::warn!("delivery disabled: messages stay in the spool");
             None
         };
+        // /readyz reports the SMTP listeners down once their accept loops end.
+        let (smtp_up, smtp_up_rx) = watch::channel(true);
         let (admin_addr, admin_task) = if config.admin.enabled {
-            let (ready, ready_rx) = watch::channel(true);
-            // The listeners are bound above; keep the sender alive with the task.
             let state = Arc::new(crate::admin::AdminState {
                 spool: spool.clone(),
                 delivery: delivery.as_ref().map(|d| (**d).clone()),
@@ -98,21 +98,19 @@ impl Server {
                     config.admin.audit_max_bytes,
                     config.admin.audit_keep,
                 )?,
-                hostname: config.hostname.clone(),
-                smtp_ready: ready_rx,
+                smtp_ready: smtp_up_rx,
             });
             let (addr, task) =
                 crate::admin::serve(&config.admin, state, shutdown_rx.clone()).await?;
             tracing::info!(%addr, "admin listening");
-            let task = tokio::spawn(async move {
-                let _ready = ready;
-                let _ = task.await;
-            });
             (Some(addr), Some(task))
         } else {
             (None, None)
         };
-        let smtp_task = tokio::spawn(smtp.run(shutdown_rx));
+        let smtp_task = tokio::spawn(async move {
+            smtp.run(shutdown_rx).await;
+            let _ = smtp_up.send(false);
+        });
         Ok(Server {
             smtp_addrs,
             admin_addr,

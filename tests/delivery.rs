@@ -200,6 +200,14 @@ fn per_recipient_outcomes_retry_and_dsn() {
     std::thread::sleep(Duration::from_millis(600));
     assert!(!server.spool.is_empty(), "busy@ still waiting");
     let waiting = server.spool.list().unwrap();
+    let history = &waiting[0].state.history;
+    assert!(history.len() >= 4, "attempt history kept: {history:?}");
+    assert!(
+        history
+            .iter()
+            .any(|a| a.recipient == 2 && a.outcome == "bounced" && a.reply.contains("5.1.1")),
+        "{history:?}"
+    );
     let busy_state = &waiting[0].state.recipients[1];
     assert!(busy_state.attempts >= 2, "{busy_state:?}");
     assert!(

@@ -38,8 +38,7 @@ pub struct AdminState {
     pub delivery: Option<DeliveryHandle>,
     pub tokens: TokenStore,
     pub audit: audit::AuditLog,
-    pub hostname: String,
-    /// Set once the SMTP listeners are up (for /readyz).
+    /// True while the SMTP accept loops run (for /readyz).
     pub smtp_ready: watch::Receiver<bool>,
 }
 

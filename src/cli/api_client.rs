@@ -34,6 +34,9 @@ impl ApiClient {
         };
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // One connection per request: the CLI makes few, and a connection
+            // the server closed after an early 4xx must never be reused.
+            .max_idle_connections(0)
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();

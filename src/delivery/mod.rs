@@ -530,7 +530,19 @@ impl Engine {
             reply = %reply,
             "delivery"
         );
-        rcpt.last_reply = Some(reply);
+        state.history.push(crate::envelope::Attempt {
+            ts_ms: now_ms(),
+            recipient: index,
+            outcome: word.to_string(),
+            relay: relay.to_string(),
+            reply: reply.clone(),
+        });
+        let excess = state
+            .history
+            .len()
+            .saturating_sub(crate::envelope::MAX_HISTORY);
+        state.history.drain(..excess);
+        state.recipients[index].last_reply = Some(reply);
     }
 
     /// Deferred recipients older than `max_age` fail (RFC 3463 4.4.7).
