@@ -14,33 +14,15 @@ OUT=$RUN/results.md
 source bench/lib.sh
 
 dir=$RUN/bw
-mkdir -p "$dir"
-cat > "$dir/breakwater.toml" <<EOT
-hostname = "bw.bench.test"
-[smtp]
-listen = ["127.0.0.1:$BW_PORT"]
-max_connections_per_ip = 1000
-tls_cert = "$dir/cert.pem"
-tls_key = "$dir/key.pem"
-[spool]
-dir = "$dir/spool"
-[delivery]
-enabled = false
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-tokens_file = "$dir/tokens.json"
-cli_token_file = "$dir/admin.token"
-audit_log = "$dir/audit.log"
-[[domain]]
-name = "example.com"
-upstream = "127.0.0.1:$UP_PORT"
-EOT
+ADMIN="[admin]
+listen = \"127.0.0.1:$ADMIN_PORT\"
+tokens_file = \"$dir/tokens.json\"
+cli_token_file = \"$dir/admin.token\"
+audit_log = \"$dir/audit.log\""
+bw_start "enabled = false" "$ADMIN"
+trap bw_stop EXIT
 "$BIN" token create --name bench --role admin --save --config "$dir/breakwater.toml" >/dev/null 2>&1
 TOKEN=$(cat "$dir/admin.token")
-"$BIN" serve --config "$dir/breakwater.toml" 2> "$dir/log" &
-BW_PID=$!
-trap 'kill $BW_PID 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q "breakwater ready" "$dir/log" && break; sleep 0.1; done
 
 t0=$(now)
 smtp-source -s 50 -m "$N" -l 1024 -M bench.test -f sender@bench.test -t rcpt@example.com "127.0.0.1:$BW_PORT"

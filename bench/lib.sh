@@ -23,7 +23,7 @@ total_ticks() { awk '/^cpu /{s=0; for(i=2;i<=NF;i++) s+=$i; print s}' /proc/stat
 proc_cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 now() { date +%s.%N; }
 
-# bw_start [extra TOML appended to [delivery]]
+# bw_start [extra TOML for [delivery]] [extra TOML sections]
 bw_start() {
     local dir=$RUN/bw
     rm -rf "$dir"; mkdir -p "$dir"
@@ -38,6 +38,7 @@ tls_key = "$dir/key.pem"
 dir = "$dir/spool"
 [delivery]
 ${1:-}
+${2:-}
 [[domain]]
 name = "example.com"
 upstream = "127.0.0.1:$UP_PORT"

@@ -166,14 +166,7 @@ impl Index {
     }
 
     pub fn all(&self) -> impl Iterator<Item = IndexResult<(QueueId, IndexEntry)>> + '_ {
-        self.messages.iter().map(|item| {
-            let (key, value) = item?;
-            let id = QueueId::from_bytes(key.as_ref().try_into().unwrap_or([0; 16]));
-            let entry = serde_json::from_slice(&value).map_err(|err| {
-                sled::Error::Unsupported(format!("undecodable index entry {id}: {err}"))
-            })?;
-            Ok((id, entry))
-        })
+        self.iter_after(None)
     }
 
     /// Entries in queue-ID (arrival) order, starting after `after`.
