@@ -20,8 +20,12 @@ impl Api {
     fn new(server: &Server) -> Api {
         Api {
             base: format!("http://{}", server.admin_addr.expect("admin enabled")),
+            // A fresh connection per request: after an early error response
+            // (401/403 before the body is read) the server may close the
+            // connection, and reusing it would race with that close.
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
+                .max_idle_connections(0)
                 .build()
                 .into(),
         }
