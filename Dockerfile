@@ -12,7 +12,7 @@ COPY config /var/lib/breakwater/config
 WORKDIR /var/lib/breakwater
 USER breakwater
 ENV BREAKWATER_CONFIG=/var/lib/breakwater/config/docker.toml
-EXPOSE 25 2525 8080 8025
-HEALTHCHECK --interval=30s --timeout=5s CMD bash -c 'exec 3<>/dev/tcp/127.0.0.1/2525 && head -c3 <&3 | grep -q 220'
+EXPOSE 25 8080 8025
+HEALTHCHECK --interval=30s --timeout=5s CMD bash -c 'exec 3<>/dev/tcp/127.0.0.1/8025 && printf "GET /readyz HTTP/1.0\\r\\n\\r\\n" >&3 && head -c12 <&3 | grep -q 200'
 ENTRYPOINT ["/usr/local/bin/breakwater"]
 CMD ["serve"]

@@ -47,6 +47,9 @@ pub struct SmtpConfig {
     /// Generate a self-signed certificate when both files are missing, so a fresh
     /// checkout offers STARTTLS out of the box. Turn off in production.
     pub tls_generate_if_missing: bool,
+    /// How often the certificate files are checked for changes (renewals).
+    #[serde(with = "humantime_serde")]
+    pub tls_reload_check: Duration,
     /// RFC 5321 4.5.3.2.7: server timeout waiting for the next command.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
@@ -227,6 +230,7 @@ impl Default for SmtpConfig {
             tls_cert: PathBuf::from("certs/cert.pem"),
             tls_key: PathBuf::from("certs/key.pem"),
             tls_generate_if_missing: true,
+            tls_reload_check: Duration::from_secs(10),
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
             max_errors: 20,

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub oldest_message_age: Gauge<f64, AtomicU64>,
     pub upstream_up: Family<Labels, Gauge>,
     pub upstream_queue: Family<Labels, Gauge>,
+    pub tls_expiry_seconds: Gauge<f64, AtomicU64>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -58,6 +59,7 @@ impl Metrics {
             oldest_message_age: Gauge::default(),
             upstream_up: Family::default(),
             upstream_queue: Family::default(),
+            tls_expiry_seconds: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(

@@ -107,6 +107,13 @@ impl Server {
         } else {
             (None, None)
         };
+        if config.smtp.tls_cert.exists() {
+            tokio::spawn(watch_certificate(
+                config.clone(),
+                tls.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
         let smtp_task = tokio::spawn(async move {
             smtp.run(shutdown_rx).await;
             let _ = smtp_up.send(false);
@@ -174,6 +181,48 @@ impl Server {
         }
         self.spool.close().await;
         tracing::info!("shutdown complete");
+    }
+}
+
+/// Certificate files replaced by certbot/lego are picked up without a
+/// SIGHUP; a certificate close to expiry is logged daily and exported as
+/// `breakwater_tls_certificate_expiry_seconds`.
+async fn watch_certificate(config: Config, tls: TlsHandle, mut shutdown: watch::Receiver<bool>) {
+    let smtp = &config.smtp;
+    let stamp = || {
+        let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        (modified(&smtp.tls_cert), modified(&smtp.tls_key))
+    };
+    let mut last = stamp();
+    let mut last_warning: Option<std::time::Instant> = None;
+    loop {
+        if let Ok(expiry) = tls::not_after(&smtp.tls_cert) {
+            let left = (expiry - time::OffsetDateTime::now_utc()).whole_seconds();
+            crate::metrics::get().tls_expiry_seconds.set(left as f64);
+            let day = std::time::Duration::from_secs(86_400);
+            if left < 14 * 86_400 && last_warning.is_none_or(|t| t.elapsed() >= day) {
+                tracing::warn!(cert = %smtp.tls_cert.display(), days_left = left / 86_400, "TLS certificate expires within 14 days");
+                last_warning = Some(std::time::Instant::now());
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(smtp.tls_reload_check) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = stamp();
+        if now != last {
+            last = now;
+            match tls::load_acceptor(&smtp.tls_cert, &smtp.tls_key) {
+                Ok(acceptor) => {
+                    tls.replace(acceptor);
+                    tracing::info!(cert = %smtp.tls_cert.display(), "TLS certificate changed on disk; reloaded");
+                }
+                // Half-written renewal (key and cert not matching yet): try again next time.
+                Err(err) => {
+                    tracing::warn!(error = %err, "TLS certificate changed but does not load yet; keeping the previous one")
+                }
+            }
+        }
     }
 }
 

@@ -16,8 +16,14 @@ use crate::logging::LogFormat;
 #[derive(Debug, Parser)]
 #[command(
     name = "breakwater",
-    version,
-    about = "Mail-continuity relay: a durable secondary MX"
+    version = VERSION,
+    long_version = LONG_VERSION,
+    about = "Mail-continuity relay: a durable secondary MX",
+    long_about = "Breakwater stands in front of your mail host (e.g. Exchange Online) as a secondary or \
+gateway MX. It accepts mail for your domains only, writes every message durably to its spool before \
+answering 250, and delivers it upstream with per-recipient retries, flushing the backlog by itself as \
+soon as the host is back.\n\nStart with `breakwater serve`; steer the spool with `breakwater queue` and \
+`breakwater upstream`; see README.md and docs/RUNBOOK.md."
 )]
 pub struct Cli {
     /// Configuration file.
@@ -56,6 +62,30 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// TLS certificates for labs.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Write a self-signed certificate and key (default: the [smtp] tls_cert/tls_key paths).
+    SelfSigned {
+        /// Host name(s) the certificate is for.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,6 +111,20 @@ pub enum AuditCommand {
         file: Option<PathBuf>,
     },
 }
+
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("BREAKWATER_GIT_COMMIT"),
+    ")"
+);
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ncommit: ",
+    env!("BREAKWATER_GIT_COMMIT"),
+    "\nfeatures: smtp(starttls rustls/ring tls1.2+1.3, chunking, dsn, requiretls), spool(segment log + sled index), \
+delivery(mail-send, hickory dns), admin(axum api, prometheus metrics, audit log)"
+);
 
 /// Exit code for configuration errors (as documented for `check-config`).
 pub const EXIT_CONFIG: u8 = 2;
@@ -119,6 +163,16 @@ pub fn main() -> ExitCode {
                 }
             }
         }),
+        Command::Cert {
+            command:
+                CertCommand::SelfSigned {
+                    hosts,
+                    days,
+                    cert,
+                    key,
+                    force,
+                },
+        } => self_signed(&cli.config, &hosts, days, cert, key, force),
         Command::Audit {
             command: AuditCommand::Verify { file },
         } => {
@@ -139,6 +193,45 @@ pub fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn self_signed(
+    config_path: &std::path::Path,
+    hosts: &[String],
+    days: u32,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    force: bool,
+) -> ExitCode {
+    // Default to the configured paths when the config loads, else the defaults.
+    let smtp = Config::load(config_path)
+        .map(|c| c.smtp)
+        .unwrap_or_default();
+    let cert = cert.unwrap_or(smtp.tls_cert);
+    let key = key.unwrap_or(smtp.tls_key);
+    if !force && (cert.exists() || key.exists()) {
+        eprintln!(
+            "breakwater: {} or {} exists; use --force to replace",
+            cert.display(),
+            key.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    match crate::smtp::tls::write_self_signed(hosts, &cert, &key, days) {
+        Ok(()) => {
+            println!(
+                "wrote {} and {} for {} ({days} days)",
+                cert.display(),
+                key.display(),
+                hosts.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("breakwater: {err}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -49,6 +49,7 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
         }
     };
     tracing::info!(hostname = %server.config().hostname, "breakwater ready");
+    notify_systemd("READY=1");
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -60,6 +61,29 @@ async fn serve(config_path: &Path, config: Config) -> ExitCode {
         }
     }
     tracing::info!("shutting down: no new connections; waiting for sessions");
+    notify_systemd("STOPPING=1");
     server.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// sd_notify(3) for `Type=notify` units: one datagram to $NOTIFY_SOCKET.
+/// A no-op when not started by systemd.
+fn notify_systemd(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| {
+        let socket = UnixDatagram::unbound()?;
+        socket.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(err) = sent {
+        tracing::warn!(error = %err, "cannot notify systemd");
+    }
 }

@@ -63,6 +63,44 @@ pub fn load_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// When the first certificate in a PEM file stops being valid.
+pub fn not_after(cert: &Path) -> Result<time::OffsetDateTime, TlsError> {
+    let pem = std::fs::read_to_string(cert).map_err(|e| TlsError::File {
+        file: cert.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    let params = rcgen::CertificateParams::from_ca_cert_pem(&pem).map_err(|e| TlsError::File {
+        file: cert.display().to_string(),
+        problem: format!("cannot parse certificate: {e}"),
+    })?;
+    Ok(params.not_after)
+}
+
+/// Write a self-signed certificate and key for `hosts` (labs and tests).
+pub fn write_self_signed(
+    hosts: &[String],
+    cert: &Path,
+    key: &Path,
+    days: u32,
+) -> Result<(), TlsError> {
+    let error = |path: &Path, problem: String| TlsError::File {
+        file: path.display().to_string(),
+        problem,
+    };
+    let mut params =
+        rcgen::CertificateParams::new(hosts.to_vec()).map_err(|e| error(cert, e.to_string()))?;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+    let key_pair = rcgen::KeyPair::generate().map_err(|e| error(key, e.to_string()))?;
+    let certificate = params
+        .self_signed(&key_pair)
+        .map_err(|e| error(cert, e.to_string()))?;
+    let _ = std::fs::remove_file(key);
+    write_private(key, key_pair.serialize_pem().as_bytes())?;
+    std::fs::write(cert, certificate.pem()).map_err(|e| error(cert, e.to_string()))
+}
+
 /// Write a self-signed certificate for `hostname` when neither file exists.
 /// Returns whether one was generated.
 pub fn ensure_dev_certificate(cert: &Path, key: &Path, hostname: &str) -> Result<bool, TlsError> {
