@@ -326,6 +326,31 @@ fn cert_command_and_live_reload_on_file_change() {
 }
 
 #[test]
+fn tells_systemd_when_ready() {
+    let fixture = Fixture::new();
+    let config_path = fixture.write_config();
+    let socket_path = fixture.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf).expect("READY=1 from breakwater");
+    assert_eq!(&buf[..n], b"READY=1");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let n = socket.recv(&mut buf).expect("STOPPING=1 from breakwater");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
 fn version_and_help_read_well() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
