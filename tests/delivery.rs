@@ -620,3 +620,62 @@ fn relays_to_postfix_smtp_sink() {
     assert_eq!(files, 20, "smtp-sink received every message");
     s.rt.block_on(server.shutdown());
 }
+
+#[test]
+fn throttling_reply_pauses_the_upstream_and_halves_its_connections() {
+    let (s, server) = setup(base_zone(), |config, _| {
+        config.delivery.retry = vec![Duration::from_secs(2).into()];
+    });
+    s.upstream
+        .rcpt_reply("a@example.com", "421 4.7.0 Too many connections, slow down");
+    submit(
+        &server,
+        "s@remote.test",
+        &["a@example.com"],
+        b"Subject: a\r\n\r\nx\r\n",
+    );
+    let delivery = server.delivery().unwrap();
+    let name = delivery.upstream_for("example.com");
+    let throttled = || {
+        delivery
+            .status()
+            .into_iter()
+            .find(|u| u.name == name)
+            .filter(|u| u.throttled_until_ms.is_some())
+    };
+    assert!(
+        wait_for(WAIT, || throttled().is_some()),
+        "{:?}",
+        delivery.status()
+    );
+    assert_eq!(
+        throttled().unwrap().connections_allowed,
+        5,
+        "half of per_upstream = 10"
+    );
+    // Other mail for the same upstream waits out the pause too.
+    submit(
+        &server,
+        "s@remote.test",
+        &["b@example.com"],
+        b"Subject: b\r\n\r\nx\r\n",
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        s.upstream.delivered().is_empty(),
+        "delivered during the pause"
+    );
+    s.upstream.set(|script| {
+        script.rcpt.clear();
+    });
+    wait_empty(&server);
+    assert_eq!(s.upstream.delivered().len(), 2);
+    // Connections grow back one per good attempt.
+    let after = delivery
+        .status()
+        .into_iter()
+        .find(|u| u.name == name)
+        .unwrap();
+    assert!(after.connections_allowed > 5, "{after:?}");
+    s.rt.block_on(server.shutdown());
+}

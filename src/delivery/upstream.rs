@@ -35,6 +35,10 @@ pub struct UpstreamStatus {
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
     pub parked_messages: usize,
+    /// Connections it may have now (lower than `per_upstream` after throttling).
+    pub connections_allowed: usize,
+    /// Paused by a throttling reply until this time (ms), if in the future.
+    pub throttled_until_ms: Option<u64>,
 }
 
 struct State {
@@ -42,6 +46,9 @@ struct State {
     down_since_ms: Option<u64>,
     last_error: Option<String>,
     throttled_until_ms: u64,
+    /// Connections currently allowed (≤ per_upstream): halved on each
+    /// throttling reply, grown back by one per successful attempt.
+    allowed: usize,
     /// A recipient domain routed here, for the probe's DNS lookup.
     sample_domain: String,
     parked: HashSet<QueueId>,
@@ -72,6 +79,7 @@ impl Upstreams {
             down_since_ms: None,
             last_error: None,
             throttled_until_ms: 0,
+            allowed: self.per_upstream,
             sample_domain: domain.to_string(),
             parked: HashSet::new(),
             permits: Arc::new(Semaphore::new(self.per_upstream)),
@@ -103,6 +111,7 @@ impl Upstreams {
     pub fn record_success(&self, name: &str, domain: &str) -> Vec<QueueId> {
         self.with(name, domain, |s| {
             s.consecutive_failures = 0;
+            self.grow(s);
             if s.down_since_ms.take().is_some() {
                 tracing::info!(upstream = name, "upstream up");
                 return s.parked.drain().collect();
@@ -130,13 +139,33 @@ impl Upstreams {
         })
     }
 
+    /// The upstream said "too many": pause it until `until_ms` and halve the
+    /// number of connections it gets (never below one).
     pub fn throttle(&self, name: &str, domain: &str, until_ms: u64) {
         self.with(name, domain, |s| {
             if s.throttled_until_ms < until_ms {
-                tracing::warn!(upstream = name, until_ms, "upstream asked us to slow down");
                 s.throttled_until_ms = until_ms;
+                let fewer = (s.allowed / 2).max(1);
+                // Permits in use come back later; forget what is free now and
+                // let `record_success` stop returning the rest.
+                let dropped = s.permits.forget_permits(s.allowed - fewer);
+                s.allowed -= dropped;
+                tracing::warn!(
+                    upstream = name,
+                    until_ms,
+                    connections = s.allowed,
+                    "upstream asked us to slow down"
+                );
             }
         });
+    }
+
+    /// One more connection after a good attempt, up to `per_upstream`.
+    fn grow(&self, s: &mut State) {
+        if s.allowed < self.per_upstream && s.throttled_until_ms <= now_ms() {
+            s.allowed += 1;
+            s.permits.add_permits(1);
+        }
     }
 
     pub fn park(&self, name: &str, domain: &str, id: QueueId) {
@@ -195,6 +224,8 @@ impl Upstreams {
                     last_error: s.and_then(|s| s.last_error.clone()),
                     consecutive_failures: s.map_or(0, |s| s.consecutive_failures),
                     parked_messages: s.map_or(0, |s| s.parked.len()),
+                    connections_allowed: s.map_or(self.per_upstream, |s| s.allowed),
+                    throttled_until_ms: s.map(|s| s.throttled_until_ms).filter(|t| *t > now_ms()),
                     name,
                 }
             })
