@@ -418,13 +418,11 @@ pub fn refresh_gauges(state: &AdminState) {
     let mut counts: BTreeMap<&str, i64> = filter::STATUSES.iter().map(|s| (*s, 0)).collect();
     let mut oldest = None;
     let list = state.spool.list().unwrap_or_default();
-    {
-        for message in &list {
-            *counts.entry(status_of(message)).or_default() += 1;
-            oldest = Some(oldest.map_or(message.envelope.received_at_ms, |o: u64| {
-                o.min(message.envelope.received_at_ms)
-            }));
-        }
+    for message in &list {
+        *counts.entry(status_of(message)).or_default() += 1;
+        oldest = Some(oldest.map_or(message.envelope.received_at_ms, |o: u64| {
+            o.min(message.envelope.received_at_ms)
+        }));
     }
     for (status, count) in counts {
         metrics.set_queue(status, count);

@@ -337,14 +337,13 @@ impl Engine {
             match self.upstreams.availability(&name, &domain) {
                 Availability::Open => {}
                 Availability::Held | Availability::Down => {
-                    parked_until = Some(
-                        parked_until
-                            .map_or(PARKED_INDEFINITELY_MS, |t| t.min(PARKED_INDEFINITELY_MS)),
-                    );
+                    // Until the upstream is released or seen up again.
+                    parked_until.get_or_insert(PARKED_INDEFINITELY_MS);
                     parked_on.push((name, domain));
                     continue;
                 }
                 Availability::Throttled(until) => {
+                    // The earliest moment any of its upstreams may be tried.
                     parked_until = Some(parked_until.map_or(until, |t| t.min(until)));
                     continue;
                 }

@@ -157,17 +157,18 @@ impl SegmentWriter {
             Err(err) => {
                 tracing::error!(error = %err, segment = self.current, "spool: append failed; nothing in this batch was acknowledged");
                 fail_all(batch, &err);
-                // Never append after a torn or unsynced region: recovery stops
-                // reading a segment at the first bad record. Cut back, or move on.
-                let cut = self
+                // Never append after a torn or unsynced region, and after a
+                // failed fsync the kernel may have dropped the dirty pages:
+                // trim what this batch wrote and continue in a new segment.
+                // (The seek matters if no new segment can be made: the next
+                // batch must start exactly where this one did.)
+                let _ = self
                     .file
                     .set_len(start)
-                    .and_then(|_| self.file.seek(SeekFrom::Start(start)).map(|_| ()))
+                    .and_then(|_| self.file.seek(SeekFrom::Start(start)))
                     .and_then(|_| self.file.sync_all());
-                if cut.is_err() || err.raw_os_error().is_some() {
-                    if let Err(err) = self.roll() {
-                        tracing::error!(error = %err, "spool: cannot start a new segment");
-                    }
+                if let Err(err) = self.roll() {
+                    tracing::error!(error = %err, "spool: cannot start a new segment");
                 }
             }
         }
