@@ -78,15 +78,22 @@ impl Index {
     }
 
     pub fn insert(&self, id: QueueId, entry: &IndexEntry) -> IndexResult<()> {
+        self.put(id, entry)?;
+        for rcpt in &entry.envelope.recipients {
+            self.by_recipient
+                .insert(recipient_key(&rcpt.address, id), &[])?;
+        }
+        Ok(())
+    }
+
+    /// The entry and its schedule key; the recipient index is left alone
+    /// (recipients never change after a message is accepted).
+    fn put(&self, id: QueueId, entry: &IndexEntry) -> IndexResult<()> {
         let value = serde_json::to_vec(entry).expect("index entry serialises");
         self.messages.insert(id.to_bytes(), value)?;
         if is_scheduled(&entry.state) {
             self.schedule
                 .insert(schedule_key(entry.due_ms(), id), &[])?;
-        }
-        for rcpt in &entry.envelope.recipients {
-            self.by_recipient
-                .insert(recipient_key(&rcpt.address, id), &[])?;
         }
         Ok(())
     }
@@ -105,7 +112,7 @@ impl Index {
         self.schedule.remove(schedule_key(entry.due_ms(), id))?;
         entry.state = state.clone();
         entry.parked_until_ms = None;
-        self.insert(id, &entry)?;
+        self.put(id, &entry)?;
         Ok(Some(entry))
     }
 
@@ -116,7 +123,7 @@ impl Index {
         };
         self.schedule.remove(schedule_key(entry.due_ms(), id))?;
         entry.parked_until_ms = Some(until_ms);
-        self.insert(id, &entry)?;
+        self.put(id, &entry)?;
         Ok(true)
     }
 

@@ -113,33 +113,34 @@ fn replay_segment(
                 offset += len;
                 replay.records += 1;
             }
-            Err((at, why)) if is_newest && find_next_header(path, at + 1, file_len)?.is_none() => {
-                tracing::warn!(
-                    segment,
-                    offset = at,
-                    dropped_bytes = file_len - at,
-                    reason = %why,
-                    "spool: cutting torn tail of newest segment (unacknowledged writes from a crash)"
-                );
-                let file = std::fs::OpenOptions::new().write(true).open(path)?;
-                file.set_len(at)?;
-                file.sync_all()?;
-                return Ok(());
-            }
-            Err((at, why)) => {
+            Err((at, why)) => match find_next_header(path, at + 1, file_len)? {
+                None if is_newest => {
+                    tracing::warn!(
+                        segment,
+                        offset = at,
+                        dropped_bytes = file_len - at,
+                        reason = %why,
+                        "spool: cutting torn tail of newest segment (unacknowledged writes from a crash)"
+                    );
+                    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+                    file.set_len(at)?;
+                    file.sync_all()?;
+                    return Ok(());
+                }
+                None => {
+                    tracing::error!(segment, offset = at, reason = %why, "spool: damaged record at the end of a sealed segment");
+                    return Ok(());
+                }
                 // Damage followed by intact records is not a torn tail but
                 // corruption (or a torn batch written out of order). Skip to
                 // the next intact header so one bad sector costs the records
                 // in it, not everything after it.
-                tracing::error!(segment, offset = at, reason = %why, "spool: damaged record; resuming at the next intact record");
-                match find_next_header(path, at + 1, file_len)? {
-                    Some(next) => {
-                        reader.seek(SeekFrom::Start(next))?;
-                        offset = next;
-                    }
-                    None => return Ok(()),
+                Some(next) => {
+                    tracing::error!(segment, offset = at, resume_at = next, reason = %why, "spool: damaged record; resuming at the next intact record");
+                    reader.seek(SeekFrom::Start(next))?;
+                    offset = next;
                 }
-            }
+            },
         }
     }
 }
