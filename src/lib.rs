@@ -32,3 +32,4 @@ pub mod policy;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod web;

@@ -38,6 +38,8 @@ pub struct Server {
     pub smtp_addrs: Vec<SocketAddr>,
     /// The admin API address, when enabled.
     pub admin_addr: Option<SocketAddr>,
+    /// The web reader's address, when enabled.
+    pub web_addr: Option<SocketAddr>,
     pub spool: Spool,
     policy: Arc<RwLock<Arc<RecipientPolicy>>>,
     tls: TlsHandle,
@@ -45,6 +47,7 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     smtp_task: JoinHandle<()>,
     admin_task: Option<JoinHandle<()>>,
+    web_task: Option<JoinHandle<()>>,
     delivery: Option<DeliveryEngine>,
 }
 
@@ -86,6 +89,12 @@ impl Server {
             tracing::warn!("delivery disabled: messages stay in the spool");
             None
         };
+        // One audit log for the admin API and the web pages: one hash chain.
+        let audit = Arc::new(crate::admin::audit::AuditLog::open(
+            &config.admin.audit_log,
+            config.admin.audit_max_bytes,
+            config.admin.audit_keep,
+        )?);
         // /readyz reports the SMTP listeners down once their accept loops end.
         let (smtp_up, smtp_up_rx) = watch::channel(true);
         let (admin_addr, admin_task) = if config.admin.enabled {
@@ -93,16 +102,25 @@ impl Server {
                 spool: spool.clone(),
                 delivery: delivery.as_ref().map(|d| (**d).clone()),
                 tokens: crate::admin::auth::TokenStore::new(&config.admin.tokens_file),
-                audit: crate::admin::audit::AuditLog::open(
-                    &config.admin.audit_log,
-                    config.admin.audit_max_bytes,
-                    config.admin.audit_keep,
-                )?,
+                audit: audit.clone(),
                 smtp_ready: smtp_up_rx,
             });
             let (addr, task) =
                 crate::admin::serve(&config.admin, state, shutdown_rx.clone()).await?;
             tracing::info!(%addr, "admin listening");
+            (Some(addr), Some(task))
+        } else {
+            (None, None)
+        };
+        let (web_addr, web_task) = if config.web.enabled {
+            let state = Arc::new(crate::web::WebState::new(
+                config.web.clone(),
+                spool.clone(),
+                delivery.as_ref().map(|d| (**d).clone()),
+                audit.clone(),
+            ));
+            let (addr, task) = crate::web::serve(state, shutdown_rx.clone()).await?;
+            tracing::info!(%addr, https = config.web.tls_cert.is_some(), "web listening");
             (Some(addr), Some(task))
         } else {
             (None, None)
@@ -121,6 +139,7 @@ impl Server {
         Ok(Server {
             smtp_addrs,
             admin_addr,
+            web_addr,
             spool,
             policy,
             tls,
@@ -128,6 +147,7 @@ impl Server {
             shutdown,
             smtp_task,
             admin_task,
+            web_task,
             delivery,
         })
     }
@@ -175,6 +195,9 @@ impl Server {
         let _ = self.smtp_task.await;
         if let Some(admin) = self.admin_task {
             let _ = admin.await;
+        }
+        if let Some(web) = self.web_task {
+            let _ = web.await;
         }
         if let Some(delivery) = self.delivery {
             delivery.join(self.config.smtp.shutdown_grace).await;

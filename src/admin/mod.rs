@@ -14,6 +14,8 @@ pub mod auth;
 pub mod filter;
 mod queue;
 
+pub use queue::apply_action;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -37,7 +39,7 @@ pub struct AdminState {
     pub spool: Spool,
     pub delivery: Option<DeliveryHandle>,
     pub tokens: TokenStore,
-    pub audit: audit::AuditLog,
+    pub audit: Arc<audit::AuditLog>,
     /// True while the SMTP accept loops run (for /readyz).
     pub smtp_ready: watch::Receiver<bool>,
 }

@@ -259,7 +259,15 @@ pub async fn actions(
     let mut done = 0;
     let mut failed = Vec::new();
     for id in &ids {
-        match apply(&state, &request, *id).await {
+        let outcome = apply_action(
+            &state.spool,
+            state.delivery.as_ref(),
+            &request.action,
+            request.route.as_deref(),
+            *id,
+        )
+        .await;
+        match outcome {
             Ok(true) => done += 1,
             Ok(false) => failed.push(json!({"id": id.to_string(), "error": "not in the spool"})),
             Err(err) => failed.push(json!({"id": id.to_string(), "error": err})),
@@ -276,14 +284,21 @@ pub async fn actions(
     ))
 }
 
-async fn apply(state: &AdminState, request: &ActionRequest, id: QueueId) -> Result<bool, String> {
-    let spool = &state.spool;
+/// Apply one operator action to one message. Shared with the web admin
+/// pages, so both doors do exactly the same thing. Ok(false): not in the spool.
+pub async fn apply_action(
+    spool: &crate::spool::Spool,
+    delivery: Option<&crate::delivery::DeliveryHandle>,
+    action: &str,
+    route: Option<&str>,
+    id: QueueId,
+) -> Result<bool, String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let Some(message) = spool.get(id).map_err(|e| err(&e))? else {
         return Ok(false);
     };
     let mut next = message.state.clone();
-    match request.action.as_str() {
+    match action {
         "hold" => next.held = true,
         "release" => {
             next.held = false;
@@ -291,7 +306,7 @@ async fn apply(state: &AdminState, request: &ActionRequest, id: QueueId) -> Resu
         }
         "retry" => next.next_attempt_ms = now_ms(),
         "requeue" => {
-            next.route = request.route.clone();
+            next.route = route.map(str::to_string);
             next.next_attempt_ms = now_ms();
         }
         "delete" => {
@@ -301,7 +316,7 @@ async fn apply(state: &AdminState, request: &ActionRequest, id: QueueId) -> Resu
                 .map_err(|e| err(&e))
         }
         "bounce" => {
-            let Some(delivery) = &state.delivery else {
+            let Some(delivery) = delivery else {
                 return Err("delivery is disabled; cannot send a DSN".into());
             };
             return delivery
@@ -309,7 +324,7 @@ async fn apply(state: &AdminState, request: &ActionRequest, id: QueueId) -> Resu
                 .await
                 .map_err(|e| err(&e));
         }
-        _ => unreachable!("validated above"),
+        other => return Err(format!("unknown action {other:?}")),
     }
     spool.set_state(id, next).await.map_err(|e| err(&e))?;
     Ok(true)

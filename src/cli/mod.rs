@@ -4,6 +4,7 @@ mod api_client;
 mod check_config;
 mod queue;
 mod serve;
+mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,11 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Local web accounts: add, passwd, disable, list, import, totp-setup.
+    User {
+        #[command(subcommand)]
+        command: user::UserCommand,
     },
     /// The audit log.
     Audit {
@@ -138,6 +144,7 @@ pub fn main() -> ExitCode {
         Command::Upstream { command } => {
             with_config(&cli.config, |c| queue::run_upstream(c, command))
         }
+        Command::User { command } => with_config(&cli.config, |c| user::run(c, command)),
         Command::Token {
             command: TokenCommand::Create { name, role, save },
         } => with_config(&cli.config, |config| {

@@ -42,6 +42,15 @@ impl TlsHandle {
 }
 
 pub fn load_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    load_server_config(cert, key, &[]).map(|c| TlsAcceptor::from(Arc::new(c)))
+}
+
+/// The same certificate handling for the web listener, offering HTTP/1.1 by ALPN.
+pub fn load_acceptor_for_http(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    load_server_config(cert, key, &[b"http/1.1"]).map(|c| TlsAcceptor::from(Arc::new(c)))
+}
+
+fn load_server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
     let file_error = |path: &Path, problem: String| TlsError::File {
         file: path.display().to_string(),
         problem,
@@ -60,7 +69,9 @@ pub fn load_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    let mut config = config;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
 }
 
 /// When the first certificate in a PEM file stops being valid.

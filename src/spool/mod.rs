@@ -512,6 +512,12 @@ impl Spool {
         Ok(out)
     }
 
+    /// IDs of the messages with `address` among their recipients, oldest
+    /// first, without loading them (the web mailbox pages through these).
+    pub fn ids_for_recipient(&self, address: &str) -> Result<Vec<QueueId>, SpoolError> {
+        Ok(self.inner.index.for_recipient(address)?)
+    }
+
     pub fn len(&self) -> usize {
         self.inner.index.len()
     }

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 pub mod dns;
 pub mod sink;
+pub mod web;
 
 use breakwater::config::{
     AdminConfig, Config, DeliveryConfig, DnsConfig, DomainConfig, SmtpConfig, SpoolConfig,
-    UpstreamTls,
+    UpstreamTls, WebConfig,
 };
 use breakwater::server::Server;
 
@@ -60,6 +61,11 @@ impl Fixture {
                 cli_token_file: root.join("admin.token"),
                 audit_log: root.join("audit.log"),
                 ..AdminConfig::default()
+            },
+            web: WebConfig {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                users_file: root.join("users.json"),
+                ..WebConfig::default()
             },
             domains: vec![
                 DomainConfig {

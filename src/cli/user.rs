@@ -1,0 +1,279 @@
+//! `breakwater user …`: local web accounts (bulk onboarding before an
+//! outage, password resets and TOTP enrolment during one).
+//!
+//! These commands edit `[web] users_file` directly (under a lock); a running
+//! server picks the change up within a second.
+
+use std::io::{BufRead, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::config::Config;
+use crate::envelope::now_ms;
+use crate::web::accounts::{self, AccountError};
+use crate::web::session;
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an account (prompts for the password unless --password-stdin).
+    Add {
+        address: String,
+        /// Another address whose mail this user may read (repeatable).
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// May use the admin pages (TOTP is then required).
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a new password; the user's open sessions end.
+    Passwd {
+        address: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Block sign-in; the user's open sessions end at once.
+    Disable {
+        address: String,
+    },
+    Enable {
+        address: String,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create accounts from a CSV of `address, display name, aliases`
+    /// (aliases separated by `;`). Each new account gets a random password,
+    /// printed as `address,password` for distribution; existing ones are skipped.
+    Import {
+        file: PathBuf,
+    },
+    /// Enrol (or re-enrol) TOTP: prints the otpauth:// URI and secret to put
+    /// into an authenticator app.
+    TotpSetup {
+        address: String,
+    },
+    /// Remove TOTP for a user (not allowed for admins, who must have it).
+    TotpRemove {
+        address: String,
+    },
+}
+
+fn read_password(from_stdin: bool) -> Result<String, String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_string());
+    }
+    let first = rpassword::prompt_password("Password: ")
+        .map_err(|e| format!("cannot read the password: {e} (use --password-stdin)"))?;
+    let again = rpassword::prompt_password("Again: ")
+        .map_err(|e| format!("cannot read the password: {e}"))?;
+    if first != again {
+        return Err("the passwords differ".into());
+    }
+    Ok(first)
+}
+
+fn report(result: Result<String, AccountError>) -> ExitCode {
+    match result {
+        Ok(message) => {
+            if !message.is_empty() {
+                println!("{message}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("breakwater: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn run(config: &Config, command: UserCommand) -> ExitCode {
+    let path = &config.web.users_file;
+    match command {
+        UserCommand::Add {
+            address,
+            aliases,
+            name,
+            admin,
+            password_stdin,
+        } => {
+            let password = match read_password(password_stdin) {
+                Ok(p) => p,
+                Err(err) => {
+                    eprintln!("breakwater: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            report(
+                accounts::add(path, &address, name.as_deref().unwrap_or(""), &aliases, admin, &password)
+                    .map(|a| {
+                        let mut line = format!("added {}", a.address);
+                        if a.admin {
+                            line.push_str(" (admin: run `breakwater user totp-setup` before the first sign-in)");
+                        }
+                        line
+                    }),
+            )
+        }
+        UserCommand::Passwd {
+            address,
+            password_stdin,
+        } => {
+            let password = match read_password(password_stdin) {
+                Ok(p) => p,
+                Err(err) => {
+                    eprintln!("breakwater: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            report(accounts::hash_password(&password).and_then(|hash| {
+                accounts::update(path, &address, |a| {
+                    a.password_hash = hash;
+                    a.sessions_valid_after_ms = now_ms();
+                    Ok(())
+                })
+                .map(|a| format!("password changed for {}", a.address))
+            }))
+        }
+        UserCommand::Disable { address } => report(
+            accounts::update(path, &address, |a| {
+                a.disabled = true;
+                a.sessions_valid_after_ms = now_ms();
+                Ok(())
+            })
+            .map(|a| format!("disabled {}", a.address)),
+        ),
+        UserCommand::Enable { address } => report(
+            accounts::update(path, &address, |a| {
+                a.disabled = false;
+                a.sessions_valid_after_ms = now_ms();
+                Ok(())
+            })
+            .map(|a| format!("enabled {}", a.address)),
+        ),
+        UserCommand::List { json } => report(accounts::list(path).map(|list| {
+            if json {
+                let rows: Vec<_> = list
+                    .iter()
+                    .map(|a| {
+                        serde_json::json!({
+                            "address": a.address, "display_name": a.display_name, "aliases": a.aliases,
+                            "admin": a.admin, "disabled": a.disabled, "totp": a.totp_secret.is_some(),
+                        })
+                    })
+                    .collect();
+                serde_json::to_string_pretty(&rows).unwrap_or_default()
+            } else {
+                let mut out = format!("{:<36} {:<6} {:<9} {:<5} ALIASES\n", "ADDRESS", "ROLE", "STATE", "TOTP");
+                for a in &list {
+                    out.push_str(&format!(
+                        "{:<36} {:<6} {:<9} {:<5} {}\n",
+                        a.address,
+                        if a.admin { "admin" } else { "user" },
+                        if a.disabled { "disabled" } else { "active" },
+                        if a.totp_secret.is_some() { "yes" } else { "no" },
+                        a.aliases.join(",")
+                    ));
+                }
+                out.push_str(&format!("{} accounts", list.len()));
+                out
+            }
+        })),
+        UserCommand::Import { file } => import(path, &file),
+        UserCommand::TotpSetup { address } => {
+            let secret = session::new_totp_secret();
+            report(
+                accounts::update(path, &address, |a| {
+                    a.totp_secret = Some(secret.clone());
+                    a.sessions_valid_after_ms = now_ms();
+                    Ok(())
+                })
+                .and_then(|a| {
+                    let totp = session::totp_for(&secret, &a.address)
+                        .ok_or_else(|| AccountError::Invalid("cannot build the TOTP URI".into()))?;
+                    Ok(format!(
+                        "TOTP enrolled for {}.\nAdd it to an authenticator app (scan this URI as a QR code, or type the secret):\n{}\nsecret: {}",
+                        a.address,
+                        totp.get_url(),
+                        secret
+                    ))
+                }),
+            )
+        }
+        UserCommand::TotpRemove { address } => report(
+            accounts::update(path, &address, |a| {
+                if a.admin {
+                    return Err(AccountError::Invalid(format!(
+                        "{} is an admin; admins must keep TOTP (use totp-setup to replace it)",
+                        a.address
+                    )));
+                }
+                a.totp_secret = None;
+                Ok(())
+            })
+            .map(|a| format!("TOTP removed for {}", a.address)),
+        ),
+    }
+}
+
+fn import(path: &Path, file: &Path) -> ExitCode {
+    let mut data = Vec::new();
+    let read = if file == Path::new("-") {
+        std::io::stdin().read_to_end(&mut data).map(|_| ())
+    } else {
+        std::fs::File::open(file).and_then(|mut f| f.read_to_end(&mut data).map(|_| ()))
+    };
+    if let Err(err) = read {
+        eprintln!("breakwater: {}: {err}", file.display());
+        return ExitCode::FAILURE;
+    }
+    let rows = match accounts::parse_import(&data) {
+        Ok(rows) => rows,
+        Err(err) => {
+            eprintln!("breakwater: {}: {err}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let (mut added, mut skipped, mut failed) = (0, 0, 0);
+    println!("address,password");
+    for row in rows {
+        let password = accounts::generate_password();
+        match accounts::add(
+            path,
+            &row.address,
+            &row.display_name,
+            &row.aliases,
+            false,
+            &password,
+        ) {
+            Ok(account) => {
+                added += 1;
+                println!("{},{password}", account.address);
+            }
+            Err(AccountError::Invalid(msg)) if msg.contains("already exists") => skipped += 1,
+            Err(err) => {
+                failed += 1;
+                eprintln!("breakwater: {}: {err}", row.address);
+            }
+        }
+    }
+    eprintln!("imported {added}, skipped {skipped} existing, {failed} failed; hand the passwords out over a channel that does not depend on the mail system");
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,187 @@
+//! Japanese and English UI text.
+//!
+//! One table, English and Japanese side by side, so a missing translation
+//! is visible in review (and a test checks none is empty). The language comes
+//! from the `bw_lang` cookie (the switch in the header), else from
+//! `Accept-Language`, else from `[web] default_language`.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    Ja,
+}
+
+pub const LANG_COOKIE: &str = "bw_lang";
+
+impl Lang {
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::Ja => "ja",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Lang> {
+        match code.trim().to_ascii_lowercase().as_str() {
+            "en" => Some(Lang::En),
+            "ja" => Some(Lang::Ja),
+            _ => None,
+        }
+    }
+
+    /// The first of ja/en in the header, honouring q-values.
+    pub fn from_accept_language(header: &str) -> Option<Lang> {
+        let mut best: Option<(f32, Lang)> = None;
+        for item in header.split(',') {
+            let mut parts = item.split(';');
+            let tag = parts.next().unwrap_or("").trim();
+            let primary = tag.split('-').next().unwrap_or("");
+            let q = parts
+                .find_map(|p| p.trim().strip_prefix("q="))
+                .and_then(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            if let Some(lang) = Lang::from_code(primary) {
+                if q > 0.0 && best.is_none_or(|(bq, _)| q > bq) {
+                    best = Some((q, lang));
+                }
+            }
+        }
+        best.map(|(_, lang)| lang)
+    }
+
+    pub fn t(self, key: &str) -> &'static str {
+        match TEXT.iter().find(|(k, _, _)| *k == key) {
+            Some((_, en, ja)) => match self {
+                Lang::En => en,
+                Lang::Ja => ja,
+            },
+            None => {
+                debug_assert!(false, "missing UI text {key:?}");
+                "?"
+            }
+        }
+    }
+}
+
+/// (key, English, Japanese). `{}` marks where a value is put in.
+const TEXT: &[(&str, &str, &str)] = &[
+    ("app", "Breakwater mail continuity", "Breakwater メール継続サービス"),
+    ("login.title", "Sign in", "サインイン"),
+    ("login.address", "Mail address", "メールアドレス"),
+    ("login.password", "Password", "パスワード"),
+    ("login.submit", "Sign in", "サインイン"),
+    ("login.failed", "The address or password is not right.", "メールアドレスまたはパスワードが正しくありません。"),
+    ("login.locked", "Too many failed sign-ins for this account. Try again in {} minutes, or ask your IT team.", "このアカウントはサインインの失敗が多すぎるため一時的にロックされています。{} 分後に再試行するか、IT 部門にお問い合わせください。"),
+    ("login.ip_blocked", "Too many failed sign-ins from your network. Try again in {} minutes.", "お使いのネットワークからのサインイン失敗が多すぎます。{} 分後に再試行してください。"),
+    ("login.expired", "The sign-in form expired. Please try again.", "サインインフォームの有効期限が切れました。もう一度お試しください。"),
+    ("login.need_totp_setup", "Administrators must use a one-time code. Ask an operator to run: breakwater user totp-setup", "管理者はワンタイムコードが必須です。運用担当者に breakwater user totp-setup の実行を依頼してください。"),
+    ("login.phishing_hint", "Breakwater never asks for your Microsoft 365 password. Use the password your IT team gave you for this service.", "Breakwater が Microsoft 365 のパスワードを求めることはありません。IT 部門から配布されたこのサービス専用のパスワードを使用してください。"),
+    ("totp.title", "One-time code", "ワンタイムコード"),
+    ("totp.prompt", "Enter the 6-digit code from your authenticator app.", "認証アプリに表示される 6 桁のコードを入力してください。"),
+    ("totp.code", "Code", "コード"),
+    ("totp.submit", "Verify", "確認"),
+    ("totp.failed", "That code is not right or was already used.", "コードが正しくないか、すでに使用されています。"),
+    ("logout", "Sign out", "サインアウト"),
+    ("nav.mailbox", "Mailbox", "受信箱"),
+    ("nav.admin", "Spool", "スプール"),
+    ("nav.upstreams", "Upstreams", "配送先"),
+    ("nav.audit", "Audit log", "監査ログ"),
+    ("nav.sessions", "Sessions", "セッション"),
+    ("banner.down", "{} is not accepting mail (since {}). Your mail is kept safely here and will be delivered automatically when it recovers.", "{} がメールを受け付けていません（{} から）。メールはここに安全に保管され、復旧すると自動的に配送されます。"),
+    ("banner.held", "Delivery to {} is paused by the administrators. Your mail is kept safely here.", "{} への配送は管理者により一時停止されています。メールはここに安全に保管されています。"),
+    ("mailbox.title", "Mailbox", "受信箱"),
+    ("mailbox.empty", "No messages are waiting here for you.", "ここに保管されているメッセージはありません。"),
+    ("mailbox.search", "Search subject, sender, text", "件名・差出人・本文を検索"),
+    ("mailbox.search_button", "Search", "検索"),
+    ("mailbox.count", "{} messages", "{} 件"),
+    ("mailbox.newer", "Newer", "新しい"),
+    ("mailbox.older", "Older", "古い"),
+    ("col.from", "From", "差出人"),
+    ("col.to", "To", "宛先"),
+    ("col.cc", "Cc", "Cc"),
+    ("col.subject", "Subject", "件名"),
+    ("col.date", "Date", "日時"),
+    ("col.size", "Size", "サイズ"),
+    ("col.status", "Status", "状態"),
+    ("col.attachment", "Attachment", "添付"),
+    ("col.recipient", "Recipient", "受信者"),
+    ("col.attempts", "Attempts", "試行回数"),
+    ("col.last_reply", "Last reply", "最後の応答"),
+    ("col.id", "Queue ID", "キュー ID"),
+    ("col.actor", "Who", "実行者"),
+    ("col.action", "Action", "操作"),
+    ("col.target", "Target", "対象"),
+    ("col.result", "Result", "結果"),
+    ("col.ip", "IP address", "IP アドレス"),
+    ("col.user", "User", "ユーザー"),
+    ("col.started", "Started", "開始"),
+    ("col.last_seen", "Last seen", "最終アクセス"),
+    ("col.upstream", "Upstream", "配送先"),
+    ("col.state", "State", "状態"),
+    ("col.since", "Since", "開始時刻"),
+    ("col.depth", "Waiting", "待機中"),
+    ("col.error", "Last error", "最後のエラー"),
+    ("status.waiting", "Waiting for {}", "{} の復旧待ち"),
+    ("status.held", "Held", "保留中"),
+    ("status.delivered", "Delivered", "配送済み"),
+    ("status.failed", "Returned to sender", "差出人に返送"),
+    ("message.no_subject", "(no subject)", "（件名なし）"),
+    ("message.attachments", "Attachments", "添付ファイル"),
+    ("message.source", "View source", "ソースを表示"),
+    ("message.back", "Back to the mailbox", "受信箱に戻る"),
+    ("message.images_blocked", "{} remote images were blocked to protect your privacy.", "プライバシー保護のため {} 件の外部画像をブロックしました。"),
+    ("message.load_images", "Load remote images", "外部画像を表示"),
+    ("message.text_version", "Text version", "テキスト版"),
+    ("message.html_version", "HTML version", "HTML 版"),
+    ("message.frame_title", "Message body", "メッセージ本文"),
+    ("admin.title", "Spool", "スプール"),
+    ("admin.filter", "Filter", "絞り込み"),
+    ("admin.next", "Next page", "次のページ"),
+    ("admin.view", "Read message (audited)", "メッセージを読む（監査対象）"),
+    ("admin.confirm", "Are you sure?", "実行してよろしいですか？"),
+    ("admin.done", "Done: {}", "完了: {}"),
+    ("action.hold", "Hold", "保留"),
+    ("action.release", "Release", "保留解除"),
+    ("action.retry", "Retry now", "今すぐ再送"),
+    ("action.delete", "Delete", "削除"),
+    ("action.bounce", "Return to sender", "差出人に返送"),
+    ("action.flush", "Flush", "フラッシュ"),
+    ("action.revoke", "Revoke", "失効"),
+    ("upstreams.title", "Upstreams", "配送先"),
+    ("upstreams.none", "No upstream has been contacted yet.", "まだ配送先への接続はありません。"),
+    ("audit.title", "Audit log", "監査ログ"),
+    ("sessions.title", "Signed-in sessions", "サインイン中のセッション"),
+    ("error.not_found", "Not found.", "見つかりません。"),
+    ("error.forbidden", "You are not allowed to do this.", "この操作は許可されていません。"),
+    ("error.csrf", "The form expired or came from another site. Reload the page and try again.", "フォームの有効期限切れ、または別のサイトからの送信です。ページを再読み込みしてやり直してください。"),
+    ("error.internal", "Something went wrong on the server. The administrators can find details in the log.", "サーバーでエラーが発生しました。詳細は管理者がログで確認できます。"),
+    ("lang.switch", "日本語", "English"),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_has_both_languages_and_is_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for (key, en, ja) in TEXT {
+            assert!(seen.insert(key), "duplicate key {key}");
+            assert!(!en.is_empty() && !ja.is_empty(), "{key} incomplete");
+            assert_eq!(en.matches("{}").count(), ja.matches("{}").count(), "{key}");
+        }
+    }
+
+    #[test]
+    fn accept_language_prefers_highest_q() {
+        assert_eq!(
+            Lang::from_accept_language("ja-JP,ja;q=0.9,en;q=0.8"),
+            Some(Lang::Ja)
+        );
+        assert_eq!(
+            Lang::from_accept_language("fr, en;q=0.5, ja;q=0.4"),
+            Some(Lang::En)
+        );
+        assert_eq!(Lang::from_accept_language("de"), None);
+    }
+}

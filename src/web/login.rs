@@ -1,0 +1,382 @@
+//! Sign-in (password, then TOTP when enrolled or required) and sign-out.
+
+use axum::extract::{Form, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use super::accounts::{self, Account};
+use super::i18n::Lang;
+use super::pages::{self, bare_page, fill, local_path};
+use super::session::{self, Blocked, COOKIE, LOGIN_COOKIE};
+use super::{check_csrf, cookie, set_cookie, Shared, Viewer, Visitor};
+
+#[derive(Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    csrf: String,
+    next: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct TotpForm {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    csrf: String,
+    next: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+fn login_markup(lang: Lang, token: &str, next: &str, address: &str, error: Option<&str>) -> Markup {
+    bare_page(
+        lang,
+        lang.t("login.title"),
+        html! {
+            section.card.login {
+                h1 { (lang.t("login.title")) }
+                @if let Some(error) = error { p.error role="alert" { (error) } }
+                form method="post" action="/login" {
+                    input type="hidden" name="csrf" value=(token);
+                    input type="hidden" name="next" value=(next);
+                    label { (lang.t("login.address"))
+                        input type="email" name="address" value=(address) autocomplete="username" required autofocus;
+                    }
+                    label { (lang.t("login.password"))
+                        input type="password" name="password" autocomplete="current-password" required;
+                    }
+                    button type="submit" { (lang.t("login.submit")) }
+                }
+                p.hint { (lang.t("login.phishing_hint")) }
+            }
+        },
+    )
+}
+
+/// The login form with a fresh double-submit token (there is no session yet
+/// to hold a CSRF token, so the cookie and the form field must match).
+fn login_response(
+    state: &Shared,
+    lang: Lang,
+    status: StatusCode,
+    next: &str,
+    address: &str,
+    error: Option<&str>,
+) -> Response {
+    let token = session::random_token();
+    let cookie = set_cookie(&state.config, LOGIN_COOKIE, &token, Some(3600));
+    (
+        status,
+        [(header::SET_COOKIE, cookie)],
+        Html(login_markup(lang, &token, next, address, error).into_string()),
+    )
+        .into_response()
+}
+
+pub async fn form(
+    State(state): State<Shared>,
+    visitor: Visitor,
+    headers: HeaderMap,
+    Query(query): Query<NextQuery>,
+) -> Response {
+    let next = local_path(query.next.as_deref());
+    if super::signed_in(&state, &headers).is_some() {
+        return Redirect::to(&next).into_response();
+    }
+    login_response(&state, visitor.lang, StatusCode::OK, &next, "", None)
+}
+
+fn blocked_message(lang: Lang, blocked: Blocked) -> String {
+    match blocked {
+        Blocked::Account { minutes } => fill(lang.t("login.locked"), &[&minutes.to_string()]),
+        Blocked::Address { minutes } => fill(lang.t("login.ip_blocked"), &[&minutes.to_string()]),
+    }
+}
+
+fn needs_totp(state: &Shared, account: &Account) -> bool {
+    account.admin || state.config.require_totp || account.totp_secret.is_some()
+}
+
+fn session_cookie(state: &Shared, id: &str) -> axum::http::HeaderValue {
+    set_cookie(&state.config, COOKIE, id, None)
+}
+
+pub async fn submit(
+    State(state): State<Shared>,
+    visitor: Visitor,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let lang = visitor.lang;
+    let next = local_path(form.next.as_deref());
+    let address = form.address.trim().to_lowercase();
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or("");
+    if expected.is_empty() || !check_csrf(&headers, expected, &form.csrf) {
+        let message = lang.t("login.expired");
+        return login_response(
+            &state,
+            lang,
+            StatusCode::FORBIDDEN,
+            &next,
+            &address,
+            Some(message),
+        );
+    }
+    if let Err(blocked) = state.throttle.check(&address, &visitor.ip) {
+        state.audit(
+            &address,
+            &visitor.ip,
+            "web-login-blocked",
+            &address,
+            "locked",
+        );
+        let message = blocked_message(lang, blocked);
+        return login_response(
+            &state,
+            lang,
+            StatusCode::TOO_MANY_REQUESTS,
+            &next,
+            &address,
+            Some(&message),
+        );
+    }
+    let account = state.accounts.get(&address).filter(|a| !a.disabled);
+    let hash = account.as_ref().map_or_else(
+        || accounts::dummy_hash().to_string(),
+        |a| a.password_hash.clone(),
+    );
+    let password = form.password;
+    let valid = tokio::task::spawn_blocking(move || accounts::verify_password(&password, &hash))
+        .await
+        .unwrap_or(false);
+    let Some(account) = account.filter(|_| valid) else {
+        let (account_locked, address_locked) = state.throttle.fail(&address, &visitor.ip);
+        state.audit(
+            &address,
+            &visitor.ip,
+            "web-login-failed",
+            &address,
+            "bad address or password",
+        );
+        if account_locked || address_locked {
+            state.audit(
+                &address,
+                &visitor.ip,
+                "web-lockout",
+                &address,
+                if account_locked { "account" } else { "address" },
+            );
+            tracing::warn!(user = %address, ip = %visitor.ip, "web: sign-in locked out after repeated failures");
+        }
+        return login_response(
+            &state,
+            lang,
+            StatusCode::UNAUTHORIZED,
+            &next,
+            &address,
+            Some(lang.t("login.failed")),
+        );
+    };
+    if needs_totp(&state, &account) {
+        if account.totp_secret.is_none() {
+            state.audit(
+                &address,
+                &visitor.ip,
+                "web-login-refused",
+                &address,
+                "TOTP required but not enrolled",
+            );
+            return login_response(
+                &state,
+                lang,
+                StatusCode::FORBIDDEN,
+                &next,
+                &address,
+                Some(lang.t("login.need_totp_setup")),
+            );
+        }
+        let id = state
+            .sessions
+            .create(&account.address, false, &visitor.ip, &visitor.user_agent);
+        let target = format!("/login/totp?next={}", pages::url_encode(&next));
+        return (
+            [(header::SET_COOKIE, session_cookie(&state, &id))],
+            Redirect::to(&target),
+        )
+            .into_response();
+    }
+    state.throttle.succeed(&address);
+    state.audit(&address, &visitor.ip, "web-login", &address, "ok");
+    let id = state
+        .sessions
+        .create(&account.address, true, &visitor.ip, &visitor.user_agent);
+    (
+        [(header::SET_COOKIE, session_cookie(&state, &id))],
+        Redirect::to(&next),
+    )
+        .into_response()
+}
+
+fn totp_markup(lang: Lang, csrf: &str, next: &str, error: Option<&str>) -> Markup {
+    bare_page(
+        lang,
+        lang.t("totp.title"),
+        html! {
+            section.card.login {
+                h1 { (lang.t("totp.title")) }
+                @if let Some(error) = error { p.error role="alert" { (error) } }
+                p { (lang.t("totp.prompt")) }
+                form method="post" action="/login/totp" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    input type="hidden" name="next" value=(next);
+                    label { (lang.t("totp.code"))
+                        input type="text" name="code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]{6,7}" required autofocus;
+                    }
+                    button type="submit" { (lang.t("totp.submit")) }
+                }
+            }
+        },
+    )
+}
+
+fn pending(state: &Shared, headers: &HeaderMap) -> Option<(String, session::Session)> {
+    let id = cookie(headers, COOKIE)?;
+    let session = state.sessions.touch(id).filter(|s| !s.full)?;
+    Some((id.to_string(), session))
+}
+
+pub async fn totp_form(
+    State(state): State<Shared>,
+    visitor: Visitor,
+    headers: HeaderMap,
+    Query(query): Query<NextQuery>,
+) -> Response {
+    let next = local_path(query.next.as_deref());
+    let Some((_, session)) = pending(&state, &headers) else {
+        return Redirect::to("/login").into_response();
+    };
+    Html(totp_markup(visitor.lang, &session.csrf, &next, None).into_string()).into_response()
+}
+
+pub async fn totp_submit(
+    State(state): State<Shared>,
+    visitor: Visitor,
+    headers: HeaderMap,
+    Form(form): Form<TotpForm>,
+) -> Response {
+    let lang = visitor.lang;
+    let next = local_path(form.next.as_deref());
+    let Some((id, session)) = pending(&state, &headers) else {
+        return Redirect::to("/login").into_response();
+    };
+    if !check_csrf(&headers, &session.csrf, &form.csrf) {
+        return pages::csrf_error(lang);
+    }
+    let user = session.user.clone();
+    if let Err(blocked) = state.throttle.check(&user, &visitor.ip) {
+        state.sessions.remove(&id);
+        state.audit(&user, &visitor.ip, "web-login-blocked", &user, "locked");
+        let message = blocked_message(lang, blocked);
+        return login_response(
+            &state,
+            lang,
+            StatusCode::TOO_MANY_REQUESTS,
+            &next,
+            &user,
+            Some(&message),
+        );
+    }
+    let secret = state
+        .accounts
+        .get(&user)
+        .filter(|a| !a.disabled)
+        .and_then(|a| a.totp_secret);
+    let valid = secret.is_some_and(|s| state.second_factor.verify(&s, &user, &form.code));
+    if !valid {
+        let (account_locked, address_locked) = state.throttle.fail(&user, &visitor.ip);
+        state.audit(
+            &user,
+            &visitor.ip,
+            "web-login-failed",
+            &user,
+            "bad TOTP code",
+        );
+        if account_locked || address_locked {
+            state.sessions.remove(&id);
+            state.audit(
+                &user,
+                &visitor.ip,
+                "web-lockout",
+                &user,
+                if account_locked { "account" } else { "address" },
+            );
+        }
+        return (
+            StatusCode::UNAUTHORIZED,
+            Html(
+                totp_markup(lang, &session.csrf, &next, Some(lang.t("totp.failed"))).into_string(),
+            ),
+        )
+            .into_response();
+    }
+    let Some(full) = state.sessions.upgrade(&id) else {
+        return Redirect::to("/login").into_response();
+    };
+    state.throttle.succeed(&user);
+    state.audit(
+        &user,
+        &visitor.ip,
+        "web-login",
+        &user,
+        "ok (password + TOTP)",
+    );
+    (
+        [(header::SET_COOKIE, session_cookie(&state, &full))],
+        Redirect::to(&next),
+    )
+        .into_response()
+}
+
+pub async fn logout(
+    State(state): State<Shared>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !check_csrf(&headers, &viewer.session.csrf, &form.csrf) {
+        return pages::csrf_error(viewer.lang);
+    }
+    if let Some(id) = cookie(&headers, COOKIE) {
+        state.sessions.remove(id);
+    }
+    state.audit(
+        &viewer.account.address,
+        &viewer.ip,
+        "web-logout",
+        &viewer.account.address,
+        "ok",
+    );
+    (
+        [(
+            header::SET_COOKIE,
+            set_cookie(&state.config, COOKIE, "", Some(0)),
+        )],
+        Redirect::to("/login"),
+    )
+        .into_response()
+}

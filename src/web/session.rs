@@ -1,0 +1,372 @@
+//! Sessions, login throttling and second factors.
+//!
+//! Sessions live in memory on purpose: a restart signs everyone out, which
+//! is the safe failure, and there is nothing on disk to steal. The cookie
+//! carries a random 256-bit ID; the server keeps the user, the CSRF token and
+//! the expiry. A session starts `pending` (password checked, TOTP owed) and
+//! becomes `full` only after the second factor.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use crate::envelope::now_ms;
+
+pub const COOKIE: &str = "bw_session";
+/// Double-submit cookie protecting the login form itself (no session yet).
+pub const LOGIN_COOKIE: &str = "bw_login";
+/// A password-checked session must present its TOTP code within this time.
+const PENDING_LIFETIME_MS: u64 = 5 * 60 * 1000;
+
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("system random");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Constant-time string comparison for secrets.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    /// Shown to admins as a handle for revocation (never the cookie value).
+    pub handle: String,
+    pub user: String,
+    pub full: bool,
+    #[serde(skip)]
+    pub csrf: String,
+    pub created_ms: u64,
+    pub last_seen_ms: u64,
+    pub ip: String,
+    pub user_agent: String,
+}
+
+pub struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+    idle_ms: u64,
+    max_ms: u64,
+}
+
+impl Sessions {
+    pub fn new(idle: Duration, max: Duration) -> Sessions {
+        Sessions {
+            map: Mutex::new(HashMap::new()),
+            idle_ms: idle.as_millis() as u64,
+            max_ms: max.as_millis() as u64,
+        }
+    }
+
+    /// Start a session for `user`; returns the cookie value.
+    pub fn create(&self, user: &str, full: bool, ip: &str, user_agent: &str) -> String {
+        let id = random_token();
+        let now = now_ms();
+        let session = Session {
+            handle: random_token()[..16].to_string(),
+            user: user.to_string(),
+            full,
+            csrf: random_token(),
+            created_ms: now,
+            last_seen_ms: now,
+            ip: ip.to_string(),
+            user_agent: user_agent.chars().take(200).collect(),
+        };
+        let mut map = self.map.lock().expect("sessions lock");
+        map.retain(|_, s| !self.expired(s, now));
+        map.insert(id.clone(), session);
+        id
+    }
+
+    fn expired(&self, session: &Session, now: u64) -> bool {
+        let max = if session.full {
+            self.max_ms
+        } else {
+            PENDING_LIFETIME_MS.min(self.max_ms)
+        };
+        now.saturating_sub(session.last_seen_ms) > self.idle_ms
+            || now.saturating_sub(session.created_ms) > max
+    }
+
+    /// Look a session up and mark it used; expired ones are dropped.
+    pub fn touch(&self, id: &str) -> Option<Session> {
+        let now = now_ms();
+        let mut map = self.map.lock().expect("sessions lock");
+        let session = map.get_mut(id)?;
+        if self.expired(session, now) {
+            map.remove(id);
+            return None;
+        }
+        session.last_seen_ms = now;
+        Some(session.clone())
+    }
+
+    /// Replace a pending session by a full one (a new ID: no session fixation).
+    pub fn upgrade(&self, id: &str) -> Option<String> {
+        let mut map = self.map.lock().expect("sessions lock");
+        let mut session = map.remove(id)?;
+        session.full = true;
+        session.csrf = random_token();
+        session.last_seen_ms = now_ms();
+        let new_id = random_token();
+        map.insert(new_id.clone(), session);
+        Some(new_id)
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.map.lock().expect("sessions lock").remove(id);
+    }
+
+    /// Every live full session (for the admin page).
+    pub fn list(&self) -> Vec<Session> {
+        let now = now_ms();
+        let mut map = self.map.lock().expect("sessions lock");
+        map.retain(|_, s| !self.expired(s, now));
+        let mut list: Vec<Session> = map.values().filter(|s| s.full).cloned().collect();
+        list.sort_by_key(|s| std::cmp::Reverse(s.last_seen_ms));
+        list
+    }
+
+    /// Revoke by handle; returns the user it belonged to.
+    pub fn revoke(&self, handle: &str) -> Option<String> {
+        let mut map = self.map.lock().expect("sessions lock");
+        let id = map.iter().find(|(_, s)| s.handle == handle)?.0.clone();
+        map.remove(&id).map(|s| s.user)
+    }
+
+    /// Sign a user out everywhere (password change, account disabled).
+    pub fn revoke_user(&self, user: &str) -> usize {
+        let mut map = self.map.lock().expect("sessions lock");
+        let before = map.len();
+        map.retain(|_, s| s.user != user);
+        before - map.len()
+    }
+}
+
+/// Why a login attempt is refused before the password is even checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    Account { minutes: u64 },
+    Address { minutes: u64 },
+}
+
+#[derive(Default)]
+struct Failures {
+    window_start_ms: u64,
+    count: u32,
+    locked_until_ms: u64,
+}
+
+/// Counts failed logins per account and per client address; past a limit
+/// within the window, the account (or address) is locked for a while.
+pub struct Throttle {
+    accounts: Mutex<HashMap<String, Failures>>,
+    addresses: Mutex<HashMap<String, Failures>>,
+    account_limit: u32,
+    address_limit: u32,
+    window_ms: u64,
+    lock_ms: u64,
+}
+
+impl Throttle {
+    pub fn new(account_limit: u32, address_limit: u32, window: Duration, lock: Duration) -> Self {
+        Throttle {
+            accounts: Mutex::new(HashMap::new()),
+            addresses: Mutex::new(HashMap::new()),
+            account_limit,
+            address_limit,
+            window_ms: window.as_millis() as u64,
+            lock_ms: lock.as_millis() as u64,
+        }
+    }
+
+    fn minutes_left(until: u64, now: u64) -> u64 {
+        until.saturating_sub(now).div_ceil(60_000).max(1)
+    }
+
+    pub fn check(&self, account: &str, ip: &str) -> Result<(), Blocked> {
+        let now = now_ms();
+        if let Some(f) = self.addresses.lock().expect("throttle lock").get(ip) {
+            if f.locked_until_ms > now {
+                return Err(Blocked::Address {
+                    minutes: Self::minutes_left(f.locked_until_ms, now),
+                });
+            }
+        }
+        if let Some(f) = self.accounts.lock().expect("throttle lock").get(account) {
+            if f.locked_until_ms > now {
+                return Err(Blocked::Account {
+                    minutes: Self::minutes_left(f.locked_until_ms, now),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn bump(
+        map: &Mutex<HashMap<String, Failures>>,
+        key: &str,
+        limit: u32,
+        window: u64,
+        lock: u64,
+    ) -> bool {
+        let now = now_ms();
+        let mut map = map.lock().expect("throttle lock");
+        if map.len() > 100_000 {
+            // Bounded memory under a spray from many addresses.
+            map.retain(|_, f| f.locked_until_ms > now || now - f.window_start_ms < window);
+        }
+        let f = map.entry(key.to_string()).or_default();
+        if now.saturating_sub(f.window_start_ms) > window {
+            f.window_start_ms = now;
+            f.count = 0;
+        }
+        f.count += 1;
+        if f.count >= limit {
+            f.locked_until_ms = now + lock;
+            f.count = 0;
+            f.window_start_ms = now;
+            return true;
+        }
+        false
+    }
+
+    /// Record a failure; returns which locks it just triggered (account, address).
+    pub fn fail(&self, account: &str, ip: &str) -> (bool, bool) {
+        (
+            Self::bump(
+                &self.accounts,
+                account,
+                self.account_limit,
+                self.window_ms,
+                self.lock_ms,
+            ),
+            Self::bump(
+                &self.addresses,
+                ip,
+                self.address_limit,
+                self.window_ms,
+                self.lock_ms,
+            ),
+        )
+    }
+
+    pub fn succeed(&self, account: &str) {
+        self.accounts.lock().expect("throttle lock").remove(account);
+    }
+}
+
+/// TOTP (RFC 6238: SHA-1, 6 digits, 30 s) with one step of clock skew either
+/// way, and no code accepted twice for the same account (replay).
+pub struct SecondFactor {
+    last_step: Mutex<HashMap<String, u64>>,
+}
+
+pub fn totp_for(secret_base32: &str, account: &str) -> Option<totp_rs::TOTP> {
+    let secret = totp_rs::Secret::Encoded(secret_base32.to_string())
+        .to_bytes()
+        .ok()?;
+    totp_rs::TOTP::new(
+        totp_rs::Algorithm::SHA1,
+        6,
+        1,
+        30,
+        secret,
+        Some("Breakwater".to_string()),
+        account.to_string(),
+    )
+    .ok()
+}
+
+/// A new random TOTP secret (160 bits, base32).
+pub fn new_totp_secret() -> String {
+    let mut bytes = [0u8; 20];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("system random");
+    totp_rs::Secret::Raw(bytes.to_vec())
+        .to_encoded()
+        .to_string()
+}
+
+impl Default for SecondFactor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SecondFactor {
+    pub fn new() -> SecondFactor {
+        SecondFactor {
+            last_step: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn verify(&self, secret_base32: &str, account: &str, code: &str) -> bool {
+        let code = code.trim().replace(' ', "");
+        let Some(totp) = totp_for(secret_base32, account) else {
+            return false;
+        };
+        let now = now_ms() / 1000;
+        let mut last = self.last_step.lock().expect("totp lock");
+        for step in [now / 30, now / 30 - 1, now / 30 + 1] {
+            if same_secret(&totp.generate(step * 30), &code) {
+                if last.get(account).is_some_and(|&used| step <= used) {
+                    return false;
+                }
+                last.insert(account.to_string(), step);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totp_accepts_current_code_once() {
+        let secret = new_totp_secret();
+        let totp = totp_for(&secret, "a@example.com").expect("totp");
+        let code = totp.generate(now_ms() / 1000);
+        let factor = SecondFactor::new();
+        assert!(!factor.verify(&secret, "a@example.com", "000000x"));
+        assert!(factor.verify(&secret, "a@example.com", &code));
+        assert!(
+            !factor.verify(&secret, "a@example.com", &code),
+            "replayed code"
+        );
+    }
+
+    #[test]
+    fn throttle_locks_account_after_limit() {
+        let t = Throttle::new(3, 100, Duration::from_secs(60), Duration::from_secs(60));
+        assert_eq!(t.fail("a", "1.1.1.1"), (false, false));
+        assert_eq!(t.fail("a", "1.1.1.1"), (false, false));
+        assert_eq!(t.fail("a", "1.1.1.1"), (true, false));
+        assert!(matches!(
+            t.check("a", "1.1.1.1"),
+            Err(Blocked::Account { .. })
+        ));
+        assert!(t.check("b", "1.1.1.1").is_ok());
+    }
+
+    #[test]
+    fn sessions_expire_and_upgrade_with_new_id() {
+        let s = Sessions::new(Duration::from_secs(60), Duration::from_secs(3600));
+        let id = s.create("a", false, "127.0.0.1", "test");
+        assert!(!s.touch(&id).expect("live").full);
+        let full = s.upgrade(&id).expect("upgrade");
+        assert_ne!(id, full);
+        assert!(s.touch(&id).is_none(), "old id is gone");
+        assert!(s.touch(&full).expect("live").full);
+        let handle = s.list()[0].handle.clone();
+        assert_eq!(s.revoke(&handle).as_deref(), Some("a"));
+        assert!(s.touch(&full).is_none());
+    }
+}

@@ -1,0 +1,44 @@
+//! Per-message list data (subject, sender, date, attachment mark, search
+//! text), decoded once and kept in memory.
+//!
+//! Why a cache and not a column in the spool index: the index is the
+//! delivery engine's hot path and must stay small; list data is only needed
+//! by people reading mail, and is cheap to rebuild from the spool files after
+//! a restart. Entries for messages that left the spool are dropped whenever a
+//! mailbox is listed, and the whole cache is bounded by `MAX_ENTRIES`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::render::{self, Summary};
+use crate::envelope::QueueId;
+use crate::spool::Spool;
+
+const MAX_ENTRIES: usize = 200_000;
+
+#[derive(Default)]
+pub struct SummaryCache {
+    map: Mutex<HashMap<QueueId, Arc<Summary>>>,
+}
+
+impl SummaryCache {
+    /// The summary of a message, decoding it on first use. None when it is
+    /// no longer in the spool.
+    pub fn get(&self, spool: &Spool, id: QueueId) -> Option<Arc<Summary>> {
+        if let Some(summary) = self.map.lock().expect("summary lock").get(&id) {
+            return Some(summary.clone());
+        }
+        let raw = spool.read_body(id).ok()?;
+        let summary = Arc::new(render::summarize(&raw));
+        let mut map = self.map.lock().expect("summary lock");
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(id, summary.clone());
+        Some(summary)
+    }
+
+    pub fn forget(&self, id: QueueId) {
+        self.map.lock().expect("summary lock").remove(&id);
+    }
+}

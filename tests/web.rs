@@ -1,0 +1,583 @@
+//! The web reader over real HTTP against the real server and spool: auth on
+//! every route, CSRF, IDOR, lockout, TOTP, session expiry, rendering,
+//! attachments, admin actions and the audit trail.
+
+mod common;
+
+use std::time::Duration;
+
+use breakwater::server::Server;
+use common::web::*;
+use common::*;
+
+struct World {
+    fixture: Fixture,
+    _rt: tokio::runtime::Runtime,
+    server: Server,
+    alice_jp: String,
+    alice_html: String,
+    bob_msg: String,
+    alias_msg: String,
+    admin_secret: String,
+}
+
+fn send(server: &Server, to: &str, body: &[u8]) -> String {
+    let mut c = RawClient::greeted(server.smtp_addrs[0]);
+    c.expect("EHLO web.test", 250);
+    let reply = c.send_mail("sender@example.org", &[to], body);
+    assert_eq!(reply.code, 250, "{reply:?}");
+    queue_id(&reply).to_string()
+}
+
+fn world_with(adjust: impl FnOnce(&mut Fixture)) -> World {
+    let mut fixture = Fixture::new();
+    adjust(&mut fixture);
+    let users = fixture.config.web.users_file.clone();
+    add_user(
+        &users,
+        "alice@example.com",
+        &["sales@example.com"],
+        false,
+        false,
+    );
+    add_user(&users, "bob@example.com", &[], false, false);
+    let admin_secret = add_user(&users, "admin@example.com", &[], true, true).expect("secret");
+    let (rt, server) = start_in_process(&fixture);
+    let alice_jp = send(
+        &server,
+        "alice@example.com",
+        &iso2022jp_message("alice@example.com"),
+    );
+    let alice_html = send(
+        &server,
+        "alice@example.com",
+        &hostile_html_message("alice@example.com", "http://127.0.0.1:9/pixel.gif"),
+    );
+    let bob_msg = send(
+        &server,
+        "bob@example.com",
+        &plain_message("bob@example.com", "Bob's private payroll", "salary details"),
+    );
+    let alias_msg = send(
+        &server,
+        "sales@example.com",
+        &plain_message("sales@example.com", "Order 7781", "please ship the widgets"),
+    );
+    World {
+        fixture,
+        _rt: rt,
+        server,
+        alice_jp,
+        alice_html,
+        bob_msg,
+        alias_msg,
+        admin_secret,
+    }
+}
+
+fn world() -> World {
+    world_with(|_| {})
+}
+
+impl World {
+    fn client(&self) -> WebClient {
+        WebClient::new(self.server.web_addr.expect("web enabled"))
+    }
+    fn audit(&self) -> String {
+        std::fs::read_to_string(&self.fixture.config.admin.audit_log).unwrap_or_default()
+    }
+}
+
+#[test]
+fn every_route_needs_a_session() {
+    let w = world();
+    let mut anon = w.client();
+    let public = [
+        "/",
+        "/login",
+        "/login/totp",
+        "/lang/{code}",
+        "/static/app.css",
+        "/static/app.js",
+    ];
+    for (method, route) in breakwater::web::ROUTES {
+        let path = route
+            .replace("{id}", &w.alice_jp)
+            .replace("{index}", "0")
+            .replace("{name}", "mx")
+            .replace("{code}", "ja");
+        if public.contains(route) {
+            continue;
+        }
+        let page = match *method {
+            "get" => anon.get(&path),
+            _ => anon.post(&path, &[("csrf", "x"), ("action", "hold"), ("handle", "x")]),
+        };
+        if *method == "get" {
+            assert_eq!(page.status, 303, "GET {path}");
+            assert!(
+                page.location().starts_with("/login?next="),
+                "GET {path} -> {}",
+                page.location()
+            );
+        } else {
+            assert!(
+                page.status == 401 || page.status == 403,
+                "POST {path} -> {}",
+                page.status
+            );
+        }
+    }
+    // The message is untouched by the anonymous POSTs.
+    let id = w.alice_jp.parse().unwrap();
+    assert!(!w.server.spool.get(id).unwrap().unwrap().state.held);
+    // A plain user gets 403 on every admin page.
+    let mut alice = w.client();
+    alice.login_fully("alice@example.com", None);
+    for path in [
+        "/admin",
+        "/admin/upstreams",
+        "/admin/audit",
+        "/admin/sessions",
+    ] {
+        assert_eq!(alice.get(path).status, 403, "{path}");
+    }
+    let csrf = alice.get("/mail").csrf();
+    let page = alice.post(
+        &format!("/admin/message/{}/action", w.alice_jp),
+        &[("csrf", &csrf), ("action", "delete")],
+    );
+    assert_eq!(page.status, 403);
+    assert!(
+        w.server.spool.get(id).unwrap().is_some(),
+        "a user cannot delete"
+    );
+}
+
+#[test]
+fn users_see_only_their_own_mail() {
+    let w = world();
+    let mut alice = w.client();
+    let answer = alice.login("alice@example.com", PASSWORD);
+    assert_eq!(answer.status, 303);
+    let cookie = answer
+        .all("set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("bw_session="))
+        .expect("session cookie")
+        .to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(
+        !cookie.contains("Secure"),
+        "plain HTTP test server: no Secure flag by default"
+    );
+    let list = alice.get("/mail").text();
+    assert!(
+        list.contains("障害のお知らせ"),
+        "ISO-2022-JP subject decoded: {list}"
+    );
+    assert!(list.contains("Order 7781"), "mail to the alias is listed");
+    assert!(!list.contains("payroll"), "bob's mail must not be listed");
+    // IDOR: bob's message by ID, on every message route → 404 like a missing one.
+    for suffix in ["", "/body", "/part/0", "/source"] {
+        let page = alice.get(&format!("/mail/{}{suffix}", w.bob_msg));
+        assert_eq!(page.status, 404, "/mail/{{bob}}{suffix}");
+        assert!(!page.text().contains("salary"));
+    }
+    assert_eq!(alice.get("/mail/01ARZ3NDEKTSV4RRFFQ69G5FAV").status, 404);
+    assert_eq!(alice.get("/mail/not-an-id").status, 404);
+    // Her own messages open; the Japanese body is decoded.
+    let view = alice.get(&format!("/mail/{}", w.alice_jp)).text();
+    assert!(view.contains("本日の会議は中止です。"), "{view}");
+    assert!(view.contains("山田"), "{view}");
+    assert_eq!(alice.get(&format!("/mail/{}", w.alias_msg)).status, 200);
+    // Search: body text, subject, sender; never other users' mail.
+    assert!(alice.get("/mail?q=widgets").text().contains("Order 7781"));
+    assert!(
+        alice
+            .get("/mail?q=%E4%BC%9A%E8%AD%B0")
+            .text()
+            .contains("障害のお知らせ"),
+        "search in Japanese body text"
+    );
+    let none = alice.get("/mail?q=salary").text();
+    assert!(
+        !none.contains("payroll") && none.contains("0 messages"),
+        "{none}"
+    );
+    let audit = w.audit();
+    assert!(audit.contains("\"action\":\"web-login\""), "{audit}");
+    assert!(audit.contains("\"action\":\"web-mailbox\""));
+    assert!(audit.contains(&format!(
+        "\"action\":\"web-message-view\",\"target\":\"{}\"",
+        w.alice_jp
+    )));
+}
+
+#[test]
+fn csrf_is_enforced_on_every_post() {
+    let w = world();
+    let mut admin = w.client();
+    admin.login_fully("admin@example.com", Some(&w.admin_secret));
+    let csrf = admin.get("/mail").csrf();
+    let path = format!("/admin/message/{}/action", w.alice_jp);
+    let id = w.alice_jp.parse().unwrap();
+    assert_eq!(
+        admin.post(&path, &[("action", "hold")]).status,
+        403,
+        "no token"
+    );
+    assert_eq!(
+        admin
+            .post(&path, &[("action", "hold"), ("csrf", "0000")])
+            .status,
+        403,
+        "wrong token"
+    );
+    let cross = admin.post_with(
+        &path,
+        &[("action", "hold"), ("csrf", &csrf)],
+        &[("Sec-Fetch-Site", "cross-site")],
+    );
+    assert_eq!(cross.status, 403, "cross-site fetch");
+    assert!(!w.server.spool.get(id).unwrap().unwrap().state.held);
+    assert_eq!(admin.post("/logout", &[("csrf", "nope")]).status, 403);
+    // The login form itself: without the double-submit cookie it is refused.
+    let mut fresh = w.client();
+    let page = fresh.post(
+        "/login",
+        &[
+            ("address", "alice@example.com"),
+            ("password", PASSWORD),
+            ("csrf", "x"),
+        ],
+    );
+    assert_eq!(page.status, 403);
+    assert!(!fresh.cookies.contains_key("bw_session"));
+    // With the token it works.
+    let ok = admin.post(&path, &[("action", "hold"), ("csrf", &csrf)]);
+    assert_eq!(ok.status, 303);
+    assert!(w.server.spool.get(id).unwrap().unwrap().state.held);
+}
+
+#[test]
+fn repeated_failures_lock_the_account() {
+    let w = world();
+    let mut attacker = w.client();
+    for i in 0..5 {
+        let page = attacker.login("bob@example.com", &format!("wrong password {i}"));
+        assert_eq!(page.status, 401, "attempt {i}");
+        assert!(page.text().contains("not right"), "clear message");
+    }
+    // Locked now, even with the right password.
+    let page = attacker.login("bob@example.com", PASSWORD);
+    assert_eq!(page.status, 429);
+    assert!(page.text().contains("minutes"), "{}", page.text());
+    assert!(!attacker.cookies.contains_key("bw_session"));
+    // Another account from another client is unaffected.
+    let mut alice = w.client();
+    alice.login_fully("alice@example.com", None);
+    // Unknown accounts answer exactly like a wrong password.
+    let unknown = w.client().login("nobody@example.com", PASSWORD);
+    assert_eq!(unknown.status, 401);
+    let audit = w.audit();
+    assert!(audit.contains("\"action\":\"web-login-failed\""));
+    assert!(audit.contains("\"action\":\"web-lockout\""));
+    assert!(audit.contains("\"action\":\"web-login-blocked\""));
+}
+
+#[test]
+fn admins_need_totp_and_codes_are_single_use() {
+    let w = world();
+    let users = w.fixture.config.web.users_file.clone();
+    // An admin without TOTP cannot sign in at all.
+    add_user(&users, "newadmin@example.com", &[], true, false);
+    let mut c = w.client();
+    let page = c.login("newadmin@example.com", PASSWORD);
+    assert_eq!(page.status, 403);
+    assert!(page.text().contains("totp-setup"));
+    // Password alone leads to the TOTP step, not to a session.
+    let mut admin = w.client();
+    let step = admin.login("admin@example.com", PASSWORD);
+    assert_eq!(step.status, 303);
+    assert!(step.location().starts_with("/login/totp"));
+    assert_eq!(
+        admin.get("/mail").status,
+        303,
+        "pending session is not signed in"
+    );
+    let form = admin.get("/login/totp");
+    let wrong = admin.post("/login/totp", &[("code", "000000"), ("csrf", &form.csrf())]);
+    assert_eq!(wrong.status, 401);
+    let code = totp_code(&w.admin_secret, "admin@example.com");
+    let ok = admin.post(
+        "/login/totp",
+        &[("code", &code), ("csrf", &form.csrf()), ("next", "/admin")],
+    );
+    assert_eq!(ok.status, 303);
+    assert_eq!(ok.location(), "/admin");
+    assert_eq!(admin.get("/admin").status, 200);
+    // The same code cannot be used again (replay).
+    let mut replay = w.client();
+    replay.login("admin@example.com", PASSWORD);
+    let form = replay.get("/login/totp");
+    let again = replay.post("/login/totp", &[("code", &code), ("csrf", &form.csrf())]);
+    assert_eq!(again.status, 401);
+    // Sessions page lists the admin's session; revoking it signs that browser out.
+    let sessions = admin.get("/admin/sessions");
+    let text = sessions.text();
+    assert!(text.contains("admin@example.com"));
+    let start = text.find("name=\"handle\" value=\"").unwrap() + 21;
+    let handle = &text[start..start + 16];
+    let page = admin.post(
+        "/admin/sessions/revoke",
+        &[("csrf", &sessions.csrf()), ("handle", handle)],
+    );
+    assert_eq!(page.status, 303);
+    assert_eq!(admin.get("/admin").status, 303, "revoked");
+}
+
+#[test]
+fn sessions_expire_and_end_on_disable_or_password_change() {
+    let w = world_with(|f| f.config.web.session_idle = Duration::from_millis(1500));
+    let users = w.fixture.config.web.users_file.clone();
+    let mut alice = w.client();
+    alice.login_fully("alice@example.com", None);
+    std::thread::sleep(Duration::from_millis(1800));
+    let page = alice.get("/mail");
+    assert_eq!(page.status, 303, "idle session expired");
+    // Disabling ends a live session at once (the users file is re-read within 1 s).
+    alice.login_fully("alice@example.com", None);
+    breakwater::web::accounts::update(&users, "alice@example.com", |a| {
+        a.disabled = true;
+        Ok(())
+    })
+    .unwrap();
+    assert!(wait_for(Duration::from_secs(3), || alice
+        .get("/mail")
+        .status
+        == 303));
+    assert_eq!(
+        alice.login("alice@example.com", PASSWORD).status,
+        401,
+        "disabled account cannot sign in"
+    );
+    // A password change ends existing sessions.
+    let mut bob = w.client();
+    bob.login_fully("bob@example.com", None);
+    std::thread::sleep(Duration::from_millis(5));
+    breakwater::web::accounts::update(&users, "bob@example.com", |a| {
+        a.sessions_valid_after_ms = breakwater::envelope::now_ms();
+        Ok(())
+    })
+    .unwrap();
+    assert!(wait_for(Duration::from_secs(3), || bob.get("/mail").status == 303));
+}
+
+#[test]
+fn html_is_sanitised_framed_and_remote_images_blocked() {
+    let w = world();
+    let mut alice = w.client();
+    alice.login_fully("alice@example.com", None);
+    let view = alice.get(&format!("/mail/{}", w.alice_html));
+    let csp = view
+        .header("content-security-policy")
+        .expect("csp")
+        .to_string();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(
+        !csp.contains("unsafe-inline"),
+        "no inline script or style in app pages: {csp}"
+    );
+    let text = view.text();
+    assert!(
+        text.contains("sandbox=\"allow-popups allow-popups-to-escape-sandbox\""),
+        "{text}"
+    );
+    assert!(!text.contains("allow-scripts") && !text.contains("allow-same-origin"));
+    assert!(text.contains("remote images were blocked"), "{text}");
+    let frame = alice.get(&format!("/mail/{}/body", w.alice_html));
+    let csp = frame.header("content-security-policy").unwrap();
+    assert!(
+        csp.starts_with("default-src 'none'; img-src data:;"),
+        "{csp}"
+    );
+    assert!(csp.contains("sandbox"), "{csp}");
+    let html = frame.text().to_lowercase();
+    let html = html[html.find("<body>").expect("body")..].to_string();
+    for bad in [
+        "<script",
+        "onerror",
+        "onbegin",
+        "javascript:",
+        "<iframe",
+        "<form",
+        "<object",
+        "<embed",
+        "<meta",
+        "<base",
+        "127.0.0.1:9",
+        "position",
+    ] {
+        assert!(!html.contains(bad), "{bad} survived in {html}");
+    }
+    assert!(html.contains("data:image/png;base64,"), "cid image inlined");
+    assert!(html.contains("rel=\"noopener noreferrer\"") && html.contains("target=\"_blank\""));
+    // Asking for remote images: the pixel URL appears and the frame CSP allows it.
+    let frame = alice.get(&format!("/mail/{}/body?images=1", w.alice_html));
+    assert!(frame.text().contains("http://127.0.0.1:9/pixel.gif"));
+    assert!(frame
+        .header("content-security-policy")
+        .unwrap()
+        .contains("img-src data: https: http:"));
+    assert!(w.audit().contains("\"action\":\"web-remote-images\""));
+}
+
+#[test]
+fn attachments_download_with_safe_names_and_types() {
+    let w = world();
+    let mut alice = w.client();
+    alice.login_fully("alice@example.com", None);
+    let view = alice.get(&format!("/mail/{}", w.alice_html)).text();
+    assert!(view.contains("請求書.pdf"), "{view}");
+    // Links by file name (the inline cid image is not listed, but keeps its index).
+    let link = |name: &str| {
+        let at = view
+            .find(&format!("download=\"{name}\""))
+            .unwrap_or_else(|| panic!("{name} in {view}"));
+        let start = view[..at].rfind("href=\"").unwrap() + 6;
+        view[start..start + view[start..].find('"').unwrap()].to_string()
+    };
+    let pdf = alice.get(&link("請求書.pdf"));
+    assert_eq!(pdf.status, 200);
+    assert_eq!(pdf.header("content-type"), Some("application/pdf"));
+    let disposition = pdf.header("content-disposition").unwrap();
+    assert!(
+        disposition.starts_with("attachment; filename=\""),
+        "{disposition}"
+    );
+    assert!(
+        disposition.contains("filename*=UTF-8''%E8%AB%8B%E6%B1%82%E6%9B%B8.pdf"),
+        "path stripped: {disposition}"
+    );
+    assert!(!disposition.contains(".."), "{disposition}");
+    assert_eq!(pdf.body, b"%PDF-1.4\n");
+    assert_eq!(pdf.header("x-content-type-options"), Some("nosniff"));
+    // The HTML attachment with a quote-injection name: one header, sandboxed.
+    let evil_link = view[view.find("/part/").unwrap()..].to_string();
+    assert!(evil_link.contains("evil"), "{evil_link}");
+    let evil = alice.get(&link("evil x=.html"));
+    let disposition = evil.header("content-disposition").unwrap();
+    assert_eq!(disposition.matches("filename=").count(), 1, "{disposition}");
+    assert!(disposition.starts_with("attachment;"), "{disposition}");
+    assert_eq!(
+        evil.header("content-security-policy"),
+        Some("default-src 'none'; sandbox")
+    );
+    assert_eq!(
+        alice.get(&format!("/mail/{}/part/9", w.alice_html)).status,
+        404
+    );
+    assert_eq!(
+        alice
+            .get(&format!("/mail/{}/part/..%2F..%2Fetc", w.alice_html))
+            .status,
+        404
+    );
+    let source = alice.get(&format!("/mail/{}/source", w.alice_jp));
+    assert_eq!(
+        source.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert!(source.text().contains("Subject: =?ISO-2022-JP?B?"));
+    let audit = w.audit();
+    assert!(audit.contains("\"action\":\"web-attachment-download\""));
+    assert!(audit.contains("\"action\":\"web-source-view\""));
+}
+
+#[test]
+fn admin_pages_steer_the_spool_and_are_audited() {
+    let w = world();
+    let mut admin = w.client();
+    admin.login_fully("admin@example.com", Some(&w.admin_secret));
+    let list = admin.get("/admin?recipient=bob%40example.com").text();
+    assert!(
+        list.contains(&w.bob_msg) && !list.contains(&w.alice_jp),
+        "filter by recipient"
+    );
+    let detail = admin.get(&format!("/admin/message/{}", w.bob_msg));
+    assert!(detail.text().contains("bob@example.com"));
+    let csrf = detail.csrf();
+    let id = w.bob_msg.parse().unwrap();
+    let action = format!("/admin/message/{}/action", w.bob_msg);
+    assert_eq!(
+        admin
+            .post(&action, &[("csrf", &csrf), ("action", "hold")])
+            .status,
+        303
+    );
+    assert!(w.server.spool.get(id).unwrap().unwrap().state.held);
+    assert!(admin.get("/admin?status=held").text().contains(&w.bob_msg));
+    assert_eq!(
+        admin
+            .post(&action, &[("csrf", &csrf), ("action", "release")])
+            .status,
+        303
+    );
+    assert!(!w.server.spool.get(id).unwrap().unwrap().state.held);
+    // Reading someone else's mail as admin is possible and audited as such.
+    let view = admin.get(&format!("/mail/{}", w.bob_msg));
+    assert!(view.text().contains("salary details"));
+    assert_eq!(
+        admin
+            .post(&action, &[("csrf", &csrf), ("action", "delete")])
+            .status,
+        303
+    );
+    assert!(w.server.spool.get(id).unwrap().is_none());
+    let audit_page = admin.get("/admin/audit?action=web-admin-hold").text();
+    assert!(audit_page.contains(&w.bob_msg), "{audit_page}");
+    let audit = w.audit();
+    assert!(audit.contains(&format!(
+        "\"action\":\"web-admin-message-view\",\"target\":\"{}\"",
+        w.bob_msg
+    )));
+    assert!(audit.contains("\"action\":\"web-admin-delete\""));
+    // The audit chain stays intact across the web and admin writers.
+    breakwater::admin::audit::verify(&w.fixture.config.admin.audit_log).expect("chain intact");
+}
+
+#[test]
+fn language_follows_the_browser_and_the_switch() {
+    let w = world();
+    let mut c = w.client();
+    c.headers
+        .push(("Accept-Language".into(), "ja-JP,ja;q=0.9,en;q=0.5".into()));
+    let login = c.get("/login").text();
+    assert!(
+        login.contains("lang=\"ja\"") && login.contains("サインイン"),
+        "{login}"
+    );
+    c.login_fully("alice@example.com", None);
+    assert!(c.get("/mail").text().contains("受信箱"));
+    let switch = c.get("/lang/en?next=/mail");
+    assert_eq!(switch.status, 303);
+    assert_eq!(switch.location(), "/mail");
+    let page = c.get("/mail").text();
+    assert!(
+        page.contains("lang=\"en\"") && page.contains("Mailbox"),
+        "{page}"
+    );
+    // The switch never redirects off-site.
+    assert_eq!(c.get("/lang/ja?next=//evil.example/").location(), "/mail");
+    assert_eq!(
+        c.get("/lang/ja?next=https://evil.example/").location(),
+        "/mail"
+    );
+}

@@ -1,0 +1,150 @@
+//! The web reader in real headless Chromium (Debian's /usr/bin/chromium,
+//! driven by playwright-core from tests/browser): TOTP sign-in, the outage
+//! banner for a real upstream failure, ISO-2022-JP rendering, hostile HTML
+//! with no script running and no remote fetch, an attachment download, and
+//! an admin hold/release. Screenshots go to target/browser-screenshots.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use breakwater::config::UpstreamTls;
+use common::web::*;
+use common::*;
+
+/// A loopback "tracking" server: counts every connection it gets.
+fn tracking_server() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut stream = stream;
+            let mut buf = [0u8; 1024];
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+            let _ = stream.read(&mut buf);
+        }
+    });
+    (host, hits)
+}
+
+#[test]
+fn web_reader_end_to_end_in_chromium() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let browser_dir = root.join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is not installed: run `npm ci --prefix tests/browser` (scripts/test does)"
+    );
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium is not installed: apt-get install chromium (scripts/test does)"
+    );
+    // An upstream that refuses connections: the engine marks it down.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_upstream = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let mut fixture = Fixture::new();
+    fixture.config.delivery.enabled = true;
+    fixture.config.delivery.down_after_failures = 1;
+    fixture.config.delivery.retry = vec![Duration::from_secs(3600).into()];
+    fixture.config.delivery.probe_interval = Duration::from_secs(3600);
+    fixture.config.domains[0].upstream = dead_upstream;
+    fixture.config.domains[0].tls = UpstreamTls::None;
+    let users = fixture.config.web.users_file.clone();
+    add_user(&users, "alice@example.com", &[], false, false);
+    add_user(&users, "bob@example.com", &[], false, false);
+    let admin_secret = add_user(&users, "admin@example.com", &[], true, true).unwrap();
+    let (_rt, server) = start_in_process(&fixture);
+    let (pixel_host, pixel_hits) = tracking_server();
+    let pixel_url = format!("http://{pixel_host}/pixel.gif");
+    let send = |to: &str, body: &[u8]| {
+        let mut c = RawClient::greeted(server.smtp_addrs[0]);
+        c.expect("EHLO browser.test", 250);
+        let reply = c.send_mail("sender@example.org", &[to], body);
+        assert_eq!(reply.code, 250, "{reply:?}");
+        queue_id(&reply)
+    };
+    send("alice@example.com", &iso2022jp_message("alice@example.com"));
+    let html_id = send(
+        "alice@example.com",
+        &hostile_html_message("alice@example.com", &pixel_url),
+    );
+    let foreign_id = send(
+        "bob@example.com",
+        &plain_message("bob@example.com", "Bob only", "private"),
+    );
+    let delivery = server.delivery().expect("delivery on");
+    assert!(
+        wait_for(Duration::from_secs(15), || delivery
+            .status()
+            .iter()
+            .any(|s| s.state == "down")),
+        "upstream marked down: {:?}",
+        delivery.status()
+    );
+    let payload = fixture.path().join("payload.html");
+    std::fs::write(&payload, hostile_html(&pixel_url)).unwrap();
+    let shots = root.join("target/browser-screenshots");
+    let output = Command::new("node")
+        .arg(browser_dir.join("e2e.mjs"))
+        .current_dir(&browser_dir)
+        .env("BW_BASE", format!("http://{}", server.web_addr.unwrap()))
+        .env("BW_SCREENSHOTS", &shots)
+        .env("BW_PIXEL_HOST", &pixel_host)
+        .env("BW_PASSWORD", PASSWORD)
+        .env("BW_ADMIN", "admin@example.com")
+        .env("BW_ADMIN_SECRET", &admin_secret)
+        .env("BW_USER", "alice@example.com")
+        .env("BW_HTML_ID", html_id.to_string())
+        .env("BW_FOREIGN_ID", foreign_id.to_string())
+        .env("BW_PAYLOAD_FILE", &payload)
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "browser checks failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("PASS"), "{stdout}");
+    // The positive control fetched nothing either (setContent has no network for
+    // these payloads), so every hit would have come from the reader.
+    assert_eq!(
+        pixel_hits.load(Ordering::SeqCst),
+        0,
+        "the tracking host was contacted"
+    );
+    assert!(
+        !server.spool.get(foreign_id).unwrap().unwrap().state.held,
+        "released again"
+    );
+    let audit = std::fs::read_to_string(&fixture.config.admin.audit_log).unwrap();
+    for action in [
+        "web-login",
+        "web-admin-hold",
+        "web-admin-release",
+        "web-attachment-download",
+        "web-message-view",
+    ] {
+        assert!(
+            audit.contains(&format!("\"action\":\"{action}\"")),
+            "{action} audited"
+        );
+    }
+    for shot in [
+        "01-admin-mailbox-banner-ja.png",
+        "04-hostile-html-message.png",
+        "05-mailbox-phone.png",
+    ] {
+        assert!(shots.join(shot).exists(), "{shot} taken");
+    }
+}
