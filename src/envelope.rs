@@ -147,6 +147,9 @@ pub struct MessageState {
     /// `MAX_HISTORY`), so an operator can see why a message waits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Attempt>,
+    /// Delivered, but kept for the web reader until then (`[web] retain_delivered`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_until_ms: Option<u64>,
 }
 
 pub const MAX_HISTORY: usize = 20;
@@ -203,6 +206,7 @@ impl MessageState {
             recipients: vec![RecipientState::default(); envelope.recipients.len()],
             route: None,
             history: Vec::new(),
+            retain_until_ms: None,
         }
     }
 

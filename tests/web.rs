@@ -401,7 +401,10 @@ fn html_is_sanitised_framed_and_remote_images_blocked() {
         "{text}"
     );
     assert!(!text.contains("allow-scripts") && !text.contains("allow-same-origin"));
-    assert!(text.contains("remote images were blocked"), "{text}");
+    assert!(
+        text.contains("Remote images blocked to protect your privacy: 1."),
+        "{text}"
+    );
     let frame = alice.get(&format!("/mail/{}/body", w.alice_html));
     let csp = frame.header("content-security-policy").unwrap();
     assert!(
@@ -580,4 +583,69 @@ fn language_follows_the_browser_and_the_switch() {
         c.get("/lang/ja?next=https://evil.example/").location(),
         "/mail"
     );
+}
+
+#[test]
+fn delivered_mail_stays_readable_for_the_retention_time() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sink = rt.block_on(common::sink::Sink::start(
+        "127.0.0.1:0",
+        common::sink::Script::default(),
+    ));
+    let mut fixture = Fixture::new();
+    fixture.config.delivery.enabled = true;
+    fixture.config.domains[0].upstream = sink.addr.to_string();
+    fixture.config.domains[0].tls = breakwater::config::UpstreamTls::None;
+    fixture.config.web.retain_delivered = Duration::from_secs(3);
+    add_user(
+        &fixture.config.web.users_file,
+        "alice@example.com",
+        &[],
+        false,
+        false,
+    );
+    let server = rt.block_on(fixture.start());
+    let id = send(
+        &server,
+        "alice@example.com",
+        &plain_message("alice@example.com", "Kept after delivery", "retained body"),
+    );
+    let qid: breakwater::envelope::QueueId = id.parse().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || sink.delivered().len() == 1),
+        "delivered upstream"
+    );
+    // Delivered, yet still readable, marked delivered.
+    assert!(wait_for(Duration::from_secs(5), || server
+        .spool
+        .get(qid)
+        .unwrap()
+        .is_some_and(|m| m.state.retain_until_ms.is_some())));
+    let mut alice = WebClient::new(server.web_addr.unwrap());
+    alice.login_fully("alice@example.com", None);
+    let list = alice.get("/mail").text();
+    assert!(
+        list.contains("Kept after delivery") && list.contains("badge delivered"),
+        "{list}"
+    );
+    assert!(alice
+        .get(&format!("/mail/{id}"))
+        .text()
+        .contains("retained body"));
+    // Then purged, and never delivered twice.
+    assert!(
+        wait_for(Duration::from_secs(10), || server
+            .spool
+            .get(qid)
+            .unwrap()
+            .is_none()),
+        "purged after the retention time"
+    );
+    assert_eq!(sink.delivered().len(), 1, "delivered exactly once");
+    assert_eq!(alice.get(&format!("/mail/{id}")).status, 404);
+    rt.block_on(server.shutdown());
 }

@@ -12,7 +12,7 @@ use crate::spool::SpooledMessage;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
-    /// queued | deferred | held | failed
+    /// queued | deferred | held | failed | delivered (kept by `[web] retain_delivered`)
     pub status: Option<String>,
     /// Exact envelope sender, case-insensitive ("" = the null sender).
     pub sender: Option<String>,
@@ -29,12 +29,15 @@ pub struct Filter {
     pub subject: Option<String>,
 }
 
-pub const STATUSES: [&str; 4] = ["queued", "deferred", "held", "failed"];
+pub const STATUSES: [&str; 5] = ["queued", "deferred", "held", "failed", "delivered"];
 
 /// The operator-facing status of a message.
 pub fn status_of(message: &SpooledMessage) -> &'static str {
     let state = &message.state;
-    if state.held {
+    if state.retain_until_ms.is_some() {
+        // Finished and kept only for the web reader.
+        "delivered"
+    } else if state.held {
         "held"
     } else if state
         .recipients

@@ -49,6 +49,8 @@ struct Engine {
     config: DeliveryConfig,
     hostname: String,
     retry: Vec<Duration>,
+    /// `[web] retain_delivered`: keep delivered messages readable this long.
+    retain_delivered_ms: u64,
     global: Arc<Semaphore>,
     in_flight: Mutex<HashSet<QueueId>>,
 }
@@ -99,6 +101,7 @@ impl DeliveryEngine {
                 config.delivery.per_upstream,
             ),
             retry: config.delivery.retry_schedule(),
+            retain_delivered_ms: config.web.retain_delivered.as_millis() as u64,
             global: Arc::new(Semaphore::new(config.delivery.concurrency)),
             config: config.delivery.clone(),
             hostname: config.hostname.clone(),
@@ -374,6 +377,9 @@ impl Engine {
         self.expire(id, envelope, &mut state);
         let bounced = self.bounce_failures(&message, &mut state, &body).await;
         if state.is_finished() && bounced {
+            if self.retain(id, &mut state).await {
+                return;
+            }
             let reason = if state
                 .recipients
                 .iter()
@@ -412,6 +418,42 @@ impl Engine {
                 self.flush(&self.upstreams.take_parked(&name));
             }
         }
+    }
+
+    /// With `[web] retain_delivered`, a delivered message stays in the spool
+    /// (finished, read-only) until its retention ends, so people can still
+    /// read it in the web reader. True while it is to be kept.
+    async fn retain(&self, id: QueueId, state: &mut MessageState) -> bool {
+        let now = now_ms();
+        let until = match state.retain_until_ms {
+            Some(until) => until,
+            None if self.retain_delivered_ms > 0
+                && state
+                    .recipients
+                    .iter()
+                    .any(|r| r.status == RecipientStatus::Delivered) =>
+            {
+                let until = now + self.retain_delivered_ms;
+                state.retain_until_ms = Some(until);
+                state.next_attempt_ms = until;
+                match self.spool.set_state(id, state.clone()).await {
+                    Ok(()) => {
+                        tracing::info!(queue_id = %id, until_ms = until, "retained for the web reader")
+                    }
+                    Err(err) => {
+                        tracing::error!(queue_id = %id, error = %err, "cannot record retention; removing instead")
+                    }
+                }
+                return true;
+            }
+            None => return false,
+        };
+        if now >= until {
+            return false;
+        }
+        // Woken early (an operator retry, a flush): sleep on until the end.
+        let _ = self.spool.park(id, until);
+        true
     }
 
     /// One transaction for one upstream: per-recipient outcomes with the relay

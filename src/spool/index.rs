@@ -59,8 +59,10 @@ fn recipient_key(address: &str, id: QueueId) -> Vec<u8> {
     key
 }
 
+/// Finished messages leave the schedule, except those retained for the web
+/// reader: they come due once more, to be purged.
 fn is_scheduled(state: &MessageState) -> bool {
-    !state.held && !state.is_finished()
+    !state.held && (!state.is_finished() || state.retain_until_ms.is_some())
 }
 
 impl Index {

@@ -129,7 +129,7 @@ const TEXT: &[(&str, &str, &str)] = &[
     ("message.attachments", "Attachments", "添付ファイル"),
     ("message.source", "View source", "ソースを表示"),
     ("message.back", "Back to the mailbox", "受信箱に戻る"),
-    ("message.images_blocked", "{} remote images were blocked to protect your privacy.", "プライバシー保護のため {} 件の外部画像をブロックしました。"),
+    ("message.images_blocked", "Remote images blocked to protect your privacy: {}.", "プライバシー保護のため {} 件の外部画像をブロックしました。"),
     ("message.load_images", "Load remote images", "外部画像を表示"),
     ("message.text_version", "Text version", "テキスト版"),
     ("message.html_version", "HTML version", "HTML 版"),

@@ -4,8 +4,10 @@
 //! Why a cache and not a column in the spool index: the index is the
 //! delivery engine's hot path and must stay small; list data is only needed
 //! by people reading mail, and is cheap to rebuild from the spool files after
-//! a restart. Entries for messages that left the spool are dropped whenever a
-//! mailbox is listed, and the whole cache is bounded by `MAX_ENTRIES`.
+//! a restart. Messages never change once spooled, so entries never go stale;
+//! entries of messages that left the spool are only dropped when an admin
+//! action removes them or when the cache reaches `MAX_ENTRIES` and is
+//! cleared (a few hundred bytes to 32 KiB each).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -303,6 +303,13 @@ impl RawClient {
         self.reply()
     }
 
+    /// Everything until the peer closes (for raw HTTP over TLS in tests).
+    pub fn read_all(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.buf);
+        let _ = self.stream.read_to_end(&mut out);
+        out
+    }
+
     /// Whether the server has closed the connection.
     pub fn is_closed(&mut self) -> bool {
         let mut byte = [0u8; 1];
