@@ -252,13 +252,8 @@ pub async fn show(
     };
     let images = query.images == 1;
     let (rendered, blocked) = tokio::task::block_in_place(|| {
-        let rendered = render::render(&raw);
-        let blocked = if rendered.has_html && !images {
-            render::safe_html(&raw, false).map_or(0, |h| h.blocked_images)
-        } else {
-            0
-        };
-        (rendered, blocked)
+        let (rendered, html) = render::render_with_html(&raw, images);
+        (rendered, html.map_or(0, |h| h.blocked_images))
     });
     audit_view(&state, &viewer, &access, "message-view", message.id, "ok");
     let show_html = rendered.has_html && query.view != "text";

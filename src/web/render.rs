@@ -131,13 +131,29 @@ fn content_type_of(part: &mail_parser::MessagePart<'_>) -> String {
         .to_lowercase()
 }
 
+/// The message for display, and its sanitised HTML body (when it has one)
+/// from the same parse: the message page needs both (the blocked-image count).
+pub fn render_with_html(raw: &[u8], allow_remote_images: bool) -> (Rendered, Option<SafeHtml>) {
+    match parse(raw) {
+        Some(message) => (
+            render_parsed(&message),
+            sanitize_parsed(&message, allow_remote_images),
+        ),
+        None => (render(raw), None),
+    }
+}
+
 pub fn render(raw: &[u8]) -> Rendered {
-    let Some(message) = parse(raw) else {
-        return Rendered {
+    match parse(raw) {
+        Some(message) => render_parsed(&message),
+        None => Rendered {
             text: Some(String::from_utf8_lossy(raw).into_owned()),
             ..Rendered::default()
-        };
-    };
+        },
+    }
+}
+
+fn render_parsed(message: &Message<'_>) -> Rendered {
     let has_html = message.html_part(0).is_some_and(|part| part.is_text_html());
     let text = message
         .text_part(0)
@@ -160,7 +176,7 @@ pub fn render(raw: &[u8]) -> Rendered {
         from: addresses(message.from()),
         to: addresses(message.to()),
         cc: addresses(message.cc()),
-        date_ms: date_ms(&message),
+        date_ms: date_ms(message),
         text,
         has_html,
         attachments,
@@ -306,7 +322,10 @@ fn is_raster_data_image(value: &str) -> bool {
 }
 
 pub fn safe_html(raw: &[u8], allow_remote_images: bool) -> Option<SafeHtml> {
-    let message = parse(raw)?;
+    sanitize_parsed(&parse(raw)?, allow_remote_images)
+}
+
+fn sanitize_parsed(message: &Message<'_>, allow_remote_images: bool) -> Option<SafeHtml> {
     let part = message.html_part(0).filter(|p| p.is_text_html())?;
     let html = part.text_contents()?.to_string();
     // cid: → data: from the message's own parts.
