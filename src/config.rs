@@ -205,6 +205,9 @@ pub struct WebConfig {
     /// it on by hand behind a TLS-terminating proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure_cookies: Option<bool>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (their last entry
+    /// is taken as the client address for lockouts and the audit log).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Local accounts (`breakwater user …`), argon2id hashes and TOTP secrets.
     pub users_file: PathBuf,
     /// Sign out after this long without a request, and after `session_max` in any case.
@@ -243,6 +246,7 @@ impl Default for WebConfig {
             tls_cert: None,
             tls_key: None,
             secure_cookies: None,
+            trusted_proxies: Vec::new(),
             users_file: PathBuf::from("data/users.json"),
             session_idle: Duration::from_secs(30 * 60),
             session_max: Duration::from_secs(12 * 3600),

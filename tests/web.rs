@@ -649,3 +649,53 @@ fn delivered_mail_stays_readable_for_the_retention_time() {
     assert_eq!(alice.get(&format!("/mail/{id}")).status, 404);
     rt.block_on(server.shutdown());
 }
+
+#[test]
+fn ip_lockout_uses_forwarded_address_only_from_trusted_proxies() {
+    // Behind a trusted proxy: lockouts apply to the real client address.
+    let w = world_with(|f| {
+        f.config.web.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        f.config.web.lockout_ip_failures = 3;
+    });
+    let mut attacker = w.client();
+    attacker
+        .headers
+        .push(("X-Forwarded-For".into(), "127.0.0.2".into()));
+    for user in ["a@example.com", "b@example.com", "c@example.com"] {
+        assert_eq!(attacker.login(user, "guess guess guess").status, 401);
+    }
+    assert_eq!(
+        attacker.login("alice@example.com", PASSWORD).status,
+        429,
+        "address blocked"
+    );
+    assert!(
+        w.audit().contains("\"ip\":\"127.0.0.2\""),
+        "audit names the client, not the proxy"
+    );
+    let mut neighbour = w.client();
+    neighbour
+        .headers
+        .push(("X-Forwarded-For".into(), "127.0.0.3".into()));
+    assert_eq!(
+        neighbour.login("alice@example.com", PASSWORD).status,
+        303,
+        "other clients unaffected"
+    );
+
+    // Without trusted proxies the header is ignored: it cannot dodge the lock.
+    let w = world_with(|f| f.config.web.lockout_ip_failures = 3);
+    for (i, user) in ["a@example.com", "b@example.com", "c@example.com"]
+        .iter()
+        .enumerate()
+    {
+        let mut c = w.client();
+        c.headers
+            .push(("X-Forwarded-For".into(), format!("127.0.0.{}", i + 10)));
+        assert_eq!(c.login(user, "guess guess guess").status, 401);
+    }
+    let mut c = w.client();
+    c.headers
+        .push(("X-Forwarded-For".into(), "127.0.0.99".into()));
+    assert_eq!(c.login("alice@example.com", PASSWORD).status, 429);
+}

@@ -204,11 +204,17 @@ pub fn run(config: &Config, command: UserCommand) -> ExitCode {
                 .and_then(|a| {
                     let totp = session::totp_for(&secret, &a.address)
                         .ok_or_else(|| AccountError::Invalid("cannot build the TOTP URI".into()))?;
+                    let url = totp.get_url();
+                    let qr = qrcode::QrCode::new(url.as_bytes())
+                        .map(|code| {
+                            code.render::<qrcode::render::unicode::Dense1x2>()
+                                .quiet_zone(true)
+                                .build()
+                        })
+                        .unwrap_or_default();
                     Ok(format!(
-                        "TOTP enrolled for {}.\nAdd it to an authenticator app (scan this URI as a QR code, or type the secret):\n{}\nsecret: {}",
+                        "TOTP enrolled for {}.\nScan this with an authenticator app, or enter the URI or the secret by hand:\n{qr}\n{url}\nsecret: {secret}",
                         a.address,
-                        totp.get_url(),
-                        secret
                     ))
                 }),
             )

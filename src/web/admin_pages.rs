@@ -120,6 +120,7 @@ pub async fn spool(
             label { "domain" input name="domain" value=(text(&shown.domain)); }
             label { "upstream" input name="upstream" value=(text(&shown.upstream)); }
             label { "older_than" input name="older_than" placeholder="30m" value=(text(&shown.older_than)); }
+            label { "newer_than" input name="newer_than" placeholder="2h" value=(text(&shown.newer_than)); }
             label { "subject" input name="subject" value=(text(&shown.subject)); }
             button type="submit" { (lang.t("admin.filter")) }
         }

@@ -276,11 +276,32 @@ async fn serve_https(
     }
 }
 
-fn client_ip(parts: &Parts) -> String {
-    parts
+/// The client's address for lockouts and the audit log. Behind a reverse
+/// proxy listed in `[web] trusted_proxies`, the last address that proxy
+/// appended to `X-Forwarded-For`; otherwise the TCP peer. (Without this, every
+/// user would share the proxy's address and one attacker could lock them all.)
+fn client_ip(parts: &Parts, config: &WebConfig) -> String {
+    let Some(peer) = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string())
+        .map(|c| c.0.ip())
+    else {
+        return "unknown".to_string();
+    };
+    if config.trusted_proxies.contains(&peer) {
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+            .next_back();
+        if let Some(ip) = forwarded {
+            return ip.to_string();
+        }
+    }
+    peer.to_string()
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -323,7 +344,7 @@ impl FromRequestParts<Shared> for Visitor {
     ) -> Result<Self, Self::Rejection> {
         Ok(Visitor {
             lang: language(&parts.headers, &state.config),
-            ip: client_ip(parts),
+            ip: client_ip(parts, &state.config),
             user_agent: parts
                 .headers
                 .get(header::USER_AGENT)
@@ -366,7 +387,7 @@ impl FromRequestParts<Shared> for Viewer {
                 account,
                 session,
                 lang,
-                ip: client_ip(parts),
+                ip: client_ip(parts, &state.config),
             }),
             _ if parts.method == Method::GET => {
                 let next = parts
