@@ -16,6 +16,8 @@
 //!   retries, upstream circuit + auto-flush, holds, DSNs.
 //! - [`admin`]: the admin HTTP API (queue inspection and actions, upstreams,
 //!   queue shape, health, metrics) with bearer tokens and a hash-chained audit log.
+//! - [`web`]: the web reader for users (their spooled mail) and admins.
+//! - [`drill`]: the deployment self-check (and, later, drills and alerts).
 //! - [`metrics`]: Prometheus counters/histograms shared by the stages.
 //! - [`server`]: wires the stages together for `serve` and for tests.
 //! - [`cli`]: the `breakwater` command line; `main.rs` only calls into it.
@@ -25,6 +27,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod drill;
 pub mod envelope;
 pub mod logging;
 pub mod metrics;

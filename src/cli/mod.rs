@@ -58,6 +58,18 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Is this deployment ready for an outage? MX order and TTLs, host name
+    /// and PTR, SPF, DMARC, upstream and listener TLS. Exit 0 all pass,
+    /// 1 warnings, 2 failures.
+    Check {
+        /// Domains to check (default: every configured [[domain]]).
+        domains: Vec<String>,
+        /// Breakwater is the only MX (default: a secondary behind the primary).
+        #[arg(long)]
+        gateway: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Local web accounts: add, passwd, disable, list, import, totp-setup.
     User {
         #[command(subcommand)]
@@ -144,6 +156,11 @@ pub fn main() -> ExitCode {
         Command::Upstream { command } => {
             with_config(&cli.config, |c| queue::run_upstream(c, command))
         }
+        Command::Check {
+            domains,
+            gateway,
+            json,
+        } => with_config(&cli.config, |config| check(config, &domains, gateway, json)),
         Command::User { command } => with_config(&cli.config, |c| user::run(c, command)),
         Command::Token {
             command: TokenCommand::Create { name, role, save },
@@ -256,4 +273,37 @@ fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
         eprintln!("breakwater: {err}");
         ExitCode::from(EXIT_CONFIG)
     })
+}
+
+fn check(config: &Config, domains: &[String], gateway: bool, json: bool) -> ExitCode {
+    use crate::drill::check::{self, Mode};
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("breakwater: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mode = if gateway {
+        Mode::Gateway
+    } else {
+        Mode::Secondary
+    };
+    let findings = runtime.block_on(check::run(config, domains, mode));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "findings": findings,
+                "exit_code": check::exit_code(&findings),
+            }))
+            .unwrap_or_default()
+        );
+    } else {
+        print!("{}", check::table(&findings));
+    }
+    ExitCode::from(check::exit_code(&findings))
 }

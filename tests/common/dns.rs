@@ -1,12 +1,13 @@
-//! A tiny authoritative DNS server on loopback UDP for delivery tests: MX and
-//! A records from a table, NXDOMAIN for names it does not know.
+//! A tiny authoritative DNS server on loopback UDP for delivery and
+//! self-check tests: MX, A, TXT, CNAME and PTR records from a table,
+//! NXDOMAIN for names it does not know.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, MX};
+use hickory_proto::rr::rdata::{A, CNAME, MX, PTR, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 #[derive(Default, Clone)]
@@ -16,6 +17,13 @@ pub struct Zone {
     pub a: HashMap<String, Vec<Ipv4Addr>>,
     /// Names that exist but have no records of the asked type.
     pub empty: HashSet<String>,
+    pub txt: HashMap<String, Vec<String>>,
+    /// name → canonical name (answered to A queries, followed by the target's A).
+    pub cname: HashMap<String, String>,
+    /// "1.0.0.127.in-addr.arpa" → host name.
+    pub ptr: HashMap<String, String>,
+    /// TTL of a domain's MX records (default 60).
+    pub mx_ttl: HashMap<String, u32>,
 }
 
 impl Zone {
@@ -30,6 +38,25 @@ impl Zone {
     pub fn with_host(&mut self, host: &str, ip: &str) -> &mut Self {
         self.a
             .insert(host.into(), vec![ip.parse().expect("IPv4 literal")]);
+        self
+    }
+}
+
+impl Zone {
+    pub fn with_txt(&mut self, name: &str, text: &str) -> &mut Self {
+        self.txt.entry(name.into()).or_default().push(text.into());
+        self
+    }
+
+    pub fn with_cname(&mut self, name: &str, target: &str) -> &mut Self {
+        self.cname.insert(name.into(), target.into());
+        self
+    }
+
+    pub fn with_ptr(&mut self, ipv4: &str, host: &str) -> &mut Self {
+        let octets: Vec<&str> = ipv4.split('.').rev().collect();
+        self.ptr
+            .insert(format!("{}.in-addr.arpa", octets.join(".")), host.into());
         self
     }
 }
@@ -76,8 +103,12 @@ fn answer(query: &Message, zone: &Zone) -> Message {
     };
     response.add_query(q.clone());
     let name = q.name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
-    let known =
-        zone.mx.contains_key(&name) || zone.a.contains_key(&name) || zone.empty.contains(&name);
+    let known = zone.mx.contains_key(&name)
+        || zone.a.contains_key(&name)
+        || zone.empty.contains(&name)
+        || zone.txt.contains_key(&name)
+        || zone.cname.contains_key(&name)
+        || zone.ptr.contains_key(&name);
     match q.query_type {
         RecordType::MX => {
             for (pref, host) in zone.mx.get(&name).into_iter().flatten() {
@@ -88,14 +119,44 @@ fn answer(query: &Message, zone: &Zone) -> Message {
                 };
                 response.add_answer(Record::from_rdata(
                     q.name.clone(),
-                    60,
+                    zone.mx_ttl.get(&name).copied().unwrap_or(60),
                     RData::MX(MX::new(*pref, exchange)),
                 ));
             }
         }
         RecordType::A => {
-            for ip in zone.a.get(&name).into_iter().flatten() {
-                response.add_answer(Record::from_rdata(q.name.clone(), 60, RData::A(A(*ip))));
+            let mut owner = q.name.clone();
+            let mut lookup = name.clone();
+            if let Some(target) = zone.cname.get(&name) {
+                let canonical = Name::from_ascii(format!("{target}.")).unwrap();
+                response.add_answer(Record::from_rdata(
+                    owner.clone(),
+                    60,
+                    RData::CNAME(CNAME(canonical.clone())),
+                ));
+                owner = canonical;
+                lookup = target.clone();
+            }
+            for ip in zone.a.get(&lookup).into_iter().flatten() {
+                response.add_answer(Record::from_rdata(owner.clone(), 60, RData::A(A(*ip))));
+            }
+        }
+        RecordType::TXT => {
+            for text in zone.txt.get(&name).into_iter().flatten() {
+                response.add_answer(Record::from_rdata(
+                    q.name.clone(),
+                    60,
+                    RData::TXT(TXT::new(vec![text.clone()])),
+                ));
+            }
+        }
+        RecordType::PTR => {
+            if let Some(host) = zone.ptr.get(&name) {
+                response.add_answer(Record::from_rdata(
+                    q.name.clone(),
+                    60,
+                    RData::PTR(PTR(Name::from_ascii(format!("{host}.")).unwrap())),
+                ));
             }
         }
         _ => {}

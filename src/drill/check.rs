@@ -1,0 +1,985 @@
+//! `breakwater check`: is this deployment ready for the next outage?
+//!
+//! Each check yields pass / warn / fail with a one-line finding and, when
+//! not passing, the fix. DNS goes through hickory with `[dns] nameservers`
+//! (so tests can point it at a loopback server); SPF and DMARC records are
+//! parsed with mail-auth, not by hand; TLS checks speak real SMTP and
+//! STARTTLS to the upstreams and to our own listener.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::TokioResolver;
+use mail_auth::common::parse::TxtRecordParser;
+use rustls_pki_types::{CertificateDer, ServerName};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::config::{parse_host_port, Config, UpstreamTls};
+
+/// MX TTLs above this make a failover change slow to take effect.
+const MAX_GOOD_TTL: u32 = 3600;
+/// RFC 7208 4.6.4: at most 10 DNS-querying terms per SPF evaluation.
+const MAX_SPF_LOOKUPS: usize = 10;
+const EXPIRY_WARNING_DAYS: i64 = 14;
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// The domain, or "listener" / "host" for server-wide checks.
+    pub subject: String,
+    pub check: String,
+    pub level: Level,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Breakwater is a backup MX behind the primary (worse preference).
+    Secondary,
+    /// Breakwater is the only MX and relays everything.
+    Gateway,
+}
+
+struct Report {
+    findings: Vec<Finding>,
+}
+
+impl Report {
+    fn add(&mut self, subject: &str, check: &str, level: Level, detail: String, fix: Option<&str>) {
+        self.findings.push(Finding {
+            subject: subject.to_string(),
+            check: check.to_string(),
+            level,
+            detail,
+            fix: fix.map(str::to_string),
+        });
+    }
+}
+
+/// 0 all pass, 1 warnings, 2 failures (like `postfix check` callers expect).
+pub fn exit_code(findings: &[Finding]) -> u8 {
+    match findings.iter().map(|f| f.level).max() {
+        Some(Level::Fail) => 2,
+        Some(Level::Warn) => 1,
+        _ => 0,
+    }
+}
+
+pub fn table(findings: &[Finding]) -> String {
+    let width = |f: fn(&Finding) -> usize| findings.iter().map(f).max().unwrap_or(0);
+    let (ws, wc) = (
+        width(|f| f.subject.len()).max(7),
+        width(|f| f.check.len()).max(5),
+    );
+    let mut out = format!("{:<ws$}  {:<wc$}  RESULT  DETAIL\n", "SUBJECT", "CHECK");
+    for f in findings {
+        let level = match f.level {
+            Level::Pass => "pass",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        };
+        out.push_str(&format!(
+            "{:<ws$}  {:<wc$}  {level:<6}  {}\n",
+            f.subject, f.check, f.detail
+        ));
+        if let Some(fix) = &f.fix {
+            out.push_str(&format!("{:<ws$}  {:<wc$}          fix: {fix}\n", "", ""));
+        }
+    }
+    let count = |l: Level| findings.iter().filter(|f| f.level == l).count();
+    out.push_str(&format!(
+        "{} pass, {} warnings, {} failures\n",
+        count(Level::Pass),
+        count(Level::Warn),
+        count(Level::Fail)
+    ));
+    out
+}
+
+/// Run every check for `domains` (all configured domains when empty).
+pub async fn run(config: &Config, domains: &[String], mode: Mode) -> Vec<Finding> {
+    let mut report = Report {
+        findings: Vec::new(),
+    };
+    let resolver = match crate::delivery::route::build_resolver(&config.dns) {
+        Ok(resolver) => resolver,
+        Err(err) => {
+            report.add(
+                "dns",
+                "resolver",
+                Level::Fail,
+                err,
+                Some("fix [dns] nameservers or /etc/resolv.conf"),
+            );
+            return report.findings;
+        }
+    };
+    let hostname = config.hostname.trim_end_matches('.').to_ascii_lowercase();
+    let domains: Vec<String> = if domains.is_empty() {
+        config.domains.iter().map(|d| d.name.clone()).collect()
+    } else {
+        domains.to_vec()
+    };
+    host_checks(&mut report, config, &resolver, &hostname).await;
+    for domain in &domains {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let mx = mx_checks(&mut report, &resolver, &domain, &hostname, mode).await;
+        spf_check(&mut report, &resolver, &domain).await;
+        dmarc_check(&mut report, &resolver, &domain).await;
+        upstream_checks(&mut report, config, &resolver, &domain, &hostname, &mx).await;
+    }
+    listener_check(&mut report, config).await;
+    report.findings
+}
+
+fn fqdn(name: &str) -> String {
+    format!("{}.", name.trim_end_matches('.'))
+}
+
+async fn records(
+    resolver: &TokioResolver,
+    name: &str,
+    kind: RecordType,
+) -> Result<Vec<(u32, RData)>, String> {
+    match resolver.lookup(fqdn(name).as_str(), kind).await {
+        Ok(lookup) => Ok(lookup
+            .answers()
+            .iter()
+            .map(|r| (r.ttl, r.data.clone()))
+            .collect()),
+        Err(err) if err.is_no_records_found() || err.is_nx_domain() => Ok(Vec::new()),
+        Err(err) => Err(format!("lookup of {name} {kind} failed: {err}")),
+    }
+}
+
+async fn txt(resolver: &TokioResolver, name: &str) -> Result<Vec<String>, String> {
+    Ok(records(resolver, name, RecordType::TXT)
+        .await?
+        .into_iter()
+        .filter_map(|(_, data)| match data {
+            RData::TXT(txt) => Some(
+                txt.txt_data
+                    .iter()
+                    .map(|part| String::from_utf8_lossy(part).into_owned())
+                    .collect::<String>(),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
+/// (preference, exchange, ttl), best first.
+type MxList = Vec<(u16, String, u32)>;
+
+async fn mx_checks(
+    report: &mut Report,
+    resolver: &TokioResolver,
+    domain: &str,
+    hostname: &str,
+    mode: Mode,
+) -> MxList {
+    let mut mx: MxList = match records(resolver, domain, RecordType::MX).await {
+        Ok(found) => found
+            .into_iter()
+            .filter_map(|(ttl, data)| match data {
+                RData::MX(mx) => Some((
+                    mx.preference,
+                    mx.exchange
+                        .to_ascii()
+                        .trim_end_matches('.')
+                        .to_ascii_lowercase(),
+                    ttl,
+                )),
+                _ => None,
+            })
+            .collect(),
+        Err(err) => {
+            report.add(
+                domain,
+                "mx",
+                Level::Fail,
+                err,
+                Some("check the domain's DNS servers"),
+            );
+            return Vec::new();
+        }
+    };
+    mx.sort();
+    if mx.is_empty() {
+        report.add(domain, "mx", Level::Fail, "no MX records: senders use the A record, Breakwater gets nothing".into(),
+            Some(&format!("publish MX records: the primary (e.g. 10 {domain}.mail.protection.outlook.com) and 20 {hostname}")));
+        return mx;
+    }
+    let listing = mx
+        .iter()
+        .map(|(p, h, _)| format!("{p} {h}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    report.add(domain, "mx", Level::Pass, format!("MX: {listing}"), None);
+    let ours: Vec<&(u16, String, u32)> = mx.iter().filter(|(_, h, _)| h == hostname).collect();
+    let others: Vec<&(u16, String, u32)> = mx.iter().filter(|(_, h, _)| h != hostname).collect();
+    match (mode, ours.first(), others.first()) {
+        (_, None, _) => report.add(domain, "mx-self", Level::Fail,
+            format!("{hostname} (this Breakwater) is not among the MX hosts: it will receive no mail"),
+            Some(&format!("add an MX record for {hostname}"))),
+        (Mode::Secondary, Some(_), None) => report.add(domain, "mx-order", Level::Fail,
+            "Breakwater is the only MX, but this is a secondary deployment: there is no primary".into(),
+            Some("add the primary MX with a better (lower) preference, or run the check with --gateway")),
+        (Mode::Secondary, Some(own), Some(best_other)) => {
+            if own.0 > best_other.0 {
+                report.add(domain, "mx-order", Level::Pass,
+                    format!("primary {} ({}) is preferred over Breakwater ({})", best_other.1, best_other.0, own.0), None);
+            } else {
+                report.add(domain, "mx-order", Level::Fail,
+                    format!("Breakwater ({}) is preferred over or equal to the primary {} ({}): it takes mail even while the primary is up", own.0, best_other.1, best_other.0),
+                    Some(&format!("give {hostname} a higher preference number than {}", best_other.1)));
+            }
+        }
+        (Mode::Gateway, Some(_), None) => report.add(domain, "mx-order", Level::Pass, "Breakwater is the only MX (gateway mode)".into(), None),
+        (Mode::Gateway, Some(_), Some(other)) => report.add(domain, "mx-order", Level::Warn,
+            format!("gateway mode, but {} is also an MX: senders may bypass Breakwater", other.1),
+            Some("remove the other MX records, or run the check without --gateway")),
+    }
+    for (_, host, _) in &mx {
+        match records(resolver, host, RecordType::A).await {
+            Ok(answers) => {
+                if let Some(target) = answers.iter().find_map(|(_, d)| match d {
+                    RData::CNAME(c) => Some(c.0.to_ascii()),
+                    _ => None,
+                }) {
+                    report.add(domain, "mx-cname", Level::Fail,
+                        format!("MX host {host} is a CNAME (to {}); RFC 2181 10.3 forbids it and some senders will not deliver", target.trim_end_matches('.')),
+                        Some(&format!("point the MX at the canonical name, or give {host} its own A/AAAA records")));
+                }
+                let mut addresses: Vec<(u32, RData)> = answers
+                    .into_iter()
+                    .filter(|(_, d)| matches!(d, RData::A(_)))
+                    .collect();
+                if let Ok(v6) = records(resolver, host, RecordType::AAAA).await {
+                    addresses.extend(v6.into_iter().filter(|(_, d)| matches!(d, RData::AAAA(_))));
+                }
+                if addresses.is_empty() {
+                    report.add(
+                        domain,
+                        "mx-resolves",
+                        Level::Fail,
+                        format!("MX host {host} has no A/AAAA record"),
+                        Some(&format!("publish an address for {host}")),
+                    );
+                } else {
+                    report.add(
+                        domain,
+                        "mx-resolves",
+                        Level::Pass,
+                        format!("{host} has {} address(es)", addresses.len()),
+                        None,
+                    );
+                }
+            }
+            Err(err) => report.add(domain, "mx-resolves", Level::Fail, err, None),
+        }
+    }
+    let max_ttl = mx.iter().map(|(_, _, ttl)| *ttl).max().unwrap_or(0);
+    if max_ttl > MAX_GOOD_TTL {
+        report.add(
+            domain,
+            "mx-ttl",
+            Level::Warn,
+            format!(
+                "MX TTL is {max_ttl} s: a failover change would take that long to reach senders"
+            ),
+            Some("lower the MX TTL to 3600 s or less (300 s during a migration)"),
+        );
+    } else {
+        report.add(
+            domain,
+            "mx-ttl",
+            Level::Pass,
+            format!("MX TTL {max_ttl} s"),
+            None,
+        );
+    }
+    mx
+}
+
+async fn host_checks(
+    report: &mut Report,
+    config: &Config,
+    resolver: &TokioResolver,
+    hostname: &str,
+) {
+    let addresses: Vec<IpAddr> = match resolver.lookup_ip(fqdn(hostname).as_str()).await {
+        Ok(lookup) => lookup.iter().collect(),
+        Err(_) => Vec::new(),
+    };
+    if addresses.is_empty() {
+        report.add(
+            "host",
+            "hostname",
+            Level::Fail,
+            format!("{hostname} (our hostname) does not resolve"),
+            Some(&format!(
+                "publish an A/AAAA record for {hostname}, or fix `hostname` in the config"
+            )),
+        );
+        return;
+    }
+    let listening: Vec<IpAddr> = config.smtp.listen.iter().map(|a| a.ip()).collect();
+    // Unspecified (0.0.0.0) or loopback listeners (behind a proxy or NAT
+    // forwarder, or a lab): we cannot tell which public address is ours.
+    let specific: Vec<&IpAddr> = listening
+        .iter()
+        .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+        .collect();
+    if addresses.iter().all(|a| a.is_loopback()) && !specific.is_empty() {
+        report.add(
+            "host",
+            "hostname",
+            Level::Fail,
+            format!("{hostname} resolves to a loopback address: no sender can reach it"),
+            Some(&format!(
+                "publish the public address of this server for {hostname}"
+            )),
+        );
+    } else if specific.is_empty() || addresses.iter().any(|a| specific.contains(&a)) {
+        report.add(
+            "host",
+            "hostname",
+            Level::Pass,
+            format!(
+                "{hostname} → {}",
+                addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None,
+        );
+    } else {
+        report.add("host", "hostname", Level::Warn,
+            format!("{hostname} → {} but [smtp] listen is {} (fine behind NAT; otherwise mail goes elsewhere)",
+                addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+                specific.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")),
+            Some("make the hostname's address the one Breakwater listens on (or its NAT address)"));
+    }
+    for ip in addresses.into_iter().filter(|ip| !ip.is_loopback()) {
+        let names: Vec<String> = match resolver.reverse_lookup(ip).await {
+            Ok(lookup) => lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::PTR(name) => {
+                        Some(name.0.to_ascii().trim_end_matches('.').to_ascii_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if names.iter().any(|n| n == hostname) {
+            report.add(
+                "host",
+                "ptr",
+                Level::Pass,
+                format!("{ip} → {hostname} (forward-confirmed)"),
+                None,
+            );
+        } else {
+            report.add(
+                "host",
+                "ptr",
+                Level::Warn,
+                format!(
+                    "reverse DNS of {ip} is {}, not {hostname}; some receivers distrust that",
+                    if names.is_empty() {
+                        "missing".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+                Some(&format!(
+                    "ask the address's owner to set PTR {ip} → {hostname}"
+                )),
+            );
+        }
+    }
+}
+
+/// DNS-querying terms of an SPF record, following include/redirect (RFC 7208 4.6.4).
+fn spf_lookups<'a>(
+    resolver: &'a TokioResolver,
+    domain: &'a str,
+    depth: usize,
+    seen: &'a mut BTreeSet<String>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, String>> + Send + 'a>> {
+    Box::pin(async move {
+        if depth > 10 || !seen.insert(domain.to_string()) {
+            return Err(format!("SPF include loop at {domain}"));
+        }
+        let records: Vec<String> = txt(resolver, domain)
+            .await?
+            .into_iter()
+            .filter(|t| is_spf(t))
+            .collect();
+        let Some(record) = records.first() else {
+            return Err(format!("{domain} (included) has no SPF record"));
+        };
+        let spf = mail_auth::spf::Spf::parse(record.as_bytes())
+            .map_err(|e| format!("SPF of {domain} does not parse: {e}"))?;
+        let mut count = 0;
+        let mut nested = Vec::new();
+        for directive in spf.directives.iter() {
+            use mail_auth::spf::Mechanism;
+            match &directive.mechanism {
+                Mechanism::Include { macro_string } => {
+                    count += 1;
+                    if let mail_auth::spf::Macro::Literal(name) = macro_string {
+                        nested.push(String::from_utf8_lossy(name).into_owned());
+                    }
+                }
+                Mechanism::A { .. }
+                | Mechanism::Mx { .. }
+                | Mechanism::Ptr { .. }
+                | Mechanism::Exists { .. } => count += 1,
+                _ => {}
+            }
+        }
+        if let Some(mail_auth::spf::Macro::Literal(name)) = &spf.redirect {
+            count += 1;
+            nested.push(String::from_utf8_lossy(name).into_owned());
+        }
+        for name in nested {
+            count += spf_lookups(resolver, &name, depth + 1, seen).await?;
+        }
+        Ok(count)
+    })
+}
+
+fn is_spf(record: &str) -> bool {
+    let lower = record.trim().to_ascii_lowercase();
+    lower == "v=spf1" || lower.starts_with("v=spf1 ")
+}
+
+async fn spf_check(report: &mut Report, resolver: &TokioResolver, domain: &str) {
+    let records: Vec<String> = match txt(resolver, domain).await {
+        Ok(all) => all.into_iter().filter(|t| is_spf(t)).collect(),
+        Err(err) => {
+            report.add(domain, "spf", Level::Fail, err, None);
+            return;
+        }
+    };
+    match records.len() {
+        0 => {
+            report.add(domain, "spf", Level::Warn, "no SPF record: receivers cannot tell your mail from forgeries".into(),
+                Some(&format!("publish one TXT record like \"v=spf1 include:spf.protection.outlook.com -all\" at {domain}")));
+            return;
+        }
+        1 => {}
+        n => {
+            report.add(
+                domain,
+                "spf",
+                Level::Fail,
+                format!("{n} SPF records: RFC 7208 makes that a permanent error for every check"),
+                Some("merge them into a single v=spf1 record"),
+            );
+            return;
+        }
+    }
+    if let Err(err) = mail_auth::spf::Spf::parse(records[0].as_bytes()) {
+        report.add(
+            domain,
+            "spf",
+            Level::Fail,
+            format!("the SPF record does not parse: {err}"),
+            Some("fix the record's syntax"),
+        );
+        return;
+    }
+    let mut seen = BTreeSet::new();
+    match spf_lookups(resolver, domain, 0, &mut seen).await {
+        Ok(n) if n > MAX_SPF_LOOKUPS => report.add(domain, "spf", Level::Fail,
+            format!("the SPF record needs {n} DNS lookups (limit {MAX_SPF_LOOKUPS}): evaluation ends in permerror"),
+            Some("flatten includes (ip4:/ip6:) or drop unused ones")),
+        Ok(n) => report.add(domain, "spf", Level::Pass, format!("one SPF record, {n} DNS lookups"), None),
+        Err(err) => report.add(domain, "spf", Level::Fail, err, Some("fix the included records")),
+    }
+}
+
+async fn dmarc_check(report: &mut Report, resolver: &TokioResolver, domain: &str) {
+    let name = format!("_dmarc.{domain}");
+    let records: Vec<String> = match txt(resolver, &name).await {
+        Ok(all) => all
+            .into_iter()
+            .filter(|t| t.trim_start().to_ascii_lowercase().starts_with("v=dmarc1"))
+            .collect(),
+        Err(err) => {
+            report.add(domain, "dmarc", Level::Fail, err, None);
+            return;
+        }
+    };
+    let Some(record) = records.first() else {
+        report.add(
+            domain,
+            "dmarc",
+            Level::Warn,
+            format!("no DMARC record at {name}: outage-themed spoofing of {domain} is not blocked"),
+            Some(&format!(
+                "publish TXT {name} \"v=DMARC1; p=quarantine; rua=mailto:dmarc@{domain}\""
+            )),
+        );
+        return;
+    };
+    match mail_auth::dmarc::Dmarc::parse(record.as_bytes()) {
+        Ok(dmarc) => {
+            use mail_auth::dmarc::Policy;
+            let (level, fix) = match dmarc.p {
+                Policy::Reject | Policy::Quarantine => (Level::Pass, None),
+                _ => (
+                    Level::Warn,
+                    Some("move to p=quarantine or p=reject once reports look clean"),
+                ),
+            };
+            report.add(
+                domain,
+                "dmarc",
+                level,
+                format!("DMARC policy p={:?}", dmarc.p).to_lowercase(),
+                fix,
+            );
+        }
+        Err(err) => report.add(
+            domain,
+            "dmarc",
+            Level::Fail,
+            format!("the DMARC record does not parse: {err}"),
+            Some("fix the record's syntax"),
+        ),
+    }
+}
+
+/// What an SMTP + STARTTLS probe learnt about one server.
+struct TlsProbe {
+    starttls: bool,
+    /// Err: why the verified handshake failed.
+    verified: Result<(), String>,
+    days_left: Option<i64>,
+    extensions: Vec<String>,
+}
+
+async fn read_reply(
+    reader: &mut BufReader<impl tokio::io::AsyncRead + Unpin>,
+) -> Result<(u16, Vec<String>), String> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout(NETWORK_TIMEOUT, reader.read_line(&mut line))
+            .await
+            .map_err(|_| "timed out waiting for a reply".to_string())?
+            .map_err(|e| e.to_string())?;
+        if n == 0 || line.len() < 4 {
+            return Err("connection closed".into());
+        }
+        let code = line[..3]
+            .parse::<u16>()
+            .map_err(|_| format!("not SMTP: {line:?}"))?;
+        let last = line.as_bytes()[3] == b' ';
+        lines.push(line[4..].trim_end().to_string());
+        if last {
+            return Ok((code, lines));
+        }
+    }
+}
+
+fn tls_connector(extra_ca: Option<&std::path::Path>) -> Result<tokio_rustls::TlsConnector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(file) = extra_ca {
+        use rustls_pki_types::pem::PemObject;
+        for cert in
+            CertificateDer::pem_file_iter(file).map_err(|e| format!("{}: {e}", file.display()))?
+        {
+            roots
+                .add(cert.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+async fn probe(
+    addr: SocketAddr,
+    server_name: &str,
+    helo: &str,
+    connector: &tokio_rustls::TlsConnector,
+) -> Result<TlsProbe, String> {
+    let stream = tokio::time::timeout(NETWORK_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connecting to {addr} timed out"))?
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let mut reader = BufReader::new(stream);
+    let (code, _) = read_reply(&mut reader).await?;
+    if code != 220 {
+        return Err(format!("greeting {code} from {addr}"));
+    }
+    reader
+        .get_mut()
+        .write_all(format!("EHLO {helo}\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (code, lines) = read_reply(&mut reader).await?;
+    if code != 250 {
+        return Err(format!("EHLO answered {code}"));
+    }
+    let has = |lines: &[String], ext: &str| {
+        lines.iter().any(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|w| w.eq_ignore_ascii_case(ext))
+        })
+    };
+    if !has(&lines, "STARTTLS") {
+        return Ok(TlsProbe {
+            starttls: false,
+            verified: Err("no STARTTLS".into()),
+            days_left: None,
+            extensions: lines,
+        });
+    }
+    reader
+        .get_mut()
+        .write_all(b"STARTTLS\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let (code, _) = read_reply(&mut reader).await?;
+    if code != 220 {
+        return Ok(TlsProbe {
+            starttls: false,
+            verified: Err(format!("STARTTLS answered {code}")),
+            days_left: None,
+            extensions: lines,
+        });
+    }
+    let name =
+        ServerName::try_from(server_name.to_string()).map_err(|e| format!("{server_name}: {e}"))?;
+    let tls = match tokio::time::timeout(
+        NETWORK_TIMEOUT,
+        connector.connect(name, reader.into_inner()),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => {
+            return Ok(TlsProbe {
+                starttls: true,
+                verified: Err(err.to_string()),
+                days_left: None,
+                extensions: lines,
+            })
+        }
+        Err(_) => {
+            return Ok(TlsProbe {
+                starttls: true,
+                verified: Err("TLS handshake timed out".into()),
+                days_left: None,
+                extensions: lines,
+            })
+        }
+    };
+    let days_left = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|der| rcgen::CertificateParams::from_ca_cert_der(der).ok())
+        .map(|params| (params.not_after - time::OffsetDateTime::now_utc()).whole_days());
+    let mut reader = BufReader::new(tls);
+    reader
+        .get_mut()
+        .write_all(format!("EHLO {helo}\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_, extensions) = read_reply(&mut reader).await?;
+    let _ = reader.get_mut().write_all(b"QUIT\r\n").await;
+    Ok(TlsProbe {
+        starttls: true,
+        verified: Ok(()),
+        days_left,
+        extensions,
+    })
+}
+
+async fn upstream_checks(
+    report: &mut Report,
+    config: &Config,
+    resolver: &TokioResolver,
+    domain: &str,
+    hostname: &str,
+    mx: &MxList,
+) {
+    let Some(settings) = config
+        .domains
+        .iter()
+        .find(|d| d.name.trim_end_matches('.').eq_ignore_ascii_case(domain))
+    else {
+        return;
+    };
+    // (host for TLS names, port) of every upstream host.
+    let hosts: Vec<(String, u16)> = if settings.upstream == "mx" {
+        mx.iter()
+            .filter(|(_, h, _)| h != hostname)
+            .map(|(_, h, _)| (h.clone(), config.delivery.mx_port))
+            .collect()
+    } else {
+        settings
+            .upstream
+            .split(',')
+            .filter_map(|p| parse_host_port(p.trim()))
+            .map(|(h, p)| (h.to_string(), p))
+            .collect()
+    };
+    if hosts.is_empty() {
+        report.add(
+            domain,
+            "upstream",
+            Level::Fail,
+            "no upstream host to deliver to".into(),
+            Some("set [[domain]] upstream"),
+        );
+        return;
+    }
+    let connector = match tls_connector(config.delivery.extra_ca_file.as_deref()) {
+        Ok(c) => c,
+        Err(err) => {
+            report.add(
+                domain,
+                "upstream",
+                Level::Fail,
+                err,
+                Some("fix [delivery] extra_ca_file"),
+            );
+            return;
+        }
+    };
+    for (host, port) in hosts {
+        let subject = format!("{domain} → {host}:{port}");
+        let address = match host.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => resolver
+                .lookup_ip(fqdn(&host).as_str())
+                .await
+                .ok()
+                .and_then(|l| l.iter().next()),
+        };
+        let Some(ip) = address else {
+            report.add(
+                &subject,
+                "upstream",
+                Level::Fail,
+                format!("{host} does not resolve"),
+                None,
+            );
+            continue;
+        };
+        let result = probe(
+            SocketAddr::new(ip, port),
+            &host,
+            &config.hostname,
+            &connector,
+        )
+        .await;
+        let probe = match result {
+            Ok(probe) => probe,
+            Err(err) => {
+                report.add(
+                    &subject,
+                    "upstream",
+                    Level::Fail,
+                    err,
+                    Some("check the upstream address and firewalls"),
+                );
+                continue;
+            }
+        };
+        report.add(
+            &subject,
+            "upstream",
+            Level::Pass,
+            format!("{ip}:{port} answers EHLO"),
+            None,
+        );
+        let required = settings.tls == UpstreamTls::Required;
+        match (&probe.verified, probe.starttls) {
+            (Ok(()), _) => match probe.days_left {
+                Some(days) if days < 0 => report.add(
+                    &subject,
+                    "upstream-tls",
+                    Level::Fail,
+                    "certificate expired".into(),
+                    Some("renew the upstream's certificate"),
+                ),
+                Some(days) if days < EXPIRY_WARNING_DAYS => report.add(
+                    &subject,
+                    "upstream-tls",
+                    Level::Warn,
+                    format!("certificate valid for {host}, but expires in {days} days"),
+                    Some("renew the upstream's certificate"),
+                ),
+                Some(days) => report.add(
+                    &subject,
+                    "upstream-tls",
+                    Level::Pass,
+                    format!("STARTTLS, certificate valid for {host}, {days} days left"),
+                    None,
+                ),
+                None => report.add(
+                    &subject,
+                    "upstream-tls",
+                    Level::Pass,
+                    format!("STARTTLS, certificate valid for {host}"),
+                    None,
+                ),
+            },
+            (Err(why), false) => report.add(
+                &subject,
+                "upstream-tls",
+                if required { Level::Fail } else { Level::Warn },
+                format!(
+                    "{why}: mail to this upstream travels in clear text{}",
+                    if required {
+                        ", and tls = \"required\" will refuse it"
+                    } else {
+                        ""
+                    }
+                ),
+                Some("enable STARTTLS on the upstream"),
+            ),
+            (Err(why), true) => report.add(
+                &subject,
+                "upstream-tls",
+                if required { Level::Fail } else { Level::Warn },
+                format!("certificate not valid for {host}: {why}"),
+                Some(
+                    "fix the upstream's certificate (or add its CA with [delivery] extra_ca_file)",
+                ),
+            ),
+        }
+        let has = |ext: &str| {
+            probe.extensions.iter().any(|l| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|w| w.eq_ignore_ascii_case(ext))
+            })
+        };
+        let missing: Vec<&str> = ["CHUNKING", "SIZE"]
+            .into_iter()
+            .filter(|e| !has(e))
+            .collect();
+        if missing.is_empty() {
+            report.add(
+                &subject,
+                "upstream-extensions",
+                Level::Pass,
+                "CHUNKING and SIZE advertised".into(),
+                None,
+            );
+        } else {
+            report.add(
+                &subject,
+                "upstream-extensions",
+                Level::Warn,
+                format!(
+                    "{} not advertised (slower delivery, no early size refusal)",
+                    missing.join(", ")
+                ),
+                None,
+            );
+        }
+    }
+}
+
+async fn listener_check(report: &mut Report, config: &Config) {
+    let smtp = &config.smtp;
+    match crate::smtp::tls::not_after(&smtp.tls_cert) {
+        Ok(expiry) => {
+            let days = (expiry - time::OffsetDateTime::now_utc()).whole_days();
+            let (level, fix) = match days {
+                d if d < 0 => (
+                    Level::Fail,
+                    Some("renew the certificate (certbot/lego) and point [smtp] tls_cert at it"),
+                ),
+                d if d < EXPIRY_WARNING_DAYS => (Level::Warn, Some("renew the certificate soon")),
+                _ => (Level::Pass, None),
+            };
+            report.add(
+                "listener",
+                "certificate",
+                level,
+                format!("{}: {days} days left", smtp.tls_cert.display()),
+                fix,
+            );
+        }
+        Err(err) => {
+            report.add(
+                "listener",
+                "certificate",
+                Level::Warn,
+                format!("no usable certificate: {err}"),
+                Some("install a certificate: senders will deliver without TLS"),
+            );
+            return;
+        }
+    }
+    let Some(listen) = smtp.listen.first() else {
+        return;
+    };
+    let target = if listen.ip().is_unspecified() {
+        SocketAddr::new(
+            if listen.is_ipv4() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+            },
+            listen.port(),
+        )
+    } else {
+        *listen
+    };
+    let connector = match tls_connector(config.delivery.extra_ca_file.as_deref()) {
+        Ok(c) => c,
+        Err(err) => {
+            report.add("listener", "starttls", Level::Fail, err, None);
+            return;
+        }
+    };
+    match probe(target, &config.hostname, &config.hostname, &connector).await {
+        Err(err) => report.add("listener", "starttls", Level::Warn, format!("{err} (is `breakwater serve` running?)"), None),
+        Ok(p) if !p.starttls => report.add("listener", "starttls", Level::Fail, "our listener does not offer STARTTLS".into(), Some("configure [smtp] tls_cert and tls_key")),
+        Ok(TlsProbe { verified: Err(why), .. }) => report.add("listener", "starttls", Level::Warn,
+            format!("STARTTLS works, but senders cannot verify the certificate for {}: {why}", config.hostname),
+            Some("use a certificate from a public CA for the hostname (self-signed is fine for labs)")),
+        Ok(_) => report.add("listener", "starttls", Level::Pass, format!("STARTTLS works with a certificate valid for {}", config.hostname), None),
+    }
+}

@@ -1,0 +1,310 @@
+//! `breakwater check` (the real binary) against a loopback DNS server with
+//! good and broken deployments, test upstreams with a valid, an expired and
+//! a wrong-name certificate and one without STARTTLS, and our own listener.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+
+use breakwater::config::{DomainConfig, UpstreamTls};
+use common::dns::{TestDns, Zone};
+use common::sink::{Script, Sink};
+use common::*;
+use serde_json::Value;
+
+const HOST: &str = "mx2.test.example";
+
+/// A TLS acceptor for a self-signed certificate (`names`, valid `days` from
+/// now; negative = expired), its PEM appended to `bundle`.
+fn acceptor(names: &[&str], days: i64, bundle: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    if days < 0 {
+        params.not_before = now - time::Duration::days(400);
+    } else {
+        params.not_before = now - time::Duration::days(1);
+    }
+    params.not_after = now + time::Duration::days(days);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let mut pem = std::fs::read_to_string(bundle).unwrap_or_default();
+    pem.push_str(&cert.pem());
+    std::fs::write(bundle, pem).unwrap();
+    let der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], der)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// MX (primary 10, us 20), SPF with one include, DMARC p=reject.
+fn good_domain(zone: &mut Zone, name: &str) {
+    let primary = format!("primary.{name}");
+    zone.with_mx(name, &[(10, &primary), (20, HOST)])
+        .with_host(&primary, "127.0.0.1")
+        .with_txt(
+            name,
+            &format!("v=spf1 ip4:127.0.0.1 include:_spf.{name} -all"),
+        )
+        .with_txt(name, "google-site-verification=abc")
+        .with_txt(&format!("_spf.{name}"), "v=spf1 ip4:127.0.0.2 -all")
+        .with_txt(
+            &format!("_dmarc.{name}"),
+            "v=DMARC1; p=reject; rua=mailto:d@example.com",
+        );
+}
+
+fn check(config: &std::path::Path, args: &[&str]) -> (i32, Vec<Value>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_breakwater"))
+        .arg("--config")
+        .arg(config)
+        .arg("check")
+        .args(args)
+        .output()
+        .unwrap();
+    let code = out.status.code().unwrap_or(-1);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if args.contains(&"--json") {
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(v["exit_code"], code);
+        (code, v["findings"].as_array().unwrap().clone(), text)
+    } else {
+        (code, Vec::new(), text)
+    }
+}
+
+/// The level of `check` for `subject` (first match).
+fn level(findings: &[Value], subject: &str, check: &str) -> String {
+    findings
+        .iter()
+        .filter(|f| f["subject"] == subject && f["check"] == check)
+        .map(|f| f["level"].as_str().unwrap().to_string())
+        .max_by_key(|l| match l.as_str() {
+            "fail" => 2,
+            "warn" => 1,
+            _ => 0,
+        })
+        .unwrap_or_else(|| panic!("no {check} finding for {subject}: {findings:#?}"))
+}
+
+#[test]
+fn self_check_reports_good_and_broken_deployments() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut fixture = Fixture::new();
+    let bundle = fixture.path().join("test-ca.pem");
+    let mut zone = Zone::default();
+    // Our name's address is DNS data only (nothing connects to it); the
+    // listener itself is on loopback, where the address cannot be compared.
+    zone.with_host(HOST, "192.0.2.10")
+        .with_ptr("192.0.2.10", HOST);
+    for name in [
+        "good.test",
+        "ttl.test",
+        "nodmarc.test",
+        "expired.test",
+        "wrongname.test",
+        "plain.test",
+    ] {
+        good_domain(&mut zone, name);
+    }
+    zone.mx_ttl.insert("ttl.test".into(), 86_400);
+    zone.txt.remove("_dmarc.nodmarc.test");
+    good_domain(&mut zone, "order.test");
+    zone.with_mx("order.test", &[(5, HOST), (10, "primary.order.test")]);
+    good_domain(&mut zone, "nomx.test");
+    zone.mx.remove("nomx.test");
+    good_domain(&mut zone, "cname.test");
+    zone.with_mx("cname.test", &[(10, "alias.cname.test"), (20, HOST)])
+        .with_cname("alias.cname.test", "primary.good.test");
+    good_domain(&mut zone, "twospf.test");
+    zone.with_txt("twospf.test", "v=spf1 -all");
+    good_domain(&mut zone, "spf11.test");
+    let eleven: String = (1..=11).map(|i| format!(" a:h{i}.spf11.test")).collect();
+    zone.txt
+        .insert("spf11.test".into(), vec![format!("v=spf1{eleven} -all")]);
+    zone.with_host("upstream.test", "127.0.0.1")
+        .with_host("other.test", "127.0.0.1");
+
+    let (dns, sinks) = rt.block_on(async {
+        let tls = |names: &[&str], days| Script {
+            tls: Some(acceptor(names, days, &bundle)),
+            ..Script::default()
+        };
+        let mut sinks = HashMap::new();
+        sinks.insert(
+            "ok",
+            Sink::start("127.0.0.1:0", tls(&["upstream.test"], 90)).await,
+        );
+        sinks.insert(
+            "expired",
+            Sink::start("127.0.0.1:0", tls(&["upstream.test"], -30)).await,
+        );
+        sinks.insert(
+            "wrongname",
+            Sink::start("127.0.0.1:0", tls(&["other.test"], 90)).await,
+        );
+        sinks.insert("plain", Sink::start("127.0.0.1:0", Script::default()).await);
+        (TestDns::start(zone).await, sinks)
+    });
+    // Our own listener, with a certificate for our host name in the bundle.
+    breakwater::smtp::tls::write_self_signed(
+        &[HOST.to_string()],
+        &fixture.config.smtp.tls_cert,
+        &fixture.config.smtp.tls_key,
+        90,
+    )
+    .unwrap();
+    let mut pem = std::fs::read_to_string(&bundle).unwrap();
+    pem.push_str(&std::fs::read_to_string(&fixture.config.smtp.tls_cert).unwrap());
+    std::fs::write(&bundle, pem).unwrap();
+    let server = rt.block_on(fixture.start());
+    fixture.config.smtp.listen = vec![server.smtp_addrs[0]];
+    fixture.config.dns.nameservers = vec![dns.addr];
+    fixture.config.delivery.extra_ca_file = Some(bundle.clone());
+    let upstream = |sink: &str| format!("upstream.test:{}", sinks[sink].addr.port());
+    fixture.config.domains = [
+        ("good.test", "ok"),
+        ("ttl.test", "ok"),
+        ("nodmarc.test", "ok"),
+        ("order.test", "ok"),
+        ("nomx.test", "ok"),
+        ("cname.test", "ok"),
+        ("twospf.test", "ok"),
+        ("spf11.test", "ok"),
+        ("expired.test", "expired"),
+        ("wrongname.test", "wrongname"),
+        ("plain.test", "plain"),
+    ]
+    .iter()
+    .map(|(name, sink)| DomainConfig {
+        name: name.to_string(),
+        recipients: None,
+        upstream: upstream(sink),
+        tls: if *sink == "plain" {
+            UpstreamTls::Opportunistic
+        } else {
+            UpstreamTls::Required
+        },
+    })
+    .collect();
+    let config = fixture.write_config();
+
+    // A good deployment: every check passes, exit 0, readable table.
+    let (code, findings, _) = check(&config, &["good.test", "--json"]);
+    assert!(
+        findings.iter().all(|f| f["level"] == "pass"),
+        "{findings:#?}"
+    );
+    assert_eq!(code, 0);
+    for c in ["mx", "mx-order", "mx-resolves", "mx-ttl", "spf", "dmarc"] {
+        assert_eq!(level(&findings, "good.test", c), "pass", "{c}");
+    }
+    assert_eq!(level(&findings, "host", "hostname"), "pass");
+    assert_eq!(level(&findings, "host", "ptr"), "pass");
+    assert_eq!(level(&findings, "listener", "starttls"), "pass");
+    assert_eq!(level(&findings, "listener", "certificate"), "pass");
+    let good_upstream = format!("good.test → {}", upstream("ok"));
+    assert_eq!(level(&findings, &good_upstream, "upstream-tls"), "pass");
+    let detail = findings
+        .iter()
+        .find(|f| f["subject"] == good_upstream.as_str() && f["check"] == "upstream-tls")
+        .unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail.contains("89 days left") || detail.contains("90 days left"),
+        "{detail}"
+    );
+    let (code, _, table) = check(&config, &["good.test"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("mx-order") && table.contains("0 failures"),
+        "{table}"
+    );
+
+    // Warnings only: exit 1.
+    let (code, findings, _) = check(&config, &["ttl.test", "nodmarc.test", "--json"]);
+    assert_eq!(level(&findings, "ttl.test", "mx-ttl"), "warn");
+    assert_eq!(level(&findings, "nodmarc.test", "dmarc"), "warn");
+    assert_eq!(code, 1, "{findings:#?}");
+
+    // Everything: each broken deployment is named, exit 2.
+    let (code, findings, _) = check(&config, &["--json"]);
+    assert_eq!(code, 2);
+    assert_eq!(level(&findings, "order.test", "mx-order"), "fail");
+    assert_eq!(level(&findings, "nomx.test", "mx"), "fail");
+    assert_eq!(level(&findings, "cname.test", "mx-cname"), "fail");
+    assert_eq!(level(&findings, "twospf.test", "spf"), "fail");
+    assert_eq!(level(&findings, "spf11.test", "spf"), "fail");
+    let spf11 = findings
+        .iter()
+        .find(|f| f["subject"] == "spf11.test" && f["check"] == "spf")
+        .unwrap();
+    assert!(
+        spf11["detail"].as_str().unwrap().contains("11 DNS lookups"),
+        "{spf11}"
+    );
+    assert!(spf11["fix"].is_string());
+    assert_eq!(
+        level(&findings, "good.test", "spf"),
+        "pass",
+        "other domains unaffected"
+    );
+    assert_eq!(
+        level(
+            &findings,
+            &format!("expired.test → {}", upstream("expired")),
+            "upstream-tls"
+        ),
+        "fail"
+    );
+    assert_eq!(
+        level(
+            &findings,
+            &format!("wrongname.test → {}", upstream("wrongname")),
+            "upstream-tls"
+        ),
+        "fail"
+    );
+    let plain = format!("plain.test → {}", upstream("plain"));
+    assert_eq!(
+        level(&findings, &plain, "upstream-tls"),
+        "warn",
+        "no STARTTLS, opportunistic"
+    );
+    assert_eq!(level(&findings, &plain, "upstream-extensions"), "pass");
+    let expired = findings
+        .iter()
+        .find(|f| {
+            f["subject"] == format!("expired.test → {}", upstream("expired")).as_str()
+                && f["check"] == "upstream-tls"
+        })
+        .unwrap();
+    assert!(
+        expired["detail"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("expired"),
+        "{expired}"
+    );
+
+    // Gateway mode: an extra MX besides us is a warning; us alone passes.
+    let (_, findings, _) = check(&config, &["good.test", "--gateway", "--json"]);
+    assert_eq!(level(&findings, "good.test", "mx-order"), "warn");
+    rt.block_on(server.shutdown());
+    drop(sinks);
+}
