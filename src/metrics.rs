@@ -31,6 +31,8 @@ pub struct Metrics {
     pub upstream_up: Family<Labels, Gauge>,
     pub upstream_queue: Family<Labels, Gauge>,
     pub tls_expiry_seconds: Gauge<f64, AtomicU64>,
+    pub alerts: Family<Labels, Counter>,
+    pub alerts_active: Family<Labels, Gauge>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -60,6 +62,8 @@ impl Metrics {
             upstream_up: Family::default(),
             upstream_queue: Family::default(),
             tls_expiry_seconds: Gauge::default(),
+            alerts: Family::default(),
+            alerts_active: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -112,6 +116,16 @@ impl Metrics {
             "1 when the upstream takes connections, 0 when down or held",
             metrics.upstream_up.clone(),
         );
+        registry.register(
+            "alerts",
+            "Alert notifications raised, by event",
+            metrics.alerts.clone(),
+        );
+        registry.register(
+            "alert_active",
+            "1 while an alert (upstream down, queue depth, queue age) lasts",
+            metrics.alerts_active.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -120,6 +134,16 @@ impl Metrics {
 
     pub fn rejected(&self, reason: &str) {
         self.rejected.get_or_create(&label("reason", reason)).inc();
+    }
+
+    pub fn alert(&self, event: &str) {
+        self.alerts.get_or_create(&label("event", event)).inc();
+    }
+
+    pub fn alert_active(&self, key: &str, active: bool) {
+        self.alerts_active
+            .get_or_create(&label("alert", key))
+            .set(i64::from(active));
     }
 
     pub fn delivery(&self, outcome: &str) {

@@ -125,6 +125,14 @@ impl Server {
         } else {
             (None, None)
         };
+        if config.alerts.enabled {
+            tokio::spawn(crate::drill::alerts::run(
+                config.clone(),
+                spool.clone(),
+                delivery.as_ref().map(|d| (**d).clone()),
+                shutdown_rx.clone(),
+            ));
+        }
         if config.smtp.tls_cert.exists() {
             tokio::spawn(watch_certificate(
                 config.clone(),

@@ -583,7 +583,7 @@ struct TlsProbe {
     extensions: Vec<String>,
 }
 
-async fn read_reply(
+pub(crate) async fn read_reply(
     reader: &mut BufReader<impl tokio::io::AsyncRead + Unpin>,
 ) -> Result<(u16, Vec<String>), String> {
     let mut lines = Vec::new();

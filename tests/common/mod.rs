@@ -14,8 +14,8 @@ pub mod sink;
 pub mod web;
 
 use breakwater::config::{
-    AdminConfig, Config, DeliveryConfig, DnsConfig, DomainConfig, SmtpConfig, SpoolConfig,
-    UpstreamTls, WebConfig,
+    AdminConfig, AlertsConfig, Config, DeliveryConfig, DnsConfig, DomainConfig, SmtpConfig,
+    SpoolConfig, UpstreamTls, WebConfig,
 };
 use breakwater::server::Server;
 
@@ -62,6 +62,13 @@ impl Fixture {
                 audit_log: root.join("audit.log"),
                 ..AdminConfig::default()
             },
+            // The monitor probes upstreams; tests that count upstream
+            // connections must not see its probes. tests/alerts.rs turns it on.
+            alerts: AlertsConfig {
+                enabled: false,
+                ..AlertsConfig::default()
+            },
+            alert_targets: Vec::new(),
             web: WebConfig {
                 listen: "127.0.0.1:0".parse().expect("addr"),
                 users_file: root.join("users.json"),

@@ -1,0 +1,433 @@
+//! Outage detection and alerts: notice a dead upstream before users do.
+//!
+//! The delivery engine only learns that an upstream is down when it has
+//! mail to deliver; at 3 a.m. with an empty queue nobody would know. So the
+//! monitor probes every statically configured upstream itself (connect,
+//! read the greeting, QUIT) every `check_interval`; `probe_failures` misses
+//! in a row, or the engine's own circuit saying "down", raise an alert. The
+//! queue is watched too (depth, age of the oldest message).
+//!
+//! Each alert is a log line, a metric, and a notification to every
+//! `[[alert]]` target: a webhook (JSON, or `{"text"}` for Slack, Teams and
+//! Mattermost) or a mail sent through its own relay (it must not depend on
+//! the upstream that just failed). Alerts repeat every `repeat` while they
+//! last, and a recovery notice says how long it lasted and how big the
+//! queue got.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::config::{parse_host_port, AlertKind, AlertTarget, Config, WebhookFormat};
+use crate::delivery::DeliveryHandle;
+use crate::envelope::now_ms;
+use crate::spool::Spool;
+
+/// One notification, as sent to webhooks (JSON) and summarised in `text`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Notice {
+    /// upstream-down | upstream-still-down | upstream-recovered |
+    /// queue-depth | queue-depth-recovered | queue-age | queue-age-recovered
+    pub event: String,
+    /// The upstream name, or "queue".
+    pub subject: String,
+    /// Our host name (which Breakwater is speaking).
+    pub host: String,
+    pub since_ms: u64,
+    pub duration_seconds: u64,
+    pub queue_depth: usize,
+    /// Largest queue seen while the alert lasted.
+    pub max_queue_depth: usize,
+    pub oldest_message_age_seconds: u64,
+    pub detail: String,
+    pub text: String,
+}
+
+struct Active {
+    since_ms: u64,
+    last_notified_ms: u64,
+    max_depth: usize,
+    detail: String,
+}
+
+/// What the monitor keeps between rounds.
+#[derive(Default)]
+struct Watch {
+    failures: HashMap<String, u32>,
+    active: HashMap<String, Active>,
+}
+
+pub async fn run(
+    config: Config,
+    spool: Spool,
+    delivery: Option<DeliveryHandle>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut watch = Watch::default();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(config.alerts.check_interval) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        round(&config, &spool, delivery.as_ref(), &mut watch).await;
+    }
+}
+
+/// The statically routed upstreams: (name as the delivery engine calls it, hosts).
+fn probed_upstreams(config: &Config) -> Vec<(String, Vec<(String, u16)>)> {
+    let mut out: Vec<(String, Vec<(String, u16)>)> = Vec::new();
+    for domain in &config.domains {
+        if domain.upstream == "mx" {
+            continue;
+        }
+        let name = domain.upstream.replace(' ', "");
+        if out.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        let hosts = domain
+            .upstream
+            .split(',')
+            .filter_map(|p| parse_host_port(p.trim()))
+            .map(|(h, p)| (h.to_string(), p))
+            .collect();
+        out.push((name, hosts));
+    }
+    out
+}
+
+/// Can we reach any host of the upstream and get a 220?
+async fn probe(hosts: &[(String, u16)], timeout: Duration) -> Result<(), String> {
+    let mut last = String::from("no host");
+    for (host, port) in hosts {
+        let attempt = async {
+            let stream = TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(|e| format!("{host}:{port}: {e}"))?;
+            let mut reader = BufReader::new(stream);
+            let (code, lines) = super::check::read_reply(&mut reader).await?;
+            let _ = reader.get_mut().write_all(b"QUIT\r\n").await;
+            if code == 220 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{host}:{port} greets with {code} {}",
+                    lines.join(" ")
+                ))
+            }
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(err)) => last = err,
+            Err(_) => last = format!("{host}:{port}: no greeting within {}s", timeout.as_secs()),
+        }
+    }
+    Err(last)
+}
+
+async fn round(
+    config: &Config,
+    spool: &Spool,
+    delivery: Option<&DeliveryHandle>,
+    watch: &mut Watch,
+) {
+    let now = now_ms();
+    let depth = spool.len();
+    let oldest_age_ms = spool
+        .page(None, 1, |m| m.state.retain_until_ms.is_none())
+        .ok()
+        .and_then(|(page, _)| {
+            page.first()
+                .map(|m| now.saturating_sub(m.envelope.received_at_ms))
+        })
+        .unwrap_or(0);
+    let engine: HashMap<String, (String, Option<u64>, Option<String>)> = delivery
+        .map(|d| {
+            d.status()
+                .into_iter()
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        (s.state.to_string(), s.down_since_ms, s.last_error),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // Upstreams: our probes, or the engine's circuit.
+    let mut names: Vec<String> = probed_upstreams(config)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    for (name, (state, _, _)) in &engine {
+        if state == "down" && !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    let probes = probed_upstreams(config);
+    for name in names {
+        let mut down_reason = None;
+        if let Some((_, hosts)) = probes.iter().find(|(n, _)| *n == name) {
+            match probe(hosts, config.delivery.connect_timeout).await {
+                Ok(()) => {
+                    watch.failures.insert(name.clone(), 0);
+                }
+                Err(err) => {
+                    let count = watch.failures.entry(name.clone()).or_default();
+                    *count += 1;
+                    if *count >= config.alerts.probe_failures {
+                        down_reason = Some(format!("{count} probes in a row failed: {err}"));
+                    }
+                }
+            }
+        }
+        if let Some((state, _, error)) = engine.get(&name) {
+            if state == "down" && down_reason.is_none() {
+                down_reason = Some(format!(
+                    "delivery marked it down: {}",
+                    error.clone().unwrap_or_default()
+                ));
+            }
+        }
+        update(
+            config,
+            watch,
+            &format!("upstream:{name}"),
+            &name,
+            down_reason,
+            depth,
+            oldest_age_ms,
+            "upstream",
+        )
+        .await;
+    }
+    let limit = config.alerts.queue_depth;
+    let deep =
+        (limit > 0 && depth > limit).then(|| format!("{depth} messages waiting (limit {limit})"));
+    update(
+        config,
+        watch,
+        "queue-depth",
+        "queue",
+        deep,
+        depth,
+        oldest_age_ms,
+        "queue-depth",
+    )
+    .await;
+    let max_age = config.alerts.oldest_age.as_millis() as u64;
+    let old = (max_age > 0 && oldest_age_ms > max_age).then(|| {
+        format!(
+            "the oldest message has waited {} (limit {})",
+            humantime::format_duration(Duration::from_secs(oldest_age_ms / 1000)),
+            humantime::format_duration(config.alerts.oldest_age)
+        )
+    });
+    update(
+        config,
+        watch,
+        "queue-age",
+        "queue",
+        old,
+        depth,
+        oldest_age_ms,
+        "queue-age",
+    )
+    .await;
+    let metrics = crate::metrics::get();
+    for key in watch.active.keys() {
+        metrics.alert_active(key, true);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn update(
+    config: &Config,
+    watch: &mut Watch,
+    key: &str,
+    subject: &str,
+    problem: Option<String>,
+    depth: usize,
+    oldest_age_ms: u64,
+    event: &str,
+) {
+    let now = now_ms();
+    let down_event = if event == "upstream" {
+        "upstream-down"
+    } else {
+        event
+    };
+    let notice = |name: String, active: &Active, detail: &str| {
+        let duration = now.saturating_sub(active.since_ms) / 1000;
+        let text = match name.as_str() {
+            "upstream-down" => format!("[{}] upstream {subject} is DOWN: {detail}. Mail is being spooled ({depth} waiting).", config.hostname),
+            "upstream-still-down" => format!("[{}] upstream {subject} still DOWN after {}: {detail}. {depth} messages waiting.", config.hostname, humantime::format_duration(Duration::from_secs(duration))),
+            "upstream-recovered" => format!("[{}] upstream {subject} RECOVERED after {}; the queue peaked at {} messages and is flushing.", config.hostname, humantime::format_duration(Duration::from_secs(duration)), active.max_depth),
+            other if other.ends_with("-recovered") => format!("[{}] {other}: back to normal after {} ({depth} waiting).", config.hostname, humantime::format_duration(Duration::from_secs(duration))),
+            other => format!("[{}] {other}: {detail}.", config.hostname),
+        };
+        Notice {
+            event: name,
+            subject: subject.to_string(),
+            host: config.hostname.clone(),
+            since_ms: active.since_ms,
+            duration_seconds: duration,
+            queue_depth: depth,
+            max_queue_depth: active.max_depth,
+            oldest_message_age_seconds: oldest_age_ms / 1000,
+            detail: detail.to_string(),
+            text,
+        }
+    };
+    match (problem, watch.active.get_mut(key)) {
+        (Some(detail), None) => {
+            let active = Active {
+                since_ms: now,
+                last_notified_ms: now,
+                max_depth: depth,
+                detail: detail.clone(),
+            };
+            let n = notice(down_event.to_string(), &active, &detail);
+            watch.active.insert(key.to_string(), active);
+            send(config, &n).await;
+        }
+        (Some(detail), Some(active)) => {
+            active.max_depth = active.max_depth.max(depth);
+            active.detail = detail.clone();
+            if now.saturating_sub(active.last_notified_ms)
+                >= config.alerts.repeat.as_millis() as u64
+            {
+                active.last_notified_ms = now;
+                let name = if event == "upstream" {
+                    "upstream-still-down".to_string()
+                } else {
+                    event.to_string()
+                };
+                let n = notice(name, active, &detail);
+                send(config, &n).await;
+            }
+        }
+        (None, Some(_)) => {
+            let active = watch.active.remove(key).expect("present");
+            let name = if event == "upstream" {
+                "upstream-recovered".to_string()
+            } else {
+                format!("{event}-recovered")
+            };
+            let n = notice(name, &active, &active.detail);
+            crate::metrics::get().alert_active(key, false);
+            send(config, &n).await;
+        }
+        (None, None) => {}
+    }
+}
+
+/// Log, count, and deliver to every target (failures are logged, never fatal).
+async fn send(config: &Config, notice: &Notice) {
+    tracing::warn!(event = %notice.event, subject = %notice.subject, duration_s = notice.duration_seconds, queue = notice.queue_depth, detail = %notice.detail, "alert");
+    crate::metrics::get().alert(&notice.event);
+    for target in &config.alert_targets {
+        let result = match target.kind {
+            AlertKind::Webhook => webhook(target, notice).await,
+            AlertKind::Mail => mail(config, target, notice).await,
+        };
+        if let Err(err) = result {
+            tracing::error!(event = %notice.event, target = ?target.kind, error = %err, "alert could not be delivered");
+        }
+    }
+}
+
+async fn webhook(target: &AlertTarget, notice: &Notice) -> Result<(), String> {
+    let url = target.url.clone().unwrap_or_default();
+    let body = match target.format {
+        WebhookFormat::Json => serde_json::to_value(notice).map_err(|e| e.to_string())?,
+        WebhookFormat::Text => serde_json::json!({ "text": notice.text }),
+    };
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        agent
+            .post(&url)
+            .send_json(&body)
+            .map(|_| ())
+            .map_err(|e| format!("POST {url}: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// A plain SMTP submission through the alert's own relay.
+async fn mail(config: &Config, target: &AlertTarget, notice: &Notice) -> Result<(), String> {
+    let route = target.route.as_deref().unwrap_or("");
+    let (host, port) = parse_host_port(route).ok_or_else(|| format!("bad route {route:?}"))?;
+    let to = target.to.clone().unwrap_or_default();
+    let from = format!("breakwater-alerts@{}", config.hostname);
+    let date = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc2822)
+        .unwrap_or_default();
+    let message = format!(
+        "From: Breakwater <{from}>\r\nTo: <{to}>\r\nSubject: {}\r\nDate: {date}\r\nMessage-ID: <{}.{}@{}>\r\nAuto-Submitted: auto-generated\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n\r\n{}\r\n",
+        notice.text.lines().next().unwrap_or(""),
+        notice.event,
+        now_ms(),
+        config.hostname,
+        notice.text,
+        serde_json::to_string_pretty(notice).unwrap_or_default().replace('\n', "\r\n"),
+    );
+    let addr: SocketAddr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("relay does not resolve")?;
+    let exchange = async {
+        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(stream);
+        let expect = |code: u16| {
+            move |(got, lines): (u16, Vec<String>)| {
+                if got == code {
+                    Ok(())
+                } else {
+                    Err(format!("expected {code}, got {got} {}", lines.join(" ")))
+                }
+            }
+        };
+        super::check::read_reply(&mut reader)
+            .await
+            .and_then(expect(220))?;
+        for (command, code) in [
+            (format!("EHLO {}\r\n", config.hostname), 250),
+            (format!("MAIL FROM:<{from}>\r\n"), 250),
+            (format!("RCPT TO:<{to}>\r\n"), 250),
+            ("DATA\r\n".to_string(), 354),
+        ] {
+            reader
+                .get_mut()
+                .write_all(command.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            super::check::read_reply(&mut reader)
+                .await
+                .and_then(expect(code))?;
+        }
+        let stuffed = message.replace("\r\n.", "\r\n..");
+        reader
+            .get_mut()
+            .write_all(format!("{stuffed}.\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        super::check::read_reply(&mut reader)
+            .await
+            .and_then(expect(250))?;
+        let _ = reader.get_mut().write_all(b"QUIT\r\n").await;
+        Ok::<(), String>(())
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .map_err(|_| "the alert relay timed out".to_string())?
+}

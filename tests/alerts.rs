@@ -1,0 +1,243 @@
+//! Outage alerts: a real upstream (scripted sink) goes away and comes back;
+//! a loopback webhook receiver and a loopback mail relay get the down,
+//! repeat and recovery notices with the right content and timing.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use breakwater::config::{AlertKind, AlertTarget, UpstreamTls, WebhookFormat};
+use common::sink::{Script, Sink};
+use common::*;
+use serde_json::Value;
+
+/// Webhook bodies received, with their arrival time.
+type Received = Arc<Mutex<Vec<(Instant, Value)>>>;
+
+/// A loopback HTTP server that records each POST body with its arrival time.
+fn webhook_receiver() -> (String, Received) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let store = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            if let Ok(value) = serde_json::from_slice(&body) {
+                store.lock().unwrap().push((Instant::now(), value));
+            }
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, got)
+}
+
+fn events(got: &Received) -> Vec<String> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .map(|(_, v)| v["event"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+#[test]
+fn upstream_outage_is_alerted_repeated_and_recovered() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut upstream, relay) = rt.block_on(async {
+        (
+            Sink::start("127.0.0.1:0", Script::default()).await,
+            Sink::start("127.0.0.1:0", Script::default()).await,
+        )
+    });
+    let (json_url, json_hook) = webhook_receiver();
+    let (text_url, text_hook) = webhook_receiver();
+    let mut fixture = Fixture::new();
+    fixture.config.alerts.enabled = true;
+    fixture.config.alerts.check_interval = Duration::from_millis(200);
+    fixture.config.alerts.probe_failures = 2;
+    fixture.config.alerts.repeat = Duration::from_millis(1500);
+    fixture.config.alerts.queue_depth = 2;
+    fixture.config.delivery.enabled = true;
+    fixture.config.delivery.connect_timeout = Duration::from_secs(1);
+    fixture.config.delivery.retry = vec![Duration::from_secs(3600).into()];
+    fixture.config.domains[0].upstream = upstream.addr.to_string();
+    fixture.config.domains[0].tls = UpstreamTls::None;
+    fixture.config.domains.truncate(1);
+    fixture.config.alert_targets = vec![
+        AlertTarget {
+            kind: AlertKind::Webhook,
+            url: Some(json_url),
+            format: WebhookFormat::Json,
+            to: None,
+            route: None,
+        },
+        AlertTarget {
+            kind: AlertKind::Webhook,
+            url: Some(text_url),
+            format: WebhookFormat::Text,
+            to: None,
+            route: None,
+        },
+        AlertTarget {
+            kind: AlertKind::Mail,
+            url: None,
+            format: WebhookFormat::Json,
+            to: Some("oncall@other.test".into()),
+            route: Some(relay.addr.to_string()),
+        },
+    ];
+    let server = rt.block_on(fixture.start());
+    let name = upstream.addr.to_string();
+
+    // Healthy: a few rounds, no alert.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        events(&json_hook).is_empty(),
+        "{:?}",
+        json_hook.lock().unwrap()
+    );
+
+    // The upstream dies: down within a few probe rounds.
+    upstream.stop();
+    let died = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(10), || events(&json_hook)
+            .contains(&"upstream-down".to_string())),
+        "{:?}",
+        events(&json_hook)
+    );
+    let (at, down) = json_hook
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(_, v)| v["event"] == "upstream-down")
+        .cloned()
+        .unwrap();
+    assert!(
+        at.duration_since(died) < Duration::from_secs(5),
+        "alerted after {:?}",
+        at.duration_since(died)
+    );
+    assert_eq!(down["subject"], name.as_str());
+    assert_eq!(down["host"], "mx2.test.example");
+    assert!(
+        down["detail"]
+            .as_str()
+            .unwrap()
+            .contains("probes in a row failed"),
+        "{down}"
+    );
+    // Mail piles up while it is down: the queue-depth alert fires too.
+    for i in 0..3 {
+        let mut c = RawClient::greeted(server.smtp_addrs[0]);
+        c.expect("EHLO alerts.test", 250);
+        assert_eq!(
+            c.send_mail(
+                "s@remote.test",
+                &["user@example.com"],
+                format!("Subject: {i}\r\n\r\nx\r\n").as_bytes()
+            )
+            .code,
+            250
+        );
+    }
+    assert!(wait_for(Duration::from_secs(10), || events(&json_hook)
+        .contains(&"queue-depth".to_string())));
+    // Still down: repeated.
+    assert!(
+        wait_for(Duration::from_secs(10), || events(&json_hook)
+            .contains(&"upstream-still-down".to_string())),
+        "{:?}",
+        events(&json_hook)
+    );
+    // Back: recovery with the outage's duration and the queue it built.
+    rt.block_on(upstream.resume());
+    assert!(
+        wait_for(Duration::from_secs(10), || events(&json_hook)
+            .contains(&"upstream-recovered".to_string())),
+        "{:?}",
+        events(&json_hook)
+    );
+    let recovered = json_hook
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(_, v)| v["event"] == "upstream-recovered")
+        .cloned()
+        .unwrap()
+        .1;
+    assert!(
+        recovered["duration_seconds"].as_u64().unwrap() >= 1,
+        "{recovered}"
+    );
+    assert!(
+        recovered["max_queue_depth"].as_u64().unwrap() >= 3,
+        "{recovered}"
+    );
+    // The mail drains once it is back, and the queue alert clears.
+    assert!(
+        wait_for(Duration::from_secs(15), || upstream.delivered().len() == 3),
+        "delivered {}",
+        upstream.delivered().len()
+    );
+    assert!(wait_for(Duration::from_secs(10), || events(&json_hook)
+        .contains(&"queue-depth-recovered".to_string())));
+
+    // Slack/Teams-style receiver got {"text": …} lines.
+    let texts: Vec<String> = text_hook
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, v)| v["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains(&format!("upstream {name} is DOWN"))),
+        "{texts:?}"
+    );
+    assert!(texts.iter().any(|t| t.contains("RECOVERED")), "{texts:?}");
+    // The mail alerts went through their own relay.
+    let mails = relay.delivered();
+    assert!(
+        mails
+            .iter()
+            .any(|m| String::from_utf8_lossy(&m.data).contains("is DOWN")),
+        "{} mails",
+        mails.len()
+    );
+    assert!(mails
+        .iter()
+        .all(|m| m.rcpts() == vec!["oncall@other.test".to_string()]));
+    // Metrics count them.
+    let metrics = breakwater::metrics::get().render();
+    assert!(
+        metrics.contains("breakwater_alerts_total{event=\"upstream-down\"}"),
+        "{metrics}"
+    );
+    rt.block_on(server.shutdown());
+}
