@@ -32,6 +32,8 @@ pub struct Config {
     #[serde(default)]
     pub web: WebConfig,
     #[serde(default)]
+    pub drill: DrillConfig,
+    #[serde(default)]
     pub alerts: AlertsConfig,
     /// Where alerts go: `[[alert]]` tables.
     #[serde(default, rename = "alert", skip_serializing_if = "Vec::is_empty")]
@@ -265,6 +267,22 @@ impl Default for WebConfig {
             upstream_label: "Exchange Online".to_string(),
             default_language: "en".to_string(),
             utc_offset: "+00:00".to_string(),
+        }
+    }
+}
+
+/// Failover drills.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrillConfig {
+    /// The running drill's state and the reports (JSON + Markdown).
+    pub reports_dir: PathBuf,
+}
+
+impl Default for DrillConfig {
+    fn default() -> Self {
+        DrillConfig {
+            reports_dir: PathBuf::from("data/drills"),
         }
     }
 }

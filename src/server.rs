@@ -95,6 +95,26 @@ impl Server {
             config.admin.audit_max_bytes,
             config.admin.audit_keep,
         )?);
+        let drills = {
+            let accounts = crate::web::accounts::Accounts::new(&config.web.users_file);
+            let mailbox_spool = spool.clone();
+            crate::drill::drills::Drills::open(
+                &config,
+                spool.clone(),
+                delivery.as_ref().map(|d| (**d).clone()),
+                audit.clone(),
+                smtp_addrs[0],
+                Box::new(move |to, id| {
+                    accounts
+                        .snapshot()
+                        .values()
+                        .any(|a| !a.disabled && a.owns(to))
+                        && mailbox_spool
+                            .ids_for_recipient(to)
+                            .is_ok_and(|ids| ids.contains(&id))
+                }),
+            )?
+        };
         // /readyz reports the SMTP listeners down once their accept loops end.
         let (smtp_up, smtp_up_rx) = watch::channel(true);
         let (admin_addr, admin_task) = if config.admin.enabled {
@@ -103,6 +123,7 @@ impl Server {
                 delivery: delivery.as_ref().map(|d| (**d).clone()),
                 tokens: crate::admin::auth::TokenStore::new(&config.admin.tokens_file),
                 audit: audit.clone(),
+                drills: drills.clone(),
                 smtp_ready: smtp_up_rx,
             });
             let (addr, task) =
@@ -118,6 +139,7 @@ impl Server {
                 spool.clone(),
                 delivery.as_ref().map(|d| (**d).clone()),
                 audit.clone(),
+                Some(drills.clone()),
             ));
             let (addr, task) = crate::web::serve(state, shutdown_rx.clone()).await?;
             tracing::info!(%addr, https = config.web.tls_cert.is_some(), "web listening");

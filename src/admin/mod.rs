@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod auth;
+mod drill;
 pub mod filter;
 mod queue;
 
@@ -40,6 +41,7 @@ pub struct AdminState {
     pub delivery: Option<DeliveryHandle>,
     pub tokens: TokenStore,
     pub audit: Arc<audit::AuditLog>,
+    pub drills: Arc<crate::drill::drills::Drills>,
     /// True while the SMTP accept loops run (for /readyz).
     pub smtp_ready: watch::Receiver<bool>,
 }
@@ -137,6 +139,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/upstreams"),
     ("post", "/api/v1/upstreams/{name}/{action}"),
     ("get", "/api/v1/audit"),
+    ("post", "/api/v1/drills/start"),
+    ("get", "/api/v1/drills/current"),
+    ("post", "/api/v1/drills/finish"),
+    ("get", "/api/v1/drills"),
+    ("get", "/api/v1/drills/{id}"),
 ];
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -155,6 +162,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
             post(queue::upstream_action),
         )
         .route("/api/v1/audit", get(queue::audit))
+        .route("/api/v1/drills/start", post(drill::start))
+        .route("/api/v1/drills/current", get(drill::status))
+        .route("/api/v1/drills/finish", post(drill::finish))
+        .route("/api/v1/drills", get(drill::list))
+        .route("/api/v1/drills/{id}", get(drill::show))
         .with_state(state)
 }
 

@@ -2,6 +2,7 @@
 
 mod api_client;
 mod check_config;
+mod drill;
 mod queue;
 mod serve;
 mod user;
@@ -69,6 +70,11 @@ pub enum Command {
         gateway: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Failover drills: start, status, finish, list, show.
+    Drill {
+        #[command(subcommand)]
+        command: drill::DrillCommand,
     },
     /// Local web accounts: add, passwd, disable, list, import, totp-setup.
     User {
@@ -161,6 +167,7 @@ pub fn main() -> ExitCode {
             gateway,
             json,
         } => with_config(&cli.config, |config| check(config, &domains, gateway, json)),
+        Command::Drill { command } => with_config(&cli.config, |c| drill::run(c, command)),
         Command::User { command } => with_config(&cli.config, |c| user::run(c, command)),
         Command::Token {
             command: TokenCommand::Create { name, role, save },

@@ -5,6 +5,9 @@
 //! - [`alerts`]: the outage monitor inside `serve`: active upstream probes,
 //!   queue thresholds, webhook and mail notifications with repeats and
 //!   recovery notices.
+//! - [`drills`]: failover drills (hold → spool → probe → release → drain
+//!   report), steered through the admin API and shown in the web admin.
 
 pub mod alerts;
 pub mod check;
+pub mod drills;

@@ -116,6 +116,9 @@ struct Inner {
     work: Arc<tokio::sync::Notify>,
     holds_path: PathBuf,
     holds_lock: Mutex<()>,
+    /// Why recent messages left the spool (delivered, bounced, deleted…),
+    /// for drill reports; in memory only, bounded.
+    removed: Mutex<HashMap<QueueId, String>>,
     /// Held for the life of the spool: two processes on one spool would
     /// interleave appends and delete each other's index.
     _lock: std::fs::File,
@@ -231,6 +234,7 @@ impl Spool {
                 work: Arc::new(tokio::sync::Notify::new()),
                 holds_path: root.join("upstream-holds.json"),
                 holds_lock: Mutex::new(()),
+                removed: Mutex::new(HashMap::new()),
                 _lock: lock,
             }),
         };
@@ -440,6 +444,13 @@ impl Spool {
         let Some(entry) = self.inner.index.remove(id)? else {
             return Ok(false);
         };
+        {
+            let mut removed = self.inner.removed.lock().expect("removed lock");
+            if removed.len() >= 100_000 {
+                removed.clear();
+            }
+            removed.insert(id, reason.to_string());
+        }
         if entry.location.external {
             let _ = std::fs::remove_file(self.large_path(id));
         }
@@ -455,6 +466,17 @@ impl Spool {
         }
         self.reclaim();
         Ok(true)
+    }
+
+    /// Why a message left the spool ("delivered", "bounced", "deleted by
+    /// administrator", …), if it left recently while this process ran.
+    pub fn removal_reason(&self, id: QueueId) -> Option<String> {
+        self.inner
+            .removed
+            .lock()
+            .expect("removed lock")
+            .get(&id)
+            .cloned()
     }
 
     /// Every message in the spool, oldest first.

@@ -505,3 +505,80 @@ pub async fn revoke_session(
     );
     Redirect::to("/admin/sessions").into_response()
 }
+
+pub async fn drills(State(state): State<Shared>, viewer: Viewer) -> Response {
+    if let Err(denied) = viewer.require_admin() {
+        return denied;
+    }
+    let lang = viewer.lang;
+    let (current, reports) = match &state.drills {
+        Some(d) => (d.current(), d.list()),
+        None => (None, Vec::new()),
+    };
+    let body = html! {
+        h1 { (lang.t("drills.title")) }
+        @if let Some(d) = &current {
+            section.notice {
+                h2 { (lang.t("drills.running")) ": " (d.id) }
+                p { code { (d.upstream) } " — " (d.reason) " — " (time(&state, d.started_ms as i64)) }
+            }
+        }
+        @if reports.is_empty() && current.is_none() { p.empty { (lang.t("drills.none")) } }
+        table.drills {
+            thead { tr { th { "ID" } th { (lang.t("col.upstream")) } th { (lang.t("col.started")) } th { (lang.t("drills.drain")) } th { (lang.t("drills.problems")) } } }
+            tbody { @for d in &reports {
+                tr {
+                    td { a href={ "/admin/drills/" (d.id) } { (d.id) } }
+                    td { code { (d.upstream) } }
+                    td { (time(&state, d.started_ms as i64)) }
+                    td { @match &d.drain {
+                        Some(drain) => { (drain.messages) " / " (drain.drain_ms.map_or("-".to_string(), |ms| format!("{:.1} s", ms as f64 / 1000.0))) }
+                        None => { "…" }
+                    } }
+                    td { (d.problems.len()) }
+                }
+            } }
+        }
+    };
+    page(&state, &viewer, lang.t("drills.title"), body)
+}
+
+pub async fn drill_report(
+    State(state): State<Shared>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(denied) = viewer.require_admin() {
+        return denied;
+    }
+    let lang = viewer.lang;
+    let Some(drill) = state.drills.as_ref().and_then(|d| d.report(&id)) else {
+        return pages::not_found(lang);
+    };
+    let drain = drill.drain.clone().unwrap_or_default();
+    let body = html! {
+        p { a href="/admin/drills" { "← " (lang.t("drills.title")) } }
+        h1 { (drill.id) }
+        dl.headers {
+            dt { (lang.t("col.upstream")) } dd { code { (drill.upstream) } }
+            dt { (lang.t("col.started")) } dd { (time(&state, drill.started_ms as i64)) " — " (drill.started_by) }
+            @if let Some(end) = drill.finished_ms { dt { "Finished" } dd { (time(&state, end as i64)) " — " (drill.finished_by.clone().unwrap_or_default()) } }
+            dt { "Queue" } dd { (drill.queue_at_start) " → max " (drill.max_queue_depth) }
+            dt { (lang.t("drills.drain")) } dd {
+                (drain.messages) " messages, " (drain.delivered) " delivered, " (drain.failed) " failed, " (drain.waiting) " waiting; "
+                (drain.drain_ms.map_or("not finished".to_string(), |ms| format!("{:.1} s", ms as f64 / 1000.0)))
+            }
+            dt { "Probe" } dd { @if drill.probe_id.is_none() { "—" } @else if drain.probe_delivered { "delivered ✓" } @else { "NOT confirmed" } }
+        }
+        h2 { (lang.t("drills.problems")) }
+        @if drill.problems.is_empty() { p { "—" } }
+        ul { @for p in &drill.problems { li.error { (p) } } }
+        h2 { "Timeline" }
+        table { tbody { @for (ms, what) in &drill.timeline { tr { td { (time(&state, *ms as i64)) } td { (what) } } } } }
+        h2 { "Self-check" }
+        table { tbody { @for f in &drill.self_check {
+            tr { td { (f.subject) } td { code { (f.check) } } td { span class={ "badge " (format!("{:?}", f.level).to_lowercase()) } { (format!("{:?}", f.level).to_lowercase()) } } td { (f.detail) } }
+        } } }
+    };
+    page(&state, &viewer, &drill.id, body)
+}

@@ -61,6 +61,8 @@ pub struct WebState {
     pub throttle: Throttle,
     pub second_factor: SecondFactor,
     pub audit: Arc<AuditLog>,
+    /// Failover drills (banner, admin pages), when the server runs them.
+    pub drills: Option<Arc<crate::drill::drills::Drills>>,
     summaries: summaries::SummaryCache,
     offset: time::UtcOffset,
 }
@@ -71,6 +73,7 @@ impl WebState {
         spool: Spool,
         delivery: Option<DeliveryHandle>,
         audit: Arc<AuditLog>,
+        drills: Option<Arc<crate::drill::drills::Drills>>,
     ) -> WebState {
         WebState {
             accounts: Accounts::new(&config.users_file),
@@ -89,6 +92,7 @@ impl WebState {
             spool,
             delivery,
             audit,
+            drills,
         }
     }
 
@@ -125,6 +129,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/admin/upstreams/{name}/action"),
     ("get", "/admin/audit"),
     ("get", "/admin/sessions"),
+    ("get", "/admin/drills"),
+    ("get", "/admin/drills/{id}"),
     ("post", "/admin/sessions/revoke"),
 ];
 
@@ -158,6 +164,8 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/admin/audit", get(admin_pages::audit))
         .route("/admin/sessions", get(admin_pages::sessions))
+        .route("/admin/drills", get(admin_pages::drills))
+        .route("/admin/drills/{id}", get(admin_pages::drill_report))
         .route("/admin/sessions/revoke", post(admin_pages::revoke_session))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)

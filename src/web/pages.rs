@@ -166,6 +166,16 @@ fn banner(state: &WebState, viewer: &Viewer) -> Option<Markup> {
             }
         })
         .collect();
+    let mut lines = lines;
+    if let Some(drill) = state.drills.as_ref().and_then(|d| d.current()) {
+        lines.insert(
+            0,
+            fill_markup(
+                lang.t("banner.drill"),
+                &[html! { (drill.id) }, time(state, drill.started_ms as i64)],
+            ),
+        );
+    }
     if lines.is_empty() {
         return None;
     }
@@ -201,6 +211,7 @@ pub fn page(state: &WebState, viewer: &Viewer, title: &str, body: Markup) -> Res
                             a href="/admin/upstreams" { (lang.t("nav.upstreams")) }
                             a href="/admin/audit" { (lang.t("nav.audit")) }
                             a href="/admin/sessions" { (lang.t("nav.sessions")) }
+                            a href="/admin/drills" { (lang.t("nav.drills")) }
                         }
                     }
                     div.who {

@@ -14,8 +14,8 @@ pub mod sink;
 pub mod web;
 
 use breakwater::config::{
-    AdminConfig, AlertsConfig, Config, DeliveryConfig, DnsConfig, DomainConfig, SmtpConfig,
-    SpoolConfig, UpstreamTls, WebConfig,
+    AdminConfig, AlertsConfig, Config, DeliveryConfig, DnsConfig, DomainConfig, DrillConfig,
+    SmtpConfig, SpoolConfig, UpstreamTls, WebConfig,
 };
 use breakwater::server::Server;
 
@@ -69,6 +69,9 @@ impl Fixture {
                 ..AlertsConfig::default()
             },
             alert_targets: Vec::new(),
+            drill: DrillConfig {
+                reports_dir: root.join("drills"),
+            },
             web: WebConfig {
                 listen: "127.0.0.1:0".parse().expect("addr"),
                 users_file: root.join("users.json"),

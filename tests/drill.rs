@@ -1,0 +1,247 @@
+//! A full failover drill against the real server, a scripted upstream and
+//! the real `breakwater drill` CLI: start → mail spools and the probe is
+//! visible in the web mailbox → finish → drained → report.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use breakwater::admin::auth::{self, Role};
+use breakwater::config::UpstreamTls;
+use common::dns::{TestDns, Zone};
+use common::sink::{Script, Sink};
+use common::web::*;
+use common::*;
+use serde_json::{json, Value};
+
+struct Api {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.token);
+        let response = match method {
+            "GET" => self.agent.get(&url).header("Authorization", &auth).call(),
+            _ => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_json(body.unwrap_or(json!({}))),
+        };
+        let mut response = response.unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+fn cli(config: &std::path::Path, token: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_breakwater"))
+        .arg("--config")
+        .arg(config)
+        .arg("drill")
+        .args(args)
+        .env("BREAKWATER_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn failover_drill_end_to_end() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (upstream, dns) = rt.block_on(async {
+        (
+            Sink::start("127.0.0.1:0", Script::default()).await,
+            TestDns::start(Zone::default()).await,
+        )
+    });
+    let mut fixture = Fixture::new();
+    fixture.config.delivery.enabled = true;
+    fixture.config.domains[0].upstream = upstream.addr.to_string();
+    fixture.config.domains[0].tls = UpstreamTls::None;
+    fixture.config.domains.truncate(1);
+    fixture.config.dns.nameservers = vec![dns.addr];
+    let users = fixture.config.web.users_file.clone();
+    add_user(&users, "alice@example.com", &[], false, false);
+    let admin_secret = add_user(&users, "admin@example.com", &[], true, true).unwrap();
+    let token = auth::create(&fixture.config.admin.tokens_file, "drill-test", Role::Admin).unwrap();
+    let server = rt.block_on(fixture.start());
+    // The CLI finds the running server through the config.
+    fixture.config.admin.listen = server.admin_addr.unwrap();
+    let config = fixture.write_config();
+    let api = Api {
+        base: format!("http://{}", server.admin_addr.unwrap()),
+        token: token.clone(),
+        agent: ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_idle_connections(0)
+            .build()
+            .into(),
+    };
+    assert_eq!(api.call("GET", "/api/v1/drills/current", None).0, 404);
+
+    // Start, with a probe to a user who has a web account.
+    let (ok, out) = cli(
+        &config,
+        &token,
+        &[
+            "start",
+            "--probe-to",
+            "alice@example.com",
+            "--reason",
+            "quarterly rehearsal",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("started") && out.contains("probe message"),
+        "{out}"
+    );
+    let (status, again) = api.call("POST", "/api/v1/drills/start", Some(json!({})));
+    assert_eq!(status, 409, "one drill at a time: {again}");
+    for i in 0..5 {
+        let mut c = RawClient::greeted(server.smtp_addrs[0]);
+        c.expect("EHLO drill.test", 250);
+        assert_eq!(
+            c.send_mail(
+                "s@remote.test",
+                &[&format!("user{i}@example.com")],
+                format!("Subject: m{i}\r\n\r\nx\r\n").as_bytes()
+            )
+            .code,
+            250
+        );
+    }
+    let (status, s) = api.call("GET", "/api/v1/drills/current", None);
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["spooled_since_start"], 6, "5 messages + the probe: {s}");
+    assert_eq!(s["probe_in_spool"], true);
+    assert_eq!(s["probe_visible_in_mailbox"], true);
+    assert_eq!(s["drill"]["reason"], "quarterly rehearsal");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        upstream.delivered().is_empty(),
+        "nothing is delivered while the drill holds the upstream"
+    );
+    let (_, out) = cli(&config, &token, &["status"]);
+    assert!(
+        out.contains("probe in mailbox:    yes") && out.contains("spooled since start: 6"),
+        "{out}"
+    );
+    // The user sees the banner and the probe in the web reader.
+    let mut alice = WebClient::new(server.web_addr.unwrap());
+    alice.login_fully("alice@example.com", None);
+    let mailbox = alice.get("/mail").text();
+    assert!(
+        mailbox.contains("failover drill is in progress"),
+        "{mailbox}"
+    );
+    assert!(
+        mailbox.contains("Breakwater failover drill drill-"),
+        "{mailbox}"
+    );
+
+    // Finish: released, drained, report.
+    let id = s["drill"]["id"].as_str().unwrap().to_string();
+    let (ok, out) = cli(&config, &token, &["finish"]);
+    assert!(ok, "{out}");
+    assert!(
+        wait_for(Duration::from_secs(15), || upstream.delivered().len() == 6),
+        "drained: {}",
+        upstream.delivered().len()
+    );
+    let mut report = Value::Null;
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            report = api.call("GET", &format!("/api/v1/drills/{id}"), None).1;
+            report["drain"].is_object()
+        }),
+        "{report}"
+    );
+    let drain = &report["drain"];
+    assert_eq!(drain["messages"], 6, "{report}");
+    assert_eq!(drain["delivered"], 6, "{report}");
+    assert_eq!(drain["failed"], 0);
+    assert_eq!(drain["waiting"], 0);
+    assert_eq!(drain["probe_delivered"], true);
+    let drain_ms = drain["drain_ms"].as_u64().expect("drain time");
+    assert!(drain_ms < 15_000, "{drain_ms}");
+    assert!(report["max_queue_depth"].as_u64().unwrap() >= 6, "{report}");
+    assert!(
+        report["self_check"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty()),
+        "self-check taken at start: {report}"
+    );
+    let markdown = report["markdown"].as_str().unwrap();
+    assert!(
+        markdown.contains("6 messages, 6 delivered, 0 failed")
+            && markdown.contains("Probe delivered: yes"),
+        "{markdown}"
+    );
+    let (_, out) = cli(&config, &token, &["list"]);
+    assert!(out.contains(&id), "{out}");
+    let (_, out) = cli(&config, &token, &["show", &id]);
+    assert!(out.contains(&format!("# Failover drill {id}")), "{out}");
+    assert!(
+        !alice
+            .get("/mail")
+            .text()
+            .contains("failover drill is in progress"),
+        "banner gone"
+    );
+    // The web admin shows the report.
+    let mut admin = WebClient::new(server.web_addr.unwrap());
+    admin.login_fully("admin@example.com", Some(&admin_secret));
+    let page = admin.get(&format!("/admin/drills/{id}"));
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("6 delivered"), "{}", page.text());
+    assert!(admin.get("/admin/drills").text().contains(&id));
+    assert_eq!(admin.get("/admin/drills/..%2Fcurrent").status, 404);
+
+    // Auto-finish after --duration.
+    let (status, d) = api.call(
+        "POST",
+        "/api/v1/drills/start",
+        Some(json!({"duration": "1s"})),
+    );
+    assert_eq!(status, 200, "{d}");
+    assert!(wait_for(Duration::from_secs(10), || api
+        .call("GET", "/api/v1/drills/current", None)
+        .0
+        == 404));
+    let auto = api
+        .call(
+            "GET",
+            &format!("/api/v1/drills/{}", d["id"].as_str().unwrap()),
+            None,
+        )
+        .1;
+    assert_eq!(auto["finished_by"], "auto (duration elapsed)", "{auto}");
+    let audit = std::fs::read_to_string(&fixture.config.admin.audit_log).unwrap();
+    assert!(
+        audit.contains("\"action\":\"drill-start\"")
+            && audit.contains("\"action\":\"drill-finish\"")
+    );
+    rt.block_on(server.shutdown());
+}
