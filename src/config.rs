@@ -237,6 +237,9 @@ pub struct WebConfig {
     pub retain_delivered: Duration,
     /// Messages per mailbox page.
     pub page_size: usize,
+    /// The address users open to read their mail, for outage notices
+    /// (e.g. "https://mx2.contoso.com:8443/"); empty = not said.
+    pub public_url: String,
     /// What users call the upstream in the status badge and outage banner.
     pub upstream_label: String,
     /// UI language when the browser states no preference: "en" or "ja".
@@ -264,6 +267,7 @@ impl Default for WebConfig {
             lockout_duration: Duration::from_secs(15 * 60),
             retain_delivered: Duration::ZERO,
             page_size: 50,
+            public_url: String::new(),
             upstream_label: "Exchange Online".to_string(),
             default_language: "en".to_string(),
             utc_offset: "+00:00".to_string(),

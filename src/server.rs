@@ -148,10 +148,30 @@ impl Server {
             (None, None)
         };
         if config.alerts.enabled {
+            let accounts = crate::web::accounts::Accounts::new(&config.web.users_file);
+            let router = delivery.as_ref().map(|d| (**d).clone());
+            let users: crate::drill::alerts::UserNotices = Box::new(move |upstream| {
+                let Some(router) = &router else {
+                    return Vec::new();
+                };
+                accounts
+                    .snapshot()
+                    .values()
+                    .filter(|a| !a.disabled)
+                    .filter_map(|a| {
+                        let url = a.notify_webhook.clone()?;
+                        a.addresses()
+                            .filter_map(|addr| addr.rsplit_once('@'))
+                            .any(|(_, domain)| router.upstream_for(domain) == upstream)
+                            .then(|| (a.address.clone(), url))
+                    })
+                    .collect()
+            });
             tokio::spawn(crate::drill::alerts::run(
                 config.clone(),
                 spool.clone(),
                 delivery.as_ref().map(|d| (**d).clone()),
+                users,
                 shutdown_rx.clone(),
             ));
         }

@@ -110,6 +110,28 @@ fn upstream_outage_is_alerted_repeated_and_recovered() {
             route: Some(relay.addr.to_string()),
         },
     ];
+    // A user who wants to be told where to read mail during an outage.
+    let (user_url, user_hook) = webhook_receiver();
+    fixture.config.web.public_url = "https://mx2.test.example:8443/".into();
+    common::web::add_user(
+        &fixture.config.web.users_file,
+        "alice@example.com",
+        &[],
+        false,
+        false,
+    );
+    common::web::add_user(
+        &fixture.config.web.users_file,
+        "bob@example.com",
+        &[],
+        false,
+        false,
+    );
+    breakwater::web::accounts::update(&fixture.config.web.users_file, "alice@example.com", |a| {
+        a.notify_webhook = Some(user_url.clone());
+        Ok(())
+    })
+    .unwrap();
     let server = rt.block_on(fixture.start());
     let name = upstream.addr.to_string();
 
@@ -150,6 +172,21 @@ fn upstream_outage_is_alerted_repeated_and_recovered() {
             .unwrap()
             .contains("probes in a row failed"),
         "{down}"
+    );
+    // The user with a notice webhook is told where to read mail, once.
+    assert!(wait_for(Duration::from_secs(5), || !user_hook
+        .lock()
+        .unwrap()
+        .is_empty()));
+    let notice = user_hook.lock().unwrap()[0].1.clone();
+    assert_eq!(notice["event"], "user-outage-notice");
+    assert_eq!(notice["user"], "alice@example.com");
+    assert!(
+        notice["text"]
+            .as_str()
+            .unwrap()
+            .contains("https://mx2.test.example:8443/"),
+        "{notice}"
     );
     // Mail piles up while it is down: the queue-depth alert fires too.
     for i in 0..3 {
@@ -207,6 +244,11 @@ fn upstream_outage_is_alerted_repeated_and_recovered() {
     assert!(wait_for(Duration::from_secs(10), || events(&json_hook)
         .contains(&"queue-depth-recovered".to_string())));
 
+    assert_eq!(
+        user_hook.lock().unwrap().len(),
+        1,
+        "one notice per outage, not per repeat"
+    );
     // Slack/Teams-style receiver got {"text": …} lines.
     let texts: Vec<String> = text_hook
         .lock()

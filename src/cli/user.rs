@@ -64,6 +64,12 @@ pub enum UserCommand {
     TotpRemove {
         address: String,
     },
+    /// Where to tell this user that an outage started and where to read
+    /// mail (a webhook, e.g. in front of an SMS gateway); "" removes it.
+    SetNotify {
+        address: String,
+        webhook: String,
+    },
 }
 
 fn read_password(from_stdin: bool) -> Result<String, String> {
@@ -219,6 +225,19 @@ pub fn run(config: &Config, command: UserCommand) -> ExitCode {
                 }),
             )
         }
+        UserCommand::SetNotify { address, webhook } => report(
+            accounts::update(path, &address, |a| {
+                if webhook.is_empty() {
+                    a.notify_webhook = None;
+                } else if webhook.starts_with("https://") || webhook.starts_with("http://") {
+                    a.notify_webhook = Some(webhook.clone());
+                } else {
+                    return Err(AccountError::Invalid(format!("{webhook:?} is not an http(s) URL")));
+                }
+                Ok(())
+            })
+            .map(|a| format!("outage notices for {} go to {}", a.address, a.notify_webhook.as_deref().unwrap_or("(nobody)"))),
+        ),
         UserCommand::TotpRemove { address } => report(
             accounts::update(path, &address, |a| {
                 if a.admin {

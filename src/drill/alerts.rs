@@ -62,10 +62,16 @@ struct Watch {
     active: HashMap<String, Active>,
 }
 
+/// For an upstream that went down: (user address, their notice webhook) of
+/// every user whose mail goes there. Given by the composition root, which
+/// knows the web accounts.
+pub type UserNotices = Box<dyn Fn(&str) -> Vec<(String, String)> + Send + Sync>;
+
 pub async fn run(
     config: Config,
     spool: Spool,
     delivery: Option<DeliveryHandle>,
+    users: UserNotices,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut watch = Watch::default();
@@ -74,7 +80,35 @@ pub async fn run(
             _ = tokio::time::sleep(config.alerts.check_interval) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        round(&config, &spool, delivery.as_ref(), &mut watch).await;
+        let started = round(&config, &spool, delivery.as_ref(), &mut watch).await;
+        for upstream in started {
+            notify_users(&config, &users(&upstream), &upstream).await;
+        }
+    }
+}
+
+/// Tell the affected users where to read their mail (once per outage).
+async fn notify_users(config: &Config, users: &[(String, String)], upstream: &str) {
+    for (address, url) in users {
+        let label = &config.web.upstream_label;
+        let text = if config.web.public_url.is_empty() {
+            format!("{label} is not accepting mail right now. Your mail is safe and kept by Breakwater; ask IT how to read it.")
+        } else {
+            format!("{label} is not accepting mail right now. Your mail is safe: read it at {} (sign in with your Breakwater password).", config.web.public_url)
+        };
+        let notice = serde_json::json!({
+            "event": "user-outage-notice",
+            "user": address,
+            "upstream": upstream,
+            "read_at": config.web.public_url,
+            "text": text,
+        });
+        match post_json(url.clone(), notice).await {
+            Ok(()) => tracing::info!(user = %address, upstream, "outage notice sent to user"),
+            Err(err) => {
+                tracing::warn!(user = %address, error = %err, "outage notice to user failed")
+            }
+        }
     }
 }
 
@@ -129,12 +163,14 @@ async fn probe(hosts: &[(String, u16)], timeout: Duration) -> Result<(), String>
     Err(last)
 }
 
+/// One look at everything; returns the upstreams whose outage just started.
 async fn round(
     config: &Config,
     spool: &Spool,
     delivery: Option<&DeliveryHandle>,
     watch: &mut Watch,
-) {
+) -> Vec<String> {
+    let mut started = Vec::new();
     let now = now_ms();
     let depth = spool.len();
     let oldest_age_ms = spool
@@ -193,10 +229,12 @@ async fn round(
                 ));
             }
         }
+        let key = format!("upstream:{name}");
+        let was_down = watch.active.contains_key(&key);
         update(
             config,
             watch,
-            &format!("upstream:{name}"),
+            &key,
             &name,
             down_reason,
             depth,
@@ -204,6 +242,9 @@ async fn round(
             "upstream",
         )
         .await;
+        if !was_down && watch.active.contains_key(&key) {
+            started.push(name);
+        }
     }
     let limit = config.alerts.queue_depth;
     let deep =
@@ -242,6 +283,7 @@ async fn round(
     for key in watch.active.keys() {
         metrics.alert_active(key, true);
     }
+    started
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -342,11 +384,14 @@ async fn send(config: &Config, notice: &Notice) {
 }
 
 async fn webhook(target: &AlertTarget, notice: &Notice) -> Result<(), String> {
-    let url = target.url.clone().unwrap_or_default();
     let body = match target.format {
         WebhookFormat::Json => serde_json::to_value(notice).map_err(|e| e.to_string())?,
         WebhookFormat::Text => serde_json::json!({ "text": notice.text }),
     };
+    post_json(target.url.clone().unwrap_or_default(), body).await
+}
+
+async fn post_json(url: String, body: serde_json::Value) -> Result<(), String> {
     tokio::task::spawn_blocking(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(10)))

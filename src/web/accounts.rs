@@ -44,6 +44,10 @@ pub struct Account {
     /// re-enabling) are no longer accepted.
     #[serde(default)]
     pub sessions_valid_after_ms: u64,
+    /// Told (JSON POST) when an outage starts, with where to read mail:
+    /// a webhook in front of an SMS gateway or a chat on another service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_webhook: Option<String>,
 }
 
 impl Account {
@@ -282,6 +286,7 @@ pub fn add(
             totp_secret: None,
             created_ms: now_ms(),
             sessions_valid_after_ms: 0,
+            notify_webhook: None,
         };
         accounts.insert(address.clone(), account.clone());
         Ok(account)
