@@ -302,13 +302,12 @@ impl Drills {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let depth = self.spool.len();
-                let running = self.update(|d| {
-                    if d.id == id {
-                        d.max_queue_depth = d.max_queue_depth.max(depth);
-                    }
-                });
-                if running.is_err() || self.current().is_none_or(|d| d.id != id) {
+                let Some(drill) = self.current().filter(|d| d.id == id) else {
                     return;
+                };
+                // Written only when the peak grows: not twice a second.
+                if depth > drill.max_queue_depth {
+                    let _ = self.update(|d| d.max_queue_depth = depth);
                 }
                 if until.is_some_and(|t| now_ms() >= t) {
                     if let Err(e) = self.finish("auto (duration elapsed)", "-").await {
