@@ -32,6 +32,8 @@ pub struct Config {
     #[serde(default)]
     pub web: WebConfig,
     #[serde(default)]
+    pub trust: TrustConfig,
+    #[serde(default)]
     pub drill: DrillConfig,
     #[serde(default)]
     pub alerts: AlertsConfig,
@@ -271,6 +273,25 @@ impl Default for WebConfig {
             upstream_label: "Exchange Online".to_string(),
             default_language: "en".to_string(),
             utc_offset: "+00:00".to_string(),
+        }
+    }
+}
+
+/// Verdicts about inbound mail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustConfig {
+    /// Score every message for outage-themed phishing (never blocks mail).
+    pub lure_scoring: bool,
+    /// Domains known to be newly registered (no live whois); links to them score.
+    pub recent_domains: Vec<String>,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        TrustConfig {
+            lure_scoring: true,
+            recent_domains: Vec::new(),
         }
     }
 }

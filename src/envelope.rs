@@ -83,6 +83,10 @@ pub struct Envelope {
     pub received_at_ms: u64,
     /// Bytes of the spooled message, including our Received header.
     pub size: u64,
+    /// The outage-lure score taken at intake (absent: not scored, e.g.
+    /// bodies too large to score in memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lure: Option<crate::trust::lure::LureVerdict>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,6 +17,7 @@
 //! - [`admin`]: the admin HTTP API (queue inspection and actions, upstreams,
 //!   queue shape, health, metrics) with bearer tokens and a hash-chained audit log.
 //! - [`web`]: the web reader for users (their spooled mail) and admins.
+//! - [`trust`]: verdicts about a message (outage-lure score).
 //! - [`drill`]: the deployment self-check (and, later, drills and alerts).
 //! - [`metrics`]: Prometheus counters/histograms shared by the stages.
 //! - [`server`]: wires the stages together for `serve` and for tests.
@@ -35,4 +36,5 @@ pub mod policy;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod trust;
 pub mod web;

@@ -72,6 +72,12 @@ impl Server {
             spool: spool.clone(),
             policy: policy.clone(),
             tls: tls.clone(),
+            lure: config.trust.lure_scoring.then(|| {
+                Arc::new(crate::trust::lure::LureContext {
+                    own_domains: config.domains.iter().map(|d| d.name.clone()).collect(),
+                    recent_domains: config.trust.recent_domains.clone(),
+                })
+            }),
         };
         let smtp = SmtpServer::bind(ctx).await?;
         let smtp_addrs = smtp.local_addrs();

@@ -185,7 +185,10 @@ fn failover_drill_end_to_end() {
     assert_eq!(drain["waiting"], 0);
     assert_eq!(drain["probe_delivered"], true);
     let drain_ms = drain["drain_ms"].as_u64().expect("drain time");
-    println!("drill drain: {} messages in {drain_ms} ms", drain["messages"]);
+    println!(
+        "drill drain: {} messages in {drain_ms} ms",
+        drain["messages"]
+    );
     assert!(drain_ms < 15_000, "{drain_ms}");
     assert!(report["max_queue_depth"].as_u64().unwrap() >= 6, "{report}");
     assert!(

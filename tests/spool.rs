@@ -40,6 +40,7 @@ fn envelope(rcpts: &[&str]) -> Envelope {
         },
         received_at_ms: now_ms(),
         size: 0,
+        lure: None,
     }
 }
 

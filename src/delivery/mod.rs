@@ -311,6 +311,16 @@ impl Engine {
         };
         let mut state = message.state.clone();
         let envelope = &message.envelope;
+        // Exchange Online transport rules can act on the intake verdict.
+        let body = match envelope.lure.as_ref().filter(|v| v.score > 0) {
+            Some(verdict) => {
+                let mut marked =
+                    format!("X-Breakwater-Lure: {}\r\n", verdict.header_value()).into_bytes();
+                marked.extend_from_slice(&body);
+                marked
+            }
+            None => body,
+        };
 
         // Pending recipients, grouped by upstream (one transaction each).
         let mut groups: BTreeMap<String, (route::Route, String, Vec<usize>)> = BTreeMap::new();
@@ -675,6 +685,7 @@ impl Engine {
                 },
                 received_at_ms: now_ms(),
                 size: 0,
+                lure: None,
             };
             let queued = match written {
                 Ok(()) => self.spool.enqueue(dsn_body, dsn_envelope).await,

@@ -206,6 +206,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let nrcpt = tx.recipients.len();
         let size = body.len();
         let sender = tx.sender.clone();
+        // Scored from memory only: a spilled (large) body is not read back.
+        let lure = match (&self.ctx.lure, body.in_memory()) {
+            (Some(context), Some(raw)) => Some(crate::trust::lure::score(raw, context, &sender)),
+            _ => None,
+        };
         let envelope = Envelope {
             sender: tx.sender,
             recipients: tx.recipients,
@@ -221,6 +226,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             },
             received_at_ms: now_ms(),
             size: 0,
+            lure,
         };
         let started = std::time::Instant::now();
         match self.ctx.spool.enqueue(body, envelope).await {

@@ -39,6 +39,8 @@ pub struct SmtpContext {
     pub spool: Spool,
     pub policy: Arc<RwLock<Arc<RecipientPolicy>>>,
     pub tls: tls::TlsHandle,
+    /// Outage-lure scoring at intake (`[trust] lure_scoring`).
+    pub lure: Option<Arc<crate::trust::lure::LureContext>>,
 }
 
 impl SmtpContext {

@@ -45,6 +45,11 @@ impl MessageBody {
         self.len
     }
 
+    /// The whole body, while it is still held in memory (not spilled).
+    pub fn in_memory(&self) -> Option<&[u8]> {
+        self.spill.is_none().then_some(self.memory.as_slice())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

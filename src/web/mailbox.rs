@@ -153,6 +153,7 @@ pub async fn list(
                                     @if summary.subject.is_empty() { (lang.t("message.no_subject")) } @else { (summary.subject) }
                                 }
                                 @if summary.has_attachments { " " span.clip title=(lang.t("col.attachment")) aria-label=(lang.t("col.attachment")) { "📎" } }
+                                @if message.envelope.lure.as_ref().is_some_and(|v| v.is_flagged()) { " " span.badge.failed.lure title=(lang.t("lure.short")) { "⚠ " (lang.t("lure.short")) } }
                             }
                             td.date data-label=(lang.t("col.date")) { (time(&state, summary.date_ms.unwrap_or(message.envelope.received_at_ms as i64))) }
                             td.size data-label=(lang.t("col.size")) { (size(message.envelope.size)) }
@@ -274,6 +275,13 @@ pub async fn show(
                 @if !rendered.cc.is_empty() { dt { (lang.t("col.cc")) } dd { (rendered.cc) } }
                 dt { (lang.t("col.date")) } dd { (time(&state, rendered.date_ms.unwrap_or(message.envelope.received_at_ms as i64))) }
                 dt { (lang.t("col.status")) } dd { span class={ "badge " (badge_class) } { (badge_text) } }
+            }
+            @if let Some(verdict) = message.envelope.lure.as_ref().filter(|v| v.is_flagged()) {
+                div.lure role="alert" {
+                    strong { (lang.t("lure.title")) }
+                    " " (lang.t("lure.explain"))
+                    ul { @for reason in &verdict.reasons { li { (lang.t(&format!("lure.reason.{reason}"))) } } }
+                }
             }
             nav.views {
                 @if rendered.has_html {

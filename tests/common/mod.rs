@@ -15,7 +15,7 @@ pub mod web;
 
 use breakwater::config::{
     AdminConfig, AlertsConfig, Config, DeliveryConfig, DnsConfig, DomainConfig, DrillConfig,
-    SmtpConfig, SpoolConfig, UpstreamTls, WebConfig,
+    SmtpConfig, SpoolConfig, TrustConfig, UpstreamTls, WebConfig,
 };
 use breakwater::server::Server;
 
@@ -69,6 +69,7 @@ impl Fixture {
                 ..AlertsConfig::default()
             },
             alert_targets: Vec::new(),
+            trust: TrustConfig::default(),
             drill: DrillConfig {
                 reports_dir: root.join("drills"),
             },

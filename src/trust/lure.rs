@@ -1,0 +1,306 @@
+//! Outage-lure scoring: does this message look like the phishing that
+//! arrives while Microsoft 365 is down ("restore your mailbox", "verify your
+//! account", 「パスワード再設定」)?
+//!
+//! A transparent sum of named signals, not a black box: every point comes
+//! with a reason an IT team can read (and a test can check). It never
+//! deletes or rejects anything; it marks the message in the spool, the web
+//! reader warns, and delivery adds `X-Breakwater-Lure` for transport rules.
+
+use std::collections::BTreeSet;
+
+use mail_parser::{MessageParser, MimeHeaders};
+use serde::{Deserialize, Serialize};
+
+/// At or above this, the web reader shows the warning banner.
+pub const BANNER_THRESHOLD: u32 = 6;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LureVerdict {
+    pub score: u32,
+    pub reasons: Vec<String>,
+}
+
+impl LureVerdict {
+    pub fn is_flagged(&self) -> bool {
+        self.score >= BANNER_THRESHOLD
+    }
+
+    /// The header delivery adds: `score=7; reasons=brand-words,credential-form`.
+    pub fn header_value(&self) -> String {
+        format!("score={}; reasons={}", self.score, self.reasons.join(","))
+    }
+}
+
+/// What the scorer knows besides the message.
+#[derive(Debug, Clone, Default)]
+pub struct LureContext {
+    /// The organisation's own domains (mail claiming to be from them is checked).
+    pub own_domains: Vec<String>,
+    /// Domains registered recently (operator-supplied list; no live whois).
+    pub recent_domains: Vec<String>,
+}
+
+const BRAND_WORDS: &[&str] = &[
+    "microsoft",
+    "office 365",
+    "office365",
+    "microsoft 365",
+    "m365",
+    "outlook",
+    "exchange",
+    "teams",
+    "onedrive",
+    "sharepoint",
+    "helpdesk",
+    "help desk",
+    "it support",
+    "it department",
+    "administrator",
+    "マイクロソフト",
+    "アウトルック",
+    "情報システム部",
+    "ヘルプデスク",
+    "管理者",
+];
+const ACTION_WORDS: &[&str] = &[
+    "password",
+    "verify",
+    "verification",
+    "restore",
+    "reactivate",
+    "suspended",
+    "unlock",
+    "reschedule",
+    "rescheduled",
+    "status page",
+    "service status",
+    "mailbox full",
+    "quarantine",
+    "sign in to",
+    "log in to",
+    "validate",
+    "expire",
+    "パスワード",
+    "復旧",
+    "再設定",
+    "アカウント確認",
+    "会議の変更",
+    "認証",
+    "ロック",
+    "有効期限",
+    "再開",
+    "本人確認",
+    "サインイン",
+];
+const BRAND_DOMAINS: &[&str] = &[
+    "microsoft",
+    "office",
+    "outlook",
+    "live",
+    "sharepoint",
+    "onedrive",
+];
+/// Registrable domains the brand words legitimately link to.
+const BRAND_HOMES: &[&str] = &[
+    "microsoft.com",
+    "office.com",
+    "outlook.com",
+    "live.com",
+    "sharepoint.com",
+    "onedrive.com",
+    "microsoftonline.com",
+    "office365.com",
+    "windows.net",
+    "azure.com",
+];
+
+fn contains_any(text: &str, words: &[&str]) -> Option<String> {
+    let lower = text.to_lowercase();
+    words
+        .iter()
+        .find(|w| lower.contains(*w))
+        .map(|w| w.to_string())
+}
+
+/// The last two labels (good enough for the look-alike check; no PSL).
+fn registrable(host: &str) -> String {
+    let labels: Vec<&str> = host.trim_end_matches('.').split('.').collect();
+    labels[labels.len().saturating_sub(2)..]
+        .join(".")
+        .to_lowercase()
+}
+
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map_or("", |(_, d)| d)
+        .trim_end_matches('>')
+        .to_lowercase()
+}
+
+fn host_of(url: &str) -> Option<String> {
+    let rest = url.trim().split_once("://")?.1;
+    let host = rest.split(['/', '?', '#']).next()?;
+    let host = host.rsplit('@').next()?.split(':').next()?;
+    (!host.is_empty()).then(|| host.to_lowercase())
+}
+
+/// (href, visible text) of every link, from the sanitised-for-reading HTML.
+fn links(html: &str) -> Vec<(String, String)> {
+    let lower = html.to_lowercase();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(start) = lower[at..].find("<a ") {
+        let start = at + start;
+        let Some(tag_end) = lower[start..].find('>') else {
+            break;
+        };
+        let tag = &html[start..start + tag_end];
+        let close = lower[start..]
+            .find("</a>")
+            .map_or(lower.len(), |c| start + c);
+        let text_start = (start + tag_end + 1).min(close);
+        let href = tag
+            .to_lowercase()
+            .find("href=")
+            .map(|h| {
+                let value = &tag[h + 5..];
+                let quote = value.chars().next().unwrap_or(' ');
+                if quote == '"' || quote == '\'' {
+                    value[1..].split(quote).next().unwrap_or("").to_string()
+                } else {
+                    value.split([' ', '>']).next().unwrap_or("").to_string()
+                }
+            })
+            .unwrap_or_default();
+        let text = strip_tags(&html[text_start..close]);
+        out.push((href, text));
+        at = close.max(start + 1);
+    }
+    out
+}
+
+fn strip_tags(html: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.trim().to_string()
+}
+
+/// Score a message; `envelope_sender` is its MAIL FROM.
+pub fn score(raw: &[u8], context: &LureContext, envelope_sender: &str) -> LureVerdict {
+    let mut reasons: BTreeSet<(u32, &'static str)> = BTreeSet::new();
+    let Some(message) = MessageParser::default().parse(raw) else {
+        return LureVerdict::default();
+    };
+    let subject = message.subject().unwrap_or("").to_string();
+    let from = message.from().and_then(|a| a.first());
+    let display = from.and_then(|a| a.name()).unwrap_or("").to_string();
+    let from_domain = from
+        .and_then(|a| a.address())
+        .map(domain_of)
+        .unwrap_or_default();
+    let own = |d: &str| {
+        context
+            .own_domains
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(d))
+    };
+    let html = message
+        .body_html(0)
+        .map(|h| h.into_owned())
+        .unwrap_or_default();
+    let text = message
+        .body_text(0)
+        .map(|t| t.into_owned())
+        .unwrap_or_default();
+    let headline = format!("{display}\n{subject}");
+    let brand_in_headline = contains_any(&headline, BRAND_WORDS).is_some();
+    if brand_in_headline {
+        reasons.insert((2, "brand-words"));
+    }
+    if contains_any(&headline, ACTION_WORDS).is_some()
+        || contains_any(&text, ACTION_WORDS).is_some()
+    {
+        reasons.insert((2, "action-words"));
+    }
+    // A display name speaking for Microsoft/IT from a domain that is neither
+    // Microsoft's nor ours.
+    if contains_any(&display, BRAND_WORDS).is_some()
+        && !own(&from_domain)
+        && !BRAND_HOMES.contains(&registrable(&from_domain).as_str())
+    {
+        reasons.insert((2, "display-name-impersonation"));
+    }
+    // Claims to be from our own domain, but the envelope sender is elsewhere
+    // (until DMARC results exist, the plainest spoofing signal).
+    let envelope_domain = domain_of(envelope_sender);
+    if own(&from_domain) && !envelope_domain.is_empty() && !own(&envelope_domain) {
+        reasons.insert((3, "own-domain-spoofed"));
+    }
+    for (href, visible) in links(&html) {
+        let Some(target) = host_of(&href) else {
+            continue;
+        };
+        if let Some(shown) = host_of(&visible).or_else(|| {
+            let v = visible.trim().to_lowercase();
+            let host = v.split(['/', '?', '#']).next().unwrap_or("").to_string();
+            (host.contains('.') && !host.contains(' ')).then_some(host)
+        }) {
+            if registrable(&shown) != registrable(&target) {
+                reasons.insert((3, "link-text-mismatch"));
+            }
+        }
+        if target.split('.').any(|label| label.starts_with("xn--")) {
+            reasons.insert((3, "punycode-link"));
+        }
+        let home = registrable(&target);
+        if !BRAND_HOMES.contains(&home.as_str())
+            && BRAND_DOMAINS.iter().any(|b| {
+                home.contains(b)
+                    || home
+                        .replace('0', "o")
+                        .replace("rn", "m")
+                        .replace('1', "l")
+                        .contains(b)
+            })
+        {
+            reasons.insert((3, "look-alike-link"));
+        }
+        if context.recent_domains.iter().any(|d| {
+            home == d.to_lowercase() || target.ends_with(&format!(".{}", d.to_lowercase()))
+        }) {
+            reasons.insert((3, "recently-registered-link"));
+        }
+    }
+    let lower_html = html.to_lowercase();
+    if lower_html.contains("<form")
+        && (lower_html.contains("type=\"password\"")
+            || lower_html.contains("type=password")
+            || lower_html.contains("type='password'"))
+    {
+        reasons.insert((4, "credential-form"));
+    }
+    // An HTML attachment that is itself a login page.
+    if message.attachments().any(|a| {
+        a.content_type()
+            .is_some_and(|ct| ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("html")))
+            && String::from_utf8_lossy(a.contents())
+                .to_lowercase()
+                .contains("password")
+    }) {
+        reasons.insert((4, "credential-form"));
+    }
+    LureVerdict {
+        score: reasons.iter().map(|(w, _)| w).sum(),
+        reasons: reasons.iter().map(|(_, r)| r.to_string()).collect(),
+    }
+}
