@@ -208,7 +208,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let sender = tx.sender.clone();
         // Scored from memory only: a spilled (large) body is not read back.
         let lure = match (&self.ctx.lure, body.in_memory()) {
-            (Some(context), Some(raw)) => Some(crate::trust::lure::score(raw, context, &sender)),
+            // A heuristic must never cost a message: a bug in it (hostile
+            // input) leaves the message unscored instead of failing intake.
+            (Some(context), Some(raw)) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::trust::lure::score(raw, context, &sender)
+            }))
+            .map_err(|_| tracing::error!(queue_id = %id, "lure scoring panicked; message accepted unscored"))
+            .ok(),
             _ => None,
         };
         let envelope = Envelope {

@@ -148,7 +148,10 @@ fn host_of(url: &str) -> Option<String> {
 
 /// (href, visible text) of every link, from the sanitised-for-reading HTML.
 fn links(html: &str) -> Vec<(String, String)> {
-    let lower = html.to_lowercase();
+    // ASCII lower-casing keeps every byte offset valid in `html`; Unicode
+    // lower-casing can change lengths ('İ' → "i̇") and broke slicing (found by
+    // the mail_render fuzz target).
+    let lower = html.to_ascii_lowercase();
     let mut out = Vec::new();
     let mut at = 0;
     while let Some(start) = lower[at..].find("<a ") {
@@ -162,7 +165,7 @@ fn links(html: &str) -> Vec<(String, String)> {
             .map_or(lower.len(), |c| start + c);
         let text_start = (start + tag_end + 1).min(close);
         let href = tag
-            .to_lowercase()
+            .to_ascii_lowercase()
             .find("href=")
             .map(|h| {
                 let value = &tag[h + 5..];
@@ -302,5 +305,22 @@ pub fn score(raw: &[u8], context: &LureContext, envelope_sender: &str) -> LureVe
     LureVerdict {
         score: reasons.iter().map(|(w, _)| w).sum(),
         reasons: reasons.iter().map(|(_, r)| r.to_string()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_survive_text_whose_lowercase_is_longer() {
+        // 'İ' lower-cases to two characters: offsets from a Unicode-lowered
+        // copy would not fit the original any more.
+        let html = "İİİİ <a href=\"https://xn--mcrosoft-x0a.com/\">İİ https://login.microsoftonline.com</a> İ <a href='x'>y";
+        let found = links(html);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0].0, "https://xn--mcrosoft-x0a.com/");
+        let regression = include_bytes!("../../fuzz/regressions/mail_render/lure-lowercase-index");
+        let _ = score(regression, &LureContext::default(), "a@b.example");
     }
 }
