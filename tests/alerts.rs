@@ -283,3 +283,45 @@ fn upstream_outage_is_alerted_repeated_and_recovered() {
     );
     rt.block_on(server.shutdown());
 }
+
+#[test]
+fn silent_upstream_is_alerted_by_the_probe_timeout() {
+    // Accepts connections but never greets: the probe must time out, not hang.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let (url, hook) = webhook_receiver();
+    let mut fixture = Fixture::new();
+    fixture.config.alerts.enabled = true;
+    fixture.config.alerts.check_interval = Duration::from_millis(200);
+    fixture.config.delivery.connect_timeout = Duration::from_millis(500);
+    fixture.config.domains[0].upstream = addr.to_string();
+    fixture.config.domains.truncate(1);
+    fixture.config.alert_targets = vec![AlertTarget {
+        kind: AlertKind::Webhook,
+        url: Some(url),
+        format: WebhookFormat::Json,
+        to: None,
+        route: None,
+    }];
+    let (rt, server) = start_in_process(&fixture);
+    let started = Instant::now();
+    assert!(wait_for(Duration::from_secs(10), || events(&hook)
+        .contains(&"upstream-down".to_string())));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let detail = hook.lock().unwrap()[0].1["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(detail.contains("no greeting within"), "{detail}");
+    rt.block_on(server.shutdown());
+}

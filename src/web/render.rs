@@ -475,6 +475,15 @@ mod tests {
     }
 
     #[test]
+    fn euc_jp_body_and_q_encoded_subject_decode() {
+        let mut raw = b"From: a@example.jp\r\nSubject: =?EUC-JP?Q?=A4=B3=A4=F3=A4=CB=A4=C1=A4=CF?=\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=EUC-JP\r\n\r\n".to_vec();
+        raw.extend_from_slice(b"\xa4\xb3\xa4\xf3\xa4\xcb\xa4\xc1\xa4\xcf\r\n");
+        let r = render(&raw);
+        assert_eq!(r.subject, "こんにちは");
+        assert_eq!(r.text.as_deref().map(str::trim), Some("こんにちは"));
+    }
+
+    #[test]
     fn file_names_cannot_escape_or_inject() {
         assert_eq!(safe_file_name("../../etc/passwd", 0), "passwd");
         assert_eq!(safe_file_name("..\\..\\boot.ini", 0), "boot.ini");
