@@ -218,7 +218,9 @@ impl Throttle {
         let mut map = map.lock().expect("throttle lock");
         if map.len() > 100_000 {
             // Bounded memory under a spray from many addresses.
-            map.retain(|_, f| f.locked_until_ms > now || now - f.window_start_ms < window);
+            map.retain(|_, f| {
+                f.locked_until_ms > now || now.saturating_sub(f.window_start_ms) < window
+            });
         }
         let f = map.entry(key.to_string()).or_default();
         if now.saturating_sub(f.window_start_ms) > window {
@@ -312,7 +314,7 @@ impl SecondFactor {
         };
         let now = now_ms() / 1000;
         let mut last = self.last_step.lock().expect("totp lock");
-        for step in [now / 30, now / 30 - 1, now / 30 + 1] {
+        for step in [now / 30, (now / 30).saturating_sub(1), now / 30 + 1] {
             if same_secret(&totp.generate(step * 30), &code) {
                 if last.get(account).is_some_and(|&used| step <= used) {
                     return false;
