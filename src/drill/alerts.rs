@@ -443,49 +443,14 @@ async fn mail(config: &Config, target: &AlertTarget, notice: &Notice) -> Result<
         .map_err(|e| e.to_string())?
         .next()
         .ok_or("relay does not resolve")?;
-    let exchange = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let mut reader = BufReader::new(stream);
-        let expect = |code: u16| {
-            move |(got, lines): (u16, Vec<String>)| {
-                if got == code {
-                    Ok(())
-                } else {
-                    Err(format!("expected {code}, got {got} {}", lines.join(" ")))
-                }
-            }
-        };
-        super::check::read_reply(&mut reader)
-            .await
-            .and_then(expect(220))?;
-        for (command, code) in [
-            (format!("EHLO {}\r\n", config.hostname), 250),
-            (format!("MAIL FROM:<{from}>\r\n"), 250),
-            (format!("RCPT TO:<{to}>\r\n"), 250),
-            ("DATA\r\n".to_string(), 354),
-        ] {
-            reader
-                .get_mut()
-                .write_all(command.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            super::check::read_reply(&mut reader)
-                .await
-                .and_then(expect(code))?;
-        }
-        let stuffed = message.replace("\r\n.", "\r\n..");
-        reader
-            .get_mut()
-            .write_all(format!("{stuffed}.\r\n").as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        super::check::read_reply(&mut reader)
-            .await
-            .and_then(expect(250))?;
-        let _ = reader.get_mut().write_all(b"QUIT\r\n").await;
-        Ok::<(), String>(())
-    };
-    tokio::time::timeout(Duration::from_secs(30), exchange)
-        .await
-        .map_err(|_| "the alert relay timed out".to_string())?
+    super::submit::submit(
+        addr,
+        &config.hostname,
+        &from,
+        &to,
+        &message,
+        Duration::from_secs(30),
+    )
+    .await
+    .map(|_| ())
 }

@@ -15,8 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 use super::check::{self, Finding, Level, Mode};
 use crate::admin::audit::AuditLog;
@@ -343,51 +341,21 @@ impl Drills {
         let message = format!(
             "From: Breakwater drill <{from}>\r\nTo: <{to}>\r\nSubject: Breakwater failover drill {id}\r\nDate: {date}\r\nMessage-ID: <{id}.probe@{host}>\r\nX-Breakwater-Drill: {id}\r\n\r\nThis is a failover drill probe ({id}). If you can read this in the\r\nBreakwater web reader, intake, spooling and web access work.\r\n"
         );
-        let exchange = async {
-            let stream = TcpStream::connect(self.smtp_addr).await.map_err(err)?;
-            let mut reader = BufReader::new(stream);
-            let expect = |code: u16| {
-                move |(got, lines): (u16, Vec<String>)| {
-                    if got == code {
-                        Ok(lines)
-                    } else {
-                        Err(format!("expected {code}, got {got} {}", lines.join(" ")))
-                    }
-                }
-            };
-            check::read_reply(&mut reader).await.and_then(expect(220))?;
-            for (command, code) in [
-                (format!("EHLO {host}\r\n"), 250),
-                (format!("MAIL FROM:<{from}>\r\n"), 250),
-                (format!("RCPT TO:<{to}>\r\n"), 250),
-                ("DATA\r\n".to_string(), 354),
-            ] {
-                reader
-                    .get_mut()
-                    .write_all(command.as_bytes())
-                    .await
-                    .map_err(err)?;
-                check::read_reply(&mut reader)
-                    .await
-                    .and_then(expect(code))?;
-            }
-            reader
-                .get_mut()
-                .write_all(format!("{message}.\r\n").as_bytes())
-                .await
-                .map_err(err)?;
-            let lines = check::read_reply(&mut reader).await.and_then(expect(250))?;
-            let _ = reader.get_mut().write_all(b"QUIT\r\n").await;
-            lines
-                .last()
-                .and_then(|l| l.rsplit(' ').next())
-                .filter(|id| id.parse::<QueueId>().is_ok())
-                .map(str::to_string)
-                .ok_or_else(|| "no queue ID in the 250 reply".to_string())
-        };
-        tokio::time::timeout(Duration::from_secs(30), exchange)
-            .await
-            .map_err(|_| "our own listener did not answer within 30 s".to_string())?
+        let lines = super::submit::submit(
+            self.smtp_addr,
+            host,
+            &from,
+            to,
+            &message,
+            Duration::from_secs(30),
+        )
+        .await?;
+        lines
+            .last()
+            .and_then(|l| l.rsplit(' ').next())
+            .filter(|id| id.parse::<QueueId>().is_ok())
+            .map(str::to_string)
+            .ok_or_else(|| "no queue ID in the 250 reply".to_string())
     }
 
     pub fn status(&self) -> Result<Status, String> {

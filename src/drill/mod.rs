@@ -11,3 +11,4 @@
 pub mod alerts;
 pub mod check;
 pub mod drills;
+mod submit;

@@ -178,7 +178,12 @@ enum Access {
     Admin,
 }
 
-fn open(state: &WebState, viewer: &Viewer, id: &str) -> Result<(SpooledMessage, Access), Response> {
+/// The message, who is asking, and its raw bytes — or the 404/500 page.
+fn open(
+    state: &WebState,
+    viewer: &Viewer,
+    id: &str,
+) -> Result<(SpooledMessage, Access, Vec<u8>), Response> {
     let not_found = || pages::not_found(viewer.lang);
     let id: QueueId = id.parse().map_err(|_| not_found())?;
     let message = match state.spool.get(id) {
@@ -186,18 +191,20 @@ fn open(state: &WebState, viewer: &Viewer, id: &str) -> Result<(SpooledMessage, 
         Ok(None) => return Err(not_found()),
         Err(err) => return Err(pages::internal_error(viewer.lang, err)),
     };
-    if message
+    let access = if message
         .envelope
         .recipients
         .iter()
         .any(|r| viewer.account.owns(&r.address))
     {
-        Ok((message, Access::Recipient))
+        Access::Recipient
     } else if viewer.account.admin {
-        Ok((message, Access::Admin))
+        Access::Admin
     } else {
-        Err(not_found())
-    }
+        return Err(not_found());
+    };
+    let raw = read_raw(state, viewer.lang, message.id)?;
+    Ok((message, access, raw))
 }
 
 fn audit_view(
@@ -243,12 +250,8 @@ pub async fn show(
     Query(query): Query<ViewQuery>,
 ) -> Response {
     let lang = viewer.lang;
-    let (message, access) = match open(&state, &viewer, &id) {
+    let (message, access, raw) = match open(&state, &viewer, &id) {
         Ok(found) => found,
-        Err(response) => return response,
-    };
-    let raw = match read_raw(&state, lang, message.id) {
-        Ok(raw) => raw,
         Err(response) => return response,
     };
     let images = query.images == 1;
@@ -325,12 +328,8 @@ pub async fn body_frame(
     Query(query): Query<ViewQuery>,
 ) -> Response {
     let lang = viewer.lang;
-    let (message, access) = match open(&state, &viewer, &id) {
+    let (message, access, raw) = match open(&state, &viewer, &id) {
         Ok(found) => found,
-        Err(response) => return response,
-    };
-    let raw = match read_raw(&state, lang, message.id) {
-        Ok(raw) => raw,
         Err(response) => return response,
     };
     let images = query.images == 1;
@@ -385,15 +384,11 @@ pub async fn download(
     Path((id, index)): Path<(String, String)>,
 ) -> Response {
     let lang = viewer.lang;
-    let (message, access) = match open(&state, &viewer, &id) {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let Ok(index) = index.parse::<u32>() else {
         return pages::not_found(lang);
     };
-    let raw = match read_raw(&state, lang, message.id) {
-        Ok(raw) => raw,
+    let (message, access, raw) = match open(&state, &viewer, &id) {
+        Ok(found) => found,
         Err(response) => return response,
     };
     let Some(part) = tokio::task::block_in_place(|| render::attachment(&raw, index)) else {
@@ -432,13 +427,8 @@ pub async fn source(
     viewer: Viewer,
     Path(id): Path<String>,
 ) -> Response {
-    let lang = viewer.lang;
-    let (message, access) = match open(&state, &viewer, &id) {
+    let (message, access, raw) = match open(&state, &viewer, &id) {
         Ok(found) => found,
-        Err(response) => return response,
-    };
-    let raw = match read_raw(&state, lang, message.id) {
-        Ok(raw) => raw,
         Err(response) => return response,
     };
     audit_view(&state, &viewer, &access, "source-view", message.id, "ok");

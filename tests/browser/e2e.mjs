@@ -91,11 +91,11 @@ try {
   await admin.fill("input[name=password]", PASSWORD);
   await admin.click("button[type=submit]");
   await admin.waitForURL(/\/login\/totp/);
-  check(true, "password accepted, TOTP asked");
+  check((await admin.locator("input[name=code]").count()) === 1, "password accepted, TOTP asked");
   await admin.fill("input[name=code]", totp(env("BW_ADMIN_SECRET")));
   await admin.click("button[type=submit]");
   await admin.waitForURL(/\/mail/);
-  check(true, "TOTP accepted, mailbox shown");
+  check((await admin.locator("h1").innerText()) === "受信箱", "TOTP accepted, mailbox shown (in Japanese)");
   const banner = admin.locator(".banner");
   await banner.waitFor({ timeout: 10000 });
   const bannerText = await banner.innerText();
