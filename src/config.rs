@@ -34,6 +34,13 @@ pub struct Config {
     #[serde(default)]
     pub trust: TrustConfig,
     #[serde(default)]
+    pub limits: LimitsConfig,
+    /// DNS block lists: `[[dnsbl]]` tables (none by default).
+    #[serde(default, rename = "dnsbl", skip_serializing_if = "Vec::is_empty")]
+    pub dnsbls: Vec<DnsblConfig>,
+    #[serde(default)]
+    pub callout: CalloutConfig,
+    #[serde(default)]
     pub drill: DrillConfig,
     #[serde(default)]
     pub alerts: AlertsConfig,
@@ -285,6 +292,26 @@ pub struct TrustConfig {
     pub lure_scoring: bool,
     /// Domains known to be newly registered (no live whois); links to them score.
     pub recent_domains: Vec<String>,
+    /// SPF, DKIM, ARC and DMARC on every message, recorded in an
+    /// `Authentication-Results` header (RFC 8601) added on delivery.
+    pub authenticate: bool,
+    /// Budget for the DNS lookups of one check (SPF at MAIL, DKIM/DMARC at
+    /// end of data).
+    #[serde(with = "humantime_serde")]
+    pub dns_timeout: Duration,
+    /// A DNS failure during the checks: "accept" (record temperror) or
+    /// "tempfail" (451 4.4.3, the client retries).
+    pub on_dns_error: DnsErrorPolicy,
+    /// Bodies above this many bytes are not read back from disk for DKIM/ARC
+    /// (DMARC then rests on SPF alone), so a huge message never costs its size in RAM.
+    pub max_verify_size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsErrorPolicy {
+    Accept,
+    Tempfail,
 }
 
 impl Default for TrustConfig {
@@ -292,6 +319,104 @@ impl Default for TrustConfig {
         TrustConfig {
             lure_scoring: true,
             recent_domains: Vec::new(),
+            authenticate: true,
+            dns_timeout: Duration::from_secs(10),
+            on_dns_error: DnsErrorPolicy::Accept,
+            max_verify_size: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Abuse limits at intake (Postfix anvil + postscreen-style checks).
+/// A rate of 0 means "no limit". Clients in `allow` skip all of them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Networks exempt from rate limits, DNSBL checks and tarpitting, e.g.
+    /// Exchange Online's outbound ranges and monitoring hosts.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Per client IP address.
+    pub connections_per_minute: u32,
+    pub messages_per_minute: u32,
+    pub recipients_per_minute: u32,
+    /// Per client network: the /24 of an IPv4 address, the /64 of an IPv6 one.
+    pub network_connections_per_minute: u32,
+    pub network_messages_per_minute: u32,
+    pub network_recipients_per_minute: u32,
+    /// Concurrent connections from one /24 or /64 (per IP: `smtp.max_connections_per_ip`).
+    pub max_connections_per_network: usize,
+    /// After this many rejected commands or recipients in a session, every
+    /// further reply is delayed by `tarpit_delay` (slows dictionary attacks).
+    pub tarpit_after: u32,
+    #[serde(with = "humantime_serde")]
+    pub tarpit_delay: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            // Like Postfix's mynetworks default: the host itself is trusted.
+            allow: vec![
+                "127.0.0.0/8".parse().expect("literal network"),
+                "::1/128".parse().expect("literal network"),
+            ],
+            // Generous: on the day the primary fails every sender's backlog
+            // arrives here at once, and a legitimate bulk sender must not be
+            // turned away. Tighten per site.
+            connections_per_minute: 300,
+            messages_per_minute: 1200,
+            recipients_per_minute: 6000,
+            network_connections_per_minute: 1200,
+            network_messages_per_minute: 4800,
+            network_recipients_per_minute: 24000,
+            max_connections_per_network: 100,
+            tarpit_after: 5,
+            tarpit_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A DNS block list checked when a client connects (`[[dnsbl]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsblConfig {
+    /// e.g. "zen.spamhaus.org"
+    pub zone: String,
+    /// Answers that count as "listed"; empty = any 127.0.0.0/8 answer except
+    /// 127.255.255.0/24 (Spamhaus' "query refused" codes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<std::net::Ipv4Addr>,
+}
+
+/// Recipient verification by callout (`verify_recipients = "callout"`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CalloutConfig {
+    /// Results survive restarts here (an outage is exactly when they matter).
+    pub cache_file: PathBuf,
+    /// Postfix address_verify_positive_expire_time.
+    #[serde(with = "humantime_serde")]
+    pub positive_ttl: Duration,
+    /// Postfix address_verify_negative_expire_time.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// Whole probe (connect, EHLO, MAIL, RCPT).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// After a failed probe, the upstream is not probed again for this long:
+    /// during an outage RCPT must not wait on a dead host each time.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+impl Default for CalloutConfig {
+    fn default() -> Self {
+        CalloutConfig {
+            cache_file: PathBuf::from("data/callout-cache.tsv"),
+            positive_ttl: Duration::from_secs(7 * 86_400),
+            negative_ttl: Duration::from_secs(3600),
+            timeout: Duration::from_secs(10),
+            retry_after: Duration::from_secs(60),
         }
     }
 }
@@ -424,6 +549,69 @@ pub struct DomainConfig {
     pub upstream: String,
     #[serde(default)]
     pub tls: UpstreamTls,
+    /// DMARC failures: "tag" records them; "enforce" rejects p=reject
+    /// (550 5.7.1) and flags p=quarantine.
+    #[serde(default)]
+    pub dmarc: DmarcMode,
+    /// SPF "fail" (-all): "tag" records it; "reject" refuses at RCPT (550 5.7.23).
+    #[serde(default)]
+    pub spf: SpfMode,
+    /// "list": the `recipients` file (or any local part without one);
+    /// "callout": ask the upstream with a RCPT probe, cached.
+    #[serde(default)]
+    pub verify_recipients: RecipientCheck,
+    /// When a callout cannot be made and nothing is cached or listed:
+    /// "accept" (the default: an outage must not bounce mail) or "tempfail".
+    #[serde(default)]
+    pub callout_fallback: CalloutFallback,
+}
+
+impl DomainConfig {
+    /// A domain with defaults for everything but its name and upstream.
+    pub fn new(name: &str, upstream: &str) -> DomainConfig {
+        DomainConfig {
+            name: name.to_string(),
+            recipients: None,
+            upstream: upstream.to_string(),
+            tls: UpstreamTls::default(),
+            dmarc: DmarcMode::default(),
+            spf: SpfMode::default(),
+            verify_recipients: RecipientCheck::default(),
+            callout_fallback: CalloutFallback::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DmarcMode {
+    #[default]
+    Tag,
+    Enforce,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpfMode {
+    #[default]
+    Tag,
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipientCheck {
+    #[default]
+    List,
+    Callout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CalloutFallback {
+    #[default]
+    Accept,
+    Tempfail,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -720,6 +908,42 @@ impl Config {
                     ));
                 }
             }
+            if domain.verify_recipients == RecipientCheck::Callout && domain.upstream == "mx" {
+                return Err(invalid(
+                    &key("verify_recipients"),
+                    "\"callout\" needs a host:port upstream (a callout through MX could ask this very host)".into(),
+                ));
+            }
+        }
+        for (i, dnsbl) in self.dnsbls.iter().enumerate() {
+            let zone = dnsbl.zone.trim_end_matches('.');
+            if !is_valid_hostname(zone) || !zone.contains('.') {
+                return Err(invalid(
+                    &format!("dnsbl[{i}].zone"),
+                    format!("{:?} is not a DNS zone name", dnsbl.zone),
+                ));
+            }
+        }
+        if self.trust.dns_timeout.is_zero() {
+            return Err(invalid(
+                "trust.dns_timeout",
+                "must be longer than 0s".into(),
+            ));
+        }
+        for (key, value) in [
+            ("callout.timeout", self.callout.timeout),
+            ("callout.positive_ttl", self.callout.positive_ttl),
+            ("callout.negative_ttl", self.callout.negative_ttl),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be longer than 0s".into()));
+            }
+        }
+        if self.limits.max_connections_per_network == 0 {
+            return Err(invalid(
+                "limits.max_connections_per_network",
+                "must be greater than 0".into(),
+            ));
         }
         Ok(())
     }

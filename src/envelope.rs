@@ -87,6 +87,9 @@ pub struct Envelope {
     /// bodies too large to score in memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lure: Option<crate::trust::lure::LureVerdict>,
+    /// SPF/DKIM/DMARC at intake; delivery adds its `Authentication-Results`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::trust::auth::AuthVerdict>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

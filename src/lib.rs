@@ -28,6 +28,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dns;
 pub mod drill;
 pub mod envelope;
 pub mod logging;

@@ -31,6 +31,8 @@ pub enum StartError {
     Listen(#[from] std::io::Error),
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
+    #[error("{0}")]
+    Trust(String),
 }
 
 /// A running Breakwater.
@@ -66,6 +68,29 @@ impl Server {
             dir = %config.spool.dir.display(),
             "spool open"
         );
+        let auth = if config.trust.authenticate {
+            Some(Arc::new(
+                crate::trust::auth::Authenticator::new(&config).map_err(StartError::Trust)?,
+            ))
+        } else {
+            None
+        };
+        let uses_callout = config
+            .domains
+            .iter()
+            .any(|d| d.verify_recipients == crate::config::RecipientCheck::Callout);
+        let callout = uses_callout.then(|| {
+            Arc::new(crate::policy::callout::Callout::open(
+                &config.callout,
+                &config.hostname,
+            ))
+        });
+        let dnsbl_resolver = if config.dnsbls.is_empty() {
+            None
+        } else {
+            Some(crate::dns::build_resolver(&config.dns).map_err(StartError::Trust)?)
+        };
+        let outage = Arc::new(std::sync::OnceLock::new());
         let ctx = SmtpContext {
             hostname: config.hostname.clone(),
             config: Arc::new(config.smtp.clone()),
@@ -78,6 +103,16 @@ impl Server {
                     recent_domains: config.trust.recent_domains.clone(),
                 })
             }),
+            auth,
+            trust: Arc::new(config.trust.clone()),
+            callout,
+            limits: Arc::new(crate::policy::limits::ClientLimits::new(&config.limits)),
+            dnsbls: Arc::new(crate::policy::dnsbl::Dnsbls::new(
+                config.dnsbls.clone(),
+                dnsbl_resolver,
+                config.trust.dns_timeout,
+            )),
+            outage: outage.clone(),
         };
         let smtp = SmtpServer::bind(ctx).await?;
         let smtp_addrs = smtp.local_addrs();
@@ -122,6 +157,17 @@ impl Server {
             )?
         };
         // /readyz reports the SMTP listeners down once their accept loops end.
+        {
+            let delivery = delivery.as_ref().map(|d| (**d).clone());
+            let drills = drills.clone();
+            let probe: crate::smtp::OutageProbe = Box::new(move || {
+                drills.current().is_some()
+                    || delivery
+                        .as_ref()
+                        .is_some_and(|d| d.status().iter().any(|u| u.state != "up"))
+            });
+            let _ = outage.set(probe);
+        }
         let (smtp_up, smtp_up_rx) = watch::channel(true);
         let (admin_addr, admin_task) = if config.admin.enabled {
             let state = Arc::new(crate::admin::AdminState {

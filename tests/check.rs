@@ -189,14 +189,12 @@ fn self_check_reports_good_and_broken_deployments() {
     ]
     .iter()
     .map(|(name, sink)| DomainConfig {
-        name: name.to_string(),
-        recipients: None,
-        upstream: upstream(sink),
         tls: if *sink == "plain" {
             UpstreamTls::Opportunistic
         } else {
             UpstreamTls::Required
         },
+        ..DomainConfig::new(name, &upstream(sink))
     })
     .collect();
     let config = fixture.write_config();

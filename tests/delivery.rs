@@ -78,10 +78,8 @@ fn setup(zone: Zone, tweak: impl FnOnce(&mut Config, &Setup)) -> (Setup, Server)
     config.domains[1].tls = UpstreamTls::None;
     for name in ["mxroute.test", "selfmx.test", "loop.test", "nullmx.test"] {
         config.domains.push(DomainConfig {
-            name: name.into(),
-            recipients: None,
-            upstream: "mx".into(),
             tls: UpstreamTls::None,
+            ..DomainConfig::new(name, "mx")
         });
     }
     tweak(&mut config, &setup);

@@ -41,6 +41,7 @@ fn envelope(rcpts: &[&str]) -> Envelope {
         received_at_ms: now_ms(),
         size: 0,
         lure: None,
+        auth: None,
     }
 }
 

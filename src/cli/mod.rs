@@ -4,6 +4,7 @@ mod api_client;
 mod check_config;
 mod drill;
 mod queue;
+mod recipients;
 mod serve;
 mod user;
 
@@ -75,6 +76,11 @@ pub enum Command {
     Drill {
         #[command(subcommand)]
         command: drill::DrillCommand,
+    },
+    /// Recipient lists: sync a domain's list from a directory export (CSV).
+    Recipients {
+        #[command(subcommand)]
+        command: recipients::RecipientsCommand,
     },
     /// Local web accounts: add, passwd, disable, list, import, totp-setup.
     User {
@@ -169,6 +175,9 @@ pub fn main() -> ExitCode {
         } => with_config(&cli.config, |config| check(config, &domains, gateway, json)),
         Command::Drill { command } => with_config(&cli.config, |c| drill::run(c, command)),
         Command::User { command } => with_config(&cli.config, |c| user::run(c, command)),
+        Command::Recipients { command } => {
+            with_config(&cli.config, |c| recipients::run(c, command))
+        }
         Command::Token {
             command: TokenCommand::Create { name, role, save },
         } => with_config(&cli.config, |config| {

@@ -311,16 +311,7 @@ impl Engine {
         };
         let mut state = message.state.clone();
         let envelope = &message.envelope;
-        // Exchange Online transport rules can act on the intake verdict.
-        let body = match envelope.lure.as_ref().filter(|v| v.score > 0) {
-            Some(verdict) => {
-                let mut marked =
-                    format!("X-Breakwater-Lure: {}\r\n", verdict.header_value()).into_bytes();
-                marked.extend_from_slice(&body);
-                marked
-            }
-            None => body,
-        };
+        let body = with_intake_verdicts(body, envelope, &self.hostname);
 
         // Pending recipients, grouped by upstream (one transaction each).
         let mut groups: BTreeMap<String, (route::Route, String, Vec<usize>)> = BTreeMap::new();
@@ -686,6 +677,7 @@ impl Engine {
                 received_at_ms: now_ms(),
                 size: 0,
                 lure: None,
+                auth: None,
             };
             let queued = match written {
                 Ok(()) => self.spool.enqueue(dsn_body, dsn_envelope).await,
@@ -731,4 +723,27 @@ impl Engine {
             }
         }
     }
+}
+
+/// The message as it leaves: our intake verdicts on top (Exchange Online
+/// transport rules can act on them), and any `Authentication-Results` that
+/// claims to be ours but came from outside removed (RFC 8601 5).
+fn with_intake_verdicts(body: Vec<u8>, envelope: &Envelope, hostname: &str) -> Vec<u8> {
+    let body = crate::trust::auth::strip_forged_results(&body, hostname).unwrap_or(body);
+    let mut top = String::new();
+    if let Some(verdict) = envelope.lure.as_ref().filter(|v| v.score > 0) {
+        top.push_str(&format!(
+            "X-Breakwater-Lure: {}\r\n",
+            verdict.header_value()
+        ));
+    }
+    if let Some(auth) = &envelope.auth {
+        top.push_str(&auth.header());
+    }
+    if top.is_empty() {
+        return body;
+    }
+    let mut marked = top.into_bytes();
+    marked.extend_from_slice(&body);
+    marked
 }

@@ -9,8 +9,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 
@@ -53,41 +51,9 @@ pub struct Router {
     domains: HashMap<String, (Spec, String, UpstreamTls)>,
 }
 
-/// The resolver every DNS user shares: `[dns] nameservers` when set (tests
-/// use a loopback server), else the system's.
-pub fn build_resolver(dns: &crate::config::DnsConfig) -> Result<TokioResolver, String> {
-    let provider = TokioRuntimeProvider::default();
-    let mut builder = if dns.nameservers.is_empty() {
-        TokioResolver::builder_tokio().map_err(|e| format!("system resolver configuration: {e}"))?
-    } else {
-        let servers = dns
-            .nameservers
-            .iter()
-            .map(|addr| {
-                let mut server = NameServerConfig::udp_and_tcp(addr.ip());
-                for connection in &mut server.connections {
-                    connection.port = addr.port();
-                }
-                server
-            })
-            .collect();
-        TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
-    };
-    let options = builder.options_mut();
-    options.timeout = std::time::Duration::from_secs(5);
-    options.attempts = 2;
-    if !dns.nameservers.is_empty() {
-        // Explicit name servers are the whole truth (and what tests
-        // rely on): /etc/hosts must not answer for them.
-        options.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
-    }
-    let resolver = builder.build().map_err(|e| format!("DNS resolver: {e}"))?;
-    Ok(resolver)
-}
-
 impl Router {
     pub fn new(config: &Config) -> Result<Router, String> {
-        let resolver = build_resolver(&config.dns)?;
+        let resolver = crate::dns::build_resolver(&config.dns)?;
         let mut domains = HashMap::new();
         for domain in &config.domains {
             let name = domain.name.trim_end_matches('.').to_ascii_lowercase();

@@ -116,7 +116,7 @@ pub async fn run(config: &Config, domains: &[String], mode: Mode) -> Vec<Finding
     let mut report = Report {
         findings: Vec::new(),
     };
-    let resolver = match crate::delivery::route::build_resolver(&config.dns) {
+    let resolver = match crate::dns::build_resolver(&config.dns) {
         Ok(resolver) => resolver,
         Err(err) => {
             report.add(

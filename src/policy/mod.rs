@@ -10,10 +10,15 @@
 //! (`%`, `!`, or an `@` inside quotes) could make a downstream host forward the
 //! mail elsewhere, so it is rejected even for a configured domain.
 
+pub mod callout;
+pub mod directory;
+pub mod dnsbl;
+pub mod limits;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::config::Config;
+use crate::config::{CalloutFallback, Config, DmarcMode, RecipientCheck, SpfMode};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RcptVerdict {
@@ -26,6 +31,46 @@ pub enum RcptVerdict {
     UnknownUser,
     /// 553 5.1.3: not a usable address at all.
     BadSyntax(&'static str),
+    /// Our domain, verified by asking its upstream (`verify_recipients =
+    /// "callout"`); `listed` is the static list's opinion for the fallback.
+    Callout(CalloutRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CalloutRequest {
+    pub address: String,
+    pub upstream: String,
+    pub listed: Option<bool>,
+    pub fallback: CalloutFallback,
+}
+
+/// What RCPT does once the callout (or its cache) has answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CalloutDecision {
+    Accept,
+    UnknownUser,
+    /// 451 4.4.3: cannot tell now (`callout_fallback = "tempfail"`).
+    TryLater,
+}
+
+impl CalloutRequest {
+    /// The upstream's word first; when it cannot be asked, the static list;
+    /// then the domain's fallback. Never tempfail by default: accepting
+    /// during an outage is the point of the product.
+    pub fn decide(&self, answer: &callout::Answer) -> CalloutDecision {
+        match (answer, self.listed, self.fallback) {
+            (callout::Answer::Known { .. }, _, _) => CalloutDecision::Accept,
+            (callout::Answer::Unknown { .. }, _, _) => CalloutDecision::UnknownUser,
+            (callout::Answer::Unavailable(_), Some(true), _) => CalloutDecision::Accept,
+            (callout::Answer::Unavailable(_), Some(false), _) => CalloutDecision::UnknownUser,
+            (callout::Answer::Unavailable(_), None, CalloutFallback::Accept) => {
+                CalloutDecision::Accept
+            }
+            (callout::Answer::Unavailable(_), None, CalloutFallback::Tempfail) => {
+                CalloutDecision::TryLater
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +82,10 @@ pub struct RecipientPolicy {
 struct DomainRule {
     /// Lower-cased full addresses; `None` = any local part.
     recipients: Option<HashSet<String>>,
+    dmarc: DmarcMode,
+    spf: SpfMode,
+    /// `Some(upstream)` when recipients are verified by callout.
+    callout: Option<(String, CalloutFallback)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +105,17 @@ impl RecipientPolicy {
                 Some(path) => Some(read_recipient_list(path, &name)?),
                 None => None,
             };
-            domains.insert(name, DomainRule { recipients });
+            let callout = (domain.verify_recipients == RecipientCheck::Callout)
+                .then(|| (domain.upstream.clone(), domain.callout_fallback));
+            domains.insert(
+                name,
+                DomainRule {
+                    recipients,
+                    dmarc: domain.dmarc,
+                    spf: domain.spf,
+                    callout,
+                },
+            );
         }
         Ok(RecipientPolicy { domains })
     }
@@ -84,12 +143,35 @@ impl RecipientPolicy {
             return RcptVerdict::BadSyntax("control characters in address");
         }
         let canonical = format!("{}@{domain}", quote_local_part(local));
-        if let Some(list) = &rule.recipients {
-            if !list.contains(&canonical.to_lowercase()) {
-                return RcptVerdict::UnknownUser;
-            }
+        let listed = rule
+            .recipients
+            .as_ref()
+            .map(|list| list.contains(&canonical.to_lowercase()));
+        if let Some((upstream, fallback)) = &rule.callout {
+            return RcptVerdict::Callout(CalloutRequest {
+                address: canonical,
+                upstream: upstream.clone(),
+                listed,
+                fallback: *fallback,
+            });
+        }
+        if listed == Some(false) {
+            return RcptVerdict::UnknownUser;
         }
         RcptVerdict::Accept(canonical)
+    }
+
+    /// The DMARC mode of a recipient domain (tag for unknown domains).
+    pub fn dmarc_mode(&self, domain: &str) -> DmarcMode {
+        self.domains
+            .get(&domain.to_lowercase())
+            .map_or(DmarcMode::Tag, |rule| rule.dmarc)
+    }
+
+    pub fn spf_mode(&self, domain: &str) -> SpfMode {
+        self.domains
+            .get(&domain.to_lowercase())
+            .map_or(SpfMode::Tag, |rule| rule.spf)
     }
 
     pub fn domain_count(&self) -> usize {
@@ -153,16 +235,63 @@ mod tests {
 
     fn policy() -> RecipientPolicy {
         let mut domains = HashMap::new();
-        domains.insert("example.com".to_string(), DomainRule { recipients: None });
+        let rule = |recipients, callout| DomainRule {
+            recipients,
+            dmarc: DmarcMode::Tag,
+            spf: SpfMode::Tag,
+            callout,
+        };
+        domains.insert("example.com".to_string(), rule(None, None));
         let mut list = HashSet::new();
         list.insert("alice@listed.example".to_string());
+        domains.insert("listed.example".to_string(), rule(Some(list.clone()), None));
         domains.insert(
-            "listed.example".to_string(),
-            DomainRule {
-                recipients: Some(list),
-            },
+            "verified.example".to_string(),
+            rule(
+                None,
+                Some(("127.0.0.1:25".to_string(), CalloutFallback::Tempfail)),
+            ),
         );
         RecipientPolicy { domains }
+    }
+
+    #[test]
+    fn callout_domains_defer_to_the_upstream_then_the_list_then_the_fallback() {
+        let p = policy();
+        let RcptVerdict::Callout(request) = p.check("Carol@Verified.Example") else {
+            panic!("callout expected");
+        };
+        assert_eq!(request.address, "Carol@verified.example");
+        assert_eq!(request.listed, None);
+        use callout::Answer;
+        let down = Answer::Unavailable("down".into());
+        assert_eq!(
+            request.decide(&Answer::Known { cached: false }),
+            CalloutDecision::Accept
+        );
+        assert_eq!(
+            request.decide(&Answer::Unknown {
+                cached: true,
+                reply: String::new()
+            }),
+            CalloutDecision::UnknownUser
+        );
+        assert_eq!(request.decide(&down), CalloutDecision::TryLater);
+        let accept = CalloutRequest {
+            fallback: CalloutFallback::Accept,
+            ..request.clone()
+        };
+        assert_eq!(accept.decide(&down), CalloutDecision::Accept);
+        let listed = CalloutRequest {
+            listed: Some(false),
+            ..request.clone()
+        };
+        assert_eq!(listed.decide(&down), CalloutDecision::UnknownUser);
+        let listed = CalloutRequest {
+            listed: Some(true),
+            ..request
+        };
+        assert_eq!(listed.decide(&down), CalloutDecision::Accept);
     }
 
     #[test]

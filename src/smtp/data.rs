@@ -7,8 +7,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::body::{BodyDecoder, BodyProblem, Framing};
 use super::ehlo::printable;
 use super::session::{BdatState, Flow, Session, Transaction};
+use crate::config::{DmarcMode, DnsErrorPolicy};
 use crate::envelope::{now_ms, ClientInfo, Envelope};
 use crate::spool::MessageBody;
+use crate::trust::auth::AuthVerdict;
+
+/// For a message too large to verify, enough of it for the header section.
+const HEADER_PREFIX: u64 = 256 * 1024;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(crate) async fn cmd_data(&mut self) -> std::io::Result<Flow> {
@@ -206,15 +211,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let nrcpt = tx.recipients.len();
         let size = body.len();
         let sender = tx.sender.clone();
+        let mut auth = self.authenticate(&tx, &body).await;
+        if let Some(verdict) = &mut auth {
+            if let Some((code, status, text)) = self.apply_auth_policy(&tx, verdict) {
+                tracing::info!(queue_id = %id, client = %self.peer, from = %tx.sender, dmarc = %verdict.dmarc, policy = %verdict.dmarc_policy, header_from = %verdict.from_domain, "message rejected: {text}");
+                self.error_reply(code, status, &text);
+                return;
+            }
+        }
         // Scored from memory only: a spilled (large) body is not read back.
         let lure = match (&self.ctx.lure, body.in_memory()) {
             // A heuristic must never cost a message: a bug in it (hostile
             // input) leaves the message unscored instead of failing intake.
-            (Some(context), Some(raw)) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                crate::trust::lure::score(raw, context, &sender)
-            }))
-            .map_err(|_| tracing::error!(queue_id = %id, "lure scoring panicked; message accepted unscored"))
-            .ok(),
+            (Some(context), Some(raw)) => {
+                let signals = crate::trust::lure::Signals {
+                    envelope_sender: &sender,
+                    auth: auth.as_ref(),
+                    outage: self.ctx.in_outage(),
+                };
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crate::trust::lure::score_with(raw, context, &signals)
+                }))
+                .map_err(|_| tracing::error!(queue_id = %id, "lure scoring panicked; message accepted unscored"))
+                .ok()
+            }
             _ => None,
         };
         let envelope = Envelope {
@@ -233,6 +253,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             received_at_ms: now_ms(),
             size: 0,
             lure,
+            auth,
         };
         let started = std::time::Instant::now();
         match self.ctx.spool.enqueue(body, envelope).await {
@@ -256,6 +277,71 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 );
             }
         }
+    }
+
+    /// SPF (taken at MAIL), DKIM, ARC and DMARC for the received message.
+    async fn authenticate(&self, tx: &Transaction, body: &MessageBody) -> Option<AuthVerdict> {
+        let authenticator = self.ctx.auth.as_ref()?;
+        let spf = tx.spf.as_ref()?;
+        let limit = self.ctx.trust.max_verify_size;
+        let whole = body.len() <= limit;
+        let read_back;
+        let raw = match body.in_memory() {
+            Some(raw) => raw,
+            None => {
+                read_back = body
+                    .read_prefix(if whole { limit } else { HEADER_PREFIX })
+                    .map_err(|err| tracing::warn!(queue_id = %body.id(), error = %err, "cannot read the message back for DKIM; not verified"))
+                    .ok()?;
+                &read_back
+            }
+        };
+        let helo = self.helo.as_deref().unwrap_or("");
+        Some(
+            authenticator
+                .verify(raw, whole, spf, self.peer.ip(), helo, &tx.sender)
+                .await,
+        )
+    }
+
+    /// What the per-domain policy makes of a verdict: `Some(reply)` refuses
+    /// the message; a p=quarantine failure is flagged. The strictest
+    /// recipient domain decides, since p=reject is the From domain owner's
+    /// own instruction.
+    fn apply_auth_policy(
+        &self,
+        tx: &Transaction,
+        verdict: &mut AuthVerdict,
+    ) -> Option<(u16, &'static str, String)> {
+        let policy = self.ctx.policy();
+        let enforce = tx
+            .recipients
+            .iter()
+            .any(|r| policy.dmarc_mode(r.domain()) == DmarcMode::Enforce);
+        if enforce && verdict.dmarc_failed() && verdict.dmarc_policy == "reject" {
+            crate::metrics::get().rejected("dmarc_reject");
+            return Some((
+                550,
+                "5.7.1",
+                format!(
+                    "Message rejected: it fails DMARC and the policy of {} is reject",
+                    verdict.from_domain
+                ),
+            ));
+        }
+        if enforce && verdict.dmarc_failed() && verdict.dmarc_policy == "quarantine" {
+            verdict.quarantined = true;
+        }
+        if verdict.is_temp_error() && self.ctx.trust.on_dns_error == DnsErrorPolicy::Tempfail {
+            crate::metrics::get().rejected("auth_temperror");
+            return Some((
+                451,
+                "4.4.3",
+                "Temporary DNS failure checking the message's authentication; try again later"
+                    .into(),
+            ));
+        }
+        None
     }
 
     /// RFC 5321 4.4 trace header, with RFC 3848 protocol names.

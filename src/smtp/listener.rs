@@ -3,7 +3,10 @@
 //!
 //! Limits are enforced before any SMTP is spoken, with a 421 so that a
 //! well-behaved sender retries later instead of bouncing: a global semaphore
-//! (`max_connections`) and a per-client-IP count (`max_connections_per_ip`).
+//! (`max_connections`), live counts per client IP (`max_connections_per_ip`)
+//! and per /24 or /64 (`[limits] max_connections_per_network`), and the
+//! connection rates of `[limits]`. DNS block lists are asked next, in the
+//! session's own task so a slow DNSBL never holds up the accept loop.
 //! On shutdown the listeners close first, idle sessions are told 421, and
 //! sessions in the middle of a message get `shutdown_grace` to finish.
 
@@ -18,6 +21,7 @@ use tokio::sync::{watch, Semaphore};
 use super::session::{Session, SessionEnd};
 use super::SmtpContext;
 use crate::envelope::TlsInfo;
+use crate::policy::limits::Event;
 
 pub struct SmtpServer {
     listeners: Vec<TcpListener>,
@@ -90,6 +94,7 @@ impl SmtpServer {
         let max = self.ctx.config.max_connections;
         let slots = Arc::new(Semaphore::new(max));
         let per_ip = Arc::new(PerIpCounts::default());
+        let per_network = Arc::new(PerIpCounts::default());
         let mut loops = Vec::new();
         for listener in self.listeners {
             loops.push(tokio::spawn(accept_loop(
@@ -97,6 +102,7 @@ impl SmtpServer {
                 self.ctx.clone(),
                 slots.clone(),
                 per_ip.clone(),
+                per_network.clone(),
                 shutdown.clone(),
             )));
         }
@@ -116,6 +122,7 @@ async fn accept_loop(
     ctx: Arc<SmtpContext>,
     slots: Arc<Semaphore>,
     per_ip: Arc<PerIpCounts>,
+    per_network: Arc<PerIpCounts>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -152,12 +159,41 @@ async fn accept_loop(
             ));
             continue;
         };
+        let allow_listed = ctx.limits.is_allowed(peer.ip());
+        let network_slot = if allow_listed {
+            None
+        } else {
+            let network = crate::policy::limits::network_of(peer.ip());
+            let Some(network_slot) =
+                per_network.try_acquire(network, ctx.limits.max_connections_per_network)
+            else {
+                tracing::warn!(client = %peer, limit = "max_connections_per_network", "smtp: connection refused: limit reached");
+                tokio::spawn(refuse(
+                    stream,
+                    ctx.hostname.clone(),
+                    "4.7.1 Too many connections from your network",
+                ));
+                continue;
+            };
+            if let Err(limit) = ctx.limits.check(peer.ip(), Event::Connection) {
+                crate::metrics::get().rejected("rate_limited");
+                tracing::warn!(client = %peer, limit, "smtp: connection refused: rate limit");
+                tokio::spawn(refuse(
+                    stream,
+                    ctx.hostname.clone(),
+                    "4.7.1 Too many connections from your address; try again later",
+                ));
+                continue;
+            }
+            Some(network_slot)
+        };
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(err) = handle_connection(ctx, stream, peer, shutdown).await {
+            if let Err(err) = handle_connection(ctx, stream, peer, allow_listed, shutdown).await {
                 tracing::debug!(client = %peer, error = %err, "smtp: session ended with I/O error");
             }
+            drop(network_slot);
             drop(ip_slot);
             drop(slot);
         });
@@ -177,9 +213,21 @@ async fn handle_connection(
     ctx: Arc<SmtpContext>,
     stream: TcpStream,
     peer: SocketAddr,
+    allow_listed: bool,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut session = Session::new(ctx.clone(), stream, peer, None, shutdown.clone());
+    session.allow_listed = allow_listed;
+    if !allow_listed && !ctx.dnsbls.is_empty() {
+        if let Some((zone, answer)) = ctx.dnsbls.listed(peer.ip()).await {
+            crate::metrics::get().rejected("dnsbl");
+            tracing::info!(client = %peer, zone, %answer, "smtp: client listed in DNSBL; refusing");
+            session.blocked = Some(format!(
+                "Service unavailable; client [{}] blocked using {zone}",
+                peer.ip()
+            ));
+        }
+    }
     session.greet().await?;
     let stream = match session.run().await? {
         SessionEnd::Closed => return Ok(()),
@@ -214,7 +262,8 @@ async fn handle_connection(
             .to_string(),
     };
     // RFC 3207 4.2: the session starts over — no HELO, no transaction.
-    let session = Session::new(ctx, tls_stream, peer, Some(info), shutdown);
+    let mut session = Session::new(ctx, tls_stream, peer, Some(info), shutdown);
+    session.allow_listed = allow_listed;
     session.run().await?;
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! MAIL FROM: start a transaction. The reverse-path is not policed here
-//! (bounces from `<>` must get through); size and TLS requirements are.
+//! (bounces from `<>` must get through); size and TLS requirements, the
+//! client's message rate, and the SPF check (its verdict is used at RCPT,
+//! per recipient domain, and in DMARC at end of data) are.
 
 use smtp_proto::{
     MailFrom, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS, MAIL_RET_FULL,
@@ -8,10 +10,12 @@ use smtp_proto::{
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::session::{Session, Transaction};
+use crate::config::DnsErrorPolicy;
 use crate::envelope::DsnRet;
+use crate::policy::limits::Event;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    pub(crate) fn cmd_mail(&mut self, from: MailFrom<String>) {
+    pub(crate) async fn cmd_mail(&mut self, from: MailFrom<String>) {
         if self.helo.is_none() {
             return self.error_reply(503, "5.5.1", "Send EHLO or HELO first");
         }
@@ -39,6 +43,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if !smtputf8 && !from.address.is_ascii() {
             return self.error_reply(553, "5.6.7", "Non-ASCII sender address needs SMTPUTF8");
         }
+        if let Err(limit) = self.ctx.limits.check(self.peer.ip(), Event::Message) {
+            crate::metrics::get().rejected("rate_limited");
+            tracing::info!(client = %self.peer, limit, "mail refused: rate limit");
+            return self.error_reply(
+                451,
+                "4.7.1",
+                "Too much mail from your address; slow down and try again later",
+            );
+        }
+        let spf = match &self.ctx.auth {
+            Some(auth) => {
+                let helo = self.helo.clone().unwrap_or_default();
+                Some(auth.check_spf(self.peer.ip(), &helo, &from.address).await)
+            }
+            None => None,
+        };
+        if spf.as_ref().is_some_and(|spf| spf.is_temp_error())
+            && self.ctx.trust.on_dns_error == DnsErrorPolicy::Tempfail
+        {
+            tracing::info!(client = %self.peer, from = %from.address, "mail deferred: SPF temperror");
+            return self.error_reply(
+                451,
+                "4.4.3",
+                "Temporary DNS failure checking SPF; try again later",
+            );
+        }
         let dsn_ret = if from.flags & MAIL_RET_FULL != 0 {
             Some(DsnRet::Full)
         } else if from.flags & MAIL_RET_HDRS != 0 {
@@ -55,6 +85,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             requiretls: from.flags & MAIL_REQUIRETLS != 0,
             recipients: Vec::new(),
             bdat: None,
+            spf,
         });
         self.reply(250, "2.1.0", "Sender OK");
     }

@@ -8,10 +8,12 @@
 //! - `body`: DATA/BDAT framing and the smuggling/line/loop checks;
 //! - `tls`: the STARTTLS certificate.
 //!
-//! The session talks to the rest of the program through exactly two things:
-//! the [`RecipientPolicy`](crate::policy::RecipientPolicy) at RCPT time and
-//! the [`Spool`](crate::spool::Spool) at end of data. A 250 after data is sent
-//! only once the spool says the message is on disk.
+//! The session talks to the rest of the program through a few narrow
+//! doors: the [`policy`](crate::policy) (client limits and DNSBLs at
+//! connect, rates at MAIL, the recipient decision — list or callout — at
+//! RCPT), the [`trust`](crate::trust) checks (SPF at MAIL, DKIM/DMARC and the
+//! lure score at end of data), and the [`Spool`](crate::spool::Spool). A 250
+//! after data is sent only once the spool says the message is on disk.
 
 pub mod body;
 mod data;
@@ -41,10 +43,26 @@ pub struct SmtpContext {
     pub tls: tls::TlsHandle,
     /// Outage-lure scoring at intake (`[trust] lure_scoring`).
     pub lure: Option<Arc<crate::trust::lure::LureContext>>,
+    /// SPF/DKIM/DMARC/ARC (`[trust] authenticate`).
+    pub auth: Option<Arc<crate::trust::auth::Authenticator>>,
+    pub trust: Arc<crate::config::TrustConfig>,
+    /// Present when some domain has `verify_recipients = "callout"`.
+    pub callout: Option<Arc<crate::policy::callout::Callout>>,
+    pub limits: Arc<crate::policy::limits::ClientLimits>,
+    pub dnsbls: Arc<crate::policy::dnsbl::Dnsbls>,
+    /// Is an upstream down or a drill running right now? Set once the
+    /// delivery side exists; lures score higher during an outage.
+    pub outage: Arc<std::sync::OnceLock<OutageProbe>>,
 }
+
+pub type OutageProbe = Box<dyn Fn() -> bool + Send + Sync>;
 
 impl SmtpContext {
     fn policy(&self) -> Arc<RecipientPolicy> {
         self.policy.read().expect("policy lock").clone()
+    }
+
+    fn in_outage(&self) -> bool {
+        self.outage.get().is_some_and(|probe| probe())
     }
 }

@@ -1,4 +1,6 @@
-//! RCPT TO: the relay decision, made here and only here (no backscatter).
+//! RCPT TO: the relay decision, made here and only here (no backscatter):
+//! the domain and recipient list or callout, the client's recipient rate,
+//! and the SPF verdict for domains that reject SPF failures.
 
 use smtp_proto::{
     RcptTo, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS,
@@ -6,11 +8,13 @@ use smtp_proto::{
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::session::Session;
+use crate::config::SpfMode;
 use crate::envelope::{Recipient, NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER, NOTIFY_SUCCESS};
-use crate::policy::RcptVerdict;
+use crate::policy::limits::Event;
+use crate::policy::{CalloutDecision, RcptVerdict};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    pub(crate) fn cmd_rcpt(&mut self, to: RcptTo<String>) {
+    pub(crate) async fn cmd_rcpt(&mut self, to: RcptTo<String>) {
         let max_recipients = self.ctx.config.max_recipients;
         let Some(tx) = &self.tx else {
             return self.error_reply(503, "5.5.1", "Need MAIL command first");
@@ -27,13 +31,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if !tx.smtputf8 && !to.address.is_ascii() {
             return self.error_reply(553, "5.6.7", "Non-ASCII recipient address needs SMTPUTF8");
         }
+        if let Err(limit) = self.ctx.limits.check(self.peer.ip(), Event::Recipient) {
+            crate::metrics::get().rejected("rate_limited");
+            tracing::info!(client = %self.peer, rcpt = %to.address, limit, "rcpt refused: rate limit");
+            return self.error_reply(
+                451,
+                "4.7.1",
+                "Too many recipients from your address; slow down and try again later",
+            );
+        }
+        let policy = self.ctx.policy();
         let verdict = if to.address.is_empty() {
             RcptVerdict::BadSyntax("empty address")
         } else {
-            self.ctx.policy().check(&to.address)
+            policy.check(&to.address)
         };
         let address = match verdict {
             RcptVerdict::Accept(address) => address,
+            RcptVerdict::Callout(request) => {
+                let answer = match &self.ctx.callout {
+                    Some(callout) => callout.verify(&request.address, &request.upstream).await,
+                    None => crate::policy::callout::Answer::Unavailable("no callout".into()),
+                };
+                match request.decide(&answer) {
+                    CalloutDecision::Accept => request.address,
+                    CalloutDecision::UnknownUser => {
+                        crate::metrics::get().rejected("unknown_user");
+                        tracing::info!(client = %self.peer, rcpt = %to.address, ?answer, "rcpt rejected: unknown user (callout)");
+                        return self.error_reply(
+                            550,
+                            "5.1.1",
+                            &format!("<{}>: Recipient address rejected: User unknown", to.address),
+                        );
+                    }
+                    CalloutDecision::TryLater => {
+                        tracing::info!(client = %self.peer, rcpt = %to.address, ?answer, "rcpt deferred: recipient cannot be verified now");
+                        return self.error_reply(
+                            451,
+                            "4.4.3",
+                            &format!(
+                                "<{}>: Recipient cannot be verified now; try again later",
+                                to.address
+                            ),
+                        );
+                    }
+                }
+            }
             RcptVerdict::RelayDenied(why) => {
                 crate::metrics::get().rejected("relay_denied");
                 tracing::info!(client = %self.peer, rcpt = %to.address, reason = why, "rcpt rejected: relay denied");
@@ -52,6 +95,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return self.error_reply(553, "5.1.3", &format!("Bad recipient address: {why}"));
             }
         };
+        let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+        let spf_failed = self
+            .tx
+            .as_ref()
+            .and_then(|tx| tx.spf.as_ref())
+            .is_some_and(|spf| spf.is_fail());
+        if spf_failed && policy.spf_mode(domain) == SpfMode::Reject {
+            crate::metrics::get().rejected("spf_fail");
+            tracing::info!(client = %self.peer, rcpt = %address, "rcpt rejected: SPF fail");
+            // RFC 7372: 5.7.23 SPF validation failed.
+            return self.error_reply(
+                550,
+                "5.7.23",
+                "SPF validation failed: the sending domain does not authorize your address",
+            );
+        }
         let mut notify = 0;
         for (flag, ours) in [
             (RCPT_NOTIFY_SUCCESS, NOTIFY_SUCCESS),

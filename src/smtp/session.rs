@@ -41,6 +41,10 @@ pub(crate) struct Session<S> {
     shutdown: watch::Receiver<bool>,
     /// A line longer than allowed is being skipped up to its LF.
     skipping_long_line: bool,
+    /// Refused at connect (DNSBL): every command but QUIT gets this (RFC 5321 3.1).
+    pub(crate) blocked: Option<String>,
+    /// Exempt from rate limits and tarpitting (`[limits] allow`).
+    pub(crate) allow_listed: bool,
 }
 
 /// The mail transaction between MAIL and end of data.
@@ -54,6 +58,8 @@ pub(crate) struct Transaction {
     pub recipients: Vec<Recipient>,
     /// Set once BDAT has started; DATA is then refused.
     pub bdat: Option<BdatState>,
+    /// SPF for this MAIL FROM, when `[trust] authenticate` is on.
+    pub spf: Option<crate::trust::auth::SpfCheck>,
 }
 
 pub(crate) struct BdatState {
@@ -104,12 +110,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             errors: 0,
             shutdown,
             skipping_long_line: false,
+            blocked: None,
+            allow_listed: false,
         }
     }
 
     pub(crate) async fn greet(&mut self) -> std::io::Result<()> {
-        let banner = format!("{} ESMTP Breakwater", self.ctx.hostname);
-        self.reply(220, "", &banner);
+        if let Some(why) = self.blocked.clone() {
+            self.reply(554, "5.7.1", &why);
+        } else {
+            let banner = format!("{} ESMTP Breakwater", self.ctx.hostname);
+            self.reply(220, "", &banner);
+        }
         self.flush().await
     }
 
@@ -179,12 +191,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Ok(Flow::Continue);
             }
         };
+        if let Some(why) = self.blocked.clone() {
+            if matches!(request, Request::Quit) {
+                self.reply(221, "2.0.0", "Bye");
+                return Ok(Flow::Quit);
+            }
+            self.error_reply(503, "5.7.1", &why);
+            return Ok(Flow::Continue);
+        }
         match request {
             Request::Ehlo { host } => self.cmd_ehlo(host, true),
             Request::Helo { host } => self.cmd_ehlo(host, false),
             Request::Lhlo { .. } => self.error_reply(500, "5.5.1", "LHLO is for LMTP"),
-            Request::Mail { from } => self.cmd_mail(from),
-            Request::Rcpt { to } => self.cmd_rcpt(to),
+            Request::Mail { from } => self.cmd_mail(from).await,
+            Request::Rcpt { to } => self.cmd_rcpt(to).await,
             Request::Data => return self.cmd_data().await,
             Request::Bdat {
                 chunk_size,
@@ -277,6 +297,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
+            let limits = &self.ctx.limits;
+            if limits.tarpit_after > 0 && self.errors >= limits.tarpit_after && !self.allow_listed {
+                // Postfix smtpd_error_sleep_time: a dictionary attack pays
+                // in time for every rejected guess.
+                tokio::time::sleep(limits.tarpit_delay).await;
+            }
             self.stream.write_all(&self.wbuf).await?;
             self.stream.flush().await?;
             self.wbuf.clear();

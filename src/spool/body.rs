@@ -54,6 +54,21 @@ impl MessageBody {
         self.len == 0
     }
 
+    /// The first `limit` bytes of the body (all of it when shorter), read
+    /// back from the spill file if it was spilled: for checks that need the
+    /// message as a whole (DKIM) but must stay bounded in memory.
+    pub fn read_prefix(&self, limit: u64) -> std::io::Result<Vec<u8>> {
+        match &self.spill {
+            None => Ok(self.memory[..self.memory.len().min(limit as usize)].to_vec()),
+            Some(spill) => {
+                use std::io::Read;
+                let mut out = Vec::with_capacity(self.len.min(limit) as usize);
+                File::open(&spill.path)?.take(limit).read_to_end(&mut out)?;
+                Ok(out)
+            }
+        }
+    }
+
     pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.crc.update(data);
         self.len += data.len() as u64;

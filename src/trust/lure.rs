@@ -198,8 +198,31 @@ fn strip_tags(html: &str) -> String {
     out.trim().to_string()
 }
 
-/// Score a message; `envelope_sender` is its MAIL FROM.
+/// What intake knows about a message besides its bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Signals<'a> {
+    /// MAIL FROM.
+    pub envelope_sender: &'a str,
+    /// SPF/DKIM/DMARC, when `[trust] authenticate` is on.
+    pub auth: Option<&'a super::auth::AuthVerdict>,
+    /// An upstream is down or a drill runs: the moment lures are sent.
+    pub outage: bool,
+}
+
+/// Score a message with only its MAIL FROM known (no DMARC, no outage).
 pub fn score(raw: &[u8], context: &LureContext, envelope_sender: &str) -> LureVerdict {
+    score_with(
+        raw,
+        context,
+        &Signals {
+            envelope_sender,
+            ..Signals::default()
+        },
+    )
+}
+
+pub fn score_with(raw: &[u8], context: &LureContext, signals: &Signals) -> LureVerdict {
+    let envelope_sender = signals.envelope_sender;
     let mut reasons: BTreeSet<(u32, &'static str)> = BTreeSet::new();
     let Some(message) = MessageParser::default().parse(raw) else {
         return LureVerdict::default();
@@ -283,6 +306,29 @@ pub fn score(raw: &[u8], context: &LureContext, envelope_sender: &str) -> LureVe
         }) {
             reasons.insert((3, "recently-registered-link"));
         }
+    }
+    // Alignment: DMARC is the real test of "is this From genuine". Mail from
+    // our own domains that is not failing is left alone (own notices).
+    let content_signal = brand_in_headline || reasons.iter().any(|(_, r)| *r == "action-words");
+    let mut unauthenticated = false;
+    if let Some(auth) = signals.auth {
+        match auth.dmarc.as_str() {
+            "fail" if own(&from_domain) => {
+                reasons.insert((4, "own-domain-dmarc-fail"));
+            }
+            "fail" => {
+                reasons.insert((2, "dmarc-fail"));
+            }
+            "pass" => {}
+            _ if own(&from_domain) => {}
+            _ => {
+                reasons.insert((1, "not-dmarc-aligned"));
+            }
+        }
+        unauthenticated = auth.dmarc != "pass" && !(own(&from_domain) && auth.dmarc != "fail");
+    }
+    if signals.outage && content_signal && (signals.auth.is_none() || unauthenticated) {
+        reasons.insert((1, "during-outage"));
     }
     let lower_html = html.to_lowercase();
     if lower_html.contains("<form")

@@ -24,6 +24,8 @@ pub struct Zone {
     pub ptr: HashMap<String, String>,
     /// TTL of a domain's MX records (default 60).
     pub mx_ttl: HashMap<String, u32>,
+    /// Names (and their subdomains) the server never answers: a DNS timeout.
+    pub silent: HashSet<String>,
 }
 
 impl Zone {
@@ -83,6 +85,9 @@ impl TestDns {
                 let Ok(query) = Message::from_vec(&buf[..n]) else {
                     continue;
                 };
+                if is_silent(&query, &table.lock().unwrap()) {
+                    continue;
+                }
                 let response = answer(&query, &table.lock().unwrap());
                 if let Ok(bytes) = response.to_vec() {
                     let _ = socket.send_to(&bytes, peer).await;
@@ -91,6 +96,16 @@ impl TestDns {
         });
         TestDns { addr, zone }
     }
+}
+
+fn is_silent(query: &Message, zone: &Zone) -> bool {
+    let Some(q) = query.queries.first() else {
+        return false;
+    };
+    let name = q.name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+    zone.silent
+        .iter()
+        .any(|s| name == *s || name.ends_with(&format!(".{s}")))
 }
 
 fn answer(query: &Message, zone: &Zone) -> Message {

@@ -14,8 +14,8 @@ pub mod sink;
 pub mod web;
 
 use breakwater::config::{
-    AdminConfig, AlertsConfig, Config, DeliveryConfig, DnsConfig, DomainConfig, DrillConfig,
-    SmtpConfig, SpoolConfig, TrustConfig, UpstreamTls, WebConfig,
+    AdminConfig, AlertsConfig, CalloutConfig, Config, DeliveryConfig, DnsConfig, DomainConfig,
+    DrillConfig, LimitsConfig, SmtpConfig, SpoolConfig, TrustConfig, WebConfig,
 };
 use breakwater::server::Server;
 
@@ -69,7 +69,18 @@ impl Fixture {
                 ..AlertsConfig::default()
             },
             alert_targets: Vec::new(),
-            trust: TrustConfig::default(),
+            // No DNS in most tests: SPF/DKIM/DMARC would wait on the
+            // system resolver. tests/trust.rs turns it on with a loopback DNS.
+            trust: TrustConfig {
+                authenticate: false,
+                ..TrustConfig::default()
+            },
+            limits: LimitsConfig::default(),
+            dnsbls: Vec::new(),
+            callout: CalloutConfig {
+                cache_file: root.join("callout-cache.tsv"),
+                ..CalloutConfig::default()
+            },
             drill: DrillConfig {
                 reports_dir: root.join("drills"),
             },
@@ -79,17 +90,10 @@ impl Fixture {
                 ..WebConfig::default()
             },
             domains: vec![
+                DomainConfig::new(DOMAIN, "mx"),
                 DomainConfig {
-                    name: DOMAIN.to_string(),
-                    recipients: None,
-                    upstream: "mx".to_string(),
-                    tls: UpstreamTls::Opportunistic,
-                },
-                DomainConfig {
-                    name: LISTED_DOMAIN.to_string(),
                     recipients: Some(root.join("listed.txt")),
-                    upstream: "127.0.0.1:2526".to_string(),
-                    tls: UpstreamTls::Opportunistic,
+                    ..DomainConfig::new(LISTED_DOMAIN, "127.0.0.1:2526")
                 },
             ],
         };
@@ -237,6 +241,22 @@ impl RawClient {
             stream: Box::new(rustls::StreamOwned::new(conn, self.stream)),
             buf: Vec::new(),
         }
+    }
+
+    /// Connect from a chosen loopback source address (127.0.0.2, …) so one
+    /// test can play several distinct clients.
+    pub fn connect_from(rt: &tokio::runtime::Runtime, addr: SocketAddr, source: &str) -> RawClient {
+        let source: SocketAddr = format!("{source}:0").parse().expect("source address");
+        let stream = rt
+            .block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(source)?;
+                socket.connect(addr).await
+            })
+            .expect("connect from source address");
+        let stream = stream.into_std().expect("std stream");
+        stream.set_nonblocking(false).expect("blocking");
+        RawClient::from_stream(stream)
     }
 
     /// Connect and read the 220 greeting.
