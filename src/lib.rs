@@ -9,15 +9,16 @@
 //! - [`envelope`]: the small shared types (queue ID, envelope, delivery state).
 //! - [`smtp`]: INTAKE — the inbound SMTP server; answers 250 only after the
 //!   spool has the message on disk.
-//! - [`policy`]: who may send to whom: configured domains and recipient lists;
-//!   never an open relay.
+//! - [`policy`]: who may send to whom: configured domains, recipient lists and
+//!   callouts, client rate limits, DNSBLs; never an open relay.
+//! - [`dns`]: the one resolver configuration every stage shares.
 //! - [`spool`]: THE HUB — fsync'd segment files (truth) + sled index (derived).
 //! - [`delivery`]: DELIVERY — routes (static/MX), the SMTP client, per-recipient
 //!   retries, upstream circuit + auto-flush, holds, DSNs.
 //! - [`admin`]: the admin HTTP API (queue inspection and actions, upstreams,
 //!   queue shape, health, metrics) with bearer tokens and a hash-chained audit log.
 //! - [`web`]: the web reader for users (their spooled mail) and admins.
-//! - [`trust`]: verdicts about a message (outage-lure score).
+//! - [`trust`]: verdicts about a message (SPF/DKIM/ARC/DMARC, outage-lure score).
 //! - [`drill`]: the deployment self-check (and, later, drills and alerts).
 //! - [`metrics`]: Prometheus counters/histograms shared by the stages.
 //! - [`server`]: wires the stages together for `serve` and for tests.

@@ -52,6 +52,34 @@ impl Signer {
         Signer { pkcs8 }
     }
 
+    /// An ARC set (as a forwarding list would add) over `message`.
+    fn arc_seal(&self, rt: &tokio::runtime::Runtime, dns: &TestDns, message: &str) -> String {
+        use mail_auth::{AuthenticatedMessage, AuthenticationResults, MessageAuthenticator};
+        let config = breakwater::config::DnsConfig {
+            nameservers: vec![dns.addr],
+        };
+        let authenticator = MessageAuthenticator(breakwater::dns::build_resolver(&config).unwrap());
+        let parsed = AuthenticatedMessage::parse(message.as_bytes()).unwrap();
+        let (arc, dkim) = rt.block_on(async {
+            (
+                authenticator.verify_arc(&parsed).await,
+                authenticator.verify_dkim(&parsed).await,
+            )
+        });
+        assert!(arc.can_be_sealed());
+        let results = AuthenticationResults::new("lists.signed.test")
+            .with_dkim_results(&dkim, "sales@signed.test")
+            .with_arc_result(&arc, "127.0.0.1".parse().unwrap());
+        let key = Ed25519Key::from_pkcs8_der(&self.pkcs8).unwrap();
+        let set = mail_auth::arc::ArcSealer::from_key(key)
+            .domain("signed.test")
+            .selector("s1")
+            .headers(["From", "To", "Subject", "DKIM-Signature"])
+            .seal(&parsed, &results, &arc)
+            .unwrap();
+        format!("{}{message}", set.to_header())
+    }
+
     fn sign(&self, message: &str) -> String {
         let key = Ed25519Key::from_pkcs8_der(&self.pkcs8).unwrap();
         let signature = DkimSigner::from_key(key)
@@ -161,6 +189,11 @@ fn authentication_results_dmarc_enforcement_and_forged_results() {
     assert!(auth.results.starts_with("mx2.test.example;"), "{auth:?}");
     assert!(auth.results.contains("dkim=pass"), "{auth:?}");
     assert!(auth.results.contains("dmarc=pass"), "{auth:?}");
+    // The HELO identity (client.test, no SPF record) is checked too.
+    assert!(
+        auth.results.contains("spf=none") && auth.results.contains("smtp.helo=client.test"),
+        "{auth:?}"
+    );
     assert!(wait_for(Duration::from_secs(15), || !upstream
         .delivered()
         .is_empty()));
@@ -176,6 +209,38 @@ fn authentication_results_dmarc_enforcement_and_forged_results() {
     );
     assert!(!delivered.contains("header.from=bank.example"));
     assert!(delivered.contains("Authentication-Results: upstream.other; spf=pass"));
+
+    // 1b. An ARC-sealed message (a mailing list hop) is verified: arc=pass.
+    let sealed = signer.arc_seal(
+        &rt,
+        &dns,
+        &signer.sign(&message(
+            "Sales <sales@signed.test>",
+            "Via list",
+            "Forwarded.",
+        )),
+    );
+    let reply = send(
+        &server,
+        "bounce@signed.test",
+        &["a@tagged.example"],
+        &sealed,
+    );
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let auth = stored_auth(&server, &reply);
+    assert!(auth.results.contains("\tarc=pass"), "{auth:?}");
+    let broken = sealed.replace("Forwarded.", "Altered.");
+    let reply = send(
+        &server,
+        "bounce@signed.test",
+        &["a@tagged.example"],
+        &broken,
+    );
+    let auth = stored_auth(&server, &reply);
+    assert!(
+        auth.results.contains("\tarc=") && !auth.results.contains("\tarc=pass"),
+        "{auth:?}"
+    );
 
     // 2. DKIM is what makes DMARC pass when SPF is not aligned: the same
     // signed message from another envelope domain passes, tampered it fails

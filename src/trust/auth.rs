@@ -64,6 +64,8 @@ impl AuthVerdict {
 #[derive(Debug, Clone)]
 pub struct SpfCheck {
     output: SpfOutput,
+    /// The HELO identity's own result (RFC 7208 2.3), when HELO names a domain.
+    helo: Option<SpfOutput>,
 }
 
 impl SpfCheck {
@@ -97,23 +99,42 @@ impl Authenticator {
     }
 
     pub async fn check_spf(&self, ip: IpAddr, helo: &str, sender: &str) -> SpfCheck {
+        use mail_auth::spf::verify::SpfParameters;
         let helo = helo_domain(helo);
-        let lookup = self
-            .dns
-            .verify_spf(mail_auth::spf::verify::SpfParameters::verify_mail_from(
+        let timed_out =
+            |domain: &str| SpfOutput::new(domain.to_string()).with_result(SpfResult::TempError);
+        // Both identities at once; the HELO one only when it names a domain
+        // (for the null sender the MAIL FROM check already is the HELO check).
+        let mail_from = tokio::time::timeout(
+            self.budget,
+            self.dns.verify_spf(SpfParameters::verify_mail_from(
                 ip,
                 &helo,
                 &self.hostname,
                 sender,
-            ));
-        let output = match tokio::time::timeout(self.budget, lookup).await {
-            Ok(output) => output,
-            Err(_) => {
-                let domain = sender.rsplit_once('@').map_or(helo.as_str(), |(_, d)| d);
-                SpfOutput::new(domain.to_string()).with_result(SpfResult::TempError)
+            )),
+        );
+        let helo_check = async {
+            if helo.is_empty() || sender.is_empty() {
+                return None;
             }
+            let lookup = self
+                .dns
+                .verify_spf(SpfParameters::verify_ehlo(ip, &helo, &self.hostname));
+            Some(
+                tokio::time::timeout(self.budget, lookup)
+                    .await
+                    .unwrap_or_else(|_| timed_out(&helo)),
+            )
         };
-        SpfCheck { output }
+        let (mail_from, helo_output) = tokio::join!(mail_from, helo_check);
+        let output = mail_from.unwrap_or_else(|_| {
+            timed_out(sender.rsplit_once('@').map_or(helo.as_str(), |(_, d)| d))
+        });
+        SpfCheck {
+            output,
+            helo: helo_output,
+        }
     }
 
     /// DKIM (every signature), ARC and DMARC over the received message.
@@ -190,6 +211,9 @@ impl Authenticator {
         let mut header = AuthenticationResults::new(&self.hostname)
             .with_dkim_results(&dkim, message.from())
             .with_spf_mailfrom_result(&spf.output, ip, sender, helo);
+        if let Some(helo_output) = &spf.helo {
+            header = header.with_spf_ehlo_result(helo_output, ip, helo);
+        }
         if let Some(arc) = &arc {
             header = header.with_arc_result(arc, ip);
         }

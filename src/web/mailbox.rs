@@ -279,6 +279,12 @@ pub async fn show(
                 dt { (lang.t("col.date")) } dd { (time(&state, rendered.date_ms.unwrap_or(message.envelope.received_at_ms as i64))) }
                 dt { (lang.t("col.status")) } dd { span class={ "badge " (badge_class) } { (badge_text) } }
             }
+            @if let Some(auth) = message.envelope.auth.as_ref().filter(|a| a.dmarc_failed()) {
+                div.lure role="alert" {
+                    strong { (lang.t("auth.failed")) " " (auth.from_domain) }
+                    @if auth.quarantined { " " (lang.t("auth.quarantined")) }
+                }
+            }
             @if let Some(verdict) = message.envelope.lure.as_ref().filter(|v| v.is_flagged()) {
                 div.lure role="alert" {
                     strong { (lang.t("lure.title")) }
