@@ -69,8 +69,15 @@ pub struct SmtpConfig {
     #[serde(with = "humantime_serde")]
     pub tls_reload_check: Duration,
     /// RFC 5321 4.5.3.2.7: server timeout waiting for the next command.
+    /// It bounds the whole command line, not each read, so a client
+    /// trickling a byte at a time cannot hold a connection forever.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// The command timeout while over 80 % of `max_connections` are in use
+    /// (Postfix's stress mode: `smtpd_timeout = ${stress?10}`): idle and
+    /// slow clients make room for ones that are sending mail.
+    #[serde(with = "humantime_serde")]
+    pub stress_timeout: Duration,
     /// RFC 5321 4.5.3.2.5/6: timeout for each read while receiving message data.
     #[serde(with = "humantime_serde")]
     pub data_timeout: Duration,
@@ -103,6 +110,14 @@ pub struct SpoolConfig {
     /// Message bodies larger than this go to their own file instead of a segment,
     /// so a huge message never sits whole in memory or blocks the group commit.
     pub large_message_threshold: u64,
+    /// Spool quota: past this many bytes of spool files, new mail is refused
+    /// with 452 4.3.1 (delivery goes on and frees space). Unset = no quota.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<bytesize::ByteSize>,
+    /// Free-space floor on the spool's file system: below it new mail gets
+    /// 452 4.3.1, so the disk never fills up under acknowledged mail and
+    /// delivery always has room for its small state records.
+    pub min_free: bytesize::ByteSize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -636,6 +651,7 @@ impl Default for SmtpConfig {
             tls_generate_if_missing: true,
             tls_reload_check: Duration::from_secs(10),
             command_timeout: Duration::from_secs(300),
+            stress_timeout: Duration::from_secs(10),
             data_timeout: Duration::from_secs(180),
             max_errors: 20,
             bare_lf: BareLfPolicy::Reject,
@@ -651,6 +667,8 @@ impl Default for SpoolConfig {
             dir: PathBuf::from("data/spool"),
             segment_size: 64 * 1024 * 1024,
             large_message_threshold: 1024 * 1024,
+            max_bytes: None,
+            min_free: bytesize::ByteSize::gb(1),
         }
     }
 }

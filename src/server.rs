@@ -113,6 +113,12 @@ impl Server {
                 config.trust.dns_timeout,
             )),
             outage: outage.clone(),
+            stress: Default::default(),
+            delivery_connections: if config.delivery.enabled {
+                config.delivery.concurrency
+            } else {
+                0
+            },
         };
         let smtp = SmtpServer::bind(ctx).await?;
         let smtp_addrs = smtp.local_addrs();

@@ -14,6 +14,7 @@ fn config(dir: &Path) -> SpoolConfig {
         dir: dir.join("spool"),
         segment_size: 4096,
         large_message_threshold: 64 * 1024,
+        ..SpoolConfig::default()
     }
 }
 

@@ -111,13 +111,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let tx = self.tx.take().expect("transaction checked above");
             self.finish_message(tx, state.body, Some(problem), write_error)
                 .await;
-        } else if write_error.is_some() {
+        } else if let Some(err) = write_error {
             self.tx = None;
-            self.error_reply(
-                451,
-                "4.3.0",
-                "Local error while storing the message; try again later",
-            );
+            self.track_data(false);
+            tracing::error!(queue_id = %state.body.id(), error = %err, "message not stored: write failed");
+            self.storage_error_reply(crate::spool::is_storage_full(&err));
         } else {
             self.reply(250, "2.0.0", &format!("{size} octets received"));
             if let Some(tx) = self.tx.as_mut() {
@@ -141,6 +139,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     fn start_body(&mut self, framing: Framing) -> (MessageBody, BodyDecoder) {
+        self.track_data(true);
         let config = &self.ctx.config;
         let decoder = BodyDecoder::new(
             framing,
@@ -162,6 +161,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         problem: Option<BodyProblem>,
         write_error: Option<std::io::Error>,
     ) {
+        self.track_data(false);
         let id = body.id();
         let rejected = match problem {
             Some(BodyProblem::BareLineEnding) => Some((
@@ -201,11 +201,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         if let Some(err) = write_error {
             tracing::error!(queue_id = %id, error = %err, "message not stored: write failed");
-            self.error_reply(
-                451,
-                "4.3.0",
-                "Local error while storing the message; try again later",
-            );
+            self.storage_error_reply(crate::spool::is_storage_full(&err));
+            return;
+        }
+        // The floor is checked again with the real size: a client that
+        // declared no SIZE must not take the last of the disk.
+        if let Err(shortage) = self.ctx.spool.check_space(body.len()) {
+            crate::metrics::get().rejected("insufficient_storage");
+            tracing::warn!(queue_id = %id, client = %self.peer, %shortage, "message not stored: insufficient storage");
+            self.storage_error_reply(true);
             return;
         }
         let nrcpt = tx.recipients.len();
@@ -270,12 +274,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Err(err) => {
                 crate::metrics::get().rejected("spool_error");
                 tracing::error!(queue_id = %id, error = %err, "message not stored: spool error");
-                self.error_reply(
-                    451,
-                    "4.3.0",
-                    "Local error while storing the message; try again later",
-                );
+                let full = matches!(&err, crate::spool::SpoolError::Io(io) if crate::spool::is_storage_full(io));
+                self.storage_error_reply(full);
             }
+        }
+    }
+
+    /// The message could not be stored: 452 4.3.1 when the disk or quota is
+    /// full (RFC 3463), 451 4.3.0 for any other local error. Either way the
+    /// client keeps the message and retries; nothing was acknowledged.
+    fn storage_error_reply(&mut self, full: bool) {
+        if full {
+            self.reply(452, "4.3.1", "Insufficient system storage; try again later");
+        } else {
+            self.error_reply(
+                451,
+                "4.3.0",
+                "Local error while storing the message; try again later",
+            );
         }
     }
 

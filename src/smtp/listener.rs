@@ -9,6 +9,17 @@
 //! session's own task so a slow DNSBL never holds up the accept loop.
 //! On shutdown the listeners close first, idle sessions are told 421, and
 //! sessions in the middle of a message get `shutdown_grace` to finish.
+//!
+//! Two kinds of exhaustion are planned for rather than discovered:
+//! - *slots*: past 80 % of `max_connections` the listener declares stress
+//!   and every idle session switches to the short `stress_timeout`, so a
+//!   crowd of slow or silent clients (slowloris) drains within seconds and
+//!   senders with mail get the slots (Postfix does the same);
+//! - *file descriptors*: `max_connections` is lowered at start-up to what
+//!   the open-file limit allows after a reserve for the spool, index,
+//!   delivery and web, and one spare descriptor is kept so that even at
+//!   EMFILE a client is told `421` instead of being left hanging in the
+//!   kernel's backlog.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +37,88 @@ use crate::policy::limits::Event;
 pub struct SmtpServer {
     listeners: Vec<TcpListener>,
     ctx: Arc<SmtpContext>,
+}
+
+/// Connection pressure, shared with every session.
+pub struct Stress {
+    tx: watch::Sender<bool>,
+}
+
+impl Default for Stress {
+    fn default() -> Self {
+        Stress {
+            tx: watch::Sender::new(false),
+        }
+    }
+}
+
+impl Stress {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+
+    pub fn is_on(&self) -> bool {
+        *self.tx.borrow()
+    }
+
+    /// On at 80 % of the slots in use, off again at 50 % (hysteresis, so
+    /// sessions are not re-timed on every connection).
+    fn update(&self, in_use: usize, max: usize) {
+        let on = *self.tx.borrow();
+        if !on && in_use * 5 >= max * 4 {
+            self.tx.send_replace(true);
+            tracing::warn!(
+                in_use,
+                max,
+                "smtp: connection slots nearly exhausted: stress mode on (short command timeout)"
+            );
+        } else if on && in_use * 2 <= max {
+            self.tx.send_replace(false);
+            tracing::info!(in_use, max, "smtp: stress mode off");
+        }
+    }
+}
+
+/// Descriptors kept back from sessions: spool segments and large bodies,
+/// the sled index, listeners, web and admin connections, logs.
+const FD_RESERVE: usize = 128;
+
+/// How many sessions the open-file limit allows. The soft limit is first
+/// raised to the hard one (as Go and nginx do); if that is still short of
+/// `max_connections` plus the reserve, fewer sessions are allowed and the
+/// log says so — refusing with 421 beats failing inside a session.
+fn fd_budget(configured: usize, delivery_connections: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return configured;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        }
+    }
+    let available = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+    let reserve = FD_RESERVE + delivery_connections;
+    let allowed = available.saturating_sub(reserve).max(1);
+    if allowed < configured {
+        tracing::warn!(
+            configured,
+            allowed,
+            open_file_limit = available,
+            "smtp: max_connections lowered to fit the open-file limit (raise LimitNOFILE / ulimit -n)"
+        );
+        allowed
+    } else {
+        configured
+    }
 }
 
 /// Live connection count per client address.
@@ -91,7 +184,10 @@ impl SmtpServer {
 
     /// Serve until `shutdown` turns true, then drain sessions.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
-        let max = self.ctx.config.max_connections;
+        let max = fd_budget(
+            self.ctx.config.max_connections,
+            self.ctx.delivery_connections,
+        );
         let slots = Arc::new(Semaphore::new(max));
         let per_ip = Arc::new(PerIpCounts::default());
         let per_network = Arc::new(PerIpCounts::default());
@@ -103,6 +199,7 @@ impl SmtpServer {
                 slots.clone(),
                 per_ip.clone(),
                 per_network.clone(),
+                max,
                 shutdown.clone(),
             )));
         }
@@ -123,8 +220,10 @@ async fn accept_loop(
     slots: Arc<Semaphore>,
     per_ip: Arc<PerIpCounts>,
     per_network: Arc<PerIpCounts>,
+    max: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut spare_fd = std::fs::File::open("/dev/null").ok();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -132,8 +231,22 @@ async fn accept_loop(
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
+            Err(err) if is_fd_exhaustion(&err) => {
+                crate::metrics::get().rejected("fd_exhausted");
+                tracing::error!(error = %err, "smtp: out of file descriptors; refusing connections with 421");
+                // Free the spare, take the waiting client, tell it 421,
+                // and take the spare back.
+                drop(spare_fd.take());
+                if let Ok((stream, _)) = listener.accept().await {
+                    refuse_now(stream, &ctx.hostname);
+                }
+                if spare_fd.is_none() {
+                    spare_fd = std::fs::File::open("/dev/null").ok();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
             Err(err) => {
-                // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %err, "smtp: accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
@@ -187,17 +300,32 @@ async fn accept_loop(
             }
             Some(network_slot)
         };
+        ctx.stress.update(max - slots.available_permits(), max);
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
+        let slots = slots.clone();
         tokio::spawn(async move {
-            if let Err(err) = handle_connection(ctx, stream, peer, allow_listed, shutdown).await {
+            if let Err(err) =
+                handle_connection(ctx.clone(), stream, peer, allow_listed, shutdown).await
+            {
                 tracing::debug!(client = %peer, error = %err, "smtp: session ended with I/O error");
             }
             drop(network_slot);
             drop(ip_slot);
             drop(slot);
+            ctx.stress.update(max - slots.available_permits(), max);
         });
     }
+}
+
+fn is_fd_exhaustion(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+/// 421 without a task: the descriptor must be closed again at once.
+fn refuse_now(stream: TcpStream, hostname: &str) {
+    let line = format!("421 4.3.2 Too many open files, try again later ({hostname})\r\n");
+    let _ = stream.try_write(line.as_bytes());
 }
 
 async fn refuse(mut stream: TcpStream, hostname: String, text: &'static str) {

@@ -1,6 +1,6 @@
 //! MAIL FROM: start a transaction. The reverse-path is not policed here
-//! (bounces from `<>` must get through); size and TLS requirements, the
-//! client's message rate, and the SPF check (its verdict is used at RCPT,
+//! (bounces from `<>` must get through); size and TLS requirements, spool
+//! space (452 4.3.1 below `min_free`), the client's message rate, and the SPF check (its verdict is used at RCPT,
 //! per recipient domain, and in DMARC at end of data) are.
 
 use smtp_proto::{
@@ -32,6 +32,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 "5.3.4",
                 "Message size exceeds fixed maximum message size",
             );
+        }
+        // Not the client's fault, so not counted as an error (no tarpit).
+        if let Err(shortage) = self.ctx.spool.check_space(from.size as u64) {
+            crate::metrics::get().rejected("insufficient_storage");
+            tracing::warn!(client = %self.peer, %shortage, "mail deferred: insufficient storage");
+            self.reply(452, "4.3.1", "Insufficient system storage; try again later");
+            return;
         }
         if from.flags & MAIL_BODY_BINARYMIME != 0 {
             return self.error_reply(555, "5.5.4", "BODY=BINARYMIME is not supported");

@@ -53,6 +53,11 @@ pub struct SmtpContext {
     /// Is an upstream down or a drill running right now? Set once the
     /// delivery side exists; lures score higher during an outage.
     pub outage: Arc<std::sync::OnceLock<OutageProbe>>,
+    /// Connection pressure (see `listener`).
+    pub stress: Arc<listener::Stress>,
+    /// Upstream connections delivery may hold open, kept out of the
+    /// descriptor budget for sessions.
+    pub delivery_connections: usize,
 }
 
 pub type OutageProbe = Box<dyn Fn() -> bool + Send + Sync>;

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use smtp_proto::Request;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -25,6 +25,9 @@ pub(crate) const MAX_COMMAND_LINE: usize = 512;
 /// MAIL/RCPT may be longer: RFC 3461 allows +500 octets for ORCPT/NOTIFY,
 /// RFC 1870 and 6531 add a few more.
 pub(crate) const MAX_PARAM_COMMAND_LINE: usize = 1024;
+/// Slowest acceptable message data after the first `data_timeout`, in
+/// bytes per second (Postfix `smtpd_min_data_rate`).
+const MIN_DATA_RATE: u64 = 500;
 
 pub(crate) struct Session<S> {
     pub(crate) ctx: Arc<SmtpContext>,
@@ -45,6 +48,11 @@ pub(crate) struct Session<S> {
     pub(crate) blocked: Option<String>,
     /// Exempt from rate limits and tarpitting (`[limits] allow`).
     pub(crate) allow_listed: bool,
+    /// Turns true while the listener is short of connection slots.
+    stress: watch::Receiver<bool>,
+    /// When message data started and how much has arrived since, for the
+    /// minimum data rate.
+    data_progress: Option<(Instant, u64)>,
 }
 
 /// The mail transaction between MAIL and end of data.
@@ -97,6 +105,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Session {
+            stress: ctx.stress.subscribe(),
             ctx,
             stream,
             rbuf: Vec::with_capacity(16 * 1024),
@@ -112,6 +121,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             skipping_long_line: false,
             blocked: None,
             allow_listed: false,
+            data_progress: None,
         }
     }
 
@@ -303,8 +313,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 // in time for every rejected guess.
                 tokio::time::sleep(limits.tarpit_delay).await;
             }
-            self.stream.write_all(&self.wbuf).await?;
-            self.stream.flush().await?;
+            // A client that sends commands but never reads the replies
+            // would otherwise park this write forever once its receive
+            // window is full.
+            let write = async {
+                self.stream.write_all(&self.wbuf).await?;
+                self.stream.flush().await
+            };
+            match tokio::time::timeout(self.ctx.config.command_timeout, write).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "client does not read its replies",
+                    ))
+                }
+            }
             self.wbuf.clear();
         }
         Ok(())
@@ -326,6 +350,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     // ---- input ---------------------------------------------------------
 
     async fn next_input(&mut self) -> std::io::Result<Input> {
+        // The timeout covers the whole line, from the moment we wait for it.
+        let line_started = Instant::now();
         loop {
             let pending = &self.rbuf[self.rpos..];
             if let Some(pos) = memchr::memchr(b'\n', pending) {
@@ -347,19 +373,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.rpos = 0;
             }
             self.flush().await?;
-            let timeout = self.ctx.config.command_timeout;
+            let config = &self.ctx.config;
+            let timeout = if *self.stress.borrow_and_update() {
+                config.stress_timeout.min(config.command_timeout)
+            } else {
+                config.command_timeout
+            };
+            let deadline = tokio::time::Instant::from_std(line_started + timeout);
             let mut shutdown = self.shutdown.clone();
             if *shutdown.borrow() {
                 return Ok(Input::Shutdown);
             }
             tokio::select! {
-                read = tokio::time::timeout(timeout, read_more(&mut self.stream, &mut self.rbuf, &mut self.rpos)) => match read {
+                read = tokio::time::timeout_at(deadline, read_more(&mut self.stream, &mut self.rbuf, &mut self.rpos)) => match read {
                     Err(_) => return Ok(Input::Timeout),
                     Ok(Ok(0)) => return Ok(Input::Eof),
                     Ok(Ok(_)) => {}
                     Ok(Err(err)) => return Err(err),
                 },
                 _ = shutdown.changed() => return Ok(Input::Shutdown),
+                // Stress began or ended: go round and re-time this wait.
+                _ = self.stress.changed() => {}
             }
         }
     }
@@ -378,8 +412,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(crate) async fn fill_data(&mut self) -> std::io::Result<bool> {
         self.flush().await?;
         let timeout: Duration = self.ctx.config.data_timeout;
-        match tokio::time::timeout(
-            timeout,
+        let mut deadline = Instant::now() + timeout;
+        if let Some((started, received)) = self.data_progress {
+            let earned = Duration::from_secs(received / MIN_DATA_RATE);
+            deadline = deadline.min(started + timeout + earned);
+        }
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(deadline),
             read_more(&mut self.stream, &mut self.rbuf, &mut self.rpos),
         )
         .await
@@ -391,9 +430,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Ok(false)
             }
             Ok(Ok(0)) => Ok(false),
-            Ok(Ok(_)) => Ok(true),
+            Ok(Ok(n)) => {
+                if let Some((_, received)) = &mut self.data_progress {
+                    *received += n as u64;
+                }
+                Ok(true)
+            }
             Ok(Err(err)) => Err(err),
         }
+    }
+
+    /// Message data starts (DATA, or the first BDAT chunk) or ends.
+    pub(crate) fn track_data(&mut self, started: bool) {
+        self.data_progress = started.then(|| (Instant::now(), 0));
     }
 }
 

@@ -23,6 +23,7 @@ mod body;
 mod index;
 mod record;
 mod recovery;
+mod space;
 mod writer;
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ use tokio::sync::oneshot;
 
 pub use body::MessageBody;
 pub use index::IndexEntry;
+pub use space::{is_storage_full, Shortage};
 
 use crate::config::SpoolConfig;
 use crate::envelope::{Envelope, MessageState, QueueId};
@@ -114,6 +116,7 @@ struct Inner {
     reclaim: Mutex<Reclaim>,
     stats: Arc<Stats>,
     work: Arc<tokio::sync::Notify>,
+    space: Arc<space::Space>,
     holds_path: PathBuf,
     holds_lock: Mutex<()>,
     /// Why recent messages left the spool (delivered, bounced, deleted…),
@@ -205,6 +208,13 @@ impl Spool {
         };
 
         let stats = Arc::new(Stats::default());
+        let used = space::dir_bytes(&segments_dir)? + space::dir_bytes(&large_dir)?;
+        let space = Arc::new(space::Space::new(
+            root,
+            config.min_free.as_u64(),
+            config.max_bytes.map(|b| b.as_u64()),
+            used,
+        ));
         let current_segment = Arc::new(AtomicU64::new(next_segment));
         let writer = SegmentWriter::open(
             segments_dir.clone(),
@@ -213,6 +223,7 @@ impl Spool {
             next_segment,
             current_segment.clone(),
             stats.clone(),
+            space.clone(),
         )?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -232,6 +243,7 @@ impl Spool {
                 reclaim: Mutex::new(Reclaim { live, oldest }),
                 stats,
                 work: Arc::new(tokio::sync::Notify::new()),
+                space,
                 holds_path: root.join("upstream-holds.json"),
                 holds_lock: Mutex::new(()),
                 removed: Mutex::new(HashMap::new()),
@@ -278,6 +290,7 @@ impl Spool {
                 })
                 .await
                 .map_err(|err| std::io::Error::other(err.to_string()))??;
+                self.inner.space.add(body.len);
                 (Vec::new(), Some(body.crc.clone().finalize()))
             }
             None => (std::mem::take(&mut body.memory), None),
@@ -291,6 +304,7 @@ impl Spool {
             Err(err) => {
                 if external_body_crc.is_some() {
                     let _ = std::fs::remove_file(self.large_path(id));
+                    self.inner.space.sub(body.len);
                 }
                 return Err(err);
             }
@@ -451,8 +465,8 @@ impl Spool {
             }
             removed.insert(id, reason.to_string());
         }
-        if entry.location.external {
-            let _ = std::fs::remove_file(self.large_path(id));
+        if entry.location.external && std::fs::remove_file(self.large_path(id)).is_ok() {
+            self.inner.space.sub(entry.envelope.size);
         }
         if let Some(count) = self
             .inner
@@ -556,6 +570,22 @@ impl Spool {
         self.len() == 0
     }
 
+    /// Is there room for a new message of `incoming` bytes (0 = size not
+    /// known yet)? Intake asks before taking mail; see `space`.
+    pub fn check_space(&self, incoming: u64) -> Result<(), Shortage> {
+        self.inner.space.check(incoming)
+    }
+
+    /// Bytes of spool files on disk (segments and large bodies).
+    pub fn used_bytes(&self) -> u64 {
+        self.inner.space.used()
+    }
+
+    /// Free bytes on the spool's file system.
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        self.inner.space.free()
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.inner.stats
     }
@@ -623,8 +653,12 @@ impl Spool {
                 break;
             }
             let path = writer::segment_path(&self.inner.segments_dir, oldest);
+            let size = std::fs::metadata(&path).map_or(0, |m| m.len());
             match std::fs::remove_file(&path) {
-                Ok(()) => tracing::debug!(segment = oldest, "spool: segment reclaimed"),
+                Ok(()) => {
+                    self.inner.space.sub(size);
+                    tracing::debug!(segment = oldest, "spool: segment reclaimed")
+                }
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => {
                     tracing::warn!(segment = oldest, error = %err, "spool: cannot delete finished segment");

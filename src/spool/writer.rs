@@ -47,6 +47,7 @@ pub(crate) struct SegmentWriter {
     /// Shared so the spool never reclaims the segment being written.
     current_id: Arc<AtomicU64>,
     stats: Arc<super::Stats>,
+    space: Arc<super::space::Space>,
 }
 
 pub(crate) fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -61,6 +62,7 @@ impl SegmentWriter {
         first_segment: u64,
         current_id: Arc<AtomicU64>,
         stats: Arc<super::Stats>,
+        space: Arc<super::space::Space>,
     ) -> std::io::Result<SegmentWriter> {
         let file = create_segment(&segments_dir, first_segment)?;
         current_id.store(first_segment, Ordering::SeqCst);
@@ -73,6 +75,7 @@ impl SegmentWriter {
             len: 0,
             current_id,
             stats,
+            space,
         })
     }
 
@@ -150,6 +153,7 @@ impl SegmentWriter {
         match result {
             Ok(()) => {
                 self.len += buf.len() as u64;
+                self.space.add(buf.len() as u64);
                 for (op, location) in batch.drain(..).zip(locations) {
                     let _ = op.done.send(Ok(location));
                 }

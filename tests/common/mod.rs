@@ -47,6 +47,9 @@ impl Fixture {
             },
             spool: SpoolConfig {
                 dir: root.join("spool"),
+                // The 1 GB default would make the suite depend on the test
+                // machine's free disk; tests/reliability.rs tests the floor.
+                min_free: bytesize::ByteSize::mb(16),
                 ..SpoolConfig::default()
             },
             // Intake tests look at the spool; delivery tests turn this on.
@@ -127,10 +130,15 @@ pub struct BinaryServer {
 
 impl BinaryServer {
     pub fn start(config_path: &Path) -> BinaryServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_breakwater"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config_path)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_breakwater"));
+        command.arg("serve").arg("--config").arg(config_path);
+        BinaryServer::spawn(command)
+    }
+
+    /// Run `command` (which must end up exec'ing `breakwater serve`, e.g.
+    /// through `sh -c 'ulimit …; exec …'`) and wait until it is ready.
+    pub fn spawn(mut command: Command) -> BinaryServer {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
