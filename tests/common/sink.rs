@@ -39,6 +39,8 @@ impl Delivered {
 pub struct Script {
     /// Lower-cased recipient → reply line for RCPT (default 250).
     pub rcpt: HashMap<String, String>,
+    /// Recipients starting with a prefix → reply line (after `rcpt`).
+    pub rcpt_prefix: Vec<(String, String)>,
     pub data_reply: String,
     pub chunking: bool,
     pub requiretls: bool,
@@ -53,6 +55,7 @@ impl Default for Script {
     fn default() -> Self {
         Script {
             rcpt: HashMap::new(),
+            rcpt_prefix: Vec::new(),
             data_reply: "250 2.0.0 Ok: queued".into(),
             chunking: true,
             requiretls: false,
@@ -224,6 +227,13 @@ async fn session(
                 .rcpt
                 .get(&addr)
                 .cloned()
+                .or_else(|| {
+                    script_now
+                        .rcpt_prefix
+                        .iter()
+                        .find(|(prefix, _)| addr.starts_with(prefix.as_str()))
+                        .map(|(_, reply)| reply.clone())
+                })
                 .unwrap_or_else(|| "250 2.1.5 ok".into());
             if reply.starts_with('2') {
                 rcpt_lines.push(line.trim_end().to_string());
