@@ -966,6 +966,57 @@ impl Config {
         Ok(())
     }
 
+    /// Settings that differ in `new` but are only read at start-up, as
+    /// `section.key` (or `domain.<name>.key`). SIGHUP applies recipient
+    /// lists, per-domain acceptance modes and the certificate; everything
+    /// listed here waits for a restart, and the reload log says so.
+    pub fn restart_needed(&self, new: &Config) -> Vec<String> {
+        let as_table = |config: &Config| match toml::Value::try_from(config) {
+            Ok(toml::Value::Table(table)) => table,
+            _ => toml::map::Map::new(),
+        };
+        let (old, new_table) = (as_table(self), as_table(new));
+        let mut changed = Vec::new();
+        let keys: std::collections::BTreeSet<&String> =
+            old.keys().chain(new_table.keys()).collect();
+        for key in keys {
+            if key == "domain" {
+                continue;
+            }
+            match (old.get(key), new_table.get(key)) {
+                (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+                    let inner: std::collections::BTreeSet<&String> =
+                        a.keys().chain(b.keys()).collect();
+                    for sub in inner {
+                        let reloaded = key == "smtp" && (sub == "tls_cert" || sub == "tls_key");
+                        if !reloaded && a.get(sub) != b.get(sub) {
+                            changed.push(format!("{key}.{sub}"));
+                        }
+                    }
+                }
+                (a, b) if a != b => changed.push(key.clone()),
+                _ => {}
+            }
+        }
+        for domain in &new.domains {
+            match self.domains.iter().find(|d| d.name == domain.name) {
+                None => changed.push(format!(
+                    "domain.{} (new domain: delivery route)",
+                    domain.name
+                )),
+                Some(old) => {
+                    if old.upstream != domain.upstream {
+                        changed.push(format!("domain.{}.upstream", domain.name));
+                    }
+                    if old.tls != domain.tls {
+                        changed.push(format!("domain.{}.tls", domain.name));
+                    }
+                }
+            }
+        }
+        changed
+    }
+
     /// The effective configuration as TOML (what `check-config` prints).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
@@ -1000,6 +1051,26 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn reload_names_settings_that_need_a_restart() {
+        let base = "hostname = \"mx2.example.com\"\n[[domain]]\nname = \"example.com\"\n";
+        let old = parse(base).unwrap();
+        assert!(old.restart_needed(&old.clone()).is_empty());
+        let new = parse(&format!(
+            "{base}dmarc = \"enforce\"\nupstream = \"10.0.0.1:25\"\n[[domain]]\nname = \"new.example\"\n[smtp]\nmax_connections = 5\ntls_cert = \"other.pem\"\n[spool]\nmin_free = \"2GB\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            old.restart_needed(&new),
+            vec![
+                "smtp.max_connections".to_string(),
+                "spool.min_free".to_string(),
+                "domain.example.com.upstream".to_string(),
+                "domain.new.example (new domain: delivery route)".to_string(),
+            ]
+        );
     }
 
     #[test]

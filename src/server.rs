@@ -263,6 +263,13 @@ impl Server {
     /// SIGHUP: re-read recipient lists and the certificate without dropping
     /// connections. On any error the old state stays in force.
     pub fn reload(&self, config: &Config) {
+        let waiting = self.config.restart_needed(config);
+        if !waiting.is_empty() {
+            tracing::warn!(
+                settings = %waiting.join(", "),
+                "reload: these settings changed but take effect only after a restart"
+            );
+        }
         match RecipientPolicy::load(config) {
             Ok(policy) => {
                 *self.policy.write().expect("policy lock") = Arc::new(policy);

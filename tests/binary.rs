@@ -340,6 +340,18 @@ fn sighup_reloads_recipient_lists_without_dropping_connections() {
     c.expect("DATA", 354);
     c.send(b"Subject: after reload\r\n\r\nhi\r\n.\r\n");
     assert_eq!(c.reply().code, 250);
+    // A setting read only at start is named in the reload log.
+    let mut changed = fixture.config.clone();
+    changed.smtp.max_connections = 77;
+    std::fs::write(&config_path, changed.to_toml()).unwrap();
+    server.signal(libc::SIGHUP);
+    assert!(
+        wait_for(Duration::from_secs(10), || server.log_text().contains(
+            "take effect only after a restart settings=smtp.max_connections"
+        )),
+        "{}",
+        server.log_text()
+    );
     // A broken config on reload keeps the old policy in force.
     std::fs::write(&config_path, "hostname = [broken\n").unwrap();
     server.signal(libc::SIGHUP);

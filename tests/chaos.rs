@@ -19,6 +19,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -148,17 +149,18 @@ fn client(id: usize, mode: Mode, shared: Arc<Shared>, seed: u64) {
                     },
                 );
                 shared.sent.fetch_add(1, Ordering::Relaxed);
-                let outcome = send_one(&mut c, mode, &recipients, &body)?;
-                shared
-                    .ledger
-                    .lock()
-                    .unwrap()
-                    .get_mut(&token)
-                    .unwrap()
-                    .outcome = outcome;
+                let (outcome, accepted) = send_one(&mut c, mode, &recipients, &body)?;
+                let mut ledger = shared.ledger.lock().unwrap();
+                let sent = ledger.get_mut(&token).unwrap();
+                sent.outcome = outcome;
+                // Only recipients the server took are owed a delivery.
+                if outcome == Outcome::Acked {
+                    sent.recipients = accepted;
+                }
+                drop(ledger);
                 std::thread::sleep(Duration::from_millis(rng.below(40)));
             }
-            c.send(b"QUIT\r\n");
+            c.stream.write_all(b"QUIT\r\n")?;
             Ok(())
         })();
         if result.is_err() {
@@ -175,83 +177,76 @@ fn open_session(target: SocketAddr, mode: Mode, cert: &Path) -> std::io::Result<
     if c.try_reply()?.code != 220 {
         return Err(std::io::Error::other("no greeting"));
     }
-    c.send(b"EHLO chaos.test\r\n");
+    c.stream.write_all(b"EHLO chaos.test\r\n")?;
     c.try_reply()?;
     if let Mode::StartTls = mode {
-        c.send(b"STARTTLS\r\n");
+        c.stream.write_all(b"STARTTLS\r\n")?;
         if c.try_reply()?.code != 220 {
             return Err(std::io::Error::other("no STARTTLS"));
         }
-        // start_tls panics when the handshake fails (e.g. the certificate
-        // was read mid-rotation): a failed connection, try again.
+        // The handshake fails while a rotation is half done (the client
+        // already trusts the new certificate, the server has not reloaded):
+        // that is a failed connection, tried again. start_tls panics only on
+        // a certificate file it cannot parse, mid-write.
         c = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.start_tls(cert)))
             .map_err(|_| std::io::Error::other("TLS setup failed"))?;
-        c.send(b"EHLO chaos.test\r\n");
+        c.stream.write_all(b"EHLO chaos.test\r\n")?;
         c.try_reply()?;
     }
     Ok(c)
 }
 
-/// One transaction; Err when the connection broke (outcome unknown).
+/// One transaction: the outcome and the recipients the server accepted;
+/// Err when the connection broke (outcome unknown).
 fn send_one(
     c: &mut RawClient,
     mode: Mode,
     recipients: &[String],
     body: &[u8],
-) -> std::io::Result<Outcome> {
+) -> std::io::Result<(Outcome, Vec<String>)> {
     let mut head = b"MAIL FROM:<chaos@example.com>\r\n".to_vec();
     for r in recipients {
         head.extend_from_slice(format!("RCPT TO:<{r}>\r\n").as_bytes());
     }
-    match mode {
+    let mut accepted = Vec::new();
+    let last = match mode {
         Mode::Bdat => {
             head.extend_from_slice(format!("BDAT {} LAST\r\n", body.len()).as_bytes());
             head.extend_from_slice(body);
             c.stream.write_all(&head)?;
-            let mail = c.try_reply()?;
-            let mut rcpt_ok = 0;
-            for _ in recipients {
+            let _mail = c.try_reply()?;
+            for r in recipients {
                 if c.try_reply()?.code == 250 {
-                    rcpt_ok += 1;
+                    accepted.push(r.clone());
                 }
             }
-            let last = c.try_reply()?;
-            Ok(
-                if mail.code == 250 && rcpt_ok == recipients.len() && last.code == 250 {
-                    Outcome::Acked
-                } else if last.code == 250 {
-                    // Some recipients refused: the message went to the others.
-                    Outcome::Acked
-                } else {
-                    Outcome::Refused
-                },
-            )
+            c.try_reply()?
         }
         Mode::Pipelined | Mode::StartTls => {
             head.extend_from_slice(b"DATA\r\n");
             c.stream.write_all(&head)?;
             let _mail = c.try_reply()?;
-            for _ in recipients {
-                c.try_reply()?;
+            for r in recipients {
+                if c.try_reply()?.code == 250 {
+                    accepted.push(r.clone());
+                }
             }
-            let data = c.try_reply()?;
-            if data.code != 354 {
-                return Ok(Outcome::Refused);
+            if c.try_reply()?.code != 354 {
+                return Ok((Outcome::Refused, accepted));
             }
             let mut wire = dot_stuff(body);
             wire.extend_from_slice(b".\r\n");
             c.stream.write_all(&wire)?;
-            let last = c.try_reply()?;
-            Ok(if last.code == 250 {
-                Outcome::Acked
-            } else {
-                Outcome::Refused
-            })
+            c.try_reply()?
         }
-    }
+    };
+    let outcome = if last.code == 250 {
+        Outcome::Acked
+    } else {
+        Outcome::Refused
+    };
+    Ok((outcome, accepted))
 }
-
-use std::io::Write;
 
 /// The running binary plus what is needed to steer it.
 struct Target {

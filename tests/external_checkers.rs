@@ -49,11 +49,21 @@ fn nmap_finds_no_open_relay_and_the_expected_extensions() {
     ] {
         let out = nmap(port, args);
         assert!(
-            out.contains("smtp-open-relay: Server doesn't seem to be an open relay, all tests failed"),
+            out.contains(
+                "smtp-open-relay: Server doesn't seem to be an open relay, all tests failed"
+            ),
             "nmap {args}:\n{out}"
         );
         assert!(!out.contains("is an open relay"), "{out}");
-        for extension in ["PIPELINING", "SIZE 52428800", "8BITMIME", "CHUNKING", "STARTTLS", "SMTPUTF8", "DSN"] {
+        for extension in [
+            "PIPELINING",
+            "SIZE 52428800",
+            "8BITMIME",
+            "CHUNKING",
+            "STARTTLS",
+            "SMTPUTF8",
+            "DSN",
+        ] {
             assert!(out.contains(extension), "EHLO lacks {extension}:\n{out}");
         }
         // An MX offers no AUTH, and no address-harvesting EXPN.
@@ -95,7 +105,11 @@ fn testssl_finds_no_weak_protocol_cipher_or_known_vulnerability() {
             .to_string()
     };
     for old in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
-        assert!(finding(old).starts_with("not offered"), "{old}: {}", finding(old));
+        assert!(
+            finding(old).starts_with("not offered"),
+            "{old}: {}",
+            finding(old)
+        );
     }
     assert!(finding("TLS1_2").starts_with("offered"));
     assert!(finding("TLS1_3").starts_with("offered"));
@@ -107,9 +121,25 @@ fn testssl_finds_no_weak_protocol_cipher_or_known_vulnerability() {
         "cipherlist_3DES_IDEA",
         "cipherlist_AVERAGE",
     ] {
-        assert!(finding(weak).starts_with("not offered"), "{weak}: {}", finding(weak));
+        assert!(
+            finding(weak).starts_with("not offered"),
+            "{weak}: {}",
+            finding(weak)
+        );
     }
-    for vulnerability in ["heartbleed", "CCS", "ROBOT", "POODLE_SSL", "SWEET32", "FREAK", "DROWN", "LOGJAM", "BEAST", "LUCKY13", "RC4"] {
+    for vulnerability in [
+        "heartbleed",
+        "CCS",
+        "ROBOT",
+        "POODLE_SSL",
+        "SWEET32",
+        "FREAK",
+        "DROWN",
+        "LOGJAM",
+        "BEAST",
+        "LUCKY13",
+        "RC4",
+    ] {
         let found = finding(vulnerability);
         assert!(found.contains("not vulnerable"), "{vulnerability}: {found}");
     }
@@ -130,7 +160,14 @@ fn testssl_finds_no_weak_protocol_cipher_or_known_vulnerability() {
 fn swaks(port: u16, to: &str, extra: &[&str]) -> (bool, String) {
     let out = Command::new("swaks")
         .args(["--server", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--from", "swaks@remote.test", "--to", to, "--helo", "swaks.test"])
+        .args([
+            "--from",
+            "swaks@remote.test",
+            "--to",
+            to,
+            "--helo",
+            "swaks.test",
+        ])
         .args(["--timeout", "20"])
         .args(extra)
         .output()
@@ -159,7 +196,10 @@ fn swaks_transcripts_show_pipelining_starttls_and_relay_refusal() {
         sent.len() == 3 && sent[1].contains("-> RCPT TO") && sent[2].contains("-> DATA"),
         "not pipelined:\n{transcript}"
     );
-    assert!(transcript.contains("<-  250 2.0.0 Ok: queued as"), "{transcript}");
+    assert!(
+        transcript.contains("<-  250 2.0.0 Ok: queued as"),
+        "{transcript}"
+    );
 
     // STARTTLS: TLS 1.2 or 1.3, then the session starts over.
     let (ok, transcript) = swaks(port, "alice@example.com", &["--tls"]);
@@ -172,7 +212,10 @@ fn swaks_transcripts_show_pipelining_starttls_and_relay_refusal() {
         tls_line.contains("TLSv1.3") || tls_line.contains("TLSv1.2"),
         "{tls_line}"
     );
-    assert!(transcript.contains("~> EHLO swaks.test"), "no EHLO after TLS:\n{transcript}");
+    assert!(
+        transcript.contains("~> EHLO swaks.test"),
+        "no EHLO after TLS:\n{transcript}"
+    );
 
     // Relay attempts: refused at RCPT, nothing queued.
     for to in [
@@ -183,7 +226,9 @@ fn swaks_transcripts_show_pipelining_starttls_and_relay_refusal() {
         let (ok, transcript) = swaks(port, to, &[]);
         assert!(!ok, "relay to {to} accepted:\n{transcript}");
         assert!(
-            transcript.lines().any(|l| l.contains("<** ") && l.contains(" 5.")),
+            transcript
+                .lines()
+                .any(|l| l.contains("<** ") && l.contains(" 5.")),
             "{to}: no 5xx at RCPT:\n{transcript}"
         );
     }
