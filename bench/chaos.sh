@@ -19,6 +19,6 @@ log="bench/results/chaos-$(date -u +%Y%m%dT%H%M%SZ).log"
 {
     echo "# $(date -u +%FT%TZ) $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), minutes=$minutes"
     env CHAOS_SECONDS=$((minutes * 60)) ${seed:+CHAOS_SEED=$seed} \
-        cargo test --release --test chaos -- --nocapture 2>&1
+        cargo test --release --test chaos -- --include-ignored --nocapture 2>&1
 } | tee "$log" | grep -E "^(chaos|messages:|recipients:|acked=)|test result|panicked"
 echo "full output: $log"
