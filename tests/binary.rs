@@ -25,20 +25,6 @@ struct Sent {
     outcome: Outcome,
 }
 
-/// Tiny xorshift; the seed is printed so a failure can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn message_body(token: &str, size: usize, bad: bool) -> Vec<u8> {
     let mut body =
         format!("Subject: {token}\r\nMessage-ID: <{token}@crash.test>\r\n\r\n").into_bytes();

@@ -30,20 +30,6 @@ use breakwater::config::UpstreamTls;
 use common::sink::{Delivered, Script, Sink};
 use common::*;
 
-/// xorshift; the seed is printed so a run can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn digest(data: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     data.hash(&mut h);
@@ -497,17 +483,8 @@ fn chaos_soak_loses_nothing() {
                 "kill -9"
             }
             1 => {
-                let mut server = target.server.take().unwrap();
-                server.signal(libc::SIGTERM);
-                let t = Instant::now();
-                while server.child.try_wait().unwrap().is_none() {
-                    assert!(
-                        t.elapsed() < Duration::from_secs(20),
-                        "SIGTERM: no exit in 20 s"
-                    );
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                drop(server);
+                let server = target.server.take().unwrap();
+                server.terminate(Duration::from_secs(20));
                 target.start(&shared);
                 "sigterm"
             }
@@ -576,16 +553,7 @@ fn chaos_soak_loses_nothing() {
     assert!(drained, "spool did not drain: {}", server.log_text());
     // Give DSN deliveries queued last a moment, then stop cleanly.
     std::thread::sleep(Duration::from_millis(500));
-    server.signal(libc::SIGTERM);
-    let mut server = server;
-    let t = Instant::now();
-    while server.child.try_wait().unwrap().is_none() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "no exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.terminate(Duration::from_secs(20));
     received.absorb(
         std::mem::take(&mut *sink.received.lock().unwrap()),
         &shared.ledger,

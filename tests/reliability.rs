@@ -182,22 +182,25 @@ fn full_disk_refuses_with_452_keeps_every_acked_message_and_recovers() {
     rt.block_on(server.shutdown());
 }
 
+/// An in-process server whose spool is on `disk`, with the given floor.
+fn start_on(
+    fixture: &mut Fixture,
+    disk: &SmallDisk,
+    min_free: bytesize::ByteSize,
+) -> (tokio::runtime::Runtime, Server) {
+    fixture.config.spool.dir = disk.mount.join("spool");
+    fixture.config.spool.min_free = min_free;
+    fixture.config.spool.large_message_threshold = 64 * 1024;
+    start_in_process(fixture)
+}
+
 #[test]
 fn declared_size_and_real_size_are_held_to_the_floor() {
-    let fixture = Fixture::new();
+    let mut fixture = Fixture::new();
     let Some(disk) = SmallDisk::mount(fixture.path(), 16) else {
         return;
     };
-    let mut config = fixture.config.clone();
-    config.spool.dir = disk.mount.join("spool");
-    config.spool.min_free = bytesize::ByteSize::mb(10);
-    config.spool.large_message_threshold = 64 * 1024;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = rt.block_on(Server::start(config)).expect("server starts");
+    let (rt, server) = start_on(&mut fixture, &disk, bytesize::ByteSize::mb(10));
     let addr = server.smtp_addrs[0];
     let room = disk.free() - 10 * 1024 * 1024;
     assert!(room > 3 * 1024 * 1024, "room {room}");
@@ -233,21 +236,12 @@ fn declared_size_and_real_size_are_held_to_the_floor() {
 
 #[test]
 fn a_write_that_hits_enospc_gets_452_and_leaves_nothing_behind() {
-    let fixture = Fixture::new();
+    let mut fixture = Fixture::new();
     let Some(disk) = SmallDisk::mount(fixture.path(), 16) else {
         return;
     };
-    let mut config = fixture.config.clone();
-    config.spool.dir = disk.mount.join("spool");
     // No floor: the file system itself runs out mid-message.
-    config.spool.min_free = bytesize::ByteSize::b(0);
-    config.spool.large_message_threshold = 64 * 1024;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = rt.block_on(Server::start(config)).expect("server starts");
+    let (rt, server) = start_on(&mut fixture, &disk, bytesize::ByteSize::b(0));
     let addr = server.smtp_addrs[0];
     let before = try_send(addr, "before", 2000);
     assert_eq!(before.code, 250);
@@ -273,17 +267,10 @@ fn a_write_that_hits_enospc_gets_452_and_leaves_nothing_behind() {
     assert_eq!(server.spool.len(), 2);
     rt.block_on(server.shutdown());
     // Both acknowledged messages are intact after a restart.
-    let (spool, report) = breakwater::spool::Spool::open(&fixture_spool(&disk)).unwrap();
+    let (spool, report) = breakwater::spool::Spool::open(&fixture.config.spool).unwrap();
     assert_eq!(report.messages, 2, "{report:?}");
     for message in spool.list().unwrap() {
         spool.read_body(message.id).expect("body intact");
-    }
-}
-
-fn fixture_spool(disk: &SmallDisk) -> breakwater::config::SpoolConfig {
-    breakwater::config::SpoolConfig {
-        dir: disk.mount.join("spool"),
-        ..Default::default()
     }
 }
 
