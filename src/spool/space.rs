@@ -109,10 +109,14 @@ impl Space {
             }
         }
         match self.free() {
-            Ok(free) if free.saturating_sub(incoming) < self.min_free => Err(Shortage::FreeSpace {
-                free,
-                min_free: self.min_free,
-            }),
+            // `incoming > free` is checked on its own: with `min_free = 0`
+            // the saturating difference alone would never refuse.
+            Ok(free) if incoming > free || free - incoming < self.min_free => {
+                Err(Shortage::FreeSpace {
+                    free,
+                    min_free: self.min_free,
+                })
+            }
             Ok(_) => Ok(()),
             // statvfs failing on a directory we hold open is not a reason to
             // refuse mail; the write itself will tell.
