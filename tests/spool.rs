@@ -366,3 +366,67 @@ async fn concurrent_enqueues_share_fsyncs() {
     spool.close().await;
     drop(spool);
 }
+
+/// A message must count as live in its segment from the moment its record
+/// is durable, not from when `enqueue` gets to run again. Here the session's
+/// `enqueue` is polled once (its record goes to the writer and is fsync'd)
+/// and then left waiting, as a busy worker thread leaves a woken task, while
+/// another message arrives (in a new segment) and is delivered and removed.
+/// That removal runs reclamation; the first segment must survive it. The
+/// 30-minute chaos soak lost three acknowledged messages this way when the
+/// count was raised only after the index insert.
+#[tokio::test]
+async fn a_segment_is_not_reclaimed_while_its_enqueue_is_still_returning() {
+    use std::future::Future;
+    use std::task::Poll;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    // Every batch starts a new segment.
+    cfg.segment_size = 64;
+    let (spool, _) = Spool::open(&cfg).unwrap();
+
+    let mut body = spool.new_body();
+    body.write(b"Subject: slow session\r\n\r\nkept\r\n")
+        .unwrap();
+    let session = spool.clone();
+    let mut slow =
+        Box::pin(async move { session.enqueue(body, envelope(&["x@example.com"])).await });
+    std::future::poll_fn(|cx| {
+        assert!(slow.as_mut().poll(cx).is_pending());
+        Poll::Ready(())
+    })
+    .await;
+    // Give the writer time to make it durable and signal the (unpolled) task.
+    let first_segment = tmp.path().join("spool/segments/0000000000000001.seg");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&first_segment).map_or(0, |m| m.len()) == 0 {
+        assert!(std::time::Instant::now() < deadline, "writer never wrote");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+    let other = put(
+        &spool,
+        b"Subject: fast\r\n\r\ndelivered\r\n",
+        &["y@example.com"],
+    )
+    .await;
+    assert!(spool.remove(other, "delivered").await.unwrap());
+
+    let id = slow.await.unwrap();
+    assert!(
+        first_segment.exists(),
+        "segment of a live message was reclaimed"
+    );
+    assert_eq!(
+        spool.read_body(id).unwrap(),
+        b"Subject: slow session\r\n\r\nkept\r\n"
+    );
+    spool.close().await;
+    drop(spool);
+    let (spool, _) = Spool::open(&cfg).unwrap();
+    assert!(
+        spool.get(id).unwrap().is_some(),
+        "message gone after reopen"
+    );
+}

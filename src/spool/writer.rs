@@ -48,6 +48,7 @@ pub(crate) struct SegmentWriter {
     current_id: Arc<AtomicU64>,
     stats: Arc<super::Stats>,
     space: Arc<super::space::Space>,
+    reclaim: Arc<std::sync::Mutex<super::Reclaim>>,
 }
 
 pub(crate) fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -63,6 +64,7 @@ impl SegmentWriter {
         current_id: Arc<AtomicU64>,
         stats: Arc<super::Stats>,
         space: Arc<super::space::Space>,
+        reclaim: Arc<std::sync::Mutex<super::Reclaim>>,
     ) -> std::io::Result<SegmentWriter> {
         let file = create_segment(&segments_dir, first_segment)?;
         current_id.store(first_segment, Ordering::SeqCst);
@@ -76,6 +78,7 @@ impl SegmentWriter {
             current_id,
             stats,
             space,
+            reclaim,
         })
     }
 
@@ -154,6 +157,13 @@ impl SegmentWriter {
             Ok(()) => {
                 self.len += buf.len() as u64;
                 self.space.add(buf.len() as u64);
+                // Counted before any caller learns the location: see `Reclaim`.
+                {
+                    let mut reclaim = self.reclaim.lock().expect("reclaim lock");
+                    for op in batch.iter().filter(|op| op.kind == Kind::Message) {
+                        reclaim.count_new_message(self.current);
+                    }
+                }
                 for (op, location) in batch.drain(..).zip(locations) {
                     let _ = op.done.send(Ok(location));
                 }
