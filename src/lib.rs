@@ -20,6 +20,8 @@
 //! - [`web`]: the web reader for users (their spooled mail) and admins.
 //! - [`trust`]: verdicts about a message (SPF/DKIM/ARC/DMARC, outage-lure score).
 //! - [`drill`]: the deployment self-check (and, later, drills and alerts).
+//! - [`mime`]: the guarded entry to mail-parser (a parser panic costs only
+//!   the rendering of that one message).
 //! - [`metrics`]: Prometheus counters/histograms shared by the stages.
 //! - [`server`]: wires the stages together for `serve` and for tests.
 //! - [`cli`]: the `breakwater` command line; `main.rs` only calls into it.
@@ -34,6 +36,7 @@ pub mod drill;
 pub mod envelope;
 pub mod logging;
 pub mod metrics;
+pub mod mime;
 pub mod policy;
 pub mod server;
 pub mod smtp;

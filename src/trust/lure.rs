@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 
-use mail_parser::{MessageParser, MimeHeaders};
+use mail_parser::MimeHeaders;
 use serde::{Deserialize, Serialize};
 
 /// At or above this, the web reader shows the warning banner.
@@ -224,7 +224,7 @@ pub fn score(raw: &[u8], context: &LureContext, envelope_sender: &str) -> LureVe
 pub fn score_with(raw: &[u8], context: &LureContext, signals: &Signals) -> LureVerdict {
     let envelope_sender = signals.envelope_sender;
     let mut reasons: BTreeSet<(u32, &'static str)> = BTreeSet::new();
-    let Some(message) = MessageParser::default().parse(raw) else {
+    let Some(message) = crate::mime::parse(raw) else {
         return LureVerdict::default();
     };
     let subject = message.subject().unwrap_or("").to_string();

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use mail_parser::{Message, MessageParser, MimeHeaders};
+use mail_parser::{Message, MimeHeaders};
 
 /// Inline images above this size are not embedded (the frame would balloon).
 const MAX_INLINE_IMAGE: usize = 2 * 1024 * 1024;
@@ -56,7 +56,7 @@ pub struct Rendered {
 }
 
 fn parse(raw: &[u8]) -> Option<Message<'_>> {
-    MessageParser::default().parse(raw)
+    crate::mime::parse(raw)
 }
 
 fn addresses(list: Option<&mail_parser::Address<'_>>) -> String {
@@ -410,6 +410,32 @@ mod tests {
 
     fn html_message(html: &str) -> Vec<u8> {
         format!("From: a@example.org\r\nTo: b@example.com\r\nSubject: t\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n").into_bytes()
+    }
+
+    /// Every input the `mail_render` fuzz target ever broke on goes through
+    /// the same calls as the fuzz target, without panicking.
+    #[test]
+    fn saved_fuzz_crashes_render_without_panicking() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/mail_render");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let raw = std::fs::read(entry.unwrap().path()).unwrap();
+            let rendered = render(&raw);
+            for a in &rendered.attachments {
+                let _ = attachment(&raw, a.index);
+            }
+            let _ = render_with_html(&raw, true);
+            let _ = summarize(&raw);
+            let _ = crate::trust::lure::score(&raw, &Default::default(), "a@b.example");
+            seen += 1;
+        }
+        assert!(seen >= 5, "regression inputs found: {seen}");
+        // The one that panics inside mail-parser 0.11.9 shows as raw text.
+        let raw =
+            include_bytes!("../../fuzz/regressions/mail_render/mail-parser-nested-digest-panic");
+        let rendered = render(raw);
+        assert!(rendered.text.unwrap_or_default().contains("BOUNDARY"));
     }
 
     #[test]
