@@ -297,6 +297,16 @@ async fn large_bodies_live_in_their_own_files() {
         spool.get(id).unwrap().unwrap().envelope.size,
         big.len() as u64
     );
+    // List views read only the head, from the large file and from a segment.
+    assert_eq!(spool.read_head(id, 1000).unwrap(), &big[..1000]);
+    let small = put(
+        &spool,
+        b"Subject: small\r\n\r\nbody\r\n",
+        &["x@example.com"],
+    )
+    .await;
+    assert_eq!(spool.read_head(small, 9).unwrap(), b"Subject: ");
+    assert_eq!(spool.read_head(small, 1 << 20).unwrap().len(), 24);
     // An abandoned body leaves nothing behind.
     let mut abandoned = spool.new_body();
     abandoned.write(&big).unwrap();
@@ -324,8 +334,15 @@ async fn large_bodies_live_in_their_own_files() {
             .count(),
         1
     );
+    // Space accounting (counted from the files at open) follows the large
+    // file out.
+    let used = spool.used_bytes();
+    assert!(used >= big.len() as u64, "{used}");
     assert!(spool.remove(id, "delivered").await.unwrap());
     assert!(!large.exists());
+    // (The remove record itself adds a few hundred bytes.)
+    let after = spool.used_bytes();
+    assert!(after + big.len() as u64 <= used + 1024, "{used} -> {after}");
     spool.close().await;
     drop(spool);
 }

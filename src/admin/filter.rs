@@ -158,6 +158,11 @@ pub fn header_section(body: &[u8]) -> &[u8] {
     &body[..end]
 }
 
+/// How much of a message to read for its header section (Subject filter,
+/// `queue show`): the headers of any sane message fit; the rest of a large
+/// body is never loaded.
+pub const HEADER_SCAN: usize = 64 * 1024;
+
 /// The raw Subject header value, unfolded (no MIME decoding).
 pub fn subject_of(body: &[u8]) -> Option<String> {
     let headers = String::from_utf8_lossy(header_section(body))

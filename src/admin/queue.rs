@@ -10,7 +10,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::filter::{self, status_of, subject_of, Filter};
+use super::filter::{self, status_of, subject_of, Filter, HEADER_SCAN};
 use super::{AdminState, ApiError, Caller};
 use crate::envelope::{now_ms, QueueId};
 use crate::spool::SpooledMessage;
@@ -77,7 +77,10 @@ fn select(
     let spool = &state.spool;
     Ok(spool.page(after, limit, |m| {
         filter.matches(m, state.delivery.as_ref(), || {
-            spool.read_body(m.id).ok().and_then(|b| subject_of(&b))
+            spool
+                .read_head(m.id, HEADER_SCAN)
+                .ok()
+                .and_then(|b| subject_of(&b))
         })
     })?)
 }
@@ -113,7 +116,7 @@ pub async fn show(
         .spool
         .get(id)?
         .ok_or_else(|| ApiError::not_found(format!("message {id} is not in the spool")))?;
-    let body = state.spool.read_body(id)?;
+    let body = state.spool.read_head(id, HEADER_SCAN)?;
     let mut out = summary(&message, &state);
     out["envelope"] = serde_json::to_value(&message.envelope).map_err(ApiError::internal)?;
     out["state"] = serde_json::to_value(&message.state).map_err(ApiError::internal)?;

@@ -141,8 +141,10 @@ pub(crate) struct Reclaim {
 }
 
 impl Reclaim {
-    pub(crate) fn count_new_message(&mut self, segment: u64) {
-        *self.live.entry(segment).or_insert(0) += 1;
+    pub(crate) fn count_new_messages(&mut self, segment: u64, messages: usize) {
+        if messages > 0 {
+            *self.live.entry(segment).or_insert(0) += messages;
+        }
     }
 }
 
@@ -368,6 +370,32 @@ impl Spool {
             return Err(SpoolError::Corrupt(id, "body checksum mismatch".into()));
         }
         Ok(data)
+    }
+
+    /// The first `limit` bytes of a message, for list views and filters
+    /// (subject, sender, a text preview): a 50 MB message costs `limit`
+    /// bytes of memory here, not 50 MB. Not checksum-verified — anything that
+    /// delivers, exports or shows the whole message uses [`Spool::read_body`].
+    pub fn read_head(&self, id: QueueId, limit: usize) -> Result<Vec<u8>, SpoolError> {
+        use std::io::Read;
+        use std::os::unix::fs::FileExt;
+        let entry = self.inner.index.get(id)?.ok_or(SpoolError::NotFound(id))?;
+        let location = entry.location;
+        if location.external {
+            let mut head = Vec::with_capacity(limit.min(entry.envelope.size as usize));
+            std::fs::File::open(self.large_path(id))?
+                .take(limit as u64)
+                .read_to_end(&mut head)?;
+            return Ok(head);
+        }
+        let file = std::fs::File::open(writer::segment_path(
+            &self.inner.segments_dir,
+            location.segment,
+        ))?;
+        let mut head = vec![0u8; (location.body_len as usize).min(limit)];
+        let start = location.offset + record::HEADER_LEN as u64 + u64::from(location.meta_len);
+        file.read_exact_at(&mut head, start)?;
+        Ok(head)
     }
 
     /// Up to `limit` messages due for a delivery attempt at `now_ms`, oldest due first.

@@ -160,9 +160,8 @@ impl SegmentWriter {
                 // Counted before any caller learns the location: see `Reclaim`.
                 {
                     let mut reclaim = self.reclaim.lock().expect("reclaim lock");
-                    for op in batch.iter().filter(|op| op.kind == Kind::Message) {
-                        reclaim.count_new_message(self.current);
-                    }
+                    let messages = batch.iter().filter(|op| op.kind == Kind::Message);
+                    reclaim.count_new_messages(self.current, messages.count());
                 }
                 for (op, location) in batch.drain(..).zip(locations) {
                     let _ = op.done.send(Ok(location));

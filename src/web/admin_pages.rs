@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::i18n::Lang;
 use super::pages::{self, fill, page, size, time};
 use super::{check_csrf, Shared, Viewer};
-use crate::admin::filter::{self, status_of, subject_of, Filter};
+use crate::admin::filter::{self, status_of, subject_of, Filter, HEADER_SCAN};
 use crate::envelope::QueueId;
 
 const PAGE: usize = 100;
@@ -85,7 +85,10 @@ pub async fn spool(
     let result = tokio::task::block_in_place(|| {
         spool.page(after, PAGE, |m| {
             compiled.matches(m, state.delivery.as_ref(), || {
-                spool.read_body(m.id).ok().and_then(|b| subject_of(&b))
+                spool
+                    .read_head(m.id, HEADER_SCAN)
+                    .ok()
+                    .and_then(|b| subject_of(&b))
             })
         })
     });

@@ -17,6 +17,8 @@ use crate::envelope::QueueId;
 use crate::spool::Spool;
 
 const MAX_ENTRIES: usize = 200_000;
+/// Bytes of a message read to summarise it (headers, preview, early parts).
+const SUMMARY_SCAN: usize = 2 * 1024 * 1024;
 
 #[derive(Default)]
 pub struct SummaryCache {
@@ -30,7 +32,9 @@ impl SummaryCache {
         if let Some(summary) = self.map.lock().expect("summary lock").get(&id) {
             return Some(summary.clone());
         }
-        let raw = spool.read_body(id).ok()?;
+        // The head is enough for subject, sender, date, preview and which
+        // attachments start early; a huge message is never read whole here.
+        let raw = spool.read_head(id, SUMMARY_SCAN).ok()?;
         let summary = Arc::new(render::summarize(&raw));
         let mut map = self.map.lock().expect("summary lock");
         if map.len() >= MAX_ENTRIES {

@@ -121,6 +121,13 @@ impl Fixture {
     }
 }
 
+/// The `breakwater` binary under test. `BREAKWATER_BIN` points elsewhere so
+/// that a long soak (`bench/chaos.sh`) runs a snapshot, unaffected by the
+/// tree being rebuilt meanwhile.
+pub fn server_binary() -> std::ffi::OsString {
+    std::env::var_os("BREAKWATER_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_breakwater").into())
+}
+
 /// The real `breakwater serve` binary as a child process.
 pub struct BinaryServer {
     pub child: Child,
@@ -130,7 +137,7 @@ pub struct BinaryServer {
 
 impl BinaryServer {
     pub fn start(config_path: &Path) -> BinaryServer {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_breakwater"));
+        let mut command = Command::new(server_binary());
         command.arg("serve").arg("--config").arg(config_path);
         BinaryServer::spawn(command)
     }
