@@ -388,6 +388,76 @@ fn at_ulimit_256_extra_connections_get_421_not_a_crash() {
     assert_eq!(r.code, 250, "{r:?}");
 }
 
+/// The budget above keeps `max_connections` inside the fd limit, so EMFILE
+/// at accept should not happen — unless something else takes descriptors.
+/// Here the running server's limit is cut (prlimit) to a few above what it
+/// has open: the connections past it must get `421` through the spare
+/// descriptor, not hang in the backlog or crash the server, and intake must
+/// come back when the limit does.
+#[test]
+fn at_emfile_the_spare_descriptor_answers_421() {
+    let fixture = Fixture::new();
+    let config_path = fixture.write_config();
+    let server = BinaryServer::start(&config_path);
+    let pid = server.child.id() as libc::pid_t;
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count() as u64
+    };
+    let mut original = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on our own child, reading into a valid struct.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut original) };
+    assert_eq!(rc, 0);
+    let set_limit = |limit: u64| {
+        let new = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: original.rlim_max,
+        };
+        // SAFETY: prlimit on our own child with a valid struct.
+        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    };
+    let before = open_fds();
+    set_limit(before + 4);
+    let (mut greeted, mut refused) = (0, 0);
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let stream = std::net::TcpStream::connect(server.addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut c = RawClient::from_stream(stream);
+        let r = c.try_reply().expect("every connection gets an answer");
+        match r.code {
+            220 => greeted += 1,
+            421 => {
+                assert!(r.text.contains("Too many open files"), "{r:?}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {r:?}"),
+        }
+        clients.push(c);
+    }
+    println!(
+        "fd limit {} (had {before} open): {greeted} sessions, {refused} refused with 421",
+        before + 4
+    );
+    assert!(
+        refused >= 10,
+        "only {refused} of 20 refused at the fd limit"
+    );
+    assert!(server.log_text().contains("out of file descriptors"));
+    set_limit(original.rlim_cur);
+    drop(clients);
+    std::thread::sleep(Duration::from_millis(300));
+    let r = try_send(server.addr, "after-emfile", 2000);
+    assert_eq!(r.code, 250, "{r:?}");
+}
+
 #[test]
 fn a_slowloris_crowd_of_1000_does_not_stop_real_mail() {
     let fixture = Fixture::new();
