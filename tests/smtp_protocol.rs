@@ -318,6 +318,45 @@ fn idle_client_times_out_with_421() {
     rt.block_on(server.shutdown());
 }
 
+/// The DATA timeout is per read, but a client must also keep up 500 B/s on
+/// average (after one timeout's grace), or a trickle of a byte per read
+/// would hold a session for hours. A client at 250 B/s is cut; one at
+/// 2,500 B/s for the same time is not.
+#[test]
+fn data_below_the_minimum_rate_is_cut() {
+    let mut fixture = Fixture::new();
+    fixture.config.smtp.data_timeout = Duration::from_secs(1);
+    let (rt, server) = start_in_process(&fixture);
+    use std::io::Write;
+    let trickle = |bytes_per_tick: usize| {
+        let mut c = RawClient::greeted(server.smtp_addrs[0]);
+        c.expect("EHLO trickle.test", 250);
+        c.expect("MAIL FROM:<s@remote.test>", 250);
+        c.expect("RCPT TO:<a@example.com>", 250);
+        c.expect("DATA", 354);
+        c.send(b"Subject: trickle\r\n\r\n");
+        let started = std::time::Instant::now();
+        let mut line = vec![b'x'; bytes_per_tick - 2];
+        line.extend_from_slice(b"\r\n");
+        // 50 ms ticks for 4 s: one timeout plus 3 s of data.
+        while started.elapsed() < Duration::from_secs(4) {
+            if c.stream.write_all(&line).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.stream.write_all(b".\r\n");
+        (c.reply(), started.elapsed())
+    };
+    let (slow, _) = trickle(12);
+    assert_eq!((slow.code, &slow.text[..5]), (421, "4.4.2"), "{slow:?}");
+    assert_eq!(server.spool.len(), 0);
+    let (steady, _) = trickle(125);
+    assert_eq!(steady.code, 250, "{steady:?}");
+    assert_eq!(server.spool.len(), 1);
+    rt.block_on(server.shutdown());
+}
+
 #[test]
 fn smuggling_payloads_are_rejected_and_never_split_a_message() {
     let fixture = Fixture::new();
