@@ -237,10 +237,12 @@ impl Spool {
             large_dir.clone(),
             config.segment_size,
             next_segment,
-            current_segment.clone(),
-            stats.clone(),
-            space.clone(),
-            reclaim.clone(),
+            writer::Shared {
+                current_id: current_segment.clone(),
+                stats: stats.clone(),
+                space: space.clone(),
+                reclaim: reclaim.clone(),
+            },
         )?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()

@@ -44,11 +44,17 @@ pub(crate) struct SegmentWriter {
     current: u64,
     file: File,
     len: u64,
-    /// Shared so the spool never reclaims the segment being written.
-    current_id: Arc<AtomicU64>,
-    stats: Arc<super::Stats>,
-    space: Arc<super::space::Space>,
-    reclaim: Arc<std::sync::Mutex<super::Reclaim>>,
+    shared: Shared,
+}
+
+/// What the writer thread shares with the [`super::Spool`].
+pub(crate) struct Shared {
+    /// The segment being written, so the spool never reclaims it.
+    pub current_id: Arc<AtomicU64>,
+    pub stats: Arc<super::Stats>,
+    pub space: Arc<super::space::Space>,
+    /// Raised here, as records become durable (see `super::Reclaim`).
+    pub reclaim: Arc<std::sync::Mutex<super::Reclaim>>,
 }
 
 pub(crate) fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -61,13 +67,10 @@ impl SegmentWriter {
         large_dir: PathBuf,
         segment_size: u64,
         first_segment: u64,
-        current_id: Arc<AtomicU64>,
-        stats: Arc<super::Stats>,
-        space: Arc<super::space::Space>,
-        reclaim: Arc<std::sync::Mutex<super::Reclaim>>,
+        shared: Shared,
     ) -> std::io::Result<SegmentWriter> {
         let file = create_segment(&segments_dir, first_segment)?;
-        current_id.store(first_segment, Ordering::SeqCst);
+        shared.current_id.store(first_segment, Ordering::SeqCst);
         Ok(SegmentWriter {
             segments_dir,
             large_dir,
@@ -75,10 +78,7 @@ impl SegmentWriter {
             current: first_segment,
             file,
             len: 0,
-            current_id,
-            stats,
-            space,
-            reclaim,
+            shared,
         })
     }
 
@@ -149,17 +149,19 @@ impl SegmentWriter {
             self.file.write_all(buf)?;
             self.file.sync_data()
         })();
-        self.stats.record_fsync(started.elapsed(), batch.len());
+        self.shared
+            .stats
+            .record_fsync(started.elapsed(), batch.len());
         crate::metrics::get()
             .fsync_seconds
             .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
                 self.len += buf.len() as u64;
-                self.space.add(buf.len() as u64);
+                self.shared.space.add(buf.len() as u64);
                 // Counted before any caller learns the location: see `Reclaim`.
                 {
-                    let mut reclaim = self.reclaim.lock().expect("reclaim lock");
+                    let mut reclaim = self.shared.reclaim.lock().expect("reclaim lock");
                     let messages = batch.iter().filter(|op| op.kind == Kind::Message);
                     reclaim.count_new_messages(self.current, messages.count());
                 }
@@ -194,7 +196,7 @@ impl SegmentWriter {
         self.file = file;
         self.current = next;
         self.len = 0;
-        self.current_id.store(next, Ordering::SeqCst);
+        self.shared.current_id.store(next, Ordering::SeqCst);
         Ok(())
     }
 }
