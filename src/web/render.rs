@@ -431,11 +431,14 @@ mod tests {
             seen += 1;
         }
         assert!(seen >= 5, "regression inputs found: {seen}");
-        // The one that panics inside mail-parser 0.11.9 shows as raw text.
+        // The one that trips mail-parser 0.11.9's debug assertion: in a
+        // release build the parser carries on: the sender and the parts it
+        // found are shown.
         let raw =
             include_bytes!("../../fuzz/regressions/mail_render/mail-parser-nested-digest-panic");
         let rendered = render(raw);
-        assert!(rendered.text.unwrap_or_default().contains("BOUNDARY"));
+        assert_eq!(rendered.from, "aperson@dom.ain", "{rendered:?}");
+        assert!(!rendered.attachments.is_empty(), "{rendered:?}");
     }
 
     #[test]
