@@ -37,6 +37,9 @@ use crate::policy::limits::Event;
 pub struct SmtpServer {
     listeners: Vec<TcpListener>,
     ctx: Arc<SmtpContext>,
+    /// `max_connections` fitted to the fd limit, settled at bind so that
+    /// "ready" is logged only after the limit has been raised.
+    max_sessions: usize,
 }
 
 /// Connection pressure, shared with every session.
@@ -168,9 +171,11 @@ impl SmtpServer {
             })?;
             listeners.push(listener);
         }
+        let max_sessions = fd_budget(ctx.config.max_connections, ctx.delivery_connections);
         Ok(SmtpServer {
             listeners,
             ctx: Arc::new(ctx),
+            max_sessions,
         })
     }
 
@@ -184,10 +189,7 @@ impl SmtpServer {
 
     /// Serve until `shutdown` turns true, then drain sessions.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
-        let max = fd_budget(
-            self.ctx.config.max_connections,
-            self.ctx.delivery_connections,
-        );
+        let max = self.max_sessions;
         let slots = Arc::new(Semaphore::new(max));
         let per_ip = Arc::new(PerIpCounts::default());
         let per_network = Arc::new(PerIpCounts::default());

@@ -344,7 +344,13 @@ impl RawClient {
                 return Ok(String::from_utf8_lossy(&line).into_owned());
             }
             let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk)?;
+            let n = match self.stream.read(&mut chunk) {
+                Ok(n) => n,
+                // A signal landed during the read (seen once in CI, in the
+                // slowloris test): not the server's doing, read again.
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            };
             if n == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
