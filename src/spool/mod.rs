@@ -353,21 +353,7 @@ impl Spool {
 
     /// The message exactly as spooled (our Received header first), checksum-verified.
     pub fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
-        let entry = self.inner.index.get(id)?.ok_or(SpoolError::NotFound(id))?;
-        let location = entry.location;
-        let data = if location.external {
-            std::fs::read(self.large_path(id))?
-        } else {
-            use std::os::unix::fs::FileExt;
-            let file = std::fs::File::open(writer::segment_path(
-                &self.inner.segments_dir,
-                location.segment,
-            ))?;
-            let mut data = vec![0u8; location.body_len as usize];
-            let start = location.offset + record::HEADER_LEN as u64 + u64::from(location.meta_len);
-            file.read_exact_at(&mut data, start)?;
-            data
-        };
+        let (data, location) = self.read_stored(id, usize::MAX)?;
         if crc32fast::hash(&data) != location.body_crc {
             return Err(SpoolError::Corrupt(id, "body checksum mismatch".into()));
         }
@@ -379,25 +365,31 @@ impl Spool {
     /// bytes of memory here, not 50 MB. Not checksum-verified — anything that
     /// delivers, exports or shows the whole message uses [`Spool::read_body`].
     pub fn read_head(&self, id: QueueId, limit: usize) -> Result<Vec<u8>, SpoolError> {
+        Ok(self.read_stored(id, limit)?.0)
+    }
+
+    /// Up to `limit` bytes of a message's stored body, from its segment or
+    /// its large file, with where it lives (for the checksum).
+    fn read_stored(&self, id: QueueId, limit: usize) -> Result<(Vec<u8>, Location), SpoolError> {
         use std::io::Read;
         use std::os::unix::fs::FileExt;
         let entry = self.inner.index.get(id)?.ok_or(SpoolError::NotFound(id))?;
         let location = entry.location;
         if location.external {
-            let mut head = Vec::with_capacity(limit.min(entry.envelope.size as usize));
+            let mut data = Vec::with_capacity(limit.min(entry.envelope.size as usize));
             std::fs::File::open(self.large_path(id))?
                 .take(limit as u64)
-                .read_to_end(&mut head)?;
-            return Ok(head);
+                .read_to_end(&mut data)?;
+            return Ok((data, location));
         }
         let file = std::fs::File::open(writer::segment_path(
             &self.inner.segments_dir,
             location.segment,
         ))?;
-        let mut head = vec![0u8; (location.body_len as usize).min(limit)];
+        let mut data = vec![0u8; (location.body_len as usize).min(limit)];
         let start = location.offset + record::HEADER_LEN as u64 + u64::from(location.meta_len);
-        file.read_exact_at(&mut head, start)?;
-        Ok(head)
+        file.read_exact_at(&mut data, start)?;
+        Ok((data, location))
     }
 
     /// Up to `limit` messages due for a delivery attempt at `now_ms`, oldest due first.

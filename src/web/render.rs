@@ -139,17 +139,22 @@ pub fn render_with_html(raw: &[u8], allow_remote_images: bool) -> (Rendered, Opt
             render_parsed(&message),
             sanitize_parsed(&message, allow_remote_images),
         ),
-        None => (render(raw), None),
+        None => (undecodable(raw), None),
     }
 }
 
 pub fn render(raw: &[u8]) -> Rendered {
     match parse(raw) {
         Some(message) => render_parsed(&message),
-        None => Rendered {
-            text: Some(String::from_utf8_lossy(raw).into_owned()),
-            ..Rendered::default()
-        },
+        None => undecodable(raw),
+    }
+}
+
+/// What the reader shows for a message the parser rejects: its raw text.
+fn undecodable(raw: &[u8]) -> Rendered {
+    Rendered {
+        text: Some(String::from_utf8_lossy(raw).into_owned()),
+        ..Rendered::default()
     }
 }
 
