@@ -44,49 +44,80 @@ fn context() -> LureContext {
     }
 }
 
+/// Scores of every message in `<set>/lure` and `<set>/legit`, one report
+/// line each, and the confusion counts at the banner threshold.
+struct Evaluation {
+    report: String,
+    true_pos: u32,
+    false_neg: u32,
+    false_pos: u32,
+    true_neg: u32,
+}
+
+impl Evaluation {
+    fn of(set: &str) -> Evaluation {
+        let ctx = context();
+        let mut e = Evaluation {
+            report: String::new(),
+            true_pos: 0,
+            false_neg: 0,
+            false_pos: 0,
+            true_neg: 0,
+        };
+        for kind in ["lure", "legit"] {
+            for (name, sender, raw) in corpus(&format!("{set}{kind}")) {
+                let v = lure::score(&raw, &ctx, &sender);
+                e.report.push_str(&format!(
+                    "{kind:<5} {name:<40} {:>2} {}\n",
+                    v.score,
+                    v.reasons.join(",")
+                ));
+                let counter = match (kind, v.is_flagged()) {
+                    ("lure", true) => &mut e.true_pos,
+                    ("lure", false) => &mut e.false_neg,
+                    (_, true) => &mut e.false_pos,
+                    (_, false) => &mut e.true_neg,
+                };
+                *counter += 1;
+            }
+        }
+        println!("{e}");
+        e
+    }
+}
+
+impl std::fmt::Display for Evaluation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let flagged = self.true_pos + self.false_pos;
+        let lures = self.true_pos + self.false_neg;
+        let precision = f64::from(self.true_pos) / f64::from(flagged.max(1));
+        let recall = f64::from(self.true_pos) / f64::from(lures.max(1));
+        write!(
+            f,
+            "{}threshold {BANNER_THRESHOLD}: precision {precision:.2} recall {recall:.2} (tp {} fn {} fp {} tn {})",
+            self.report, self.true_pos, self.false_neg, self.false_pos, self.true_neg
+        )
+    }
+}
+
+/// The corpus the rules were written against: a regression check.
 #[test]
 fn corpus_lures_are_flagged_and_legitimate_notices_are_not() {
-    let ctx = context();
-    let (mut true_pos, mut false_neg, mut false_pos, mut true_neg) = (0, 0, 0, 0);
-    let mut report = String::new();
-    for (name, sender, raw) in corpus("lure") {
-        let v = lure::score(&raw, &ctx, &sender);
-        report.push_str(&format!(
-            "lure  {name:<32} {:>2} {}\n",
-            v.score,
-            v.reasons.join(",")
-        ));
-        if v.is_flagged() {
-            true_pos += 1
-        } else {
-            false_neg += 1
-        }
-    }
-    for (name, sender, raw) in corpus("legit") {
-        let v = lure::score(&raw, &ctx, &sender);
-        report.push_str(&format!(
-            "legit {name:<32} {:>2} {}\n",
-            v.score,
-            v.reasons.join(",")
-        ));
-        if v.is_flagged() {
-            false_pos += 1
-        } else {
-            true_neg += 1
-        }
-    }
-    let precision = f64::from(true_pos) / f64::from((true_pos + false_pos).max(1));
-    let recall = f64::from(true_pos) / f64::from((true_pos + false_neg).max(1));
-    println!("{report}threshold {BANNER_THRESHOLD}: precision {precision:.2} recall {recall:.2} (tp {true_pos} fn {false_neg} fp {false_pos} tn {true_neg})");
-    assert_eq!(
-        false_pos, 0,
-        "no legitimate message may be flagged:\n{report}"
-    );
-    assert_eq!(
-        false_neg, 0,
-        "every lure in the corpus is flagged:\n{report}"
-    );
-    assert!(true_pos >= 7 && true_neg >= 6);
+    let e = Evaluation::of("");
+    assert_eq!(e.false_pos, 0, "no legitimate message may be flagged:\n{e}");
+    assert_eq!(e.false_neg, 0, "every lure in the corpus is flagged:\n{e}");
+    assert!(e.true_pos >= 7 && e.true_neg >= 6);
+}
+
+/// Messages written after the rules, without tuning them afterwards: the
+/// figures are an estimate, not a target. A legitimate message flagged is
+/// still a failure (a false banner costs the users' trust in it); a missed
+/// lure is reported, not failed on.
+#[test]
+fn held_out_corpus_figures() {
+    let e = Evaluation::of("heldout/");
+    assert_eq!(e.false_pos, 0, "no legitimate message may be flagged:\n{e}");
+    assert!(e.true_pos + e.false_neg >= 4 && e.true_neg >= 4);
 }
 
 #[test]
@@ -110,6 +141,10 @@ fn specific_signals_are_named() {
         v.reasons.contains(&"link-text-mismatch".to_string()),
         "{v:?}"
     );
+    let v = by_name("heldout/lure", "en-lookalike-own-helpdesk.eml");
+    for reason in ["own-domain-look-alike", "look-alike-link"] {
+        assert!(v.reasons.contains(&reason.to_string()), "{reason}: {v:?}");
+    }
     let v = by_name("lure", "ja-spoofed-own-domain.eml");
     assert!(
         v.reasons.contains(&"own-domain-spoofed".to_string()),

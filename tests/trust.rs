@@ -210,6 +210,25 @@ fn authentication_results_dmarc_enforcement_and_forged_results() {
     assert!(!delivered.contains("header.from=bank.example"));
     assert!(delivered.contains("Authentication-Results: upstream.other; spf=pass"));
 
+    // DNS answers are cached: the same sender again asks nothing new (the
+    // test zone's TTL is 60 s), and each question was asked at least once.
+    let questions = [
+        "signed.test TXT",
+        "_dmarc.signed.test TXT",
+        "s1._domainkey.signed.test TXT",
+    ];
+    let before: Vec<usize> = questions.iter().map(|q| dns.asked(q)).collect();
+    assert!(before.iter().all(|&n| n >= 1), "{before:?}");
+    let reply = send(
+        &server,
+        "bounce@signed.test",
+        &["a@enforced.example"],
+        &signer.sign(&body),
+    );
+    assert_eq!(stored_auth(&server, &reply).dmarc, "pass");
+    let after: Vec<usize> = questions.iter().map(|q| dns.asked(q)).collect();
+    assert_eq!(before, after, "answered from the cache: {questions:?}");
+
     // 1b. An ARC-sealed message (a mailing list hop) is verified: arc=pass.
     let sealed = signer.arc_seal(
         &rt,
@@ -572,6 +591,7 @@ fn rate_limits_per_address_and_network_with_allow_list() {
     limits.allow = vec!["127.0.0.4/32".parse().unwrap()];
     limits.messages_per_minute = 3;
     limits.network_messages_per_minute = 5;
+    limits.recipients_per_minute = 4;
     limits.connections_per_minute = 1000;
     limits.network_connections_per_minute = 1000;
     let config = fixture.write_config();
@@ -601,11 +621,20 @@ fn rate_limits_per_address_and_network_with_allow_list() {
     assert_eq!(mails(&mut b, 3), [250, 250, 451], "same /24: network limit");
     let mut allowed = session("127.0.0.4");
     assert_eq!(mails(&mut allowed, 10), [250; 10], "allow-listed");
-    drop((a, b, allowed));
+    // Recipients per minute, counted per RCPT, on another /24.
+    let mut c = session("127.0.1.2");
+    c.expect("MAIL FROM:<s@sender.test>", 250);
+    let codes: Vec<u16> = (0..5)
+        .map(|n| c.cmd(&format!("RCPT TO:<user{n}@{DOMAIN}>")).code)
+        .collect();
+    assert_eq!(codes, [250, 250, 250, 250, 451], "recipients_per_minute");
+    drop((a, b, allowed, c));
     assert!(
         wait_for(Duration::from_secs(5), || {
             let log = server.log_text();
-            log.contains("messages_per_minute") && log.contains("network_messages_per_minute")
+            log.contains("messages_per_minute")
+                && log.contains("network_messages_per_minute")
+                && log.contains("recipients_per_minute")
         }),
         "limits named in the log: {}",
         server.log_text()

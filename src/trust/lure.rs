@@ -123,12 +123,51 @@ fn contains_any(text: &str, words: &[&str]) -> Option<String> {
         .map(|w| w.to_string())
 }
 
-/// The last two labels (good enough for the look-alike check; no PSL).
+/// The registrable domain by Mozilla's public suffix list, so that
+/// `login.example.co.jp` and `example.co.jp` are one site and two `.co.jp`
+/// companies are two. A name with no listed suffix is taken whole.
 fn registrable(host: &str) -> String {
-    let labels: Vec<&str> = host.trim_end_matches('.').split('.').collect();
-    labels[labels.len().saturating_sub(2)..]
-        .join(".")
-        .to_lowercase()
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    psl::domain_str(&host).map_or_else(|| host.clone(), str::to_string)
+}
+
+/// `candidate` imitates `genuine` (both registrable domains): not the same
+/// name, but the same after the usual glyph swaps (examp1e, exarnple) or one
+/// typo away (exmaple). Short names are left out: one edit from a four-letter
+/// name is usually somebody else's real domain.
+fn imitates(candidate: &str, genuine: &str) -> bool {
+    const SHORTEST: usize = 5;
+    if candidate == genuine || genuine.split('.').next().map_or(0, str::len) < SHORTEST {
+        return false;
+    }
+    let unswapped = |d: &str| {
+        d.replace("rn", "m")
+            .replace("vv", "w")
+            .replace('0', "o")
+            .replace('1', "l")
+    };
+    unswapped(candidate) == unswapped(genuine)
+        || strsim::damerau_levenshtein(candidate, genuine) == 1
+}
+
+/// Hosts of the `http(s)://` addresses written out in plain text (a lure
+/// without HTML still has to send people somewhere).
+fn text_link_hosts(text: &str) -> Vec<String> {
+    let mut hosts = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("http") {
+        let candidate = &rest[at..];
+        // An address ends at white space, markup quoting or the first
+        // non-ASCII character (Japanese text often runs straight on).
+        let end = candidate
+            .find(|c: char| c.is_whitespace() || !c.is_ascii() || "<>\"'()".contains(c))
+            .unwrap_or(candidate.len());
+        if let Some(host) = host_of(&candidate[..end]) {
+            hosts.push(host);
+        }
+        rest = &candidate[end.max(4)..];
+    }
+    hosts
 }
 
 fn domain_of(address: &str) -> String {
@@ -272,6 +311,17 @@ pub fn score_with(raw: &[u8], context: &LureContext, signals: &Signals) -> LureV
     if own(&from_domain) && !envelope_domain.is_empty() && !own(&envelope_domain) {
         reasons.insert((3, "own-domain-spoofed"));
     }
+    let imitates_own = |domain: &str| {
+        let domain = registrable(domain);
+        context
+            .own_domains
+            .iter()
+            .any(|o| imitates(&domain, &registrable(o)))
+    };
+    if imitates_own(&from_domain) {
+        reasons.insert((3, "own-domain-look-alike"));
+    }
+    let mut targets = Vec::new();
     for (href, visible) in links(&html) {
         let Some(target) = host_of(&href) else {
             continue;
@@ -285,11 +335,15 @@ pub fn score_with(raw: &[u8], context: &LureContext, signals: &Signals) -> LureV
                 reasons.insert((3, "link-text-mismatch"));
             }
         }
+        targets.push(target);
+    }
+    targets.extend(text_link_hosts(&text));
+    for target in targets {
         if target.split('.').any(|label| label.starts_with("xn--")) {
             reasons.insert((3, "punycode-link"));
         }
         let home = registrable(&target);
-        if !BRAND_HOMES.contains(&home.as_str())
+        let imitates_brand = !BRAND_HOMES.contains(&home.as_str())
             && BRAND_DOMAINS.iter().any(|b| {
                 home.contains(b)
                     || home
@@ -297,8 +351,8 @@ pub fn score_with(raw: &[u8], context: &LureContext, signals: &Signals) -> LureV
                         .replace("rn", "m")
                         .replace('1', "l")
                         .contains(b)
-            })
-        {
+            });
+        if imitates_brand || imitates_own(&home) {
             reasons.insert((3, "look-alike-link"));
         }
         if context.recent_domains.iter().any(|d| {
@@ -357,6 +411,43 @@ pub fn score_with(raw: &[u8], context: &LureContext, signals: &Signals) -> LureV
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registrable_domains_follow_the_public_suffix_list() {
+        assert_eq!(registrable("login.example.co.jp"), "example.co.jp");
+        assert_eq!(registrable("Mail.Example.COM."), "example.com");
+        assert_ne!(registrable("a.co.jp"), registrable("b.co.jp"));
+        assert_eq!(registrable("localhost"), "localhost");
+    }
+
+    #[test]
+    fn look_alikes_of_a_domain() {
+        for fake in [
+            "examp1e.com",
+            "exarnple.com",
+            "exmaple.com",
+            "example.co",
+            "exampie.com",
+        ] {
+            assert!(imitates(fake, "example.com"), "{fake}");
+        }
+        for other in ["example.com", "sample.net", "examples-shop.com"] {
+            assert!(!imitates(other, "example.com"), "{other}");
+        }
+        // One edit from a short name is just another domain.
+        assert!(!imitates("abd.jp", "abc.jp"));
+    }
+
+    #[test]
+    fn addresses_written_in_plain_text() {
+        let text = "下記よりhttps://verify-center.top/a?id=1から確認。\n\
+                    (see http://Portal.Example.com:8443/x) or <https://user@host.test/>";
+        assert_eq!(
+            text_link_hosts(text),
+            ["verify-center.top", "portal.example.com", "host.test"]
+        );
+        assert!(text_link_hosts("http https:// httpx").is_empty());
+    }
 
     #[test]
     fn links_survive_text_whose_lowercase_is_longer() {

@@ -66,6 +66,9 @@ impl Zone {
 pub struct TestDns {
     pub addr: SocketAddr,
     pub zone: Arc<Mutex<Zone>>,
+    /// Every question received, as "name TYPE" (lower case, no final dot),
+    /// so a test can tell a cached answer from a fresh lookup.
+    pub queries: Arc<Mutex<Vec<String>>>,
 }
 
 impl TestDns {
@@ -76,6 +79,8 @@ impl TestDns {
         let addr = socket.local_addr().unwrap();
         let zone = Arc::new(Mutex::new(zone));
         let table = zone.clone();
+        let queries = Arc::new(Mutex::new(Vec::new()));
+        let asked = queries.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
@@ -85,6 +90,13 @@ impl TestDns {
                 let Ok(query) = Message::from_vec(&buf[..n]) else {
                     continue;
                 };
+                if let Some(q) = query.queries.first() {
+                    let name = q.name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+                    asked
+                        .lock()
+                        .unwrap()
+                        .push(format!("{name} {}", q.query_type));
+                }
                 if is_silent(&query, &table.lock().unwrap()) {
                     continue;
                 }
@@ -94,7 +106,21 @@ impl TestDns {
                 }
             }
         });
-        TestDns { addr, zone }
+        TestDns {
+            addr,
+            zone,
+            queries,
+        }
+    }
+
+    /// How many times `question` ("name TYPE") has been asked.
+    pub fn asked(&self, question: &str) -> usize {
+        self.queries
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|q| *q == question)
+            .count()
     }
 }
 
