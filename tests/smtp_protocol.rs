@@ -735,3 +735,58 @@ fn swaks_client_with_starttls_and_pipelining() {
         .any(|b| String::from_utf8_lossy(b).contains("with ESMTPS")));
     rt.block_on(server.shutdown());
 }
+
+/// A client that pipelines commands but never reads the replies fills its
+/// receive window and then the server's send buffer; the server's write
+/// must give up after the command timeout and close the session, not park
+/// a task (and a connection slot) forever. Meanwhile other clients are
+/// served.
+#[test]
+fn a_client_that_never_reads_its_replies_is_cut() {
+    use std::io::Write;
+    let mut fixture = Fixture::new();
+    fixture.config.smtp.command_timeout = Duration::from_secs(1);
+    let (rt, server) = start_in_process(&fixture);
+    let addr = server.smtp_addrs[0];
+    let stream = rt
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            // A small window so the server's writes back up quickly.
+            socket.set_recv_buffer_size(4096)?;
+            socket.connect(addr).await
+        })
+        .expect("connect");
+    let mut deaf = stream.into_std().expect("std stream");
+    deaf.set_nonblocking(false).unwrap();
+    // Never blocks forever: without the server-side timeout the flood
+    // would end in a client write timeout, not a reset by the server.
+    deaf.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let batch = b"NOOP\r\n".repeat(1000);
+    let started = std::time::Instant::now();
+    let mut sent = 0usize;
+    let outcome = loop {
+        if sent >= 20_000_000 || started.elapsed() > Duration::from_secs(60) {
+            break None;
+        }
+        match deaf.write_all(&batch) {
+            Ok(()) => sent += batch.len(),
+            Err(e) => break Some(e),
+        }
+    };
+    let error = outcome.expect("the server never gave up on the deaf client");
+    assert!(
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "closed by the server, not a client-side timeout: {error:?} after {sent} bytes in {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    // Other clients were never affected.
+    let mut c = RawClient::greeted(addr);
+    c.expect("EHLO other.test", 250);
+    let r = c.send_mail("s@remote.test", &["a@example.com"], b"Subject: hi\r\n\r\nok\r\n");
+    assert_eq!(r.code, 250, "{r:?}");
+    rt.block_on(server.shutdown());
+}
