@@ -83,6 +83,10 @@ pub struct SmtpConfig {
     pub data_timeout: Duration,
     /// Bad commands tolerated before the session is closed with 421.
     pub max_errors: u32,
+    /// NOOP, RSET, VRFY and HELP commands a session may send before each
+    /// further one counts as an error (Postfix `smtpd_junk_command_limit`):
+    /// a client that only keeps the connection busy runs into `max_errors`.
+    pub junk_command_limit: u32,
     /// What to do with bare LF / bare CR line endings (SMTP smuggling defence).
     pub bare_lf: BareLfPolicy,
     /// Messages with more trace headers than this are rejected as looping.
@@ -654,6 +658,7 @@ impl Default for SmtpConfig {
             stress_timeout: Duration::from_secs(10),
             data_timeout: Duration::from_secs(180),
             max_errors: 20,
+            junk_command_limit: 100,
             bare_lf: BareLfPolicy::Reject,
             max_received_headers: 50,
             shutdown_grace: Duration::from_secs(30),

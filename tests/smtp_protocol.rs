@@ -736,6 +736,46 @@ fn swaks_client_with_starttls_and_pipelining() {
     rt.block_on(server.shutdown());
 }
 
+/// NOOP, RSET, VRFY and HELP are free up to `junk_command_limit`, then
+/// each one costs an error; accepting a message resets the count.
+#[test]
+fn junk_commands_spend_the_error_budget() {
+    let mut fixture = Fixture::new();
+    fixture.config.smtp.junk_command_limit = 5;
+    fixture.config.smtp.max_errors = 2;
+    let (rt, server) = start_in_process(&fixture);
+    let mut c = RawClient::greeted(server.smtp_addrs[0]);
+    c.expect("EHLO junk.test", 250);
+    for verb in ["NOOP", "RSET", "VRFY postmaster", "HELP", "NOOP"] {
+        c.expect(
+            verb,
+            if verb.starts_with("VRFY") {
+                252
+            } else if verb == "HELP" {
+                214
+            } else {
+                250
+            },
+        );
+    }
+    let r = c.send_mail(
+        "s@remote.test",
+        &["a@example.com"],
+        b"Subject: x\r\n\r\nx\r\n",
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    // The message reset the count: five more are free, two over still
+    // fit in the budget, the third over closes the session.
+    for _ in 0..7 {
+        c.expect("NOOP", 250);
+    }
+    c.expect("NOOP", 250);
+    let r = c.reply();
+    assert_eq!((r.code, &r.text[..5]), (421, "4.7.0"), "{r:?}");
+    assert!(c.is_closed());
+    rt.block_on(server.shutdown());
+}
+
 /// A client that pipelines commands but never reads the replies fills its
 /// receive window and then the server's send buffer; the server's write
 /// must give up after the command timeout and close the session, not park
@@ -760,8 +800,11 @@ fn a_client_that_never_reads_its_replies_is_cut() {
     deaf.set_nonblocking(false).unwrap();
     // Never blocks forever: without the server-side timeout the flood
     // would end in a client write timeout, not a reset by the server.
-    deaf.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-    let batch = b"NOOP\r\n".repeat(1000);
+    deaf.set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // EHLO: a long reply, and not one of the junk commands that would run
+    // into the error budget first.
+    let batch = b"EHLO deaf.test\r\n".repeat(1000);
     let started = std::time::Instant::now();
     let mut sent = 0usize;
     let outcome = loop {
@@ -782,11 +825,19 @@ fn a_client_that_never_reads_its_replies_is_cut() {
         "closed by the server, not a client-side timeout: {error:?} after {sent} bytes in {:?}",
         started.elapsed()
     );
-    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
     // Other clients were never affected.
     let mut c = RawClient::greeted(addr);
     c.expect("EHLO other.test", 250);
-    let r = c.send_mail("s@remote.test", &["a@example.com"], b"Subject: hi\r\n\r\nok\r\n");
+    let r = c.send_mail(
+        "s@remote.test",
+        &["a@example.com"],
+        b"Subject: hi\r\n\r\nok\r\n",
+    );
     assert_eq!(r.code, 250, "{r:?}");
     rt.block_on(server.shutdown());
 }

@@ -270,6 +270,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     .observe(started.elapsed().as_secs_f64());
                 tracing::info!(queue_id = %id, client = %self.peer, from = %sender, nrcpt, tls = self.tls.is_some(), "queued");
                 self.reply(250, "2.0.0", &format!("Ok: queued as {id}"));
+                self.junk_commands = 0;
             }
             Err(err) => {
                 crate::metrics::get().rejected("spool_error");

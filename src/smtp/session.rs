@@ -41,6 +41,9 @@ pub(crate) struct Session<S> {
     pub(crate) tls: Option<TlsInfo>,
     pub(crate) tx: Option<Transaction>,
     errors: u32,
+    /// NOOP/RSET/VRFY/HELP since the last accepted message (see
+    /// `junk_command_limit`; like Postfix, delivering mail resets it).
+    pub(crate) junk_commands: u32,
     shutdown: watch::Receiver<bool>,
     /// A line longer than allowed is being skipped up to its LF.
     skipping_long_line: bool,
@@ -117,6 +120,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             tls,
             tx: None,
             errors: 0,
+            junk_commands: 0,
             shutdown,
             skipping_long_line: false,
             blocked: None,
@@ -221,24 +225,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 is_last,
             } => return self.cmd_bdat(chunk_size, is_last).await,
             Request::Rset => {
+                self.count_junk_command();
                 self.tx = None;
                 self.reply(250, "2.0.0", "Ok");
             }
-            Request::Noop { .. } => self.reply(250, "2.0.0", "Ok"),
+            Request::Noop { .. } => {
+                self.count_junk_command();
+                self.reply(250, "2.0.0", "Ok")
+            }
             Request::Quit => {
                 self.reply(221, "2.0.0", "Bye");
                 return Ok(Flow::Quit);
             }
-            Request::Vrfy { .. } => self.reply(
-                252,
-                "2.5.2",
-                "Cannot VRFY user, but will accept message and attempt delivery",
-            ),
-            Request::Help { .. } => self.reply(
-                214,
-                "2.0.0",
-                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT STARTTLS VRFY HELP",
-            ),
+            Request::Vrfy { .. } => {
+                self.count_junk_command();
+                self.reply(
+                    252,
+                    "2.5.2",
+                    "Cannot VRFY user, but will accept message and attempt delivery",
+                )
+            }
+            Request::Help { .. } => {
+                self.count_junk_command();
+                self.reply(
+                    214,
+                    "2.0.0",
+                    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT STARTTLS VRFY HELP",
+                )
+            }
             Request::StartTls => return Ok(self.cmd_starttls()),
             Request::Auth { .. } => self.error_reply(
                 502,
@@ -298,6 +312,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let sep = if i + 1 == lines.len() { ' ' } else { '-' };
             self.wbuf
                 .extend_from_slice(format!("{code}{sep}{line}\r\n").as_bytes());
+        }
+    }
+
+    /// Commands that move no mail are free up to the limit, then each one
+    /// spends the error budget like a bad command.
+    fn count_junk_command(&mut self) {
+        self.junk_commands = self.junk_commands.saturating_add(1);
+        if self.junk_commands > self.ctx.config.junk_command_limit {
+            self.errors += 1;
         }
     }
 
