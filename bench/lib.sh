@@ -23,6 +23,26 @@ total_ticks() { awk '/^cpu /{s=0; for(i=2;i<=NF;i++) s+=$i; print s}' /proc/stat
 proc_cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 now() { date +%s.%N; }
 
+# No DNS on the bench machine: by default SPF/DKIM/DMARC are off, or they
+# would measure resolver timeouts, not Breakwater. dns_start gives them a
+# loopback dnsmasq with the bench sender's records instead.
+BW_NO_AUTH=$'[trust]\nauthenticate = false'
+BW_TRUST=$BW_NO_AUTH
+DNS_PORT=25353
+
+# dns_start: SPF (-all, our address passes) and DMARC (p=none) for bench.test;
+# every other .test name is NXDOMAIN. Sets BW_TRUST for the next bw_start.
+dns_start() {
+    command -v dnsmasq >/dev/null || apt-get install -y -qq dnsmasq-base
+    dnsmasq --keep-in-foreground --port=$DNS_PORT --listen-address=127.0.0.1 \
+        --bind-interfaces --no-resolv --no-hosts --local=/test/ --user=nobody --pid-file= \
+        --txt-record=bench.test,"v=spf1 ip4:127.0.0.1 -all" \
+        --txt-record=_dmarc.bench.test,"v=DMARC1; p=none" 2> "$RUN/dnsmasq.log" &
+    DNS_PID=$!
+    BW_TRUST=$'[trust]\nauthenticate = true\n[dns]\nnameservers = ["127.0.0.1:'$DNS_PORT$'"]'
+}
+dns_stop() { kill "$DNS_PID" 2>/dev/null; wait "$DNS_PID" 2>/dev/null || true; BW_TRUST=$BW_NO_AUTH; }
+
 # bw_start [extra TOML for [delivery]] [extra TOML sections]
 bw_start() {
     local dir=$RUN/bw
@@ -36,10 +56,7 @@ tls_cert = "$dir/cert.pem"
 tls_key = "$dir/key.pem"
 [spool]
 dir = "$dir/spool"
-# No DNS on the bench machine: SPF/DKIM/DMARC would measure resolver
-# timeouts, not Breakwater (see docs/BENCHMARKS.md).
-[trust]
-authenticate = false
+${BW_TRUST}
 [delivery]
 ${1:-}
 ${2:-}
