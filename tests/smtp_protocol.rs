@@ -320,8 +320,8 @@ fn idle_client_times_out_with_421() {
 
 /// The DATA timeout is per read, but a client must also keep up 500 B/s on
 /// average (after one timeout's grace), or a trickle of a byte per read
-/// would hold a session for hours. A client at 250 B/s is cut; one at
-/// 2,500 B/s for the same time is not.
+/// would hold a session for hours. Clients at 240 B/s are cut; one at
+/// 2,500 B/s for the same time, in the same crowd, is not.
 #[test]
 fn data_below_the_minimum_rate_is_cut() {
     let mut fixture = Fixture::new();
@@ -348,10 +348,23 @@ fn data_below_the_minimum_rate_is_cut() {
         let _ = c.stream.write_all(b".\r\n");
         (c.reply(), started.elapsed())
     };
-    let (slow, _) = trickle(12);
-    assert_eq!((slow.code, &slow.text[..5]), (421, "4.4.2"), "{slow:?}");
-    assert_eq!(server.spool.len(), 0);
-    let (steady, _) = trickle(125);
+    // A crowd of 40 trickling sessions and one steady one, all at once:
+    // every slow one is cut, the steady one is stored, nothing else is.
+    const CROWD: usize = 40;
+    let (slow, steady) = std::thread::scope(|scope| {
+        let slow: Vec<_> = (0..CROWD).map(|_| scope.spawn(|| trickle(12))).collect();
+        let steady = scope.spawn(|| trickle(125));
+        (
+            slow.into_iter()
+                .map(|h| h.join().unwrap().0)
+                .collect::<Vec<_>>(),
+            steady.join().unwrap().0,
+        )
+    });
+    for reply in &slow {
+        assert_eq!((reply.code, &reply.text[..5]), (421, "4.4.2"), "{reply:?}");
+    }
+    assert_eq!(slow.len(), CROWD);
     assert_eq!(steady.code, 250, "{steady:?}");
     assert_eq!(server.spool.len(), 1);
     rt.block_on(server.shutdown());
