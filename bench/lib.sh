@@ -39,6 +39,7 @@ dns_start() {
         --txt-record=bench.test,"v=spf1 ip4:127.0.0.1 -all" \
         --txt-record=_dmarc.bench.test,"v=DMARC1; p=none" 2> "$RUN/dnsmasq.log" &
     DNS_PID=$!
+    sleep 0.3   # bound before the first lookup (dnsmasq has no ready signal here)
     BW_TRUST=$'[trust]\nauthenticate = true\n[dns]\nnameservers = ["127.0.0.1:'$DNS_PORT$'"]'
 }
 dns_stop() { kill "$DNS_PID" 2>/dev/null; wait "$DNS_PID" 2>/dev/null || true; BW_TRUST=$BW_NO_AUTH; }
