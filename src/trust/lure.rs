@@ -311,12 +311,10 @@ pub fn score_with(raw: &[u8], context: &LureContext, signals: &Signals) -> LureV
     if own(&from_domain) && !envelope_domain.is_empty() && !own(&envelope_domain) {
         reasons.insert((3, "own-domain-spoofed"));
     }
+    let own_sites: Vec<String> = context.own_domains.iter().map(|o| registrable(o)).collect();
     let imitates_own = |domain: &str| {
         let domain = registrable(domain);
-        context
-            .own_domains
-            .iter()
-            .any(|o| imitates(&domain, &registrable(o)))
+        own_sites.iter().any(|site| imitates(&domain, site))
     };
     if imitates_own(&from_domain) {
         reasons.insert((3, "own-domain-look-alike"));
