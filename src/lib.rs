@@ -27,6 +27,7 @@
 //! - [`cli`]: the `breakwater` command line; `main.rs` only calls into it.
 //! - [`logging`]: tracing setup, text or JSON, one line per message event.
 
+pub mod address;
 pub mod admin;
 pub mod cli;
 pub mod config;

@@ -677,3 +677,60 @@ fn throttling_reply_pauses_the_upstream_and_halves_its_connections() {
     assert!(after.connections_allowed > 5, "{after:?}");
     s.rt.block_on(server.shutdown());
 }
+
+/// A quoted local part is data, never ESMTP parameters: the upstream's MAIL
+/// and RCPT lines and the DSN's RCPT line carry it quoted, exactly, and
+/// nothing after the path but the parameters we add.
+#[test]
+fn quoted_local_parts_are_relayed_quoted_and_cannot_inject_parameters() {
+    let (s, server) = setup(base_zone(), |_, _| {});
+    s.upstream
+        .rcpt_reply("gone@example.com", "550 5.1.1 no such user");
+    let sender = "\"a@b> RET=FULL NOTIFY=x \"@remote.test";
+    submit(
+        &server,
+        sender,
+        &["\"john smith\"@example.com", "gone@example.com"],
+        b"Subject: quoted\r\n\r\nhello\r\n",
+    );
+    assert!(
+        wait_for(WAIT, || !s.mx_sink.delivered().is_empty()),
+        "no DSN"
+    );
+    let got = s.upstream.delivered();
+    assert_eq!(got.len(), 1);
+    let expected_mail = format!("MAIL FROM:<{sender}>");
+    assert!(
+        got[0].mail_line.starts_with(&expected_mail),
+        "{}",
+        got[0].mail_line
+    );
+    let params = &got[0].mail_line[expected_mail.len()..];
+    assert!(
+        !params.contains("RET=") && !params.contains("NOTIFY"),
+        "parameters after the path: {params:?}"
+    );
+    assert_eq!(got[0].rcpt_lines.len(), 1, "{:?}", got[0].rcpt_lines);
+    assert!(
+        got[0].rcpt_lines[0].starts_with("RCPT TO:<\"john smith\"@example.com>"),
+        "{:?}",
+        got[0].rcpt_lines
+    );
+    let dsn = &s.mx_sink.delivered()[0];
+    assert!(
+        dsn.mail_line.starts_with("MAIL FROM:<>"),
+        "{}",
+        dsn.mail_line
+    );
+    assert_eq!(dsn.rcpt_lines.len(), 1);
+    let rest = dsn.rcpt_lines[0]
+        .strip_prefix(&format!("RCPT TO:<{sender}>"))
+        .unwrap_or_else(|| panic!("DSN RCPT line {:?}", dsn.rcpt_lines[0]));
+    assert!(
+        !rest.contains("RET=") && !rest.contains("NOTIFY=x"),
+        "{rest:?}"
+    );
+    let report = String::from_utf8_lossy(&dsn.data);
+    assert!(report.contains(&format!("To: <{sender}>")), "{report}");
+    s.rt.block_on(server.shutdown());
+}

@@ -851,3 +851,57 @@ fn a_client_that_never_reads_its_replies_is_cut() {
     assert_eq!(r.code, 250, "{r:?}");
     rt.block_on(server.shutdown());
 }
+
+/// RFC 5321 4.1.2: a reverse-path is `<>` or a mailbox with a domain; the
+/// forms smtp-proto lets through are refused with 553 (5.1.7 for senders,
+/// 5.1.3 for recipients), and `<>` still works.
+#[test]
+fn malformed_addresses_are_refused_at_mail_and_rcpt() {
+    let fixture = Fixture::new();
+    let (_rt, server) = start_in_process(&fixture);
+    let session = || {
+        let mut c = RawClient::greeted(server.smtp_addrs[0]);
+        c.expect("EHLO client.test", 250);
+        c
+    };
+    for sender in [
+        "MAIL FROM: <a@>",
+        "MAIL FROM:<a@>",
+        "MAIL FROM:<a@example..org>",
+        "MAIL FROM:<a@-bad.example>",
+        "MAIL FROM:<a@under_score.example>",
+        "MAIL FROM:<a@x!y>",
+    ] {
+        let reply = session().cmd(sender);
+        assert!(
+            (reply.code == 553 && reply.text.contains("5.1.7")) || reply.code == 501,
+            "{sender}: {reply:?}"
+        );
+    }
+    assert_eq!(session().cmd("MAIL FROM: <a@>").code, 553);
+    for rcpt in [
+        "RCPT TO:<alice@>",
+        "RCPT TO:<alice@example.com..>",
+        "RCPT TO:<alice@exa_mple.com>",
+    ] {
+        let mut c = session();
+        c.expect("MAIL FROM:<>", 250);
+        let reply = c.cmd(rcpt);
+        assert!(reply.code == 553 || reply.code == 501, "{rcpt}: {reply:?}");
+        c.expect("RCPT TO:<alice@example.com>", 250);
+    }
+    // Quoted local parts are kept quoted (wire form) in the envelope.
+    let reply = session().send_mail(
+        "\"a b\"@example.org",
+        &["\"john smith\"@example.com"],
+        b"Subject: q\r\n\r\nx\r\n",
+    );
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let id = queue_id(&reply);
+    let message = server.spool.get(id).unwrap().unwrap();
+    assert_eq!(message.envelope.sender, "\"a b\"@example.org");
+    assert_eq!(
+        message.envelope.recipients[0].address,
+        "\"john smith\"@example.com"
+    );
+}

@@ -699,3 +699,105 @@ fn ip_lockout_uses_forwarded_address_only_from_trusted_proxies() {
         .push(("X-Forwarded-For".into(), "127.0.0.99".into()));
     assert_eq!(c.login("alice@example.com", PASSWORD).status, 429);
 }
+
+/// Every place that answers with a redirect built from `next` — the
+/// language switch, the sign-in form when already signed in, the password
+/// step and the TOTP step — sends hostile targets to `/mail` and keeps our
+/// own routes (rebuilt). `%09` is a tab after decoding: browsers drop it and
+/// would follow `/\t/evil.example` to `//evil.example`.
+#[test]
+fn no_redirect_site_leaves_the_site() {
+    let w = world();
+    const HOSTILE: &[&str] = &[
+        "/%09/evil.example",
+        "/%0a/evil.example",
+        "/%5Cevil.example",
+        "%2F%2Fevil.example",
+        "/%20/evil.example",
+        "https://evil.example/",
+    ];
+    let check = |location: &str, what: &str| {
+        assert!(
+            location == "/mail" || location == "/login/totp?next=/mail",
+            "{what}: redirected to {location:?}"
+        );
+        assert!(!location.contains("evil"), "{what}: {location:?}");
+    };
+    let mut c = w.client();
+    for next in HOSTILE {
+        let page = c.get(&format!("/lang/en?next={next}"));
+        assert_eq!(page.status, 303);
+        check(page.location(), &format!("lang switch {next}"));
+        // The sign-in form reflects only a validated target.
+        let form = c.get(&format!("/login?next={next}"));
+        assert!(!form.text().contains("evil"), "login form {next}");
+    }
+    // Password step, then the TOTP step that carries next along (one admin
+    // sign-in: a TOTP code is single-use).
+    {
+        let next = HOSTILE[0];
+        let decoded: String = form_decode(next);
+        let mut admin = w.client();
+        let form = admin.get("/login");
+        let step = admin.post(
+            "/login",
+            &[
+                ("address", "admin@example.com"),
+                ("password", PASSWORD),
+                ("csrf", &form.csrf()),
+                ("next", &decoded),
+            ],
+        );
+        assert_eq!(step.status, 303);
+        check(step.location(), &format!("password step {next}"));
+        let totp = admin.get(step.location());
+        assert!(!totp.text().contains("evil"), "totp form {next}");
+        let code = totp_code(&w.admin_secret, "admin@example.com");
+        let done = admin.post(
+            "/login/totp",
+            &[("code", &code), ("csrf", &totp.csrf()), ("next", &decoded)],
+        );
+        assert_eq!(done.status, 303, "{}", done.text());
+        check(done.location(), &format!("totp step {next}"));
+        // Signed in: the sign-in form redirects straight to next.
+        let again = admin.get(&format!("/login?next={next}"));
+        assert_eq!(again.status, 303);
+        check(again.location(), &format!("signed-in login form {next}"));
+        // A good target survives, rebuilt.
+        let good = admin.get("/login?next=%2Fadmin%2Faudit");
+        assert_eq!(good.location(), "/admin/audit");
+    }
+    // Users without TOTP: the password step redirects straight to next.
+    for next in HOSTILE {
+        let mut alice = w.client();
+        let form = alice.get("/login");
+        let done = alice.post(
+            "/login",
+            &[
+                ("address", "alice@example.com"),
+                ("password", PASSWORD),
+                ("csrf", &form.csrf()),
+                ("next", &form_decode(next)),
+            ],
+        );
+        assert_eq!(done.status, 303);
+        check(done.location(), &format!("password step {next}"));
+    }
+}
+
+fn form_decode(text: &str) -> String {
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).unwrap());
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}

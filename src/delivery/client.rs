@@ -336,7 +336,20 @@ impl Transport {
                 .collect());
         }
 
-        let mut mail = format!("MAIL FROM:<{}>", env.sender);
+        // Addresses go on the wire only through `address::path`: a quoted local
+        // part stays quoted, and one that cannot be represented is not sent.
+        let reverse_path = match crate::address::path(&env.sender) {
+            Ok(path) => path,
+            Err(why) => {
+                let why = format!("5.1.7 sender address cannot be relayed: {why}");
+                return Ok(tx
+                    .recipients
+                    .iter()
+                    .map(|(i, _)| (*i, Outcome::Failed(why.clone())))
+                    .collect());
+            }
+        };
+        let mut mail = format!("MAIL FROM:{reverse_path}");
         if caps & EXT_SIZE != 0 {
             mail.push_str(&format!(" SIZE={}", tx.body.len()));
         }
@@ -377,7 +390,15 @@ impl Transport {
         let mut outcomes = Vec::with_capacity(tx.recipients.len());
         let mut accepted = Vec::new();
         for (index, rcpt) in &tx.recipients {
-            let mut line = format!("RCPT TO:<{}>", rcpt.address);
+            let forward_path = match crate::address::path(&rcpt.address) {
+                Ok(path) => path,
+                Err(why) => {
+                    let why = format!("5.1.3 recipient address cannot be relayed: {why}");
+                    outcomes.push((*index, Outcome::Failed(why)));
+                    continue;
+                }
+            };
+            let mut line = format!("RCPT TO:{forward_path}");
             if caps & EXT_DSN != 0 {
                 if rcpt.notify != 0 {
                     let mut words = Vec::new();

@@ -56,7 +56,7 @@ pub fn build(
     out.push_str(&format!(
         "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"
     ));
-    out.push_str(&format!("To: <{}>\r\n", envelope.sender));
+    out.push_str(&format!("To: {}\r\n", shown_path(&envelope.sender)));
     out.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
     out.push_str(&format!("Date: {now}\r\n"));
     out.push_str(&format!("Message-ID: <{id}.dsn@{hostname}>\r\n"));
@@ -74,7 +74,11 @@ pub fn build(
         "This is the mail system at host {hostname}.\r\n\r\nYour message could not be delivered to one or more recipients.\r\nIt is attached below.\r\n\r\n"
     ));
     for rcpt in failed {
-        out.push_str(&format!("<{}>: {}\r\n", rcpt.address, rcpt.diagnostic));
+        out.push_str(&format!(
+            "{}: {}\r\n",
+            shown_path(rcpt.address),
+            rcpt.diagnostic
+        ));
     }
     out.push_str("\r\n");
 
@@ -95,7 +99,10 @@ pub fn build(
                 orcpt.replacen(';', "; ", 1)
             ));
         }
-        out.push_str(&format!("Final-Recipient: rfc822; {}\r\n", rcpt.address));
+        out.push_str(&format!(
+            "Final-Recipient: rfc822; {}\r\n",
+            crate::address::wire(rcpt.address).unwrap_or_else(|_| "invalid@invalid".into())
+        ));
         out.push_str("Action: failed\r\n");
         out.push_str(&format!("Status: {}\r\n", status_of(rcpt.diagnostic)));
         if let Some(mta) = rcpt.remote_mta {
@@ -127,4 +134,11 @@ pub fn build(
     }
     bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     bytes
+}
+
+/// `<address>` in its wire form for a DSN header or text; an address that
+/// cannot be represented (only in a spool written by an old version) is not
+/// copied raw into the report.
+fn shown_path(address: &str) -> String {
+    crate::address::path(address).unwrap_or_else(|_| "<invalid@invalid>".into())
 }

@@ -35,8 +35,8 @@ pub async fn submit(
         read_reply(&mut reader).await.and_then(expect(220))?;
         for (command, code) in [
             (format!("EHLO {helo}\r\n"), 250),
-            (format!("MAIL FROM:<{from}>\r\n"), 250),
-            (format!("RCPT TO:<{to}>\r\n"), 250),
+            (format!("MAIL FROM:{}\r\n", path(from)?), 250),
+            (format!("RCPT TO:{}\r\n", path(to)?), 250),
             ("DATA\r\n".to_string(), 354),
         ] {
             reader
@@ -62,4 +62,8 @@ pub async fn submit(
             humantime::format_duration(limit)
         )
     })?
+}
+
+fn path(address: &str) -> Result<String, String> {
+    crate::address::path(address).map_err(|e| format!("{address:?}: {e}"))
 }

@@ -192,7 +192,10 @@ impl Callout {
             ));
         }
         let rcpt = client
-            .cmd(format!("RCPT TO:<{address}>\r\n"))
+            .cmd(format!(
+                "RCPT TO:{}\r\n",
+                crate::address::path(address).map_err(|e| format!("RCPT: {e}"))?
+            ))
             .await
             .map_err(|e| format!("RCPT: {e}"))?;
         let _ = client.cmd(b"RSET\r\n").await;

@@ -142,7 +142,10 @@ impl RecipientPolicy {
         if local.chars().any(|c| c.is_control()) {
             return RcptVerdict::BadSyntax("control characters in address");
         }
-        let canonical = format!("{}@{domain}", quote_local_part(local));
+        let canonical = match crate::address::canonical(&format!("{local}@{domain}"), true) {
+            Ok(canonical) => canonical,
+            Err(_) => return RcptVerdict::BadSyntax("malformed address"),
+        };
         let listed = rule
             .recipients
             .as_ref()
@@ -204,29 +207,6 @@ fn read_recipient_list(path: &Path, domain: &str) -> Result<HashSet<String>, Pol
         out.insert(address);
     }
     Ok(out)
-}
-
-/// RFC 5321 4.1.2: a local part that is not a dot-atom must be sent quoted.
-fn quote_local_part(local: &str) -> String {
-    let is_atext =
-        |c: char| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
-    let dot_atom = !local.starts_with('.')
-        && !local.ends_with('.')
-        && !local.contains("..")
-        && local.split('.').all(|atom| atom.chars().all(is_atext));
-    if dot_atom {
-        return local.to_string();
-    }
-    let mut quoted = String::with_capacity(local.len() + 2);
-    quoted.push('"');
-    for c in local.chars() {
-        if c == '"' || c == '\\' {
-            quoted.push('\\');
-        }
-        quoted.push(c);
-    }
-    quoted.push('"');
-    quoted
 }
 
 #[cfg(test)]

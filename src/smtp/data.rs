@@ -387,7 +387,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         // Name the recipient only when there is exactly one (privacy, as Postfix).
         if let Some([rcpt]) = tx.map(|tx| tx.recipients.as_slice()) {
-            header.push_str(&format!("\r\n\tfor <{}>", printable(&rcpt.address)));
+            header.push_str(&format!(
+                "\r\n\tfor {}",
+                printable(&crate::address::path(&rcpt.address).unwrap_or_default())
+            ));
         }
         let date = time::OffsetDateTime::now_utc()
             .format(&Rfc2822)

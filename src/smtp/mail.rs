@@ -50,6 +50,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if !smtputf8 && !from.address.is_ascii() {
             return self.error_reply(553, "5.6.7", "Non-ASCII sender address needs SMTPUTF8");
         }
+        // RFC 5321 4.1.2: a reverse-path is `<>` or a mailbox with a domain;
+        // kept in wire form (quoted local part) so it can be relayed as sent.
+        let sender = match crate::address::canonical(&from.address, smtputf8) {
+            Ok(sender) => sender,
+            Err(why) => {
+                tracing::info!(client = %self.peer, from = ?from.address, %why, "mail refused: bad sender address");
+                return self.error_reply(
+                    553,
+                    "5.1.7",
+                    &format!("Bad sender address syntax: {why}"),
+                );
+            }
+        };
         if let Err(limit) = self.ctx.limits.check(self.peer.ip(), Event::Message) {
             crate::metrics::get().rejected("rate_limited");
             tracing::info!(client = %self.peer, limit, "mail refused: rate limit");
@@ -62,14 +75,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let spf = match &self.ctx.auth {
             Some(auth) => {
                 let helo = self.helo.clone().unwrap_or_default();
-                Some(auth.check_spf(self.peer.ip(), &helo, &from.address).await)
+                Some(auth.check_spf(self.peer.ip(), &helo, &sender).await)
             }
             None => None,
         };
         if spf.as_ref().is_some_and(|spf| spf.is_temp_error())
             && self.ctx.trust.on_dns_error == DnsErrorPolicy::Tempfail
         {
-            tracing::info!(client = %self.peer, from = %from.address, "mail deferred: SPF temperror");
+            tracing::info!(client = %self.peer, from = %sender, "mail deferred: SPF temperror");
             return self.error_reply(
                 451,
                 "4.4.3",
@@ -84,7 +97,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             None
         };
         self.tx = Some(Transaction {
-            sender: from.address,
+            sender,
             dsn_ret,
             dsn_envid: from.env_id,
             smtputf8,

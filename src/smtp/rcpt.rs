@@ -43,6 +43,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let policy = self.ctx.policy();
         let verdict = if to.address.is_empty() {
             RcptVerdict::BadSyntax("empty address")
+        } else if let Err(why) = crate::address::canonical(&to.address, tx.smtputf8) {
+            tracing::info!(client = %self.peer, rcpt = ?to.address, %why, "rcpt refused: bad address");
+            return self.error_reply(
+                553,
+                "5.1.3",
+                &format!("Bad recipient address syntax: {why}"),
+            );
         } else {
             policy.check(&to.address)
         };

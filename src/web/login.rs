@@ -8,7 +8,8 @@ use serde::Deserialize;
 
 use super::accounts::{self, Account};
 use super::i18n::Lang;
-use super::pages::{self, bare_page, fill, local_path};
+use super::pages::{self, bare_page, fill};
+use super::redirect::local_target;
 use super::session::{self, Blocked, COOKIE, LOGIN_COOKIE};
 use super::{check_csrf, cookie, set_cookie, Shared, Viewer, Visitor};
 
@@ -94,7 +95,7 @@ pub async fn form(
     headers: HeaderMap,
     Query(query): Query<NextQuery>,
 ) -> Response {
-    let next = local_path(query.next.as_deref());
+    let next = local_target(query.next.as_deref());
     if super::signed_in(&state, &headers).is_some() {
         return Redirect::to(&next).into_response();
     }
@@ -123,7 +124,7 @@ pub async fn submit(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let lang = visitor.lang;
-    let next = local_path(form.next.as_deref());
+    let next = local_target(form.next.as_deref());
     let address = form.address.trim().to_lowercase();
     let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or("");
     if expected.is_empty() || !check_csrf(&headers, expected, &form.csrf) {
@@ -266,7 +267,7 @@ pub async fn totp_form(
     headers: HeaderMap,
     Query(query): Query<NextQuery>,
 ) -> Response {
-    let next = local_path(query.next.as_deref());
+    let next = local_target(query.next.as_deref());
     let Some((_, session)) = pending(&state, &headers) else {
         return Redirect::to("/login").into_response();
     };
@@ -280,7 +281,7 @@ pub async fn totp_submit(
     Form(form): Form<TotpForm>,
 ) -> Response {
     let lang = visitor.lang;
-    let next = local_path(form.next.as_deref());
+    let next = local_target(form.next.as_deref());
     let Some((id, session)) = pending(&state, &headers) else {
         return Redirect::to("/login").into_response();
     };

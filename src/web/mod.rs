@@ -27,6 +27,7 @@ pub mod i18n;
 mod login;
 mod mailbox;
 mod pages;
+mod redirect;
 pub mod render;
 pub mod session;
 mod summaries;

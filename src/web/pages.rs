@@ -40,14 +40,6 @@ pub struct Next {
     next: Option<String>,
 }
 
-/// A local path to go back to (never another site).
-pub fn local_path(next: Option<&str>) -> String {
-    match next {
-        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => p.to_string(),
-        _ => "/mail".to_string(),
-    }
-}
-
 pub async fn switch_language(
     State(state): State<Shared>,
     Path(code): Path<String>,
@@ -65,7 +57,7 @@ pub async fn switch_language(
     );
     (
         [(header::SET_COOKIE, cookie)],
-        Redirect::to(&local_path(next.next.as_deref())),
+        Redirect::to(&super::redirect::local_target(next.next.as_deref())),
     )
         .into_response()
 }

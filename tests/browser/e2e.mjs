@@ -166,6 +166,16 @@ try {
   await user.screenshot({ path: path.join(SHOTS, "05-mailbox-phone.png"), fullPage: true });
   check(await user.locator("td.subject").first().isVisible(), "mailbox usable on a phone-sized screen");
 
+  // 6b. Redirect targets: wherever `next` points, the browser stays on our site.
+  const origin = new URL(BASE).origin;
+  for (const next of ["/%09/evil.example", "/%0a/evil.example", "/%5Cevil.example", "//evil.example", "/%20/evil.example"]) {
+    for (const site of ["/lang/en", "/login"]) {
+      await user.goto(`${BASE}${site}?next=${next}`);
+      const landed = new URL(user.url());
+      check(landed.origin === origin && landed.pathname === "/mail", `${site}?next=${next} lands on ${landed.origin}${landed.pathname}`);
+    }
+  }
+
   // 7. The admin holds and releases a message from its detail page.
   await admin.goto(`${BASE}/admin/message/${env("BW_FOREIGN_ID")}`);
   await admin.click("button[value=hold]");
