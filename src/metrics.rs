@@ -33,6 +33,10 @@ pub struct Metrics {
     pub tls_expiry_seconds: Gauge<f64, AtomicU64>,
     pub alerts: Family<Labels, Counter>,
     pub alerts_active: Family<Labels, Gauge>,
+    /// Warnings of the HTML parser under the sanitiser (e.g. "foster
+    /// parenting not implemented" for mis-nested tables): counted, not
+    /// logged, since any sender could otherwise add log lines per view.
+    pub html_parser_warnings: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -64,6 +68,7 @@ impl Metrics {
             tls_expiry_seconds: Gauge::default(),
             alerts: Family::default(),
             alerts_active: Family::default(),
+            html_parser_warnings: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -125,6 +130,11 @@ impl Metrics {
             "alert_active",
             "1 while an alert (upstream down, queue depth, queue age) lasts",
             metrics.alerts_active.clone(),
+        );
+        registry.register(
+            "html_parser_warnings",
+            "Warnings of the HTML parser under the web reader's sanitiser (not logged)",
+            metrics.html_parser_warnings.clone(),
         );
         Metrics {
             registry,

@@ -801,3 +801,64 @@ fn form_decode(text: &str) -> String {
     }
     String::from_utf8(out).unwrap()
 }
+
+/// A phishing warning is only as good as the headers it shows: the reader
+/// shows what a strict parser sees (no subject from `Sub ject:` or a stray
+/// continuation; a military-zone Date does not hide the Subject), flags the
+/// malformed lines, and decodes the JIS X 0213 charset labels.
+#[test]
+fn the_reader_shows_headers_as_a_strict_parser_reads_them() {
+    let w = world();
+    let mut alice = w.client();
+    alice.login_fully("alice@example.com", None);
+    let view = |alice: &mut WebClient, raw: &[u8]| {
+        let id = send(&w.server, "alice@example.com", raw);
+        alice.get(&format!("/mail/{id}")).text()
+    };
+    let page = view(
+        &mut alice,
+        b"From: it@example.org\r\nSub ject: Your password expires\r\n\r\nbody\r\n",
+    );
+    let h1 = page
+        .split("<h1>")
+        .nth(1)
+        .unwrap()
+        .split("</h1>")
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        !h1.contains("password"),
+        "malformed name shown as the subject: {h1}"
+    );
+    assert!(page.contains("Malformed header lines"), "not flagged");
+    assert!(
+        page.contains("Sub ject: Your password expires"),
+        "line not shown"
+    );
+    let page = view(
+        &mut alice,
+        b" Subject: stray\r\nFrom: it@example.org\r\n\r\nbody\r\n",
+    );
+    let h1 = page
+        .split("<h1>")
+        .nth(1)
+        .unwrap()
+        .split("</h1>")
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(!h1.contains("stray"), "{h1}");
+    let page = view(
+        &mut alice,
+        b"From: it@example.org\r\nDate: Tue, 1 Dec 2026 14:53:31 A\r\nSubject: Kept after the date\r\n\r\nbody\r\n",
+    );
+    assert!(page.contains("<h1>Kept after the date</h1>"), "{page}");
+    assert!(!page.contains("Malformed header lines"));
+    // Shift_JISX0213: 日本語 in the subject and the body.
+    let mut raw = b"From: a@example.jp\r\nSubject: =?Shift_JISX0213?B?k/qWe4zq?=\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=Shift_JISX0213\r\n\r\n".to_vec();
+    raw.extend_from_slice(b"\x93\xfa\x96\x7b\x8c\xea\r\n");
+    let page = view(&mut alice, &raw);
+    assert!(page.contains("<h1>日本語</h1>"), "{page}");
+    assert!(page.matches("日本語").count() >= 2, "body decoded too");
+}

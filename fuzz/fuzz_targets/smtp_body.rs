@@ -1,6 +1,9 @@
 //! DATA/BDAT decoding: any input, any split, both framings and policies.
-//! Invariants: the result does not depend on how the input is split, and a
-//! message accepted without a problem has only CRLF line endings and no NUL.
+//! Invariants: the result does not depend on how the input is split, a
+//! message accepted without a problem has only CRLF line endings and no NUL,
+//! and in normalize mode the message is exactly its lines (ended by CRLF,
+//! bare LF or bare CR) with one leading dot removed, joined with CRLF: the
+//! mode that accepts bare-LF clients must not change their mail.
 #![no_main]
 
 use breakwater::config::BareLfPolicy;
@@ -22,6 +25,35 @@ fn decode(input: &[u8], split: usize, framing: Framing, policy: BareLfPolicy) ->
     (out, a + b, done, decoder.problem())
 }
 
+/// Lines ended by CRLF, bare LF or bare CR, each unstuffed (one leading dot
+/// removed; a line of just "." stays), joined with CRLF.
+fn normalized_reference(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut line = Vec::new();
+    let finish = |line: &mut Vec<u8>, out: &mut Vec<u8>| {
+        let text: &[u8] = if line.len() > 1 && line[0] == b'.' { &line[1..] } else { line };
+        out.extend_from_slice(text);
+        out.extend_from_slice(b"\r\n");
+        line.clear();
+    };
+    let mut i = 0;
+    while i < content.len() {
+        match content[i] {
+            b'\r' if content.get(i + 1) == Some(&b'\n') => {
+                finish(&mut line, &mut out);
+                i += 1;
+            }
+            b'\r' | b'\n' => finish(&mut line, &mut out),
+            b => line.push(b),
+        }
+        i += 1;
+    }
+    if !line.is_empty() {
+        finish(&mut line, &mut out);
+    }
+    out
+}
+
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
@@ -36,6 +68,9 @@ fuzz_target!(|data: &[u8]| {
     let (out, used, done, problem) = whole;
     if framing == Framing::Dot && done {
         assert!(input[..used].ends_with(b".\r\n"));
+    }
+    if framing == Framing::Dot && policy == BareLfPolicy::Normalize && done && problem.is_none() {
+        assert_eq!(out, normalized_reference(&input[..used - 3]), "normalize changed the mail");
     }
     if problem.is_none() && (done || framing == Framing::Chunks) {
         assert!(!out.contains(&0));

@@ -46,6 +46,12 @@ enum State {
     SoftLineStart,
     /// Saw `.` at a line start.
     Dot,
+    /// Saw `.` at a soft line start: stuffing is removed as after a CRLF
+    /// (normalize mode must not change a bare-LF client's mail), but a lone
+    /// dot here never ends the data.
+    SoftDot,
+    /// Saw `.` `\r` at a soft line start.
+    SoftDotCr,
     /// Saw `.` `\r` at a line start.
     DotCr,
     /// Inside a line.
@@ -156,6 +162,31 @@ impl BodyDecoder {
             (State::LineStart, b'.') if self.framing == Framing::Dot => {
                 self.line_len = 1;
                 self.state = State::Dot;
+            }
+            (State::SoftLineStart, b'.') if self.framing == Framing::Dot => {
+                self.line_len = 1;
+                self.state = State::SoftDot;
+            }
+            (State::SoftDot, b'\r') => self.state = State::SoftDotCr,
+            (State::SoftDotCr, b'\n') => {
+                // A lone dot reached through a bare line ending: content
+                // (a line holding "."), never the end of data.
+                self.emit(b".\r\n", out);
+                self.end_line();
+                self.state = State::LineStart;
+            }
+            (State::SoftDotCr, other) => {
+                self.emit(b".", out);
+                self.bare_ending(out);
+                return self.step(other, out);
+            }
+            (State::SoftDot, b'\n') => {
+                self.emit(b".", out);
+                self.bare_ending(out);
+            }
+            (State::SoftDot, other) => {
+                self.state = State::Mid;
+                return self.step_in_line(other, out);
             }
             (State::Dot, b'\r') => self.state = State::DotCr,
             (State::DotCr, b'\n') => return true,
@@ -329,6 +360,87 @@ mod tests {
             all.extend_from_slice(b".\r\n");
             let (_, used, done, _) = data(&all);
             assert!(done && used == all.len(), "{payload:?} + CRLF.CRLF");
+        }
+    }
+
+    /// A line that starts with a dot loses exactly that dot in normalize
+    /// mode too, whether the line before it ended in CRLF or a bare LF
+    /// (it used to keep it after a bare LF: `..x` was stored as `..x`).
+    #[test]
+    fn normalize_mode_unstuffs_after_bare_line_endings() {
+        let (out, _, done, problem) = decode_with(
+            Framing::Dot,
+            BareLfPolicy::Normalize,
+            b"Subject: s\n\n... Some text appears here ...\n..\n.x\r\n.\r\n",
+        );
+        assert!(done);
+        assert_eq!(problem, None);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "Subject: s\r\n\r\n.. Some text appears here ...\r\n.\r\nx\r\n"
+        );
+    }
+
+    /// The reference the fuzz target checks normalize mode against: every
+    /// line (ended by CRLF, bare LF or bare CR) with one leading dot removed
+    /// (a line of just "." is kept, it cannot be a terminator here), joined
+    /// with CRLF.
+    pub(crate) fn normalized_reference(content: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut line = Vec::new();
+        let mut i = 0;
+        let finish = |line: &mut Vec<u8>, out: &mut Vec<u8>| {
+            let text: &[u8] = if line.len() > 1 && line[0] == b'.' {
+                &line[1..]
+            } else {
+                line
+            };
+            out.extend_from_slice(text);
+            out.extend_from_slice(b"\r\n");
+            line.clear();
+        };
+        while i < content.len() {
+            match content[i] {
+                b'\r' if content.get(i + 1) == Some(&b'\n') => {
+                    finish(&mut line, &mut out);
+                    i += 1;
+                }
+                b'\r' | b'\n' => finish(&mut line, &mut out),
+                b => line.push(b),
+            }
+            i += 1;
+        }
+        if !line.is_empty() {
+            finish(&mut line, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn normalize_mode_matches_the_line_reference_on_random_input() {
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let alphabet = b".\r\nab";
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 24) as usize;
+            let mut input: Vec<u8> = (0..len)
+                .map(|k| alphabet[((seed >> (k * 2 % 60)) % 5) as usize])
+                .collect();
+            input.extend_from_slice(b"\r\n.\r\n");
+            let (out, used, done, problem) =
+                decode_with(Framing::Dot, BareLfPolicy::Normalize, &input);
+            if !done || problem.is_some() {
+                continue;
+            }
+            let content = &input[..used - 3];
+            assert_eq!(
+                out,
+                normalized_reference(content),
+                "input {:?}",
+                String::from_utf8_lossy(&input)
+            );
         }
     }
 

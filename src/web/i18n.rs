@@ -97,6 +97,7 @@ const TEXT: &[(&str, &str, &str)] = &[
     ("drills.problems", "Problems found", "見つかった問題"),
     ("drills.drain", "Drain", "滞留解消"),
     ("lure.short", "Suspicious", "不審"),
+    ("headers.malformed", "Malformed header lines (not read as headers here; other mail programs may show this message differently):", "不正な形式のヘッダー行があります（ここではヘッダーとして扱っていません。他のメールソフトでは表示が異なる場合があります）:"),
     ("lure.title", "This message looks like an outage-themed phishing attempt.", "このメッセージは障害に便乗したフィッシングの可能性があります。"),
     ("lure.explain", "Do not enter passwords or open links in it; check with your IT team through another channel. Why:", "パスワードの入力やリンクのクリックはせず、別の手段で IT 部門に確認してください。理由:"),
     ("lure.reason.brand-words", "It speaks in the name of Microsoft 365 / IT.", "Microsoft 365 や IT 部門を名乗っています。"),

@@ -285,6 +285,12 @@ pub async fn show(
                     @if auth.quarantined { " " (lang.t("auth.quarantined")) }
                 }
             }
+            @if !rendered.malformed_headers.is_empty() {
+                div.lure role="alert" {
+                    strong { (lang.t("headers.malformed")) }
+                    ul { @for line in &rendered.malformed_headers { li { code { (line) } } } }
+                }
+            }
             @if let Some(verdict) = message.envelope.lure.as_ref().filter(|v| v.is_flagged()) {
                 div.lure role="alert" {
                     strong { (lang.t("lure.title")) }

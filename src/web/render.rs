@@ -53,6 +53,9 @@ pub struct Rendered {
     pub text: Option<String>,
     pub has_html: bool,
     pub attachments: Vec<AttachmentInfo>,
+    /// Header lines a strict parser does not read as fields (shown with a
+    /// warning: other mail programs may display this message differently).
+    pub malformed_headers: Vec<String>,
 }
 
 fn parse(raw: &[u8]) -> Option<Message<'_>> {
@@ -134,20 +137,24 @@ fn content_type_of(part: &mail_parser::MessagePart<'_>) -> String {
 /// The message for display, and its sanitised HTML body (when it has one)
 /// from the same parse: the message page needs both (the blocked-image count).
 pub fn render_with_html(raw: &[u8], allow_remote_images: bool) -> (Rendered, Option<SafeHtml>) {
-    match parse(raw) {
+    let (mut rendered, html) = match parse(raw) {
         Some(message) => (
             render_parsed(&message),
             sanitize_parsed(&message, allow_remote_images),
         ),
         None => (undecodable(raw), None),
-    }
+    };
+    rendered.malformed_headers = crate::mime::header_defects(raw);
+    (rendered, html)
 }
 
 pub fn render(raw: &[u8]) -> Rendered {
-    match parse(raw) {
+    let mut rendered = match parse(raw) {
         Some(message) => render_parsed(&message),
         None => undecodable(raw),
-    }
+    };
+    rendered.malformed_headers = crate::mime::header_defects(raw);
+    rendered
 }
 
 /// What the reader shows for a message the parser rejects: its raw text.
@@ -185,6 +192,7 @@ fn render_parsed(message: &Message<'_>) -> Rendered {
         text,
         has_html,
         attachments,
+        malformed_headers: Vec::new(),
     }
 }
 
@@ -362,7 +370,11 @@ fn sanitize_parsed(message: &Message<'_>, allow_remote_images: bool) -> Option<S
         .set_tag_attribute_value("a", "target", "_blank")
         .add_generic_attributes(["style"])
         .filter_style_properties(SAFE_STYLE_PROPERTIES.iter().copied().collect())
-        .strip_comments(true);
+        .strip_comments(true)
+        // `<title>` (and the rest of `<head>`'s text) is not body content:
+        // dropped with its text, as script and style are, instead of
+        // showing up as the body's first line.
+        .clean_content_tags(HashSet::from(["script", "style", "title"]));
     {
         let inline = inline.clone();
         let blocked = blocked.clone();
@@ -444,6 +456,17 @@ mod tests {
         let rendered = render(raw);
         assert_eq!(rendered.from, "aperson@dom.ain", "{rendered:?}");
         assert!(!rendered.attachments.is_empty(), "{rendered:?}");
+    }
+
+    /// `<title>` is head matter: neither it nor its text is shown as body.
+    #[test]
+    fn title_text_is_not_body_text() {
+        let raw = html_message(
+            "<html><head><title>Sign in now</title></head><body><p>Hello</p></body></html>",
+        );
+        let safe = safe_html(&raw, false).expect("html");
+        assert!(!safe.html.contains("Sign in now"), "{}", safe.html);
+        assert!(safe.html.contains("Hello"), "{}", safe.html);
     }
 
     #[test]
