@@ -734,3 +734,126 @@ fn quoted_local_parts_are_relayed_quoted_and_cannot_inject_parameters() {
     assert!(report.contains(&format!("To: <{sender}>")), "{report}");
     s.rt.block_on(server.shutdown());
 }
+
+/// An operator's action during a delivery attempt wins deterministically:
+/// a hold made while the upstream is answering stays held after the
+/// attempt records its (deferred) outcome; a retry made then is not undone
+/// by the attempt's backoff; a bounce waits for the attempt and never
+/// bounces a recipient the attempt delivered. Each step acts only once the
+/// sink has the message's data in hand (the attempt is in flight).
+#[test]
+fn operator_actions_during_an_attempt_win_deterministically() {
+    let (s, server) = setup(base_zone(), |config, _| {
+        config.delivery.retry = vec![Duration::from_secs(3600).into()];
+    });
+    let started = s.upstream.script.lock().unwrap().data_started.clone();
+    s.upstream.set(|script| {
+        script.data_reply = "451 4.3.0 try later".into();
+        script.data_delay = Duration::from_millis(1500);
+    });
+    let delivery = server.delivery().unwrap();
+    let attempts = |id| {
+        server
+            .spool
+            .get(id)
+            .unwrap()
+            .map_or(0, |m| m.state.recipients[0].attempts)
+    };
+    let in_flight = |n: usize| {
+        assert!(
+            wait_for(WAIT, || started.load(std::sync::atomic::Ordering::SeqCst)
+                >= n),
+            "attempt {n} never reached the end of data"
+        );
+    };
+
+    // Hold during the attempt.
+    let held = submit(
+        &server,
+        "s@remote.test",
+        &["h@example.com"],
+        b"Subject: h\r\n\r\nh\r\n",
+    );
+    in_flight(1);
+    let done = s.rt.block_on(breakwater::admin::apply_action(
+        &server.spool,
+        Some(delivery),
+        "hold",
+        None,
+        held,
+    ));
+    assert_eq!(done, Ok(true));
+    assert!(wait_for(WAIT, || attempts(held) == 1), "attempt recorded");
+    let state = server.spool.get(held).unwrap().unwrap().state;
+    assert!(
+        state.held,
+        "the hold made during the attempt was lost: {state:?}"
+    );
+    assert!(
+        state.recipients[0]
+            .last_reply
+            .as_deref()
+            .unwrap()
+            .contains("4.3.0"),
+        "the attempt's outcome was lost: {state:?}"
+    );
+
+    // Retry during the attempt: tried again at once, not in an hour.
+    let retried = submit(
+        &server,
+        "s@remote.test",
+        &["r@example.com"],
+        b"Subject: r\r\n\r\nr\r\n",
+    );
+    in_flight(2);
+    let done = s.rt.block_on(breakwater::admin::apply_action(
+        &server.spool,
+        Some(delivery),
+        "retry",
+        None,
+        retried,
+    ));
+    assert_eq!(done, Ok(true));
+    assert!(
+        wait_for(Duration::from_secs(10), || attempts(retried) >= 2),
+        "the retry made during the attempt was undone by its backoff"
+    );
+    s.rt.block_on(breakwater::admin::apply_action(
+        &server.spool,
+        Some(delivery),
+        "hold",
+        None,
+        retried,
+    ))
+    .unwrap();
+
+    // Bounce during an attempt that delivers: no DSN, delivered once.
+    s.upstream.set(|script| {
+        script.data_reply = "250 2.0.0 Ok".into();
+    });
+    let before = started.load(std::sync::atomic::Ordering::SeqCst);
+    let bounced = submit(
+        &server,
+        "s@remote.test",
+        &["b@example.com"],
+        b"Subject: b\r\n\r\nb\r\n",
+    );
+    in_flight(before + 1);
+    let outcome =
+        s.rt.block_on(delivery.bounce(bounced, "returned by the administrator"));
+    assert!(matches!(outcome, Ok(false)), "{outcome:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        s.upstream
+            .delivered()
+            .iter()
+            .filter(|d| d.rcpts() == ["b@example.com"])
+            .count(),
+        1
+    );
+    assert!(
+        s.mx_sink.delivered().is_empty(),
+        "a delivered recipient was also bounced"
+    );
+    s.rt.block_on(server.shutdown());
+}

@@ -297,20 +297,22 @@ pub async fn apply_action(
     id: QueueId,
 ) -> Result<bool, String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
-    let Some(message) = spool.get(id).map_err(|e| err(&e))? else {
-        return Ok(false);
-    };
-    let mut next = message.state.clone();
-    match action {
-        "hold" => next.held = true,
-        "release" => {
-            next.held = false;
-            next.next_attempt_ms = now_ms();
-        }
-        "retry" => next.next_attempt_ms = now_ms(),
+    // Each change is made to the state as it is at that moment, under the
+    // message's lock (never a copy read earlier), so an attempt finishing
+    // meanwhile cannot undo it, nor it the attempt's outcome.
+    let change: Box<dyn FnOnce(&mut crate::envelope::MessageState) + Send> = match action {
+        "hold" => Box::new(|s| s.held = true),
+        "release" => Box::new(|s| {
+            s.held = false;
+            s.next_attempt_ms = now_ms();
+        }),
+        "retry" => Box::new(|s| s.next_attempt_ms = now_ms()),
         "requeue" => {
-            next.route = route.map(str::to_string);
-            next.next_attempt_ms = now_ms();
+            let route = route.map(str::to_string);
+            Box::new(move |s| {
+                s.route = route;
+                s.next_attempt_ms = now_ms();
+            })
         }
         "delete" => {
             return spool
@@ -328,9 +330,9 @@ pub async fn apply_action(
                 .map_err(|e| err(&e));
         }
         other => return Err(format!("unknown action {other:?}")),
-    }
-    spool.set_state(id, next).await.map_err(|e| err(&e))?;
-    Ok(true)
+    };
+    let found = spool.update_state(id, change).await.map_err(|e| err(&e))?;
+    Ok(found.is_some())
 }
 
 pub async fn upstreams(

@@ -52,7 +52,11 @@ struct Engine {
     /// `[web] retain_delivered`: keep delivered messages readable this long.
     retain_delivered_ms: u64,
     global: Arc<Semaphore>,
+    /// Messages with an attempt (or an operator's bounce) under way: the
+    /// delivery lock of a message. Whoever inserts an ID owns the message's
+    /// delivery until it removes it and wakes `in_flight_done`.
     in_flight: Mutex<HashSet<QueueId>>,
+    in_flight_done: tokio::sync::Notify,
 }
 
 pub struct DeliveryEngine {
@@ -106,6 +110,7 @@ impl DeliveryEngine {
             config: config.delivery.clone(),
             hostname: config.hostname.clone(),
             in_flight: Mutex::new(HashSet::new()),
+            in_flight_done: tokio::sync::Notify::new(),
             spool,
             router,
             transport,
@@ -206,13 +211,34 @@ impl DeliveryHandle {
 
     /// Return a message to its sender now: every pending recipient fails
     /// with `reason`, a DSN goes out (unless the sender is `<>`), and the
-    /// message leaves the spool.
+    /// message leaves the spool. An attempt under way is waited for (it
+    /// holds the message's delivery lease) so that a recipient it delivers
+    /// is never also bounced; if it does not end within the wait, the bounce
+    /// is refused and nothing changes.
     pub async fn bounce(&self, id: QueueId, reason: &str) -> Result<bool, DeliveryError> {
+        let engine = &self.engine;
+        let wait = engine.config.command_timeout * 3 + engine.config.connect_timeout;
+        let leased = tokio::time::timeout(wait, engine.take_lease(id)).await;
+        if leased.is_err() {
+            return Err(DeliveryError::Setup(
+                "a delivery attempt for this message is still running; try again".into(),
+            ));
+        }
+        let result = self.bounce_leased(id, reason).await;
+        engine.release_lease(id);
+        result
+    }
+
+    async fn bounce_leased(&self, id: QueueId, reason: &str) -> Result<bool, DeliveryError> {
         let engine = &self.engine;
         let Some(message) = engine.spool.get(id)? else {
             return Ok(false);
         };
-        let body = engine.spool.read_body(id)?;
+        let body = match engine.spool.read_body(id) {
+            Ok(body) => body,
+            Err(crate::spool::SpoolError::NotFound(_)) => return Ok(false),
+            Err(err) => return Err(err.into()),
+        };
         let mut state = message.state.clone();
         for rcpt in state.recipients.iter_mut().filter(|r| !r.status.is_final()) {
             rcpt.status = RecipientStatus::Failed;
@@ -227,6 +253,24 @@ impl DeliveryHandle {
 }
 
 impl Engine {
+    /// Wait until no attempt runs for `id`, then own its delivery lease.
+    async fn take_lease(&self, id: QueueId) {
+        loop {
+            let done = self.in_flight_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.in_flight.lock().expect("in-flight lock").insert(id) {
+                return;
+            }
+            done.await;
+        }
+    }
+
+    fn release_lease(&self, id: QueueId) {
+        self.in_flight.lock().expect("in-flight lock").remove(&id);
+        self.in_flight_done.notify_waiters();
+    }
+
     async fn schedule(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let work = self.spool.work_notify();
         loop {
@@ -243,6 +287,10 @@ impl Engine {
             };
             for id in due {
                 if !self.in_flight.lock().expect("in-flight lock").insert(id) {
+                    // Made due again (an operator's retry) while its attempt
+                    // runs: out of the way until the attempt records its
+                    // result, which reschedules it; no 10 ms spin meanwhile.
+                    let _ = self.spool.park(id, now + IN_FLIGHT_LEASE_MS);
                     continue;
                 }
                 let _ = self.spool.park(id, now + IN_FLIGHT_LEASE_MS);
@@ -256,7 +304,7 @@ impl Engine {
                 let engine = self.clone();
                 tokio::spawn(async move {
                     engine.process(id).await;
-                    engine.in_flight.lock().expect("in-flight lock").remove(&id);
+                    engine.release_lease(id);
                     drop(permit);
                 });
             }
@@ -300,8 +348,13 @@ impl Engine {
                 return;
             }
         };
+        if message.state.held {
+            // Held by an operator after it was picked from the schedule.
+            return;
+        }
         let body = match self.spool.read_body(id) {
             Ok(body) => body,
+            Err(crate::spool::SpoolError::NotFound(_)) => return,
             Err(err) => {
                 // Damaged on disk: keep it for an operator, never drop it.
                 tracing::error!(queue_id = %id, error = %err, "delivery: message body unreadable; parked for an operator");
@@ -310,6 +363,7 @@ impl Engine {
             }
         };
         let mut state = message.state.clone();
+        let mut recorded = 0;
         let envelope = &message.envelope;
         let body = with_intake_verdicts(body, envelope, &self.hostname);
 
@@ -367,6 +421,7 @@ impl Engine {
                 .await;
             for (index, outcome, relay) in outcomes {
                 self.record(id, envelope, &mut state, index, outcome, &relay);
+                recorded += 1;
             }
             if unreachable {
                 // Keeps its retry schedule, but is flushed with the rest the
@@ -378,7 +433,7 @@ impl Engine {
         self.expire(id, envelope, &mut state);
         let bounced = self.bounce_failures(&message, &mut state, &body).await;
         if state.is_finished() && bounced {
-            if self.retain(id, &mut state).await {
+            if self.retain(id, &message.state, &mut state, recorded).await {
                 return;
             }
             let reason = if state
@@ -407,8 +462,20 @@ impl Engine {
         }
         if attempted {
             state.next_attempt_ms = now_ms() + self.backoff(&state);
-            if let Err(err) = self.spool.set_state(id, state).await {
-                tracing::error!(queue_id = %id, error = %err, "delivery: cannot record attempt; it will be repeated");
+            let recorded_state = self
+                .spool
+                .update_state(id, |current| {
+                    merge_attempt(current, &message.state, &state, recorded)
+                })
+                .await;
+            match recorded_state {
+                Ok(Some(())) => {}
+                Ok(None) => {
+                    tracing::info!(queue_id = %id, "delivery: message left the spool during the attempt (operator)")
+                }
+                Err(err) => {
+                    tracing::error!(queue_id = %id, error = %err, "delivery: cannot record attempt; it will be repeated")
+                }
             }
         } else if let Some(until) = parked_until {
             let _ = self.spool.park(id, until);
@@ -424,7 +491,13 @@ impl Engine {
     /// With `[web] retain_delivered`, a delivered message stays in the spool
     /// (finished, read-only) until its retention ends, so people can still
     /// read it in the web reader. True while it is to be kept.
-    async fn retain(&self, id: QueueId, state: &mut MessageState) -> bool {
+    async fn retain(
+        &self,
+        id: QueueId,
+        before: &MessageState,
+        state: &mut MessageState,
+        recorded: usize,
+    ) -> bool {
         let now = now_ms();
         let until = match state.retain_until_ms {
             Some(until) => until,
@@ -437,12 +510,19 @@ impl Engine {
                 let until = now + self.retain_delivered_ms;
                 state.retain_until_ms = Some(until);
                 state.next_attempt_ms = until;
-                match self.spool.set_state(id, state.clone()).await {
-                    Ok(()) => {
+                let merged = self
+                    .spool
+                    .update_state(id, |current| {
+                        merge_attempt(current, before, state, recorded)
+                    })
+                    .await;
+                match merged.map(|found| found.is_some()) {
+                    Ok(true) => {
                         tracing::info!(queue_id = %id, until_ms = until, "retained for the web reader")
                     }
+                    Ok(false) => {}
                     Err(err) => {
-                        tracing::error!(queue_id = %id, error = %err, "cannot record retention; removing instead")
+                        tracing::error!(queue_id = %id, error = %err, "cannot record retention; it will be repeated")
                     }
                 }
                 return true;
@@ -722,6 +802,45 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// Apply what one attempt changed (`before` → `after`) to the state as it
+/// is now (`current`), which an operator may have changed meanwhile. The
+/// attempt owns the recipients' outcomes, its history entries (`recorded`
+/// of them, the newest of `after`) and retention; the operator owns hold,
+/// route and rescheduling: a hold, release, retry or requeue made during
+/// the attempt is never undone by its result.
+fn merge_attempt(
+    current: &mut MessageState,
+    before: &MessageState,
+    after: &MessageState,
+    recorded: usize,
+) {
+    let operator_changed = current.held != before.held
+        || current.route != before.route
+        || current.next_attempt_ms != before.next_attempt_ms;
+    for (index, outcome) in after.recipients.iter().enumerate() {
+        if before.recipients.get(index) != Some(outcome) {
+            if let Some(slot) = current.recipients.get_mut(index) {
+                *slot = outcome.clone();
+            }
+        }
+    }
+    let added = recorded.min(after.history.len());
+    current
+        .history
+        .extend_from_slice(&after.history[after.history.len() - added..]);
+    let excess = current
+        .history
+        .len()
+        .saturating_sub(crate::envelope::MAX_HISTORY);
+    current.history.drain(..excess);
+    if after.retain_until_ms != before.retain_until_ms {
+        current.retain_until_ms = after.retain_until_ms;
+    }
+    if !operator_changed {
+        current.next_attempt_ms = after.next_attempt_ms;
     }
 }
 

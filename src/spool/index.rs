@@ -1,19 +1,32 @@
-//! The sled index: fast lookups over the spool, never the truth.
+//! The index: fast lookups over the spool, never the truth.
 //!
-//! Trees:
+//! sled trees (derived, rebuildable from the segments, see `recovery`):
 //! - `messages`:     queue ID (16 bytes) → JSON [`IndexEntry`] (where the record is,
-//!   envelope, delivery state);
-//! - `schedule`:     next-attempt ms (u64 BE) ‖ queue ID → () for messages that
-//!   are neither held nor finished: the delivery engine's work list, in due order;
+//!   envelope, durable delivery state);
 //! - `by_recipient`: lower-cased address ‖ 0x00 ‖ queue ID → () for the web
 //!   mailbox view.
 //!
-//! Everything here can be rebuilt from the segments (see `recovery`), which is
-//! why sled's own crash-consistency issues cannot lose mail.
+//! The delivery schedule (due time ‖ queue ID for messages that are neither
+//! held nor finished, or retained and waiting to be purged) is **in memory**,
+//! built at open from the entries. Why: it holds the engine's volatile
+//! parking (in flight, waiting for a down upstream), which must be forgotten
+//! at a restart anyway — kept in sled, every restart either rewrote every
+//! parked entry or rebuilt the whole index because the parking differed.
+//!
+//! Every change to an entry and its schedule place happens under one lock
+//! (`update`), and an insert or removal touches `messages` and `by_recipient`
+//! in one sled transaction, so a reader never finds a schedule key for a
+//! removed message or a message without its recipient keys; `due` still
+//! drops a key whose message is gone (self-healing, instead of returning it
+//! every 10 ms until a restart).
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use super::Location;
 use crate::envelope::{Envelope, MessageState, QueueId};
@@ -23,34 +36,60 @@ pub struct IndexEntry {
     pub location: Location,
     pub envelope: Envelope,
     pub state: MessageState,
-    /// A volatile schedule override set by the delivery engine (in flight,
-    /// or waiting for a held/down upstream). Never written to the segments:
-    /// after a restart the durable `next_attempt_ms` applies again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parked_until_ms: Option<u64>,
 }
 
-impl IndexEntry {
-    fn due_ms(&self) -> u64 {
-        self.parked_until_ms.unwrap_or(self.state.next_attempt_ms)
+/// Finished messages leave the schedule, except those retained for the web
+/// reader: they come due once more, to be purged.
+pub(crate) fn is_scheduled(state: &MessageState) -> bool {
+    !state.held && (!state.is_finished() || state.retain_until_ms.is_some())
+}
+
+/// The in-memory schedule: due time of every scheduled message, in order.
+#[derive(Default)]
+struct Schedule {
+    order: BTreeSet<(u64, QueueId)>,
+    due_of: HashMap<QueueId, u64>,
+    /// Volatile parking by the delivery engine (overrides the durable time).
+    parked: HashMap<QueueId, u64>,
+}
+
+impl Schedule {
+    fn place(&mut self, id: QueueId, state: Option<&MessageState>) {
+        if let Some(old) = self.due_of.remove(&id) {
+            self.order.remove(&(old, id));
+        }
+        match state.filter(|s| is_scheduled(s)) {
+            Some(state) => {
+                let due = self
+                    .parked
+                    .get(&id)
+                    .copied()
+                    .unwrap_or(state.next_attempt_ms);
+                self.order.insert((due, id));
+                self.due_of.insert(id, due);
+            }
+            None => {
+                self.parked.remove(&id);
+            }
+        }
     }
 }
 
 pub(crate) struct Index {
     db: sled::Db,
     messages: sled::Tree,
-    schedule: sled::Tree,
     by_recipient: sled::Tree,
+    /// Guards every read-modify-write of an entry together with its
+    /// schedule place (sled's per-key atomicity does not cover the two).
+    schedule: Mutex<Schedule>,
+    /// Acknowledged messages whose index insert failed: still delivered
+    /// (they are in the schedule) and read from here until an insert works.
+    pending: Mutex<BTreeMap<QueueId, IndexEntry>>,
+    /// Test hook: fail this many upcoming inserts.
+    failing_inserts: AtomicUsize,
 }
 
 pub(crate) type IndexResult<T> = Result<T, sled::Error>;
-
-fn schedule_key(due_ms: u64, id: QueueId) -> [u8; 24] {
-    let mut key = [0u8; 24];
-    key[..8].copy_from_slice(&due_ms.to_be_bytes());
-    key[8..].copy_from_slice(&id.to_bytes());
-    key
-}
 
 fn recipient_key(address: &str, id: QueueId) -> Vec<u8> {
     let mut key = address.to_lowercase().into_bytes();
@@ -59,10 +98,20 @@ fn recipient_key(address: &str, id: QueueId) -> Vec<u8> {
     key
 }
 
-/// Finished messages leave the schedule, except those retained for the web
-/// reader: they come due once more, to be purged.
-fn is_scheduled(state: &MessageState) -> bool {
-    !state.held && (!state.is_finished() || state.retain_until_ms.is_some())
+fn storage_error(err: TransactionError<()>) -> sled::Error {
+    match err {
+        TransactionError::Storage(err) => err,
+        TransactionError::Abort(()) => sled::Error::Unsupported("transaction aborted".into()),
+    }
+}
+
+fn encode(entry: &IndexEntry) -> Vec<u8> {
+    serde_json::to_vec(entry).expect("index entry serialises")
+}
+
+fn decode(id: QueueId, raw: &[u8]) -> IndexResult<IndexEntry> {
+    serde_json::from_slice(raw)
+        .map_err(|err| sled::Error::Unsupported(format!("undecodable index entry {id}: {err}")))
 }
 
 impl Index {
@@ -71,98 +120,212 @@ impl Index {
             .path(dir)
             .flush_every_ms(Some(1000))
             .open()?;
+        // A schedule tree written by earlier versions is not used any more.
+        let _ = db.drop_tree("schedule");
         Ok(Index {
             messages: db.open_tree("messages")?,
-            schedule: db.open_tree("schedule")?,
             by_recipient: db.open_tree("by_recipient")?,
             db,
+            schedule: Mutex::new(Schedule::default()),
+            pending: Mutex::new(BTreeMap::new()),
+            failing_inserts: AtomicUsize::new(0),
         })
     }
 
-    pub fn insert(&self, id: QueueId, entry: &IndexEntry) -> IndexResult<()> {
-        self.put(id, entry)?;
-        for rcpt in &entry.envelope.recipients {
-            self.by_recipient
-                .insert(recipient_key(&rcpt.address, id), &[])?;
+    /// Build the in-memory schedule from the entries (at open, after
+    /// reconciliation).
+    pub fn load_schedule(&self) -> IndexResult<()> {
+        let mut schedule = self.schedule.lock().expect("schedule lock");
+        *schedule = Schedule::default();
+        for item in self.all() {
+            let (id, entry) = item?;
+            schedule.place(id, Some(&entry.state));
         }
         Ok(())
     }
 
-    /// The entry and its schedule key; the recipient index is left alone
-    /// (recipients never change after a message is accepted).
-    fn put(&self, id: QueueId, entry: &IndexEntry) -> IndexResult<()> {
-        let value = serde_json::to_vec(entry).expect("index entry serialises");
-        self.messages.insert(id.to_bytes(), value)?;
-        if is_scheduled(&entry.state) {
-            self.schedule
-                .insert(schedule_key(entry.due_ms(), id), &[])?;
+    /// A new message: entry and recipient keys in one transaction, then its
+    /// schedule place. If sled fails, the entry is kept in memory (still
+    /// scheduled and readable) and written by a later [`Index::heal`].
+    pub fn insert(&self, id: QueueId, entry: &IndexEntry) -> IndexResult<()> {
+        let mut schedule = self.schedule.lock().expect("schedule lock");
+        schedule.place(id, Some(&entry.state));
+        drop(schedule);
+        let written = self.write_new(id, entry);
+        if written.is_err() {
+            self.pending
+                .lock()
+                .expect("pending lock")
+                .insert(id, entry.clone());
         }
-        Ok(())
+        written
+    }
+
+    fn write_new(&self, id: QueueId, entry: &IndexEntry) -> IndexResult<()> {
+        let injected = self
+            .failing_inserts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if injected {
+            return Err(sled::Error::Unsupported("injected index failure".into()));
+        }
+        let value = encode(entry);
+        let keys: Vec<Vec<u8>> = entry
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| recipient_key(&r.address, id))
+            .collect();
+        (&self.messages, &self.by_recipient)
+            .transaction(|(messages, by_recipient)| {
+                messages.insert(&id.to_bytes(), value.as_slice())?;
+                for key in &keys {
+                    by_recipient.insert(key.as_slice(), &[])?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(storage_error)
+    }
+
+    /// Write the entries whose insert failed; true when none is left.
+    pub fn heal(&self) -> bool {
+        let mut pending = self.pending.lock().expect("pending lock");
+        if pending.is_empty() {
+            return true;
+        }
+        let ids: Vec<QueueId> = pending.keys().copied().collect();
+        for id in ids {
+            let entry = pending[&id].clone();
+            match self.write_new(id, &entry) {
+                Ok(()) => {
+                    pending.remove(&id);
+                    tracing::info!(queue_id = %id, "spool: index entry written after an earlier failure");
+                }
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     pub fn get(&self, id: QueueId) -> IndexResult<Option<IndexEntry>> {
-        Ok(self
-            .messages
-            .get(id.to_bytes())?
-            .and_then(|raw| serde_json::from_slice(&raw).ok()))
+        if let Some(entry) = self.pending.lock().expect("pending lock").get(&id) {
+            return Ok(Some(entry.clone()));
+        }
+        match self.messages.get(id.to_bytes())? {
+            Some(raw) => decode(id, &raw).map(Some),
+            None => Ok(None),
+        }
     }
 
-    pub fn set_state(&self, id: QueueId, state: &MessageState) -> IndexResult<Option<IndexEntry>> {
+    /// Change an entry and move it in the schedule, atomically with respect
+    /// to every other change. `None` if the message is not indexed.
+    pub fn update(
+        &self,
+        id: QueueId,
+        change: impl FnOnce(&mut IndexEntry),
+    ) -> IndexResult<Option<IndexEntry>> {
+        self.heal();
+        let mut schedule = self.schedule.lock().expect("schedule lock");
+        let mut pending = self.pending.lock().expect("pending lock");
+        if let Some(entry) = pending.get_mut(&id) {
+            // Still not in sled: change it here; the next heal writes it.
+            change(entry);
+            let entry = entry.clone();
+            schedule.parked.remove(&id);
+            schedule.place(id, Some(&entry.state));
+            return Ok(Some(entry));
+        }
+        drop(pending);
         let Some(mut entry) = self.get(id)? else {
             return Ok(None);
         };
-        self.schedule.remove(schedule_key(entry.due_ms(), id))?;
-        entry.state = state.clone();
-        entry.parked_until_ms = None;
-        self.put(id, &entry)?;
+        change(&mut entry);
+        self.messages.insert(id.to_bytes(), encode(&entry))?;
+        schedule.parked.remove(&id);
+        schedule.place(id, Some(&entry.state));
         Ok(Some(entry))
     }
 
     /// Move a message in the schedule without touching its durable state.
     pub fn park(&self, id: QueueId, until_ms: u64) -> IndexResult<bool> {
-        let Some(mut entry) = self.get(id)? else {
+        let mut schedule = self.schedule.lock().expect("schedule lock");
+        let Some(entry) = self.get(id)? else {
+            schedule.place(id, None);
             return Ok(false);
         };
-        self.schedule.remove(schedule_key(entry.due_ms(), id))?;
-        entry.parked_until_ms = Some(until_ms);
-        self.put(id, &entry)?;
+        if !is_scheduled(&entry.state) {
+            return Ok(true);
+        }
+        schedule.parked.insert(id, until_ms);
+        schedule.place(id, Some(&entry.state));
         Ok(true)
     }
 
     pub fn remove(&self, id: QueueId) -> IndexResult<Option<IndexEntry>> {
+        self.heal();
+        let mut schedule = self.schedule.lock().expect("schedule lock");
         let Some(entry) = self.get(id)? else {
+            schedule.place(id, None);
             return Ok(None);
         };
-        self.schedule.remove(schedule_key(entry.due_ms(), id))?;
-        for rcpt in &entry.envelope.recipients {
-            self.by_recipient.remove(recipient_key(&rcpt.address, id))?;
-        }
-        self.messages.remove(id.to_bytes())?;
+        let keys: Vec<Vec<u8>> = entry
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| recipient_key(&r.address, id))
+            .collect();
+        (&self.messages, &self.by_recipient)
+            .transaction(|(messages, by_recipient)| {
+                messages.remove(&id.to_bytes())?;
+                for key in &keys {
+                    by_recipient.remove(key.as_slice())?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(storage_error)?;
+        self.pending.lock().expect("pending lock").remove(&id);
+        schedule.place(id, None);
         Ok(Some(entry))
     }
 
     /// Up to `limit` message IDs whose next attempt is at or before `now_ms`.
+    /// A schedule place whose message is gone is dropped here.
     pub fn due(&self, now_ms: u64, limit: usize) -> IndexResult<Vec<QueueId>> {
-        let end = schedule_key(now_ms, QueueId::from_bytes([0xff; 16]));
-        let mut out = Vec::new();
-        for item in self.schedule.range(..=end.as_slice()).take(limit) {
-            let (key, _) = item?;
-            out.push(QueueId::from_bytes(
-                key[8..24].try_into().expect("24-byte key"),
-            ));
+        self.heal();
+        let mut schedule = self.schedule.lock().expect("schedule lock");
+        let candidates: Vec<QueueId> = schedule
+            .order
+            .iter()
+            .take_while(|(due, _)| *due <= now_ms)
+            .take(limit)
+            .map(|(_, id)| *id)
+            .collect();
+        let mut out = Vec::with_capacity(candidates.len());
+        for id in candidates {
+            match self.get(id)? {
+                Some(entry) if is_scheduled(&entry.state) => out.push(id),
+                _ => {
+                    tracing::warn!(queue_id = %id, "spool: dropping a stale schedule place");
+                    schedule.place(id, None);
+                }
+            }
         }
         Ok(out)
     }
 
     /// The earliest scheduled attempt, for the scheduler's sleep.
     pub fn next_due_ms(&self) -> IndexResult<Option<u64>> {
-        Ok(self
-            .schedule
-            .first()?
-            .map(|(key, _)| u64::from_be_bytes(key[..8].try_into().expect("8 bytes"))))
+        let schedule = self.schedule.lock().expect("schedule lock");
+        Ok(schedule.order.first().map(|(due, _)| *due))
+    }
+
+    /// How many messages are in the schedule (for tests and metrics).
+    pub fn scheduled(&self) -> usize {
+        self.schedule.lock().expect("schedule lock").order.len()
     }
 
     pub fn for_recipient(&self, address: &str) -> IndexResult<Vec<QueueId>> {
+        self.heal();
         let mut prefix = address.to_lowercase().into_bytes();
         prefix.push(0);
         let mut out = Vec::new();
@@ -183,6 +346,7 @@ impl Index {
         &self,
         after: Option<QueueId>,
     ) -> impl Iterator<Item = IndexResult<(QueueId, IndexEntry)>> + '_ {
+        self.heal();
         let start = match after {
             Some(id) => std::ops::Bound::Excluded(id.to_bytes().to_vec()),
             None => std::ops::Bound::Unbounded,
@@ -192,29 +356,176 @@ impl Index {
             .map(|item| {
                 let (key, value) = item?;
                 let id = QueueId::from_bytes(key.as_ref().try_into().unwrap_or([0; 16]));
-                let entry = serde_json::from_slice(&value).map_err(|err| {
-                    sled::Error::Unsupported(format!("undecodable index entry {id}: {err}"))
-                })?;
-                Ok((id, entry))
+                Ok((id, decode(id, &value)?))
             })
     }
 
     pub fn len(&self) -> usize {
-        self.messages.len()
+        self.messages.len() + self.pending.lock().expect("pending lock").len()
     }
 
-    pub fn recipient_entries(&self) -> usize {
-        self.by_recipient.len()
+    /// Recipient keys: (lower-cased address, queue ID), for reconciliation.
+    pub fn recipient_keys(&self) -> impl Iterator<Item = IndexResult<(Vec<u8>, QueueId)>> + '_ {
+        self.by_recipient.iter().keys().map(|key| {
+            let key = key?;
+            let split = key.len().saturating_sub(17);
+            let id: [u8; 16] = key[key.len().saturating_sub(16)..]
+                .try_into()
+                .unwrap_or([0; 16]);
+            Ok((key[..split].to_vec(), QueueId::from_bytes(id)))
+        })
+    }
+
+    /// Reconciliation's writes: put an entry as the segments say it is,
+    /// with its recipient keys.
+    pub fn repair_put(&self, id: QueueId, entry: &IndexEntry) -> IndexResult<()> {
+        self.write_new(id, entry)
+    }
+
+    pub fn repair_remove_recipient_key(&self, address: &[u8], id: QueueId) -> IndexResult<()> {
+        let mut key = address.to_vec();
+        key.push(0);
+        key.extend_from_slice(&id.to_bytes());
+        self.by_recipient.remove(key)?;
+        Ok(())
+    }
+
+    pub fn repair_remove(&self, id: QueueId) -> IndexResult<()> {
+        self.messages.remove(id.to_bytes())?;
+        Ok(())
     }
 
     pub fn clear(&self) -> IndexResult<()> {
         self.messages.clear()?;
-        self.schedule.clear()?;
         self.by_recipient.clear()?;
         Ok(())
     }
 
     pub fn flush(&self) -> IndexResult<()> {
         self.db.flush().map(|_| ())
+    }
+
+    /// Test hook: the next `count` inserts fail as if sled had.
+    pub fn fail_inserts(&self, count: usize) {
+        self.failing_inserts.store(count, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{ClientInfo, Recipient};
+
+    fn entry(held: bool) -> IndexEntry {
+        let envelope = Envelope {
+            sender: "s@example.org".into(),
+            recipients: vec![Recipient {
+                address: "a@example.com".into(),
+                orcpt: None,
+                notify: 0,
+            }],
+            dsn_ret: None,
+            dsn_envid: None,
+            smtputf8: false,
+            body_8bitmime: false,
+            requiretls: false,
+            client: ClientInfo {
+                ip: "127.0.0.1".parse().unwrap(),
+                helo: "t".into(),
+                tls: None,
+            },
+            received_at_ms: 1,
+            size: 1,
+            lure: None,
+            auth: None,
+        };
+        let mut state = MessageState::new_for(&envelope);
+        state.held = held;
+        IndexEntry {
+            location: Location {
+                segment: 1,
+                offset: 0,
+                meta_len: 0,
+                body_len: 0,
+                body_crc: 0,
+                external: false,
+            },
+            envelope,
+            state,
+        }
+    }
+
+    #[test]
+    fn a_stale_schedule_place_is_dropped_not_returned_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let id = QueueId::generate();
+        index.insert(id, &entry(false)).unwrap();
+        assert_eq!(index.due(u64::MAX, 10).unwrap(), [id]);
+        // The entry vanishes behind the schedule's back (what a non-atomic
+        // multi-tree update used to leave): due() heals instead of spinning.
+        index.messages.remove(id.to_bytes()).unwrap();
+        assert!(index.due(u64::MAX, 10).unwrap().is_empty());
+        assert_eq!(index.scheduled(), 0);
+    }
+
+    #[test]
+    fn concurrent_park_update_and_remove_leave_no_stale_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = std::sync::Arc::new(Index::open(dir.path()).unwrap());
+        let ids: Vec<QueueId> = (0..200).map(|_| QueueId::generate()).collect();
+        for id in &ids {
+            index.insert(*id, &entry(false)).unwrap();
+        }
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let index = index.clone();
+                let ids = ids.clone();
+                std::thread::spawn(move || {
+                    for (i, id) in ids.iter().enumerate() {
+                        match (i + t) % 4 {
+                            0 => {
+                                let _ = index.park(*id, 5);
+                            }
+                            1 => {
+                                let _ = index.update(*id, |e| e.state.next_attempt_ms = 7);
+                            }
+                            2 if t == 0 => {
+                                let _ = index.remove(*id);
+                            }
+                            _ => {
+                                let _ = index.update(*id, |e| e.state.held = !e.state.held);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let schedule = index.schedule.lock().unwrap();
+        for (id, due) in &schedule.due_of {
+            let entry = index.get(*id).unwrap().expect("scheduled message exists");
+            assert!(is_scheduled(&entry.state), "{id} scheduled but held");
+            assert!(schedule.order.contains(&(*due, *id)));
+        }
+        assert_eq!(schedule.order.len(), schedule.due_of.len());
+    }
+
+    #[test]
+    fn a_failed_insert_is_still_scheduled_readable_and_written_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let id = QueueId::generate();
+        index.fail_inserts(1);
+        assert!(index.insert(id, &entry(false)).is_err());
+        assert!(index.get(id).unwrap().is_some(), "readable from memory");
+        assert_eq!(index.due(u64::MAX, 10).unwrap(), [id], "scheduled");
+        assert_eq!(index.for_recipient("a@example.com").unwrap(), [id]);
+        assert!(
+            index.messages.get(id.to_bytes()).unwrap().is_some(),
+            "healed"
+        );
     }
 }

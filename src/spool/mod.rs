@@ -119,6 +119,10 @@ struct Inner {
     space: Arc<space::Space>,
     holds_path: PathBuf,
     holds_lock: Mutex<()>,
+    /// Per-message locks (sharded): a state change reads the current state,
+    /// changes it and writes it back under its message's lock, so an
+    /// operator's hold and a delivery's outcome never overwrite each other.
+    message_locks: Vec<tokio::sync::Mutex<()>>,
     /// Why recent messages left the spool (delivered, bounced, deleted…),
     /// for drill reports; in memory only, bounded.
     removed: Mutex<HashMap<QueueId, String>>,
@@ -154,8 +158,11 @@ pub struct OpenReport {
     pub messages: usize,
     pub segments: usize,
     pub records: u64,
-    /// Why the index had to be rebuilt from the spool files, if it did.
+    /// Why the index had to be rebuilt or repaired from the spool files, if
+    /// it had to (None after a clean shutdown).
     pub index_rebuilt: Option<String>,
+    /// Index entries written or removed to match the segments.
+    pub index_repairs: usize,
 }
 
 impl Spool {
@@ -185,10 +192,18 @@ impl Spool {
                 index::Index::open(&index_dir)?
             }
         };
-        let index_rebuilt = recovery::reconcile(&index, &replay)?;
+        let reconciled = recovery::reconcile(&index, &replay)?;
+        index.load_schedule()?;
+        let index_rebuilt = match (&reconciled.unreadable, reconciled.repairs) {
+            (Some(reason), _) => Some(reason.clone()),
+            (None, 0) => None,
+            (None, repairs) => Some(format!(
+                "{repairs} index entries repaired to match the spool files"
+            )),
+        };
         match &index_rebuilt {
             Some(reason) => {
-                tracing::warn!(messages = replay.live.len(), %reason, "spool: index rebuilt from spool files")
+                tracing::warn!(messages = replay.live.len(), repairs = reconciled.repairs, %reason, "spool: index reconciled with the spool files")
             }
             None => tracing::info!(
                 messages = replay.live.len(),
@@ -220,6 +235,7 @@ impl Spool {
             segments: replay.segments.len(),
             records: replay.records,
             index_rebuilt,
+            index_repairs: reconciled.repairs,
         };
 
         let stats = Arc::new(Stats::default());
@@ -265,6 +281,7 @@ impl Spool {
                 space,
                 holds_path: root.join("upstream-holds.json"),
                 holds_lock: Mutex::new(()),
+                message_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
                 removed: Mutex::new(HashMap::new()),
                 _lock: lock,
             }),
@@ -332,12 +349,12 @@ impl Spool {
             location,
             envelope,
             state,
-            parked_until_ms: None,
         };
         if let Err(err) = self.inner.index.insert(id, &entry) {
-            // The message is durable; only the index missed it. Start-up
-            // reconciliation will find it, so acknowledging is still right.
-            tracing::error!(queue_id = %id, error = %err, "spool: index insert failed; message is safe on disk");
+            // The message is durable; only sled missed it. The index keeps
+            // it in memory (scheduled, readable, listed) and writes it again
+            // on its next change; start-up reconciliation is the last resort.
+            tracing::error!(queue_id = %id, error = %err, "spool: index insert failed; message is safe on disk and kept in memory");
         }
         self.inner.work.notify_one();
         Ok(id)
@@ -402,11 +419,33 @@ impl Spool {
         Ok(self.inner.index.next_due_ms()?)
     }
 
-    /// Durably replace a message's delivery state (per-recipient outcomes,
-    /// next attempt, hold flag).
+    /// Durably replace a message's whole delivery state. Prefer
+    /// [`Spool::update_state`], which changes the state as it is now.
     pub async fn set_state(&self, id: QueueId, state: MessageState) -> Result<(), SpoolError> {
-        if self.inner.index.get(id)?.is_none() {
-            return Err(SpoolError::NotFound(id));
+        match self.update_state(id, |current| *current = state).await? {
+            Some(()) => Ok(()),
+            None => Err(SpoolError::NotFound(id)),
+        }
+    }
+
+    /// Durably change a message's delivery state: `change` gets the state as
+    /// it is now, under the message's lock, and its result is written (one
+    /// state record, fsync'd) before the next change of that message can
+    /// begin. `None` when the message is not in the spool. A change that
+    /// leaves the state as it was writes nothing.
+    pub async fn update_state<T>(
+        &self,
+        id: QueueId,
+        change: impl FnOnce(&mut MessageState) -> T,
+    ) -> Result<Option<T>, SpoolError> {
+        let _guard = self.lock_message(id).await;
+        let Some(entry) = self.inner.index.get(id)? else {
+            return Ok(None);
+        };
+        let mut state = entry.state.clone();
+        let result = change(&mut state);
+        if state == entry.state {
+            return Ok(Some(result));
         }
         let meta = serde_json::to_vec(&StateMeta {
             id,
@@ -414,9 +453,14 @@ impl Spool {
         })
         .expect("state metadata serialises");
         self.append(Kind::State, meta, Vec::new(), None).await?;
-        self.inner.index.set_state(id, &state)?;
+        self.inner.index.update(id, |entry| entry.state = state)?;
         self.inner.work.notify_one();
-        Ok(())
+        Ok(Some(result))
+    }
+
+    async fn lock_message(&self, id: QueueId) -> tokio::sync::MutexGuard<'_, ()> {
+        let shard = id.to_bytes()[15] as usize % self.inner.message_locks.len();
+        self.inner.message_locks[shard].lock().await
     }
 
     /// Move a message in the delivery schedule without a durable write: used
@@ -475,6 +519,7 @@ impl Spool {
     /// Durably finish a message (delivered, bounced, deleted). Returns false if
     /// it was not in the spool.
     pub async fn remove(&self, id: QueueId, reason: &str) -> Result<bool, SpoolError> {
+        let _guard = self.lock_message(id).await;
         if self.inner.index.get(id)?.is_none() {
             return Ok(false);
         }
@@ -585,6 +630,18 @@ impl Spool {
 
     pub fn len(&self) -> usize {
         self.inner.index.len()
+    }
+
+    /// How many messages are in the delivery schedule (waiting or parked).
+    pub fn scheduled(&self) -> usize {
+        self.inner.index.scheduled()
+    }
+
+    /// Fault injection for tests: the next `count` index inserts fail as if
+    /// sled had failed.
+    #[doc(hidden)]
+    pub fn fail_index_inserts(&self, count: usize) {
+        self.inner.index.fail_inserts(count);
     }
 
     /// Can the spool take a write right now? (create + fsync + remove a file)

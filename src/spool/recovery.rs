@@ -7,7 +7,7 @@
 //! are checked too and the file is cut at the first bad record. Nothing in a
 //! torn batch had been acknowledged, because acknowledgement waits for fsync.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -187,7 +187,6 @@ fn apply(
                     location,
                     envelope: meta.envelope,
                     state: meta.state,
-                    parked_until_ms: None,
                 },
             );
         }
@@ -205,68 +204,100 @@ fn apply(
     Ok(())
 }
 
-/// Make the index equal to the replay. Returns why it was rebuilt, if it was.
-pub(crate) fn reconcile(index: &Index, replay: &Replay) -> Result<Option<String>, sled::Error> {
-    let reason = match check(index, replay) {
-        Ok(None) => return Ok(None),
-        Ok(Some(reason)) => reason,
-        Err(err) => format!("index unreadable: {err}"),
-    };
-    index.clear()?;
-    for (id, entry) in &replay.live {
-        index.insert(*id, entry)?;
-    }
-    index.flush()?;
-    Ok(Some(reason))
+/// What start-up reconciliation did to the index.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Reconciled {
+    /// Entries (and recipient keys) written or removed to match the segments.
+    pub repairs: usize,
+    /// Set when the index could not be read and was rebuilt whole.
+    pub unreadable: Option<String>,
 }
 
-fn check(index: &Index, replay: &Replay) -> Result<Option<String>, sled::Error> {
-    if index.len() != replay.live.len() {
-        return Ok(Some(format!(
-            "index has {} messages, spool files have {}",
-            index.len(),
-            replay.live.len()
-        )));
-    }
-    for item in index.all() {
-        let (id, entry) = item?;
-        if replay.live.get(&id) != Some(&entry) {
-            return Ok(Some(format!(
-                "index entry for {id} differs from the spool files"
-            )));
+/// Make the index equal to the replay, writing only what differs: after a
+/// clean shutdown nothing; after a crash, the entries the index missed (it
+/// is flushed every second, the segments at every acknowledgement). Only an
+/// index that cannot be read is rebuilt whole.
+pub(crate) fn reconcile(index: &Index, replay: &Replay) -> Result<Reconciled, sled::Error> {
+    match repair(index, replay) {
+        Ok(repairs) => Ok(Reconciled {
+            repairs,
+            unreadable: None,
+        }),
+        Err(err) => {
+            index.clear()?;
+            for (id, entry) in &replay.live {
+                index.repair_put(*id, entry)?;
+            }
+            index.flush()?;
+            Ok(Reconciled {
+                repairs: replay.live.len(),
+                unreadable: Some(format!("index unreadable: {err}")),
+            })
         }
     }
-    // The derived trees must match too: a message missing from the schedule
-    // would never be delivered.
-    let scheduled = replay
-        .live
-        .values()
-        .filter(|e| !e.state.held && !e.state.is_finished())
-        .count();
-    if index.due(u64::MAX, usize::MAX)?.len() != scheduled {
-        return Ok(Some(
-            "delivery schedule does not match the spool files".into(),
-        ));
+}
+
+fn repair(index: &Index, replay: &Replay) -> Result<usize, sled::Error> {
+    let mut repairs = 0;
+    let mut indexed = HashSet::with_capacity(replay.live.len());
+    let mut stale = Vec::new();
+    let mut differing = HashSet::new();
+    for item in index.all() {
+        let (id, entry) = item?;
+        match replay.live.get(&id) {
+            Some(live) if *live == entry => {
+                indexed.insert(id);
+            }
+            Some(_) => {
+                differing.insert(id);
+            }
+            None => stale.push(id),
+        }
     }
-    let recipient_keys: usize = replay
-        .live
-        .values()
-        .map(|e| {
-            let mut addrs: Vec<String> = e
+    for id in stale {
+        index.repair_remove(id)?;
+        repairs += 1;
+    }
+    // Recipient keys: each must belong to a live message that has that
+    // recipient; count them to find messages missing some.
+    let mut keys_found: HashMap<QueueId, usize> = HashMap::new();
+    let mut stale_keys = Vec::new();
+    for item in index.recipient_keys() {
+        let (address, id) = item?;
+        let belongs = replay.live.get(&id).is_some_and(|entry| {
+            entry
                 .envelope
                 .recipients
                 .iter()
-                .map(|r| r.address.to_lowercase())
-                .collect();
-            addrs.sort_unstable();
-            addrs.dedup();
-            addrs.len()
-        })
-        .sum();
-    if index.recipient_entries() != recipient_keys {
-        return Ok(Some(
-            "recipient index does not match the spool files".into(),
-        ));
+                .any(|r| r.address.to_lowercase().as_bytes() == address.as_slice())
+        });
+        if belongs {
+            *keys_found.entry(id).or_default() += 1;
+        } else {
+            stale_keys.push((address, id));
+        }
     }
-    Ok(None)
+    for (address, id) in stale_keys {
+        index.repair_remove_recipient_key(&address, id)?;
+        repairs += 1;
+    }
+    for (id, entry) in &replay.live {
+        let mut addresses: Vec<String> = entry
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.to_lowercase())
+            .collect();
+        addresses.sort_unstable();
+        addresses.dedup();
+        let complete = keys_found.get(id).copied().unwrap_or(0) == addresses.len();
+        if !indexed.contains(id) || !complete || differing.contains(id) {
+            index.repair_put(*id, entry)?;
+            repairs += 1;
+        }
+    }
+    if repairs > 0 {
+        index.flush()?;
+    }
+    Ok(repairs)
 }

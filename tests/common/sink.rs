@@ -49,6 +49,9 @@ pub struct Script {
     pub drop_mid_data: bool,
     /// Wait this long before answering the end of data.
     pub data_delay: Duration,
+    /// How many messages have reached the end of data (counted before
+    /// `data_delay`): a test can act while an attempt is in flight.
+    pub data_started: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Default for Script {
@@ -62,6 +65,7 @@ impl Default for Script {
             tls: None,
             drop_mid_data: false,
             data_delay: Duration::ZERO,
+            data_started: Arc::default(),
         }
     }
 }
@@ -316,6 +320,9 @@ async fn finish(
     bdat: bool,
     tls: bool,
 ) -> String {
+    script
+        .data_started
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     tokio::time::sleep(script.data_delay).await;
     if script.data_reply.starts_with('2') {
         received.lock().unwrap().push(Delivered {
