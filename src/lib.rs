@@ -35,6 +35,7 @@ pub mod delivery;
 pub mod dns;
 pub mod drill;
 pub mod envelope;
+pub mod fsutil;
 pub mod logging;
 pub mod metrics;
 pub mod mime;

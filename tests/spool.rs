@@ -554,3 +554,92 @@ async fn a_message_whose_index_insert_failed_is_still_delivered_and_listed() {
     assert!(spool.get(id).unwrap().is_some());
     spool.close().await;
 }
+
+/// A record-shaped run of bytes inside a message body (what any sender can
+/// send: CRCs are public) is never applied by recovery, whether the record
+/// carrying it is torn (its header intact: recovery never looks inside its
+/// claimed length) or its header is damaged (recovery resynchronises only on
+/// headers with this spool's MAC). The damaged bytes are kept in quarantine.
+#[tokio::test]
+async fn records_hidden_in_a_message_body_are_never_replayed() {
+    let forged_id = QueueId::generate();
+    let forged_record = |magic: &[u8; 4], extra: &[u8]| {
+        let mut forged_env = envelope(&["victim@evil.example"]);
+        forged_env.sender = "attacker@evil.example".into();
+        let state = MessageState::new_for(&forged_env);
+        let meta = serde_json::to_vec(&serde_json::json!({
+            "id": forged_id,
+            "envelope": forged_env,
+            "state": state,
+        }))
+        .unwrap();
+        let body = b"Subject: forged\r\n\r\nforged\r\n";
+        let mut header = Vec::new();
+        header.extend_from_slice(magic);
+        header.extend_from_slice(&[1, 0, 0, 0]);
+        header.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        header.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        header.extend_from_slice(&crc32fast::hash(&meta).to_le_bytes());
+        header.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        let crc = crc32fast::hash(&header);
+        header.extend_from_slice(&crc.to_le_bytes());
+        header.extend_from_slice(extra); // a guessed MAC for version 2
+        [header, meta, body.to_vec()].concat()
+    };
+    let mut carrier = b"Subject: innocent\r\n\r\n".to_vec();
+    carrier.extend_from_slice(&forged_record(b"BWR1", b""));
+    carrier.extend_from_slice(&forged_record(b"BWR2", &[0x55; 16]));
+    carrier.extend_from_slice(&vec![b'x'; 2000]);
+    carrier.extend_from_slice(b"\r\n");
+
+    for damage in ["torn", "header"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(tmp.path());
+        cfg.segment_size = 1 << 20;
+        let (spool, _) = Spool::open(&cfg).unwrap();
+        let before = put(&spool, b"Subject: a\r\n\r\na\r\n", &["a@example.com"]).await;
+        let carrier_id = put(&spool, &carrier, &["b@example.com"]).await;
+        let after = put(&spool, b"Subject: c\r\n\r\nc\r\n", &["c@example.com"]).await;
+        spool.close().await;
+        drop(spool);
+        let segment = segment_files(tmp.path()).pop().unwrap();
+        let mut data = std::fs::read(&segment).unwrap();
+        let victim = memchr::memmem::find(&data, b"victim@evil.example").expect("forged record");
+        let inner = memchr::memmem::rfind(&data[..victim], b"BWR1").unwrap();
+        // The carrier's own header is the last record magic before its body.
+        let carrier_at = memchr::memmem::rfind(&data[..inner], b"BWR").unwrap();
+        match damage {
+            "torn" => {
+                // Cut inside the carrier, after both forged records.
+                data.truncate(inner + 1200);
+            }
+            _ => data[carrier_at + 9] ^= 0xff, // meta_len, under the header CRC
+        }
+        std::fs::write(&segment, &data).unwrap();
+        let (spool, _) = Spool::open(&cfg).unwrap();
+        assert!(
+            spool.get(forged_id).unwrap().is_none(),
+            "{damage}: forged record applied"
+        );
+        assert!(spool
+            .for_recipient("victim@evil.example")
+            .unwrap()
+            .is_empty());
+        assert!(spool.get(before).unwrap().is_some(), "{damage}");
+        assert!(
+            spool.get(carrier_id).unwrap().is_none(),
+            "{damage}: damaged record dropped"
+        );
+        if damage == "header" {
+            assert!(
+                spool.get(after).unwrap().is_some(),
+                "the intact record after the damage is kept"
+            );
+        }
+        let quarantined = std::fs::read_dir(tmp.path().join("spool/quarantine"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert!(quarantined >= 1, "{damage}: damaged bytes not kept");
+        spool.close().await;
+    }
+}

@@ -122,21 +122,7 @@ pub fn create(path: &Path, name: &str, role: Role) -> std::io::Result<String> {
 
 /// Write a file only its owner can read, atomically.
 pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(data)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::fsutil::write_atomic(path, data, Some(0o600))
 }
 
 #[cfg(test)]

@@ -572,9 +572,7 @@ impl Drills {
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    crate::fsutil::write_atomic(path, data, None).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn stamp(ms: u64) -> String {

@@ -239,15 +239,11 @@ fn compact(
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    let tmp = path.with_extension("tmp");
-    {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        for (address, (exists, expires)) in cache {
-            let verdict = if *exists { "known" } else { "unknown" };
-            writeln!(out, "{address}\t{verdict}\t{expires}")?;
-        }
-        out.flush()?;
+    let mut out = Vec::new();
+    for (address, (exists, expires)) in cache {
+        let verdict = if *exists { "known" } else { "unknown" };
+        writeln!(out, "{address}\t{verdict}\t{expires}")?;
     }
-    std::fs::rename(&tmp, path)?;
+    crate::fsutil::write_atomic(path, &out, None)?;
     std::fs::OpenOptions::new().append(true).open(path)
 }

@@ -109,7 +109,8 @@ pub fn write_self_signed(
         .map_err(|e| error(cert, e.to_string()))?;
     let _ = std::fs::remove_file(key);
     write_private(key, key_pair.serialize_pem().as_bytes())?;
-    std::fs::write(cert, certificate.pem()).map_err(|e| error(cert, e.to_string()))
+    crate::fsutil::write_atomic(cert, certificate.pem().as_bytes(), Some(0o644))
+        .map_err(|e| error(cert, e.to_string()))
 }
 
 /// Write a self-signed certificate for `hostname` when neither file exists.
@@ -125,28 +126,18 @@ pub fn ensure_dev_certificate(cert: &Path, key: &Path, hostname: &str) -> Result
                 problem: format!("cannot generate certificate: {e}"),
             })?;
     write_private(key, generated.key_pair.serialize_pem().as_bytes())?;
-    std::fs::write(cert, generated.cert.pem()).map_err(|e| TlsError::File {
-        file: cert.display().to_string(),
-        problem: e.to_string(),
-    })?;
+    crate::fsutil::write_atomic(cert, generated.cert.pem().as_bytes(), Some(0o644)).map_err(
+        |e| TlsError::File {
+            file: cert.display().to_string(),
+            problem: e.to_string(),
+        },
+    )?;
     Ok(true)
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let error = |e: std::io::Error| TlsError::File {
+    crate::fsutil::write_atomic(path, data, Some(0o600)).map_err(|e| TlsError::File {
         file: path.display().to_string(),
         problem: e.to_string(),
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(error)?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(error)?;
-    file.write_all(data).map_err(error)
+    })
 }

@@ -449,6 +449,7 @@ mod tests {
                 body_len: 0,
                 body_crc: 0,
                 external: false,
+                header_len: 48,
             },
             envelope,
             state,

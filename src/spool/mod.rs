@@ -55,6 +55,14 @@ pub struct Location {
     pub body_len: u64,
     pub body_crc: u32,
     pub external: bool,
+    /// 48 for records with a MAC, 32 for those written before (index
+    /// entries of older versions lack the field).
+    #[serde(default = "version_1_header_len")]
+    pub header_len: u32,
+}
+
+fn version_1_header_len() -> u32 {
+    record::HEADER_LEN as u32
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,8 +189,10 @@ impl Spool {
             let _ = std::fs::remove_file(entry?.path());
         }
 
-        let replay = recovery::replay(&segments_dir)?;
-        remove_orphan_large_files(&large_dir, &replay.live)?;
+        let key = Arc::new(record::RecordKey::load_or_create(&root.join("record.key"))?);
+        let quarantine_dir = root.join("quarantine");
+        let replay = recovery::replay(&segments_dir, &key, &quarantine_dir)?;
+        quarantine_orphan_large_files(&large_dir, &quarantine_dir, &replay.live)?;
 
         let index = match index::Index::open(&index_dir) {
             Ok(index) => index,
@@ -253,6 +263,7 @@ impl Spool {
             large_dir.clone(),
             config.segment_size,
             next_segment,
+            key,
             writer::Shared {
                 current_id: current_segment.clone(),
                 stats: stats.clone(),
@@ -404,7 +415,7 @@ impl Spool {
             location.segment,
         ))?;
         let mut data = vec![0u8; (location.body_len as usize).min(limit)];
-        let start = location.offset + record::HEADER_LEN as u64 + u64::from(location.meta_len);
+        let start = location.offset + u64::from(location.header_len) + u64::from(location.meta_len);
         file.read_exact_at(&mut data, start)?;
         Ok((data, location))
     }
@@ -502,17 +513,11 @@ impl Spool {
         } else {
             holds.remove(upstream);
         }
-        let tmp = self.inner.holds_path.with_extension("tmp");
-        {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&serde_json::to_vec_pretty(&holds).expect("holds serialise"))?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.inner.holds_path)?;
-        if let Some(dir) = self.inner.holds_path.parent() {
-            writer::sync_dir(dir)?;
-        }
+        crate::fsutil::write_atomic(
+            &self.inner.holds_path,
+            &serde_json::to_vec_pretty(&holds).expect("holds serialise"),
+            None,
+        )?;
         Ok(())
     }
 
@@ -772,8 +777,12 @@ fn lock_spool(root: &Path) -> Result<std::fs::File, SpoolError> {
     Ok(file)
 }
 
-fn remove_orphan_large_files(
+/// A large body no live message points at: kept in `quarantine/` for an
+/// operator, not deleted (recovery cannot tell a leftover of a finished
+/// message from the body of one whose record was damaged).
+fn quarantine_orphan_large_files(
     large_dir: &Path,
+    quarantine_dir: &Path,
     live: &std::collections::BTreeMap<QueueId, IndexEntry>,
 ) -> std::io::Result<()> {
     for entry in std::fs::read_dir(large_dir)? {
@@ -784,8 +793,10 @@ fn remove_orphan_large_files(
             .and_then(|s| s.parse::<QueueId>().ok());
         let keep = id.is_some_and(|id| live.get(&id).is_some_and(|e| e.location.external));
         if !keep {
-            tracing::info!(file = %path.display(), "spool: removing large body with no live message");
-            let _ = std::fs::remove_file(&path);
+            std::fs::create_dir_all(quarantine_dir)?;
+            let target = quarantine_dir.join(path.file_name().unwrap_or_default());
+            tracing::warn!(file = %path.display(), to = %target.display(), "spool: large body with no live message moved to quarantine");
+            std::fs::rename(&path, &target)?;
         }
     }
     Ok(())

@@ -13,7 +13,9 @@ use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::index::{Index, IndexEntry};
-use super::record::{Header, Kind, MessageMeta, RemoveMeta, StateMeta, HEADER_LEN};
+use super::record::{
+    Header, Kind, MessageMeta, RecordKey, RemoveMeta, StateMeta, HEADER_LEN, HEADER_LEN_V2,
+};
 use super::Location;
 use crate::envelope::QueueId;
 
@@ -41,7 +43,11 @@ pub(crate) fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(ids)
 }
 
-pub(crate) fn replay(segments_dir: &Path) -> std::io::Result<Replay> {
+pub(crate) fn replay(
+    segments_dir: &Path,
+    key: &RecordKey,
+    quarantine_dir: &Path,
+) -> std::io::Result<Replay> {
     let segments = list_segments(segments_dir)?;
     let mut replay = Replay {
         live: BTreeMap::new(),
@@ -51,40 +57,69 @@ pub(crate) fn replay(segments_dir: &Path) -> std::io::Result<Replay> {
     for (i, &segment) in segments.iter().enumerate() {
         let is_newest = i + 1 == segments.len();
         let path = super::writer::segment_path(segments_dir, segment);
-        replay_segment(&path, segment, is_newest, &mut replay)?;
+        replay_segment(&path, segment, is_newest, key, quarantine_dir, &mut replay)?;
     }
     Ok(replay)
+}
+
+/// Where damage was found in a segment, and how far it reaches.
+struct Damage {
+    at: u64,
+    why: String,
+    /// The damaged record's own end, when its header is intact: recovery
+    /// goes on there and never looks for a header inside its claimed length
+    /// (a message body may hold record-shaped bytes).
+    record_end: Option<u64>,
 }
 
 fn replay_segment(
     path: &PathBuf,
     segment: u64,
     is_newest: bool,
+    key: &RecordKey,
+    quarantine_dir: &Path,
     replay: &mut Replay,
 ) -> std::io::Result<()> {
     let file = File::open(path)?;
     let file_len = file.metadata()?.len();
     let mut reader = BufReader::with_capacity(256 * 1024, file);
     let mut offset = 0u64;
-    let mut header_buf = [0u8; HEADER_LEN];
+    let mut header_buf = [0u8; HEADER_LEN_V2];
     let mut meta = Vec::new();
     let mut body = Vec::new();
     loop {
         if offset == file_len {
             return Ok(());
         }
-        let bad = |why: &str| (offset, why.to_string());
-        let outcome: Result<u64, (u64, String)> = (|| {
+        let outcome: Result<u64, Damage> = (|| {
+            let bad = |why: &str, record_end: Option<u64>| Damage {
+                at: offset,
+                why: why.to_string(),
+                record_end,
+            };
             if file_len - offset < HEADER_LEN as u64 {
-                return Err(bad("short header"));
+                return Err(bad("short header", None));
             }
             reader
-                .read_exact(&mut header_buf)
-                .map_err(|e| bad(&e.to_string()))?;
-            let header = Header::decode(&header_buf).ok_or_else(|| bad("bad header"))?;
-            if offset + header.total_len() > file_len {
-                return Err(bad("record runs past end of file"));
+                .read_exact(&mut header_buf[..HEADER_LEN])
+                .map_err(|e| bad(&e.to_string(), None))?;
+            let header_len =
+                Header::len_for_magic(&header_buf[..4]).ok_or_else(|| bad("bad header", None))?;
+            if header_len > HEADER_LEN {
+                if file_len - offset < header_len as u64 {
+                    return Err(bad("short header", None));
+                }
+                reader
+                    .read_exact(&mut header_buf[HEADER_LEN..header_len])
+                    .map_err(|e| bad(&e.to_string(), None))?;
             }
+            let header =
+                Header::decode(&header_buf[..header_len]).ok_or_else(|| bad("bad header", None))?;
+            let end = offset + header.total_len();
+            if end > file_len {
+                return Err(bad("record runs past end of file", None));
+            }
+            let bad = |why: &str| bad(why, Some(end));
             meta.resize(header.meta_len as usize, 0);
             reader
                 .read_exact(&mut meta)
@@ -108,52 +143,99 @@ fn replay_segment(
             apply(&header, &meta, segment, offset, replay).map_err(|e| bad(&e))?;
             Ok(header.total_len())
         })();
-        match outcome {
+        let damage = match outcome {
             Ok(len) => {
                 offset += len;
                 replay.records += 1;
+                continue;
             }
-            Err((at, why)) => match find_next_header(path, at + 1, file_len)? {
-                None if is_newest => {
-                    tracing::warn!(
-                        segment,
-                        offset = at,
-                        dropped_bytes = file_len - at,
-                        reason = %why,
-                        "spool: cutting torn tail of newest segment (unacknowledged writes from a crash)"
-                    );
-                    let file = std::fs::OpenOptions::new().write(true).open(path)?;
-                    file.set_len(at)?;
-                    file.sync_all()?;
-                    return Ok(());
-                }
-                None => {
-                    tracing::error!(segment, offset = at, reason = %why, "spool: damaged record at the end of a sealed segment");
-                    return Ok(());
-                }
-                // Damage followed by intact records is not a torn tail but
-                // corruption (or a torn batch written out of order). Skip to
-                // the next intact header so one bad sector costs the records
-                // in it, not everything after it.
-                Some(next) => {
-                    tracing::error!(segment, offset = at, resume_at = next, reason = %why, "spool: damaged record; resuming at the next intact record");
-                    reader.seek(SeekFrom::Start(next))?;
-                    offset = next;
-                }
-            },
+            Err(damage) => damage,
+        };
+        let Damage {
+            at,
+            why,
+            record_end,
+        } = damage;
+        let resume = match record_end {
+            Some(end) => Some(end),
+            None => find_next_header(path, at + 1, file_len, key)?,
+        };
+        let until = resume.unwrap_or(file_len);
+        quarantine(path, segment, at, until, quarantine_dir);
+        match resume {
+            None if is_newest => {
+                tracing::warn!(
+                    segment,
+                    offset = at,
+                    dropped_bytes = file_len - at,
+                    reason = %why,
+                    "spool: cutting torn tail of newest segment (unacknowledged writes from a crash; copy kept in quarantine/)"
+                );
+                let file = std::fs::OpenOptions::new().write(true).open(path)?;
+                file.set_len(at)?;
+                file.sync_all()?;
+                return Ok(());
+            }
+            None => {
+                tracing::error!(segment, offset = at, reason = %why, "spool: damaged record at the end of a sealed segment (copy kept in quarantine/)");
+                return Ok(());
+            }
+            // Damage followed by intact records is not a torn tail but
+            // corruption (or a torn batch written out of order). Go on at the
+            // damaged record's own end when its header is intact, else at the
+            // next header with a valid MAC, so one bad sector costs the
+            // records in it, not everything after it.
+            Some(next) => {
+                tracing::error!(segment, offset = at, resume_at = next, reason = %why, "spool: damaged record; resuming at the next intact record (copy kept in quarantine/)");
+                reader.seek(SeekFrom::Start(next))?;
+                offset = next;
+            }
         }
     }
 }
 
-fn find_next_header(path: &Path, from: u64, file_len: u64) -> std::io::Result<Option<u64>> {
+/// Keep a copy of bytes recovery could not place, for an operator (never
+/// silently gone). Best effort: recovery goes on if the copy fails.
+fn quarantine(path: &Path, segment: u64, from: u64, to: u64, dir: &Path) {
+    if to <= from {
+        return;
+    }
+    let copy = (|| -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::Start(from))?;
+        let mut data = Vec::new();
+        file.take(to - from).read_to_end(&mut data)?;
+        let target = dir.join(format!("segment-{segment:016}-at-{from}.damaged"));
+        crate::fsutil::write_atomic(&target, &data, Some(0o600))?;
+        Ok(target)
+    })();
+    match copy {
+        Ok(target) => {
+            tracing::warn!(segment, from, to, file = %target.display(), "spool: damaged bytes copied to quarantine")
+        }
+        Err(err) => {
+            tracing::error!(segment, from, to, error = %err, "spool: cannot copy damaged bytes to quarantine")
+        }
+    }
+}
+
+/// The next header at or after `from` that this spool wrote (its MAC
+/// verifies), fully inside the file.
+fn find_next_header(
+    path: &Path,
+    from: u64,
+    file_len: u64,
+    key: &RecordKey,
+) -> std::io::Result<Option<u64>> {
     let mut file = File::open(path)?;
     file.seek(SeekFrom::Start(from))?;
     let mut data = Vec::new();
     file.read_to_end(&mut data)?;
     let mut start = 0;
-    while let Some(pos) = memchr::memmem::find(&data[start..], super::record::MAGIC) {
+    while let Some(pos) = memchr::memmem::find(&data[start..], super::record::MAGIC_V2) {
         let at = start + pos;
-        if let Some(header) = Header::decode(&data[at..]) {
+        if let Some(header) = Header::decode_authentic(&data[at..], key) {
             if from + at as u64 + header.total_len() <= file_len {
                 return Ok(Some(from + at as u64));
             }
@@ -180,6 +262,7 @@ fn apply(
                 body_len: header.body_len,
                 body_crc: header.body_crc,
                 external: header.external_body(),
+                header_len: header.len,
             };
             replay.live.insert(
                 meta.id,

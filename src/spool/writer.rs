@@ -44,6 +44,7 @@ pub(crate) struct SegmentWriter {
     current: u64,
     file: File,
     len: u64,
+    key: Arc<record::RecordKey>,
     shared: Shared,
 }
 
@@ -67,6 +68,7 @@ impl SegmentWriter {
         large_dir: PathBuf,
         segment_size: u64,
         first_segment: u64,
+        key: Arc<record::RecordKey>,
         shared: Shared,
     ) -> std::io::Result<SegmentWriter> {
         let file = create_segment(&segments_dir, first_segment)?;
@@ -78,6 +80,7 @@ impl SegmentWriter {
             current: first_segment,
             file,
             len: 0,
+            key,
             shared,
         })
     }
@@ -127,7 +130,14 @@ impl SegmentWriter {
         let mut any_external = false;
         for op in batch.iter() {
             let offset = start + buf.len() as u64;
-            record::encode_into(buf, op.kind, &op.meta, &op.body, op.external_body_crc);
+            record::encode_into(
+                buf,
+                &self.key,
+                op.kind,
+                &op.meta,
+                &op.body,
+                op.external_body_crc,
+            );
             any_external |= op.external_body_crc.is_some();
             locations.push(Location {
                 segment: self.current,
@@ -138,6 +148,7 @@ impl SegmentWriter {
                     .external_body_crc
                     .unwrap_or_else(|| crc32fast::hash(&op.body)),
                 external: op.external_body_crc.is_some(),
+                header_len: record::HEADER_LEN_V2 as u32,
             });
         }
         let started = Instant::now();
@@ -219,6 +230,4 @@ fn create_segment(dir: &Path, id: u64) -> std::io::Result<File> {
     Ok(file)
 }
 
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+use crate::fsutil::sync_dir;
