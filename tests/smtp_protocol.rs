@@ -905,3 +905,26 @@ fn malformed_addresses_are_refused_at_mail_and_rcpt() {
         "\"john smith\"@example.com"
     );
 }
+
+/// `smtp-source -s N` opens its next connection the moment it reads 221:
+/// the per-IP slot must be free by then (it is given back before 221 is
+/// sent, not when the session's task ends). With one slot per address and
+/// 300 back-to-back sessions, none may be refused.
+#[test]
+fn a_slot_is_free_when_the_client_reads_221() {
+    let mut fixture = Fixture::new();
+    fixture.config.smtp.max_connections_per_ip = 1;
+    let (_rt, server) = start_in_process(&fixture);
+    let mut refused = 0;
+    for _ in 0..300 {
+        let mut c = RawClient::connect(server.smtp_addrs[0]);
+        let greeting = c.reply();
+        if greeting.code == 421 {
+            refused += 1;
+            continue;
+        }
+        assert_eq!(greeting.code, 220, "{greeting:?}");
+        c.expect("QUIT", 221);
+    }
+    assert_eq!(refused, 0, "sessions refused right after a QUIT");
+}

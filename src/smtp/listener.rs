@@ -124,6 +124,61 @@ fn fd_budget(configured: usize, delivery_connections: usize) -> usize {
     }
 }
 
+/// A session's places in the connection limits (global slot, per-IP and
+/// per-network counts), given back as soon as the session has said its last
+/// word: the session releases them *before* flushing `221` (or a closing
+/// `421`), because a client such as `smtp-source -s 50` opens its next
+/// connection the moment it reads 221 — released when the task ended, the
+/// slot was still taken and that connection got `421 Too many connections`.
+/// The task releases them too when it ends any other way.
+#[derive(Clone)]
+pub(crate) struct SlotRelease(Arc<Mutex<Option<Box<dyn Send>>>>);
+
+impl SlotRelease {
+    fn new(guards: Box<dyn Send>) -> SlotRelease {
+        SlotRelease(Arc::new(Mutex::new(Some(guards))))
+    }
+
+    pub(crate) fn release(&self) {
+        let guards = self.0.lock().expect("slot lock").take();
+        drop(guards);
+    }
+}
+
+/// At most one log line per second per kind of refusal at connect, with
+/// how many were not logged: a flood must not become a log flood, and an
+/// operator must still see who is refused.
+struct RefusalLog {
+    last: Mutex<HashMap<&'static str, (std::time::Instant, u64)>>,
+}
+
+impl RefusalLog {
+    fn new() -> RefusalLog {
+        RefusalLog {
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn refused(&self, kind: &'static str, client: SocketAddr) {
+        crate::metrics::get().rejected(kind);
+        let mut last = self.last.lock().expect("refusal log lock");
+        let now = std::time::Instant::now();
+        let entry = last
+            .entry(kind)
+            .or_insert((now - std::time::Duration::from_secs(2), 0));
+        if now.duration_since(entry.0) >= std::time::Duration::from_secs(1) {
+            tracing::warn!(%client, limit = kind, not_logged = entry.1, "smtp: connection refused with 421");
+            *entry = (now, 0);
+        } else {
+            entry.1 += 1;
+        }
+    }
+}
+
+/// How many refusals may be answering at once; past that a refused client
+/// gets its 421 only if the socket takes it at once (no task, no wait).
+const MAX_REFUSING: usize = 256;
+
 /// Live connection count per client address.
 #[derive(Default)]
 struct PerIpCounts {
@@ -226,6 +281,19 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut spare_fd = std::fs::File::open("/dev/null").ok();
+    let refusals = RefusalLog::new();
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let answer_refused =
+        |stream: TcpStream, text: &'static str| match refusing.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let hostname = ctx.hostname.clone();
+                tokio::spawn(async move {
+                    refuse(stream, hostname, text).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => refuse_now_with(stream, &ctx.hostname, text),
+        };
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -257,21 +325,13 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         crate::metrics::get().connections.inc();
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(client = %peer, "smtp: connection limit reached");
-            tokio::spawn(refuse(
-                stream,
-                ctx.hostname.clone(),
-                "4.3.2 Too many connections, try again later",
-            ));
+            refusals.refused("max_connections", peer);
+            answer_refused(stream, "4.3.2 Too many connections, try again later");
             continue;
         };
         let Some(ip_slot) = per_ip.try_acquire(peer.ip(), ctx.config.max_connections_per_ip) else {
-            tracing::warn!(client = %peer, "smtp: per-IP connection limit reached");
-            tokio::spawn(refuse(
-                stream,
-                ctx.hostname.clone(),
-                "4.7.0 Too many connections from your address",
-            ));
+            refusals.refused("max_connections_per_ip", peer);
+            answer_refused(stream, "4.7.0 Too many connections from your address");
             continue;
         };
         let allow_listed = ctx.limits.is_allowed(peer.ip());
@@ -282,22 +342,16 @@ async fn accept_loop(
             let Some(network_slot) =
                 per_network.try_acquire(network, ctx.limits.max_connections_per_network)
             else {
-                tracing::warn!(client = %peer, limit = "max_connections_per_network", "smtp: connection refused: limit reached");
-                tokio::spawn(refuse(
-                    stream,
-                    ctx.hostname.clone(),
-                    "4.7.1 Too many connections from your network",
-                ));
+                refusals.refused("max_connections_per_network", peer);
+                answer_refused(stream, "4.7.1 Too many connections from your network");
                 continue;
             };
-            if let Err(limit) = ctx.limits.check(peer.ip(), Event::Connection) {
-                crate::metrics::get().rejected("rate_limited");
-                tracing::warn!(client = %peer, limit, "smtp: connection refused: rate limit");
-                tokio::spawn(refuse(
+            if ctx.limits.check(peer.ip(), Event::Connection).is_err() {
+                refusals.refused("connection_rate", peer);
+                answer_refused(
                     stream,
-                    ctx.hostname.clone(),
                     "4.7.1 Too many connections from your address; try again later",
-                ));
+                );
                 continue;
             }
             Some(network_slot)
@@ -306,15 +360,22 @@ async fn accept_loop(
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         let slots = slots.clone();
+        let release = SlotRelease::new(Box::new((slot, ip_slot, network_slot)));
         tokio::spawn(async move {
-            if let Err(err) =
-                handle_connection(ctx.clone(), stream, peer, allow_listed, shutdown).await
+            let session_slots = release.clone();
+            if let Err(err) = handle_connection(
+                ctx.clone(),
+                stream,
+                peer,
+                allow_listed,
+                shutdown,
+                session_slots,
+            )
+            .await
             {
                 tracing::debug!(client = %peer, error = %err, "smtp: session ended with I/O error");
             }
-            drop(network_slot);
-            drop(ip_slot);
-            drop(slot);
+            release.release();
             ctx.stress.update(max - slots.available_permits(), max);
         });
     }
@@ -326,7 +387,15 @@ fn is_fd_exhaustion(err: &std::io::Error) -> bool {
 
 /// 421 without a task: the descriptor must be closed again at once.
 fn refuse_now(stream: TcpStream, hostname: &str) {
-    let line = format!("421 4.3.2 Too many open files, try again later ({hostname})\r\n");
+    refuse_now_with(
+        stream,
+        hostname,
+        "4.3.2 Too many open files, try again later",
+    );
+}
+
+fn refuse_now_with(stream: TcpStream, hostname: &str, text: &str) {
+    let line = format!("421 {text} ({hostname})\r\n");
     let _ = stream.try_write(line.as_bytes());
 }
 
@@ -345,9 +414,11 @@ async fn handle_connection(
     peer: SocketAddr,
     allow_listed: bool,
     shutdown: watch::Receiver<bool>,
+    slots: SlotRelease,
 ) -> std::io::Result<()> {
     let mut session = Session::new(ctx.clone(), stream, peer, None, shutdown.clone());
     session.allow_listed = allow_listed;
+    session.slots = Some(slots.clone());
     if !allow_listed && !ctx.dnsbls.is_empty() {
         if let Some((zone, answer)) = ctx.dnsbls.listed(peer.ip()).await {
             crate::metrics::get().rejected("dnsbl");
@@ -394,6 +465,7 @@ async fn handle_connection(
     // RFC 3207 4.2: the session starts over — no HELO, no transaction.
     let mut session = Session::new(ctx, tls_stream, peer, Some(info), shutdown);
     session.allow_listed = allow_listed;
+    session.slots = Some(slots);
     session.run().await?;
     Ok(())
 }

@@ -56,6 +56,9 @@ pub(crate) struct Session<S> {
     /// When message data started and how much has arrived since, for the
     /// minimum data rate.
     data_progress: Option<(Instant, u64)>,
+    /// The connection's places in the listener's limits, given back before
+    /// the last reply is flushed (see `listener::SlotRelease`).
+    pub(crate) slots: Option<super::listener::SlotRelease>,
 }
 
 /// The mail transaction between MAIL and end of data.
@@ -126,6 +129,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             blocked: None,
             allow_listed: false,
             data_progress: None,
+            slots: None,
         }
     }
 
@@ -169,6 +173,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                 }
                 Flow::Quit => {
+                    self.release_slots();
                     self.flush().await?;
                     let _ = self.stream.shutdown().await;
                     return Ok(SessionEnd::Closed);
@@ -357,6 +362,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
+    fn release_slots(&mut self) {
+        if let Some(slots) = self.slots.take() {
+            slots.release();
+        }
+    }
+
     async fn close_with(
         mut self,
         code: u16,
@@ -365,6 +376,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     ) -> std::io::Result<SessionEnd<S>> {
         let text = format!("{} {text}", self.ctx.hostname);
         self.reply(code, status, &text);
+        self.release_slots();
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
         Ok(SessionEnd::Closed)
