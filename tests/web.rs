@@ -365,16 +365,22 @@ fn sessions_expire_and_end_on_disable_or_password_change() {
         401,
         "disabled account cannot sign in"
     );
-    // A password change ends existing sessions.
+    // A password change (the one `breakwater user passwd` makes) ends
+    // existing sessions, and only the new password signs in.
     let mut bob = w.client();
     bob.login_fully("bob@example.com", None);
     std::thread::sleep(Duration::from_millis(5));
-    breakwater::web::accounts::update(&users, "bob@example.com", |a| {
-        a.sessions_valid_after_ms = breakwater::envelope::now_ms();
-        Ok(())
-    })
-    .unwrap();
+    let new_password = "a-new-long-password-2026";
+    breakwater::web::accounts::change_password(&users, "bob@example.com", new_password).unwrap();
     assert!(wait_for(Duration::from_secs(3), || bob.get("/mail").status == 303));
+    assert_eq!(
+        w.client().login("bob@example.com", PASSWORD).status,
+        401,
+        "the old password still works"
+    );
+    let mut again = w.client();
+    assert_eq!(again.login("bob@example.com", new_password).status, 303);
+    assert_eq!(again.get("/mail").status, 200, "the new password signs in");
 }
 
 #[test]

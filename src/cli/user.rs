@@ -145,14 +145,10 @@ pub fn run(config: &Config, command: UserCommand) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            report(accounts::hash_password(&password).and_then(|hash| {
-                accounts::update(path, &address, |a| {
-                    a.password_hash = hash;
-                    a.sessions_valid_after_ms = now_ms();
-                    Ok(())
-                })
-                .map(|a| format!("password changed for {}", a.address))
-            }))
+            report(
+                accounts::change_password(path, &address, &password)
+                    .map(|a| format!("password changed for {}", a.address)),
+            )
         }
         UserCommand::Disable { address } => report(
             accounts::update(path, &address, |a| {

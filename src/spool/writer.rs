@@ -160,14 +160,17 @@ impl SegmentWriter {
             self.file.write_all(buf)?;
             self.file.sync_data()
         })();
-        self.shared
-            .stats
-            .record_fsync(started.elapsed(), batch.len());
-        crate::metrics::get()
-            .fsync_seconds
-            .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
+                // Counted only when the write and the fdatasync both ran
+                // and succeeded: the counter is what tests of group commit
+                // (and the fsync metric) rely on.
+                self.shared
+                    .stats
+                    .record_fsync(started.elapsed(), batch.len());
+                crate::metrics::get()
+                    .fsync_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 self.len += buf.len() as u64;
                 self.shared.space.add(buf.len() as u64);
                 // Counted before any caller learns the location: see `Reclaim`.

@@ -293,6 +293,21 @@ pub fn add(
     })
 }
 
+/// Set a new password: hashed (argon2id) and every existing session of the
+/// account ended. The one password change, for `breakwater user passwd`.
+pub fn change_password(
+    path: &Path,
+    address: &str,
+    password: &str,
+) -> Result<Account, AccountError> {
+    let hash = hash_password(password)?;
+    update(path, address, |a| {
+        a.password_hash = hash;
+        a.sessions_valid_after_ms = crate::envelope::now_ms();
+        Ok(())
+    })
+}
+
 pub fn update(
     path: &Path,
     address: &str,
