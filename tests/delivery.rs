@@ -857,3 +857,81 @@ fn operator_actions_during_an_attempt_win_deterministically() {
     );
     s.rt.block_on(server.shutdown());
 }
+
+/// An outage that looks like most do: the upstream stops answering on the
+/// connections it has (TCP stays open, no replies) and takes no new ones;
+/// later it is back. The message caught on the pooled connection is not
+/// left waiting out `command_timeout` (60 s here): the reused connection is
+/// checked with RSET first, and attempts under way when the upstream comes
+/// back are abandoned and retried. Every message is delivered within seconds
+/// of the recovery.
+#[test]
+fn nothing_stays_stuck_on_a_connection_that_went_silent() {
+    let (mut s, server) = setup(base_zone(), |config, _| {
+        config.delivery.command_timeout = Duration::from_secs(60);
+        config.delivery.connect_timeout = Duration::from_secs(1);
+        config.delivery.connection_idle = Duration::from_secs(300);
+        config.delivery.down_after_failures = 1;
+        config.delivery.probe_interval = Duration::from_millis(300);
+        config.delivery.retry = vec![Duration::from_secs(120).into()];
+    });
+    // One delivery leaves a connection in the pool.
+    submit(
+        &server,
+        "s@remote.test",
+        &["first@example.com"],
+        b"Subject: 1\r\n\r\n1\r\n",
+    );
+    assert!(wait_for(WAIT, || s.upstream.delivered().len() == 1));
+    // The outage: open connections go silent, new ones are refused.
+    s.upstream.set(|script| script.stall = true);
+    s.upstream.stop();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(submit(
+            &server,
+            "s@remote.test",
+            &[&format!("during{i}@example.com")],
+            b"Subject: during\r\n\r\nx\r\n",
+        ));
+    }
+    let delivery = server.delivery().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || delivery
+            .status()
+            .iter()
+            .any(|u| u.state == "down")),
+        "the upstream is declared down: {:?}",
+        delivery.status()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // Back.
+    s.upstream.set(|script| script.stall = false);
+    s.rt.block_on(s.upstream.resume());
+    let recovered = std::time::Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(15), || server.spool.is_empty()),
+        "still queued {:?} after recovery: {:?}",
+        recovered.elapsed(),
+        server
+            .spool
+            .list()
+            .unwrap()
+            .iter()
+            .map(|m| (m.id, m.state.history.clone()))
+            .collect::<Vec<_>>()
+    );
+    let delivered: Vec<String> = s
+        .upstream
+        .delivered()
+        .iter()
+        .flat_map(|d| d.rcpts())
+        .collect();
+    for i in 0..5 {
+        assert!(
+            delivered.contains(&format!("during{i}@example.com")),
+            "{delivered:?}"
+        );
+    }
+    s.rt.block_on(server.shutdown());
+}

@@ -69,6 +69,7 @@ pub struct Transport {
     command_timeout: Duration,
     data_timeout: Duration,
     idle: Duration,
+    reuse_check_timeout: Duration,
     verified: TlsConnector,
     unverified: TlsConnector,
     pool: Mutex<HashMap<PoolKey, Vec<(Instant, Connection)>>>,
@@ -129,6 +130,7 @@ impl Transport {
             command_timeout: config.command_timeout,
             data_timeout: config.data_timeout,
             idle: config.connection_idle,
+            reuse_check_timeout: config.connect_timeout.min(Duration::from_secs(10)),
             verified: TlsConnector::from(Arc::new(verified)),
             unverified: TlsConnector::from(Arc::new(unverified)),
             pool: Mutex::new(HashMap::new()),
@@ -145,7 +147,7 @@ impl Transport {
     ) -> Result<AttemptReport, SessionFailure> {
         let need_verified = tx.tls == UpstreamTls::Required || tx.envelope.requiretls;
         let key = (target.addr, tx.tls, need_verified);
-        if let Some(mut connection) = self.take_idle(&key) {
+        if let Some(mut connection) = self.take_checked(&key).await {
             match self.transaction(&mut connection, tx).await {
                 Ok(outcomes) => {
                     let tls = connection.tls.clone();
@@ -502,6 +504,29 @@ impl Transport {
         outcomes.extend(accepted.into_iter().map(|i| (i, outcome.clone())));
         outcomes.sort_by_key(|(i, _)| *i);
         Ok(outcomes)
+    }
+
+    /// A pooled connection that still answers `RSET` within the reuse
+    /// check's short timeout (Postfix checks a cached connection the same
+    /// way): one that went silent when the upstream did costs seconds, not
+    /// `command_timeout`, and is dropped.
+    async fn take_checked(&self, key: &PoolKey) -> Option<Connection> {
+        while let Some(mut connection) = self.take_idle(key) {
+            let answer =
+                tokio::time::timeout(self.reuse_check_timeout, connection.client.cmd(b"RSET\r\n"))
+                    .await;
+            if matches!(answer, Ok(Ok(ref reply)) if reply.code == 250) {
+                return Some(connection);
+            }
+            tracing::info!(target = %key.0, "delivery: pooled connection did not answer RSET; dropped");
+        }
+        None
+    }
+
+    /// Forget every pooled connection (the upstream was declared down or
+    /// came back: connections from before are not to be trusted).
+    pub fn clear_pool(&self) {
+        self.pool.lock().expect("pool lock").clear();
     }
 
     fn take_idle(&self, key: &PoolKey) -> Option<Connection> {

@@ -391,6 +391,7 @@ impl Engine {
         let mut parked_until: Option<u64> = None;
         let mut parked_on = Vec::new();
         let mut waiting_on = Vec::new();
+        let mut abandoned_on: Vec<(String, String)> = Vec::new();
         for (name, (route, domain, indexes)) in groups {
             match self.upstreams.availability(&name, &domain) {
                 Availability::Open => {}
@@ -409,7 +410,7 @@ impl Engine {
             attempted = true;
             let permits = self.upstreams.permits(&name, &domain);
             let _permit = permits.acquire_owned().await.expect("semaphore open");
-            let (outcomes, unreachable) = self
+            let (outcomes, reach) = self
                 .attempt(
                     &domain,
                     &route,
@@ -423,9 +424,12 @@ impl Engine {
                 self.record(id, envelope, &mut state, index, outcome, &relay);
                 recorded += 1;
             }
-            if unreachable {
+            if reach != Reach::Reached {
                 // Keeps its retry schedule, but is flushed with the rest the
                 // moment the upstream is seen up again.
+                if reach == Reach::Abandoned {
+                    abandoned_on.push((name.clone(), domain.clone()));
+                }
                 waiting_on.push((name, domain));
             }
         }
@@ -462,6 +466,12 @@ impl Engine {
         }
         if attempted {
             state.next_attempt_ms = now_ms() + self.backoff(&state);
+            // Abandoned because its upstream came back: try again now.
+            if abandoned_on.iter().any(|(name, domain)| {
+                self.upstreams.availability(name, domain) == Availability::Open
+            }) {
+                state.next_attempt_ms = now_ms();
+            }
             let recorded_state = self
                 .spool
                 .update_state(id, |current| {
@@ -547,7 +557,7 @@ impl Engine {
         indexes: &[usize],
         body: &[u8],
         via: Option<&str>,
-    ) -> (Vec<(usize, Outcome, String)>, bool) {
+    ) -> (Vec<(usize, Outcome, String)>, Reach) {
         let name = route.upstream.as_str();
         let all = |outcome: Outcome, relay: &str| {
             indexes
@@ -561,8 +571,12 @@ impl Engine {
         };
         let targets = match resolved {
             Ok(targets) => targets,
-            Err(RouteError::Permanent(why)) => return (all(Outcome::Failed(why), "none"), false),
-            Err(RouteError::Temporary(why)) => return (all(Outcome::Deferred(why), "none"), false),
+            Err(RouteError::Permanent(why)) => {
+                return (all(Outcome::Failed(why), "none"), Reach::Reached)
+            }
+            Err(RouteError::Temporary(why)) => {
+                return (all(Outcome::Deferred(why), "none"), Reach::Reached)
+            }
         };
         let tx = Transaction {
             envelope,
@@ -575,8 +589,23 @@ impl Engine {
         };
         let mut last_error = String::new();
         let mut all_unreachable = true;
+        let mut transitions = self.upstreams.transitions(name, domain);
+        transitions.mark_unchanged();
         for target in &targets {
-            match self.transport.deliver(target, &tx).await {
+            // An attempt under way when the upstream is declared down or
+            // comes back is abandoned (its connection may be one that went
+            // silent): deferred now and tried again, instead of waiting out
+            // `command_timeout` on a dead connection.
+            let delivered = tokio::select! {
+                delivered = self.transport.deliver(target, &tx) => delivered,
+                _ = transitions.changed() => {
+                    tracing::info!(upstream = name, target = %target.addr, "delivery: attempt abandoned: the upstream changed state while it ran");
+                    self.transport.clear_pool();
+                    let reply = "4.4.2 attempt abandoned: the upstream went down or came back while it ran".to_string();
+                    return (all(Outcome::Deferred(reply), "none"), Reach::Abandoned);
+                }
+            };
+            match delivered {
                 Ok(report) => {
                     let flushed = self.upstreams.record_success(name, domain);
                     self.flush(&flushed);
@@ -603,7 +632,7 @@ impl Engine {
                         .outcomes
                         .into_iter()
                         .map(|(i, o)| (i, o, relay.clone()));
-                    return (outcomes.collect(), false);
+                    return (outcomes.collect(), Reach::Reached);
                 }
                 Err(SessionFailure::Unreachable(why)) => last_error = why,
                 Err(SessionFailure::Broken(why)) => {
@@ -613,6 +642,7 @@ impl Engine {
             }
         }
         if all_unreachable && self.upstreams.record_failure(name, domain, &last_error) {
+            self.transport.clear_pool();
             tokio::spawn(self.clone().probe(name.to_string()));
         }
         let reply = if last_error.starts_with('4') || last_error.contains(" 4.") {
@@ -620,7 +650,12 @@ impl Engine {
         } else {
             format!("4.4.1 {last_error}")
         };
-        (all(Outcome::Deferred(reply), "none"), all_unreachable)
+        let reach = if all_unreachable {
+            Reach::Unreachable
+        } else {
+            Reach::Reached
+        };
+        (all(Outcome::Deferred(reply), "none"), reach)
     }
 
     fn record(
@@ -796,6 +831,7 @@ impl Engine {
             for target in &targets {
                 if self.transport.probe(target, route.tls).await.is_ok() {
                     let parked = self.upstreams.record_success(&name, &domain);
+                    self.transport.clear_pool();
                     tracing::info!(upstream = %name, messages = parked.len(), "probe succeeded; flushing parked mail");
                     self.flush(&parked);
                     return;
@@ -803,6 +839,16 @@ impl Engine {
             }
         }
     }
+}
+
+/// Whether one attempt got an answer from its upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    Reached,
+    /// No target took a connection.
+    Unreachable,
+    /// Given up because the upstream was declared down or came back meanwhile.
+    Abandoned,
 }
 
 /// Apply what one attempt changed (`before` → `after`) to the state as it

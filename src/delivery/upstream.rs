@@ -53,6 +53,11 @@ struct State {
     sample_domain: String,
     parked: HashSet<QueueId>,
     permits: Arc<Semaphore>,
+    /// Bumped when the upstream is declared down or seen up again: an
+    /// attempt under way on a connection from before the change is
+    /// abandoned (see `Engine::attempt`), so no message stays stuck on a
+    /// connection that went silent when the outage began.
+    transitions: tokio::sync::watch::Sender<u64>,
 }
 
 pub struct Upstreams {
@@ -83,8 +88,14 @@ impl Upstreams {
             sample_domain: domain.to_string(),
             parked: HashSet::new(),
             permits: Arc::new(Semaphore::new(self.per_upstream)),
+            transitions: tokio::sync::watch::Sender::new(0),
         });
         f(state)
+    }
+
+    /// Changes whenever `name` is declared down or comes back up.
+    pub fn transitions(&self, name: &str, domain: &str) -> tokio::sync::watch::Receiver<u64> {
+        self.with(name, domain, |s| s.transitions.subscribe())
     }
 
     pub fn availability(&self, name: &str, domain: &str) -> Availability {
@@ -114,6 +125,7 @@ impl Upstreams {
             self.grow(s);
             if s.down_since_ms.take().is_some() {
                 tracing::info!(upstream = name, "upstream up");
+                s.transitions.send_modify(|epoch| *epoch += 1);
                 return s.parked.drain().collect();
             }
             Vec::new()
@@ -133,6 +145,7 @@ impl Upstreams {
                     error,
                     "upstream down: parking its mail and probing"
                 );
+                s.transitions.send_modify(|epoch| *epoch += 1);
                 return true;
             }
             false

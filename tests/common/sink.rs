@@ -52,6 +52,10 @@ pub struct Script {
     /// How many messages have reached the end of data (counted before
     /// `data_delay`): a test can act while an attempt is in flight.
     pub data_started: Arc<std::sync::atomic::AtomicUsize>,
+    /// Go silent: every session (open ones at their next command, new ones
+    /// at the banner) stops answering for good while its TCP connection
+    /// stays open, as an upstream that hangs in an outage.
+    pub stall: bool,
 }
 
 impl Default for Script {
@@ -66,6 +70,7 @@ impl Default for Script {
             drop_mid_data: false,
             data_delay: Duration::ZERO,
             data_started: Arc::default(),
+            stall: false,
         }
     }
 }
@@ -170,6 +175,9 @@ async fn session(
 ) -> std::io::Result<()> {
     let mut io: BufReader<Box<dyn Io>> = BufReader::new(Box::new(stream));
     let mut tls = false;
+    if script.lock().unwrap().stall {
+        return silent(io).await;
+    }
     io.get_mut()
         .write_all(b"220 sink.test ESMTP test sink\r\n")
         .await?;
@@ -183,6 +191,9 @@ async fn session(
         }
         let upper = line.to_ascii_uppercase();
         let script_now = script.lock().unwrap().clone();
+        if script_now.stall {
+            return silent(io).await;
+        }
         let reply: String = if upper.starts_with("EHLO") {
             let mut caps = vec![
                 "250-sink.test",
@@ -351,4 +362,11 @@ pub fn test_tls(ca_path: &std::path::Path) -> tokio_rustls::TlsAcceptor {
         .with_single_cert(vec![cert.cert.der().clone()], key)
         .unwrap();
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Read and discard until the peer closes; never answer.
+async fn silent(mut io: BufReader<Box<dyn Io>>) -> std::io::Result<()> {
+    let mut buf = [0u8; 4096];
+    while io.read(&mut buf).await? > 0 {}
+    Ok(())
 }
