@@ -729,3 +729,89 @@ fn connection_limits_dnsbl_and_tarpit() {
     drop(fine);
     rt.block_on(server.shutdown());
 }
+
+/// A resolver that swallows every query (UDP and TCP), as in a large cloud
+/// outage that takes DNS along: the first messages each wait out
+/// `dns_timeout`, then the resolver is declared down and the checks are
+/// skipped as temperror at once, so intake goes on at full speed and every
+/// message is accepted. A sender domain whose own name servers are silent
+/// does not turn the checks off for everyone (the probe asks the root).
+#[test]
+fn a_dead_resolver_is_noticed_once_not_paid_for_per_message() {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().port();
+    let tcp = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in tcp.incoming().flatten() {
+            held.push(stream); // accepted, never answered
+        }
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream = rt.block_on(Sink::start("127.0.0.1:0", Script::default()));
+    let dns = rt.block_on(TestDns::start(zone()));
+    let mut fixture = trust_fixture(&dns, &upstream);
+    fixture.config.dns.nameservers = vec![udp.local_addr().unwrap()];
+    fixture.config.delivery.enabled = false;
+    let server = rt.block_on(fixture.start());
+    let mut skipped = 0;
+    let mut waited = 0;
+    let mut late = Vec::new();
+    for i in 0..16 {
+        let started = Instant::now();
+        let reply = send(
+            &server,
+            "x@signed.test",
+            &["a@tagged.example"],
+            &message("<x@signed.test>", &format!("m{i}"), "b"),
+        );
+        assert_eq!(reply.code, 250, "message {i}: {reply:?}");
+        let auth = stored_auth(&server, &reply);
+        assert_eq!(auth.spf, "temperror", "{auth:?}");
+        if auth.results.contains("check skipped") {
+            skipped += 1;
+            late.push(started.elapsed());
+        } else {
+            waited += 1;
+        }
+    }
+    assert!(waited <= 4, "{waited} messages paid the DNS budget");
+    assert!(skipped >= 12, "only {skipped} skipped");
+    // The message during which the resolver was declared down may have
+    // waited at MAIL; none after it waits for DNS at all.
+    assert!(
+        late.iter().skip(1).all(|t| *t < Duration::from_millis(900)),
+        "a skipped check still waited: {late:?}"
+    );
+    rt.block_on(server.shutdown());
+
+    // A working resolver, a sender domain that never answers: still checked.
+    let fixture = trust_fixture(&dns, &upstream);
+    let server = rt.block_on(fixture.start());
+    for i in 0..5 {
+        let reply = send(
+            &server,
+            "x@slow.test",
+            &["a@tagged.example"],
+            &message("<x@slow.test>", &format!("s{i}"), "b"),
+        );
+        assert_eq!(reply.code, 250);
+    }
+    std::thread::sleep(Duration::from_secs(3)); // the probe has had its answer
+    let reply = send(
+        &server,
+        "x@signed.test",
+        &["a@tagged.example"],
+        &message("<x@signed.test>", "after", "b"),
+    );
+    let auth = stored_auth(&server, &reply);
+    assert_eq!(
+        auth.spf, "pass",
+        "checks were turned off by one silent domain: {auth:?}"
+    );
+    rt.block_on(server.shutdown());
+}

@@ -87,12 +87,20 @@ pub struct Authenticator {
     dns: MessageAuthenticator,
     hostname: String,
     budget: Duration,
+    /// A dead resolver is noticed once, not paid for per message.
+    health: std::sync::Arc<crate::dns::ResolverHealth>,
 }
+
+/// What the Authentication-Results say when a check was skipped because the
+/// resolver is down.
+const RESOLVER_DOWN: &str = "DNS resolver not answering; check skipped";
 
 impl Authenticator {
     pub fn new(config: &crate::config::Config) -> Result<Authenticator, String> {
+        let resolver = crate::dns::build_resolver(&config.dns)?;
         Ok(Authenticator {
-            dns: MessageAuthenticator(crate::dns::build_resolver(&config.dns)?),
+            health: crate::dns::ResolverHealth::new(resolver.clone()),
+            dns: MessageAuthenticator(resolver),
             hostname: config.hostname.clone(),
             budget: config.trust.dns_timeout,
         })
@@ -103,6 +111,13 @@ impl Authenticator {
         let helo = helo_domain(helo);
         let timed_out =
             |domain: &str| SpfOutput::new(domain.to_string()).with_result(SpfResult::TempError);
+        if self.health.is_down() {
+            let domain = sender.rsplit_once('@').map_or(helo.as_str(), |(_, d)| d);
+            return SpfCheck {
+                output: timed_out(domain).with_explanation(RESOLVER_DOWN.to_string()),
+                helo: None,
+            };
+        }
         // Both identities at once; the HELO one only when it names a domain
         // (for the null sender the MAIL FROM check already is the HELO check).
         let mail_from = tokio::time::timeout(
@@ -128,6 +143,7 @@ impl Authenticator {
             )
         };
         let (mail_from, helo_output) = tokio::join!(mail_from, helo_check);
+        self.health.record(mail_from.is_err());
         let output = mail_from.unwrap_or_else(|_| {
             timed_out(sender.rsplit_once('@').map_or(helo.as_str(), |(_, d)| d))
         });
@@ -151,14 +167,18 @@ impl Authenticator {
         sender: &str,
     ) -> AuthVerdict {
         let helo = helo_domain(helo);
-        match tokio::time::timeout(
+        if self.health.is_down() {
+            return self.timed_out(spf, ip, &helo, sender, RESOLVER_DOWN);
+        }
+        let verdict = tokio::time::timeout(
             self.budget,
             self.verify_within_budget(raw, body_verified, spf, ip, &helo, sender),
         )
-        .await
-        {
+        .await;
+        self.health.record(verdict.is_err());
+        match verdict {
             Ok(verdict) => verdict,
-            Err(_) => self.timed_out(spf, ip, &helo, sender),
+            Err(_) => self.timed_out(spf, ip, &helo, sender, "DNS timeout"),
         }
     }
 
@@ -237,13 +257,20 @@ impl Authenticator {
         }
     }
 
-    fn timed_out(&self, spf: &SpfCheck, ip: IpAddr, helo: &str, sender: &str) -> AuthVerdict {
+    fn timed_out(
+        &self,
+        spf: &SpfCheck,
+        ip: IpAddr,
+        helo: &str,
+        sender: &str,
+        reason: &str,
+    ) -> AuthVerdict {
         let results = AuthenticationResults::new(&self.hostname)
             .with_spf_mailfrom_result(&spf.output, ip, sender, helo)
             .to_string();
         AuthVerdict {
             results: format!(
-                "{results};\r\n\tdkim=temperror reason=\"DNS timeout\";\r\n\tdmarc=temperror reason=\"DNS timeout\""
+                "{results};\r\n\tdkim=temperror reason=\"{reason}\";\r\n\tdmarc=temperror reason=\"{reason}\""
             ),
             spf: spf_name(spf.output.result()).into(),
             dmarc: "temperror".into(),
