@@ -548,8 +548,13 @@ fn chaos_soak_loses_nothing() {
             .api("GET", "/api/v1/queue?limit=1")
             .is_ok_and(|body| !body.contains("\"id\""))
     });
+    let left = target.api("GET", "/api/v1/queue?limit=20");
     let server = target.server.take().unwrap();
-    assert!(drained, "spool did not drain: {}", server.log_text());
+    assert!(
+        drained,
+        "spool did not drain; still queued: {left:?}\nlog: {}",
+        server.log_text()
+    );
     // Give DSN deliveries queued last a moment, then stop cleanly.
     std::thread::sleep(Duration::from_millis(500));
     server.terminate(Duration::from_secs(20));

@@ -204,7 +204,10 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     let listening = *state.smtp_ready.borrow();
-    let probe = state.spool.probe_writable();
+    let spool = state.spool.clone();
+    let probe = tokio::task::spawn_blocking(move || spool.probe_writable())
+        .await
+        .unwrap_or_else(|err| Err(err.to_string()));
     match (listening, probe) {
         (true, Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "smtp listeners not up\n").into_response(),

@@ -269,6 +269,7 @@ impl Engine {
     fn release_lease(&self, id: QueueId) {
         self.in_flight.lock().expect("in-flight lock").remove(&id);
         self.in_flight_done.notify_waiters();
+        self.spool.work_notify().notify_one();
     }
 
     async fn schedule(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
@@ -285,12 +286,16 @@ impl Engine {
                     Vec::new()
                 }
             };
+            let due_count = due.len();
+            let mut busy = 0;
             for id in due {
                 if !self.in_flight.lock().expect("in-flight lock").insert(id) {
-                    // Made due again (an operator's retry) while its attempt
-                    // runs: out of the way until the attempt records its
-                    // result, which reschedules it; no 10 ms spin meanwhile.
-                    let _ = self.spool.park(id, now + IN_FLIGHT_LEASE_MS);
+                    // Made due again (a flush, an operator's retry) while its
+                    // attempt or bounce runs. Left due, never parked here: a
+                    // flush landing after the attempt recorded its result
+                    // would otherwise leave it parked for the whole lease.
+                    // The lease's release wakes this loop.
+                    busy += 1;
                     continue;
                 }
                 let _ = self.spool.park(id, now + IN_FLIGHT_LEASE_MS);
@@ -309,6 +314,9 @@ impl Engine {
                 });
             }
             let wait = match self.spool.next_due_ms() {
+                // Only messages whose lease is held are due: no 10 ms spin,
+                // the release of a lease wakes the scheduler.
+                Ok(Some(_)) if due_count > 0 && busy == due_count => Duration::from_secs(1),
                 Ok(Some(next)) => {
                     Duration::from_millis(next.saturating_sub(now_ms()).clamp(10, 60_000))
                 }

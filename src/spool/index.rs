@@ -148,9 +148,10 @@ impl Index {
     /// schedule place. If sled fails, the entry is kept in memory (still
     /// scheduled and readable) and written by a later [`Index::heal`].
     pub fn insert(&self, id: QueueId, entry: &IndexEntry) -> IndexResult<()> {
+        // Under the schedule lock: `due` must never find the schedule place
+        // of an entry that is not readable yet (it would drop it as stale;
+        // the chaos soak caught that).
         let mut schedule = self.schedule.lock().expect("schedule lock");
-        schedule.place(id, Some(&entry.state));
-        drop(schedule);
         let written = self.write_new(id, entry);
         if written.is_err() {
             self.pending
@@ -158,6 +159,7 @@ impl Index {
                 .expect("pending lock")
                 .insert(id, entry.clone());
         }
+        schedule.place(id, Some(&entry.state));
         written
     }
 

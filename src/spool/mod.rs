@@ -131,6 +131,8 @@ struct Inner {
     /// changes it and writes it back under its message's lock, so an
     /// operator's hold and a delivery's outcome never overwrite each other.
     message_locks: Vec<tokio::sync::Mutex<()>>,
+    /// The last writability probe and when it ran.
+    writable_probe: Mutex<Option<(std::time::Instant, Result<(), String>)>>,
     /// Why recent messages left the spool (delivered, bounced, deleted…),
     /// for drill reports; in memory only, bounded.
     removed: Mutex<HashMap<QueueId, String>>,
@@ -293,6 +295,7 @@ impl Spool {
                 holds_path: root.join("upstream-holds.json"),
                 holds_lock: Mutex::new(()),
                 message_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+                writable_probe: Mutex::new(None),
                 removed: Mutex::new(HashMap::new()),
                 _lock: lock,
             }),
@@ -649,12 +652,25 @@ impl Spool {
         self.inner.index.fail_inserts(count);
     }
 
-    /// Can the spool take a write right now? (create + fsync + remove a file)
-    pub fn probe_writable(&self) -> std::io::Result<()> {
+    /// Can the spool take a write right now? (create + fsync + remove a
+    /// file). The answer is reused for a second: `/readyz` is
+    /// unauthenticated, and a probe per request would let anyone make the
+    /// spool's disk fsync in a loop.
+    pub fn probe_writable(&self) -> Result<(), String> {
+        const FRESH: Duration = Duration::from_secs(1);
+        let mut last = self.inner.writable_probe.lock().expect("probe lock");
+        if let Some((at, result)) = last.as_ref() {
+            if at.elapsed() < FRESH {
+                return result.clone();
+            }
+        }
         let path = self.inner.tmp_dir.join(".probe");
-        let file = std::fs::File::create(&path)?;
-        file.sync_all()?;
-        std::fs::remove_file(path)
+        let result = std::fs::File::create(&path)
+            .and_then(|file| file.sync_all())
+            .and_then(|()| std::fs::remove_file(&path))
+            .map_err(|err| err.to_string());
+        *last = Some((std::time::Instant::now(), result.clone()));
+        result
     }
 
     pub fn is_empty(&self) -> bool {

@@ -99,7 +99,17 @@ impl WebState {
 
     /// Write an audit line; a failure is logged, never shown to the user.
     fn audit(&self, actor: &str, ip: &str, action: &str, target: &str, result: &str) {
-        if let Err(err) = self.audit.record(actor, ip, action, target, result) {
+        // The audit log fsyncs each entry under its lock: off the async
+        // worker's hands, so a burst of page views never stalls the others.
+        let record = || self.audit.record(actor, ip, action, target, result);
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let written = if multi_thread {
+            tokio::task::block_in_place(record)
+        } else {
+            record()
+        };
+        if let Err(err) = written {
             tracing::error!(error = %err, action, "web: cannot write the audit log");
         }
     }
