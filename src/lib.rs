@@ -19,7 +19,8 @@
 //!   queue shape, health, metrics) with bearer tokens and a hash-chained audit log.
 //! - [`web`]: the web reader for users (their spooled mail) and admins.
 //! - [`trust`]: verdicts about a message (SPF/DKIM/ARC/DMARC, outage-lure score).
-//! - [`drill`]: the deployment self-check (and, later, drills and alerts).
+//! - [`drill`]: the deployment self-check, failover drills and the outage
+//!   alert monitor.
 //! - [`mime`]: the guarded entry to mail-parser (a parser panic costs only
 //!   the rendering of that one message).
 //! - [`metrics`]: Prometheus counters/histograms shared by the stages.
