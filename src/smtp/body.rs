@@ -298,6 +298,42 @@ impl BodyDecoder {
     }
 }
 
+/// The reference the fuzz target checks normalize mode against: every
+/// line (ended by CRLF, bare LF or bare CR) with one leading dot removed
+/// (a line of just "." is kept, it cannot be a terminator here), joined
+/// with CRLF. What normalize mode must produce; the fuzz target and the
+/// unit tests check the decoder against it.
+pub fn normalized_reference(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut line = Vec::new();
+    let mut i = 0;
+    let finish = |line: &mut Vec<u8>, out: &mut Vec<u8>| {
+        let text: &[u8] = if line.len() > 1 && line[0] == b'.' {
+            &line[1..]
+        } else {
+            line
+        };
+        out.extend_from_slice(text);
+        out.extend_from_slice(b"\r\n");
+        line.clear();
+    };
+    while i < content.len() {
+        match content[i] {
+            b'\r' if content.get(i + 1) == Some(&b'\n') => {
+                finish(&mut line, &mut out);
+                i += 1;
+            }
+            b'\r' | b'\n' => finish(&mut line, &mut out),
+            b => line.push(b),
+        }
+        i += 1;
+    }
+    if !line.is_empty() {
+        finish(&mut line, &mut out);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,41 +417,6 @@ mod tests {
         );
     }
 
-    /// The reference the fuzz target checks normalize mode against: every
-    /// line (ended by CRLF, bare LF or bare CR) with one leading dot removed
-    /// (a line of just "." is kept, it cannot be a terminator here), joined
-    /// with CRLF.
-    pub(crate) fn normalized_reference(content: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut line = Vec::new();
-        let mut i = 0;
-        let finish = |line: &mut Vec<u8>, out: &mut Vec<u8>| {
-            let text: &[u8] = if line.len() > 1 && line[0] == b'.' {
-                &line[1..]
-            } else {
-                line
-            };
-            out.extend_from_slice(text);
-            out.extend_from_slice(b"\r\n");
-            line.clear();
-        };
-        while i < content.len() {
-            match content[i] {
-                b'\r' if content.get(i + 1) == Some(&b'\n') => {
-                    finish(&mut line, &mut out);
-                    i += 1;
-                }
-                b'\r' | b'\n' => finish(&mut line, &mut out),
-                b => line.push(b),
-            }
-            i += 1;
-        }
-        if !line.is_empty() {
-            finish(&mut line, &mut out);
-        }
-        out
-    }
-
     #[test]
     fn normalize_mode_matches_the_line_reference_on_random_input() {
         let mut seed = 0x9e3779b97f4a7c15u64;
@@ -437,7 +438,7 @@ mod tests {
             let content = &input[..used - 3];
             assert_eq!(
                 out,
-                normalized_reference(content),
+                super::normalized_reference(content),
                 "input {:?}",
                 String::from_utf8_lossy(&input)
             );

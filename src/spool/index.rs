@@ -98,6 +98,15 @@ fn recipient_key(address: &str, id: QueueId) -> Vec<u8> {
     key
 }
 
+fn recipient_keys_of(entry: &IndexEntry, id: QueueId) -> Vec<Vec<u8>> {
+    entry
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| recipient_key(&r.address, id))
+        .collect()
+}
+
 fn storage_error(err: TransactionError<()>) -> sled::Error {
     match err {
         TransactionError::Storage(err) => err,
@@ -172,12 +181,7 @@ impl Index {
             return Err(sled::Error::Unsupported("injected index failure".into()));
         }
         let value = encode(entry);
-        let keys: Vec<Vec<u8>> = entry
-            .envelope
-            .recipients
-            .iter()
-            .map(|r| recipient_key(&r.address, id))
-            .collect();
+        let keys = recipient_keys_of(entry, id);
         (&self.messages, &self.by_recipient)
             .transaction(|(messages, by_recipient)| {
                 messages.insert(&id.to_bytes(), value.as_slice())?;
@@ -270,12 +274,7 @@ impl Index {
             schedule.place(id, None);
             return Ok(None);
         };
-        let keys: Vec<Vec<u8>> = entry
-            .envelope
-            .recipients
-            .iter()
-            .map(|r| recipient_key(&r.address, id))
-            .collect();
+        let keys = recipient_keys_of(&entry, id);
         (&self.messages, &self.by_recipient)
             .transaction(|(messages, by_recipient)| {
                 messages.remove(&id.to_bytes())?;
