@@ -64,15 +64,14 @@ pub fn canonical(unquoted: &str, smtputf8: bool) -> Result<String, AddressError>
 /// The wire form of a stored address, for an SMTP command, a header or a DSN.
 /// Canonical addresses come back unchanged; one stored raw (before intake
 /// quoted local parts) is quoted now; one that cannot be represented is an
-/// error, never written.
+/// error, never written. One set of checks for both: the stored form is
+/// unquoted (if it is a wire form) and made canonical again.
 pub fn wire(stored: &str) -> Result<String, AddressError> {
     if stored.is_empty() {
         return Ok(String::new());
     }
-    if is_wire_form(stored) {
-        return Ok(stored.to_string());
-    }
-    canonical(stored, !stored.is_ascii())
+    let unquoted = unquoted(stored).unwrap_or_else(|| stored.to_string());
+    canonical(&unquoted, !stored.is_ascii())
 }
 
 /// `<wire form>` for MAIL FROM / RCPT TO (`<>` for the null sender).
@@ -147,41 +146,26 @@ fn quote_local_part(local: &str) -> String {
     quoted
 }
 
-/// Is `address` already `dot-atom@domain` or `"quoted"@domain`, correctly
-/// escaped, with a valid domain?
-fn is_wire_form(address: &str) -> bool {
-    let Some((local, domain)) = address.rsplit_once('@') else {
-        return false;
-    };
-    if domain.chars().any(char::is_control) || !is_domain(domain) || domain.len() > MAX_DOMAIN {
-        return false;
-    }
+/// `"a b"@x` → `a b@x` (escapes removed), `a.b@x` as it is; `None` when
+/// the local part is neither a dot-atom nor one well-formed quoted string.
+fn unquoted(address: &str) -> Option<String> {
+    let (local, domain) = address.rsplit_once('@')?;
     if is_dot_atom(local) {
-        return local.len() <= MAX_LOCAL;
+        return Some(address.to_string());
     }
-    let Some(inner) = local
-        .strip_prefix('"')
-        .and_then(|rest| rest.strip_suffix('"'))
-    else {
-        return false;
-    };
+    let inner = local.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = String::with_capacity(inner.len() + domain.len() + 1);
     let mut chars = inner.chars();
-    let mut unquoted_len = 0;
     while let Some(c) = chars.next() {
-        let c = match c {
-            '\\' => match chars.next() {
-                Some(next) => next,
-                None => return false,
-            },
-            '"' => return false,
-            c => c,
-        };
-        if c.is_control() {
-            return false;
+        match c {
+            '\\' => out.push(chars.next()?),
+            '"' => return None,
+            c => out.push(c),
         }
-        unquoted_len += c.len_utf8();
     }
-    unquoted_len > 0 && unquoted_len <= MAX_LOCAL
+    out.push('@');
+    out.push_str(domain);
+    Some(out)
 }
 
 #[cfg(test)]

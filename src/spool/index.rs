@@ -301,14 +301,17 @@ impl Index {
             .take(limit)
             .map(|(_, id)| *id)
             .collect();
+        // Places change only with their entries (under this lock), so only
+        // existence is checked here: no entry decoded per due message on the
+        // scheduler's loop.
+        let pending = self.pending.lock().expect("pending lock");
         let mut out = Vec::with_capacity(candidates.len());
         for id in candidates {
-            match self.get(id)? {
-                Some(entry) if is_scheduled(&entry.state) => out.push(id),
-                _ => {
-                    tracing::warn!(queue_id = %id, "spool: dropping a stale schedule place");
-                    schedule.place(id, None);
-                }
+            if pending.contains_key(&id) || self.messages.contains_key(id.to_bytes())? {
+                out.push(id);
+            } else {
+                tracing::warn!(queue_id = %id, "spool: dropping a stale schedule place");
+                schedule.place(id, None);
             }
         }
         Ok(out)
