@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// the new file (e.g. 0o600 for secrets); `None` keeps the default.
 pub fn write_atomic(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Result<()> {
     let dir = parent_dir(path);
-    std::fs::create_dir_all(&dir)?;
+    create_dir_durable(&dir)?;
     let tmp = temporary_name(path);
     let result = (|| {
         let mut options = OpenOptions::new();
@@ -32,6 +32,25 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Res
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// `create_dir_all`, but each directory it creates is made durable in its
+/// parent: a new directory's name is a directory entry like any other, and
+/// after a power cut an unsynced one is gone with everything under it.
+pub fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = parent_dir(dir);
+    if parent != dir {
+        create_dir_durable(&parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => sync_dir(&parent),
+        // Another thread or process made it meanwhile; it synced it.
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(err) => Err(err),
+    }
 }
 
 /// Make a directory's entries (creations, renames, removals) durable.

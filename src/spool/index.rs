@@ -129,6 +129,13 @@ impl Index {
             .path(dir)
             .flush_every_ms(Some(1000))
             .open()?;
+        // sled never syncs the directory it creates its files in; without
+        // this, a power cut soon after the first start loses the whole index
+        // (recovery would rebuild it, but from scratch every time).
+        crate::fsutil::sync_dir(dir)?;
+        if let Some(parent) = dir.parent() {
+            crate::fsutil::sync_dir(parent)?;
+        }
         // A schedule tree written by earlier versions is not used any more.
         let _ = db.drop_tree("schedule");
         Ok(Index {

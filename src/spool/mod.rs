@@ -184,7 +184,7 @@ impl Spool {
         let tmp_dir = root.join("tmp");
         let index_dir = root.join("index");
         for dir in [root, &segments_dir, &large_dir, &tmp_dir] {
-            std::fs::create_dir_all(dir)?;
+            crate::fsutil::create_dir_durable(dir)?;
         }
         let lock = lock_spool(root)?;
         for entry in std::fs::read_dir(&tmp_dir)? {
@@ -809,7 +809,7 @@ fn quarantine_orphan_large_files(
             .and_then(|s| s.parse::<QueueId>().ok());
         let keep = id.is_some_and(|id| live.get(&id).is_some_and(|e| e.location.external));
         if !keep {
-            std::fs::create_dir_all(quarantine_dir)?;
+            crate::fsutil::create_dir_durable(quarantine_dir)?;
             let target = quarantine_dir.join(path.file_name().unwrap_or_default());
             tracing::warn!(file = %path.display(), to = %target.display(), "spool: large body with no live message moved to quarantine");
             std::fs::rename(&path, &target)?;

@@ -201,7 +201,7 @@ fn quarantine(path: &Path, segment: u64, from: u64, to: u64, dir: &Path) {
         return;
     }
     let copy = (|| -> std::io::Result<PathBuf> {
-        std::fs::create_dir_all(dir)?;
+        crate::fsutil::create_dir_durable(dir)?;
         let mut file = File::open(path)?;
         file.seek(SeekFrom::Start(from))?;
         let mut data = Vec::new();
