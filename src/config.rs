@@ -209,6 +209,8 @@ pub struct AdminConfig {
     /// Rotate the audit log past this size; keep this many old files.
     pub audit_max_bytes: u64,
     pub audit_keep: usize,
+    /// Open connections at most; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
@@ -221,6 +223,7 @@ impl Default for AdminConfig {
             audit_log: PathBuf::from("data/audit.log"),
             audit_max_bytes: 16 * 1024 * 1024,
             audit_keep: 10,
+            max_connections: 64,
         }
     }
 }
@@ -265,6 +268,8 @@ pub struct WebConfig {
     pub retain_delivered: Duration,
     /// Messages per mailbox page.
     pub page_size: usize,
+    /// Open connections at most; more wait in the listen backlog.
+    pub max_connections: usize,
     /// The address users open to read their mail, for outage notices
     /// (e.g. "https://mx2.contoso.com:8443/"); empty = not said.
     pub public_url: String,
@@ -295,6 +300,7 @@ impl Default for WebConfig {
             lockout_duration: Duration::from_secs(15 * 60),
             retain_delivered: Duration::ZERO,
             page_size: 50,
+            max_connections: 512,
             public_url: String::new(),
             upstream_label: "Exchange Online".to_string(),
             default_language: "en".to_string(),
@@ -868,6 +874,8 @@ impl Config {
         }
         for (key, value) in [
             ("web.page_size", web.page_size as u64),
+            ("web.max_connections", web.max_connections as u64),
+            ("admin.max_connections", self.admin.max_connections as u64),
             ("web.lockout_failures", u64::from(web.lockout_failures)),
             (
                 "web.lockout_ip_failures",

@@ -37,6 +37,7 @@ pub mod dns;
 pub mod drill;
 pub mod envelope;
 pub mod fsutil;
+pub mod http_listener;
 pub mod logging;
 pub mod metrics;
 pub mod mime;

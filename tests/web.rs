@@ -861,3 +861,36 @@ fn the_reader_shows_headers_as_a_strict_parser_reads_them() {
     assert!(page.contains("<h1>日本語</h1>"), "{page}");
     assert!(page.matches("日本語").count() >= 2, "body decoded too");
 }
+
+/// `[web] max_connections`: at the cap a new connection waits in the
+/// backlog (it is not served) until an open one closes.
+#[test]
+fn web_connections_are_capped_and_served_again_when_one_closes() {
+    use std::io::{Read, Write};
+    let mut fixture = Fixture::new();
+    fixture.config.web.max_connections = 3;
+    let (_rt, server) = start_in_process(&fixture);
+    let addr = server.web_addr.expect("web enabled");
+    let idle: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut late = std::net::TcpStream::connect(addr).unwrap();
+    late.write_all(b"GET /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    late.set_read_timeout(Some(Duration::from_millis(800)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let early = late.read(&mut buf);
+    assert!(
+        early.is_err(),
+        "a fourth connection was served past max_connections = 3: {:?}",
+        early.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    );
+    drop(idle);
+    late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = Vec::new();
+    let _ = late.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer:?}");
+}

@@ -95,7 +95,30 @@ impl AuditLog {
     }
 
     /// Append one entry durably. Returns the entry as written.
+    ///
+    /// Callable from async handlers (web, admin API, drills): the entry is
+    /// fsync'd under the log's lock, so on a multi-threaded runtime the wait
+    /// happens in `block_in_place`, off the async worker's hands, and a burst
+    /// of requests never stalls the other tasks on that worker.
     pub fn record(
+        &self,
+        actor: &str,
+        ip: &str,
+        action: &str,
+        target: &str,
+        result: &str,
+    ) -> std::io::Result<AuditEntry> {
+        let append = || self.append(actor, ip, action, target, result);
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            tokio::task::block_in_place(append)
+        } else {
+            append()
+        }
+    }
+
+    fn append(
         &self,
         actor: &str,
         ip: &str,

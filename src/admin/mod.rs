@@ -174,7 +174,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
 pub async fn serve(
     config: &AdminConfig,
     state: Arc<AdminState>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
         std::io::Error::new(
@@ -183,18 +183,14 @@ pub async fn serve(
         )
     })?;
     let addr = listener.local_addr()?;
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let task = tokio::spawn(async move {
-        let stop = async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        };
-        if let Err(err) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %err, "admin API stopped");
-        }
-    });
+    let task = tokio::spawn(crate::http_listener::serve(
+        "admin",
+        listener,
+        None,
+        router(state),
+        config.max_connections,
+        shutdown,
+    ));
     Ok((addr, task))
 }
 

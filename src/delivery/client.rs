@@ -88,8 +88,18 @@ pub struct Transaction<'a> {
     pub envelope: &'a Envelope,
     /// (index in the envelope, address)
     pub recipients: Vec<(usize, &'a crate::envelope::Recipient)>,
+    /// Header fields added in front of the stored message (whole CRLF
+    /// lines, none starting with "."), sent before `body` without a copy.
+    pub prefix: &'a [u8],
     pub body: &'a [u8],
     pub tls: UpstreamTls,
+}
+
+impl Transaction<'_> {
+    /// The message's size on the wire (before dot-stuffing), for SIZE= and BDAT.
+    pub fn wire_len(&self) -> usize {
+        self.prefix.len() + self.body.len()
+    }
 }
 
 /// What happened in one attempt against one target.
@@ -314,10 +324,10 @@ impl Transport {
                 .collect::<Vec<_>>()
         };
 
-        if caps & EXT_SIZE != 0 && connection.max_size > 0 && tx.body.len() > connection.max_size {
+        if caps & EXT_SIZE != 0 && connection.max_size > 0 && tx.wire_len() > connection.max_size {
             let why = format!(
                 "5.3.4 message size {} exceeds upstream limit {}",
-                tx.body.len(),
+                tx.wire_len(),
                 connection.max_size
             );
             return Ok(tx
@@ -353,7 +363,7 @@ impl Transport {
         };
         let mut mail = format!("MAIL FROM:{reverse_path}");
         if caps & EXT_SIZE != 0 {
-            mail.push_str(&format!(" SIZE={}", tx.body.len()));
+            mail.push_str(&format!(" SIZE={}", tx.wire_len()));
         }
         if env.body_8bitmime && caps & EXT_8BIT_MIME != 0 {
             mail.push_str(" BODY=8BITMIME");
@@ -444,8 +454,9 @@ impl Transport {
             tokio::time::timeout(self.data_timeout, async {
                 client
                     .stream
-                    .write_all(format!("BDAT {} LAST\r\n", tx.body.len()).as_bytes())
+                    .write_all(format!("BDAT {} LAST\r\n", tx.wire_len()).as_bytes())
                     .await?;
+                client.stream.write_all(tx.prefix).await?;
                 client.stream.write_all(tx.body).await?;
                 client.stream.flush().await?;
                 client
@@ -466,6 +477,13 @@ impl Transport {
                 // write_message appends CRLF.CRLF itself; the spooled message
                 // already ends with CRLF, so strip it to deliver the exact bytes.
                 let body = tx.body.strip_suffix(b"\r\n").unwrap_or(tx.body);
+                client.stream.write_all(tx.prefix).await?;
+                // write_message stuffs a dot only after a line break, so the
+                // body's first line (after the prefix's CRLF, or the start of
+                // the data) gets its stuffing dot here.
+                if body.first() == Some(&b'.') {
+                    client.stream.write_all(b".").await?;
+                }
                 client.write_message(body).await?;
                 client
                     .read()

@@ -152,9 +152,23 @@ struct Inner {
 pub(crate) struct Reclaim {
     live: HashMap<u64, usize>,
     oldest: u64,
+    /// Finished segments whose deletion failed, tried again next time.
+    retry: Vec<u64>,
 }
 
 impl Reclaim {
+    /// Advance past every finished segment older than `current` and hand
+    /// them (and earlier failed deletions) to the caller to delete.
+    fn take_finished(&mut self, current: u64) -> Vec<u64> {
+        let mut finished = std::mem::take(&mut self.retry);
+        while self.oldest < current && self.live.get(&self.oldest).copied().unwrap_or(0) == 0 {
+            self.live.remove(&self.oldest);
+            finished.push(self.oldest);
+            self.oldest += 1;
+        }
+        finished
+    }
+
     pub(crate) fn count_new_messages(&mut self, segment: u64, messages: usize) {
         if messages > 0 {
             *self.live.entry(segment).or_insert(0) += messages;
@@ -259,7 +273,11 @@ impl Spool {
             used,
         ));
         let current_segment = Arc::new(AtomicU64::new(next_segment));
-        let reclaim = Arc::new(Mutex::new(Reclaim { live, oldest }));
+        let reclaim = Arc::new(Mutex::new(Reclaim {
+            live,
+            oldest,
+            retry: Vec::new(),
+        }));
         let writer = SegmentWriter::open(
             segments_dir.clone(),
             large_dir.clone(),
@@ -751,29 +769,42 @@ impl Spool {
     }
 
     /// Delete segments, oldest first, while every message in them is finished.
+    ///
+    /// The segments are chosen under the reclaim lock but deleted after it is
+    /// released: the writer thread takes the same lock after every group
+    /// commit, and unlinking a large segment can take milliseconds. A segment
+    /// behind `oldest` is never written again, so deleting it unlocked is safe.
     fn reclaim(&self) {
         let current = self.inner.current_segment.load(Ordering::SeqCst);
-        let mut reclaim = self.inner.reclaim.lock().expect("reclaim lock");
-        while reclaim.oldest < current {
-            let oldest = reclaim.oldest;
-            if reclaim.live.get(&oldest).copied().unwrap_or(0) > 0 {
-                break;
-            }
-            let path = writer::segment_path(&self.inner.segments_dir, oldest);
+        let finished = self
+            .inner
+            .reclaim
+            .lock()
+            .expect("reclaim lock")
+            .take_finished(current);
+        let mut undeleted = Vec::new();
+        for segment in finished {
+            let path = writer::segment_path(&self.inner.segments_dir, segment);
             let size = std::fs::metadata(&path).map_or(0, |m| m.len());
             match std::fs::remove_file(&path) {
                 Ok(()) => {
                     self.inner.space.sub(size);
-                    tracing::debug!(segment = oldest, "spool: segment reclaimed")
+                    tracing::debug!(segment, "spool: segment reclaimed")
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => {
-                    tracing::warn!(segment = oldest, error = %err, "spool: cannot delete finished segment");
-                    break;
+                    tracing::warn!(segment, error = %err, "spool: cannot delete finished segment; will retry");
+                    undeleted.push(segment);
                 }
             }
-            reclaim.live.remove(&oldest);
-            reclaim.oldest += 1;
+        }
+        if !undeleted.is_empty() {
+            self.inner
+                .reclaim
+                .lock()
+                .expect("reclaim lock")
+                .retry
+                .extend(undeleted);
         }
     }
 }
@@ -816,4 +847,28 @@ fn quarantine_orphan_large_files(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod reclaim_tests {
+    use super::Reclaim;
+    use std::collections::HashMap;
+
+    #[test]
+    fn finished_segments_are_taken_oldest_first_and_never_the_current_one() {
+        let mut reclaim = Reclaim {
+            live: HashMap::from([(1, 0), (2, 1), (3, 0)]),
+            oldest: 1,
+            retry: Vec::new(),
+        };
+        assert_eq!(reclaim.take_finished(4), vec![1]);
+        assert_eq!(reclaim.take_finished(4), Vec::<u64>::new());
+        *reclaim.live.get_mut(&2).unwrap() = 0;
+        // 4 is being written: never handed out, even with no live messages.
+        assert_eq!(reclaim.take_finished(4), vec![2, 3]);
+        assert_eq!(reclaim.oldest, 4);
+        reclaim.retry.push(3);
+        assert_eq!(reclaim.take_finished(4), vec![3]);
+        assert!(reclaim.retry.is_empty());
+    }
 }

@@ -99,17 +99,7 @@ impl WebState {
 
     /// Write an audit line; a failure is logged, never shown to the user.
     fn audit(&self, actor: &str, ip: &str, action: &str, target: &str, result: &str) {
-        // The audit log fsyncs each entry under its lock: off the async
-        // worker's hands, so a burst of page views never stalls the others.
-        let record = || self.audit.record(actor, ip, action, target, result);
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let written = if multi_thread {
-            tokio::task::block_in_place(record)
-        } else {
-            record()
-        };
-        if let Err(err) = written {
+        if let Err(err) = self.audit.record(actor, ip, action, target, result) {
             tracing::error!(error = %err, action, "web: cannot write the audit log");
         }
     }
@@ -213,7 +203,7 @@ async fn security_headers(mut response: Response) -> Response {
 /// until `shutdown` turns true.
 pub async fn serve(
     state: Shared,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let config = &state.config;
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
@@ -230,69 +220,17 @@ pub async fn serve(
         ),
         _ => None,
     };
+    let max_connections = config.max_connections;
     let app = router(state);
-    let task = tokio::spawn(async move {
-        match tls {
-            None => {
-                let stop = async move {
-                    let _ = shutdown.wait_for(|stop| *stop).await;
-                };
-                let service = app.into_make_service_with_connect_info::<SocketAddr>();
-                if let Err(err) = axum::serve(listener, service)
-                    .with_graceful_shutdown(stop)
-                    .await
-                {
-                    tracing::error!(error = %err, "web server stopped");
-                }
-            }
-            Some(acceptor) => serve_https(listener, acceptor, app, shutdown).await,
-        }
-    });
+    let task = tokio::spawn(crate::http_listener::serve(
+        "web",
+        listener,
+        tls,
+        app,
+        max_connections,
+        shutdown,
+    ));
     Ok((addr, task))
-}
-
-/// HTTPS without another framework: rustls in front of hyper, one task per
-/// connection (the TLS handshake must not hold up the accept loop).
-async fn serve_https(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    app: Router,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use tower::ServiceExt;
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(err) => {
-                tracing::warn!(error = %err, "web: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
-            let Ok(Ok(tls)) = handshake.await else {
-                return;
-            };
-            let service = hyper::service::service_fn(
-                move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    app.clone().oneshot(request.map(axum::body::Body::new))
-                },
-            );
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-        });
-    }
 }
 
 /// The client's address for lockouts and the audit log. Behind a reverse
