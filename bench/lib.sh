@@ -52,7 +52,7 @@ bw_start() {
 hostname = "bw.bench.test"
 [smtp]
 listen = ["127.0.0.1:$BW_PORT"]
-max_connections_per_ip = 1000
+${BW_PER_IP-max_connections_per_ip = 1000}
 tls_cert = "$dir/cert.pem"
 tls_key = "$dir/key.pem"
 [spool]
@@ -73,6 +73,44 @@ EOT
 }
 bw_stop() { kill -TERM "$BW_PID" 2>/dev/null; wait "$BW_PID" 2>/dev/null || true; }
 bw_sent() { grep -c 'status="sent"' "$RUN/bw/log" || true; }
+
+# run_case LABEL SERVER ROUND SESSIONS MESSAGES SIZE PORT: one smtp-source
+# run (a new connection per message) against a started server, one table row
+# in $OUT. For Breakwater (BW_PID) it also stops the server and reads its
+# CPU, peak RSS, queued count and fsyncs.
+run_case() { # label server round sessions messages size port
+    local label=$1 server=$2 round=$3 sessions=$4 messages=$5 size=$6 port=$7
+    local pid=${BW_PID:-}
+    local b0 t0 p0=0 start end b1 t1 p1=0
+    b0=$(busy_ticks); t0=$(total_ticks)
+    [ "$server" != postfix ] && p0=$(proc_cpu_ticks "$pid")
+    start=$(date +%s.%N)
+    smtp-source -s "$sessions" -m "$messages" -l "$size" -M bench.test -f sender@bench.test \
+        -t rcpt@example.com "127.0.0.1:$port" > "$RUN/source-$label-$server-$round.log" 2>&1
+    end=$(date +%s.%N)
+    if [ -s "$RUN/source-$label-$server-$round.log" ]; then
+        echo "WARNING: smtp-source reported errors for $label/$server:" | tee -a "$OUT"
+        head -3 "$RUN/source-$label-$server-$round.log" | tee -a "$OUT"
+    fi
+    b1=$(busy_ticks); t1=$(total_ticks)
+    local wall rate machine cpu="n/a" rss="n/a" fsyncs="n/a" per="n/a"
+    wall=$(echo "$end - $start" | bc -l)
+    rate=$(echo "$messages / $wall" | bc -l)
+    machine=$(echo "100 * ($b1 - $b0) / ($t1 - $t0)" | bc -l)
+    if [ "$server" != postfix ]; then
+        p1=$(proc_cpu_ticks "$pid")
+        cpu=$(printf %.1f "$(echo "($p1 - $p0) / $TICK" | bc -l)")
+        rss=$(awk '/VmHWM/{printf "%.0f", $2/1024}' "/proc/$pid/status")
+        bw_stop
+        local queued
+        queued=$(grep -c ' queued ' "$RUN/bw/log" || true)
+        if [ "$queued" != "$messages" ]; then echo "WARNING: breakwater queued $queued of $messages" | tee -a "$OUT"; fi
+        fsyncs=$(grep -o 'fsyncs=[0-9]*' "$RUN/bw/log" | tail -1 | cut -d= -f2)
+        per=$(printf %.1f "$(echo "$messages / $fsyncs" | bc -l)")
+    fi
+    printf '| %s | %s | %s | %.0f | %.1f | %s | %.0f | %s | %s | %s |\n' \
+        "$label" "$server" "$round" "$rate" "$wall" "$cpu" "$machine" "$rss" "$fsyncs" "$per" | tee -a "$OUT"
+}
 
 pf_setup() {
     postfix stop >/dev/null 2>&1 || true

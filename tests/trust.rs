@@ -813,5 +813,77 @@ fn a_dead_resolver_is_noticed_once_not_paid_for_per_message() {
         auth.spf, "pass",
         "checks were turned off by one silent domain: {auth:?}"
     );
+
+    // Now that working resolver dies, after its root NS answer (six-day TTL)
+    // is in a cache: the probe must not be answered by a cache.
+    dns.zone.lock().unwrap().mute = true;
+    let mut paid = 0;
+    for i in 0..10 {
+        let started = Instant::now();
+        let reply = send(
+            &server,
+            "x@signed.test",
+            &["a@tagged.example"],
+            &message("<x@signed.test>", &format!("dead{i}"), "b"),
+        );
+        assert_eq!(reply.code, 250);
+        if started.elapsed() >= Duration::from_millis(900) {
+            paid += 1;
+        }
+    }
+    assert!(
+        paid <= 3,
+        "{paid} of 10 messages waited for a resolver that had died after a cached probe"
+    );
+    rt.block_on(server.shutdown());
+}
+
+/// The first wave: twenty sessions whose first messages all start waiting
+/// on a dead resolver at once (no check has timed out yet to trip the
+/// circuit). A slow check starts the probe, and the resolver found dead ends
+/// every waiting check: none waits out its budget at MAIL and again at the
+/// end of data.
+#[test]
+fn a_dead_resolver_ends_the_checks_already_waiting_on_it() {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream = rt.block_on(Sink::start("127.0.0.1:0", Script::default()));
+    let dns = rt.block_on(TestDns::start(zone()));
+    let mut fixture = trust_fixture(&dns, &upstream);
+    fixture.config.dns.nameservers = vec![udp.local_addr().unwrap()];
+    fixture.config.delivery.enabled = false;
+    // A realistic budget: each check would wait this long on its own.
+    fixture.config.trust.dns_timeout = Duration::from_secs(10);
+    let server = rt.block_on(fixture.start());
+    let addr = server.smtp_addrs[0];
+    let started = Instant::now();
+    let sessions: Vec<_> = (0..20)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = RawClient::greeted(addr);
+                c.expect("EHLO wave.test", 250);
+                let reply = c.send_mail(
+                    "x@signed.test",
+                    &["a@tagged.example"],
+                    message("<x@signed.test>", &format!("w{i}"), "b").as_bytes(),
+                );
+                (reply.code, started.elapsed())
+            })
+        })
+        .collect();
+    let results: Vec<_> = sessions.into_iter().map(|s| s.join().unwrap()).collect();
+    assert!(results.iter().all(|(code, _)| *code == 250), "{results:?}");
+    let slowest = results.iter().map(|(_, t)| *t).max().unwrap();
+    // SUSPECT_AFTER (0.5 s) + PROBE_TIMEOUT (1 s), with room for a slow machine;
+    // the old behaviour was 2 x dns_timeout = 20 s for the whole wave.
+    assert!(
+        slowest < Duration::from_secs(4),
+        "the first wave waited {slowest:?} for a dead resolver"
+    );
+    drop(udp);
     rt.block_on(server.shutdown());
 }

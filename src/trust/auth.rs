@@ -99,7 +99,7 @@ impl Authenticator {
     pub fn new(config: &crate::config::Config) -> Result<Authenticator, String> {
         let resolver = crate::dns::build_resolver(&config.dns)?;
         Ok(Authenticator {
-            health: crate::dns::ResolverHealth::new(resolver.clone()),
+            health: crate::dns::ResolverHealth::new(crate::dns::build_probe_resolver(&config.dns)?),
             dns: MessageAuthenticator(resolver),
             hostname: config.hostname.clone(),
             budget: config.trust.dns_timeout,
@@ -120,7 +120,7 @@ impl Authenticator {
         }
         // Both identities at once; the HELO one only when it names a domain
         // (for the null sender the MAIL FROM check already is the HELO check).
-        let mail_from = tokio::time::timeout(
+        let mail_from = self.health.within(
             self.budget,
             self.dns.verify_spf(SpfParameters::verify_mail_from(
                 ip,
@@ -137,16 +137,21 @@ impl Authenticator {
                 .dns
                 .verify_spf(SpfParameters::verify_ehlo(ip, &helo, &self.hostname));
             Some(
-                tokio::time::timeout(self.budget, lookup)
+                self.health
+                    .within(self.budget, lookup)
                     .await
-                    .unwrap_or_else(|_| timed_out(&helo)),
+                    .unwrap_or_else(|| timed_out(&helo)),
             )
         };
         let (mail_from, helo_output) = tokio::join!(mail_from, helo_check);
-        self.health.record(mail_from.is_err());
-        let output = mail_from.unwrap_or_else(|_| {
-            timed_out(sender.rsplit_once('@').map_or(helo.as_str(), |(_, d)| d))
-        });
+        let sender_domain = sender.rsplit_once('@').map_or(helo.as_str(), |(_, d)| d);
+        let output = match mail_from {
+            Some(output) => output,
+            None if self.health.is_down() => {
+                timed_out(sender_domain).with_explanation(RESOLVER_DOWN.to_string())
+            }
+            None => timed_out(sender_domain),
+        };
         SpfCheck {
             output,
             helo: helo_output,
@@ -170,15 +175,17 @@ impl Authenticator {
         if self.health.is_down() {
             return self.timed_out(spf, ip, &helo, sender, RESOLVER_DOWN);
         }
-        let verdict = tokio::time::timeout(
-            self.budget,
-            self.verify_within_budget(raw, body_verified, spf, ip, &helo, sender),
-        )
-        .await;
-        self.health.record(verdict.is_err());
+        let verdict = self
+            .health
+            .within(
+                self.budget,
+                self.verify_within_budget(raw, body_verified, spf, ip, &helo, sender),
+            )
+            .await;
         match verdict {
-            Ok(verdict) => verdict,
-            Err(_) => self.timed_out(spf, ip, &helo, sender, "DNS timeout"),
+            Some(verdict) => verdict,
+            None if self.health.is_down() => self.timed_out(spf, ip, &helo, sender, RESOLVER_DOWN),
+            None => self.timed_out(spf, ip, &helo, sender, "DNS timeout"),
         }
     }
 

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, CNAME, MX, PTR, TXT};
+use hickory_proto::rr::rdata::{A, CNAME, MX, NS, PTR, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 #[derive(Default, Clone)]
@@ -26,6 +26,8 @@ pub struct Zone {
     pub mx_ttl: HashMap<String, u32>,
     /// Names (and their subdomains) the server never answers: a DNS timeout.
     pub silent: HashSet<String>,
+    /// Answer nothing at all: the resolver has died.
+    pub mute: bool,
 }
 
 impl Zone {
@@ -126,12 +128,14 @@ impl TestDns {
 
 fn is_silent(query: &Message, zone: &Zone) -> bool {
     let Some(q) = query.queries.first() else {
-        return false;
+        return zone.mute;
     };
     let name = q.name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
-    zone.silent
-        .iter()
-        .any(|s| name == *s || name.ends_with(&format!(".{s}")))
+    zone.mute
+        || zone
+            .silent
+            .iter()
+            .any(|s| name == *s || name.ends_with(&format!(".{s}")))
 }
 
 fn answer(query: &Message, zone: &Zone) -> Message {
@@ -149,7 +153,8 @@ fn answer(query: &Message, zone: &Zone) -> Message {
         || zone.empty.contains(&name)
         || zone.txt.contains_key(&name)
         || zone.cname.contains_key(&name)
-        || zone.ptr.contains_key(&name);
+        || zone.ptr.contains_key(&name)
+        || name.is_empty();
     match q.query_type {
         RecordType::MX => {
             for (pref, host) in zone.mx.get(&name).into_iter().flatten() {
@@ -199,6 +204,15 @@ fn answer(query: &Message, zone: &Zone) -> Message {
                     RData::PTR(PTR(Name::from_ascii(format!("{host}.")).unwrap())),
                 ));
             }
+        }
+        // The root's name servers, as a recursive resolver has them cached
+        // (with the root zone's real six-day TTL).
+        RecordType::NS if name.is_empty() => {
+            response.add_answer(Record::from_rdata(
+                Name::root(),
+                518_400,
+                RData::NS(NS(Name::from_ascii("a.root-servers.net.").unwrap())),
+            ));
         }
         _ => {}
     }
