@@ -86,10 +86,10 @@ pub struct Envelope {
     /// The outage-lure score taken at intake (absent: not scored, e.g.
     /// bodies too large to score in memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lure: Option<crate::trust::lure::LureVerdict>,
+    pub lure: Option<crate::verdict::LureVerdict>,
     /// SPF/DKIM/DMARC at intake; delivery adds its `Authentication-Results`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<crate::trust::auth::AuthVerdict>,
+    pub auth: Option<crate::verdict::AuthVerdict>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +157,17 @@ pub struct MessageState {
     /// Delivered, but kept for the web reader until then (`[web] retain_delivered`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain_until_ms: Option<u64>,
+    /// Bumped by every operator action (`control::apply_action`): how an
+    /// attempt that ran meanwhile knows to leave the operator's hold,
+    /// route and schedule alone. Inferring it from the fields failed when a
+    /// retry set `next_attempt_ms` to the value it already had (same
+    /// millisecond as the message's arrival on a fast loopback).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub operator_changes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 pub const MAX_HISTORY: usize = 20;
@@ -214,6 +225,7 @@ impl MessageState {
             route: None,
             history: Vec::new(),
             retain_until_ms: None,
+            operator_changes: 0,
         }
     }
 

@@ -28,10 +28,13 @@
 //! - [`cli`]: the `breakwater` command line; `main.rs` only calls into it.
 //! - [`logging`]: tracing setup, text or JSON, one line per message event.
 
+pub mod accounts;
 pub mod address;
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod delivery;
 pub mod dns;
 pub mod drill;
@@ -42,8 +45,11 @@ pub mod logging;
 pub mod metrics;
 pub mod mime;
 pub mod policy;
+pub mod secrets;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod tls;
 pub mod trust;
+pub mod verdict;
 pub mod web;

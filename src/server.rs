@@ -12,9 +12,9 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::delivery::{DeliveryEngine, DeliveryError};
 use crate::policy::RecipientPolicy;
-use crate::smtp::tls::{self, TlsHandle};
 use crate::smtp::{SmtpContext, SmtpServer};
 use crate::spool::Spool;
+use crate::tls::{self, TlsHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -137,13 +137,13 @@ impl Server {
             None
         };
         // One audit log for the admin API and the web pages: one hash chain.
-        let audit = Arc::new(crate::admin::audit::AuditLog::open(
+        let audit = Arc::new(crate::audit::AuditLog::open(
             &config.admin.audit_log,
             config.admin.audit_max_bytes,
             config.admin.audit_keep,
         )?);
         let drills = {
-            let accounts = crate::web::accounts::Accounts::new(&config.web.users_file);
+            let accounts = crate::accounts::Accounts::new(&config.web.users_file);
             let mailbox_spool = spool.clone();
             crate::drill::drills::Drills::open(
                 &config,
@@ -206,7 +206,7 @@ impl Server {
             (None, None)
         };
         if config.alerts.enabled {
-            let accounts = crate::web::accounts::Accounts::new(&config.web.users_file);
+            let accounts = crate::accounts::Accounts::new(&config.web.users_file);
             let router = delivery.as_ref().map(|d| (**d).clone());
             let users: crate::drill::alerts::UserNotices = Box::new(move |upstream| {
                 let Some(router) = &router else {

@@ -309,7 +309,7 @@ fn bulk_actions_with_dry_run_and_audit_chain() {
     rt.block_on(server.shutdown());
 
     let log = &fixture.config.admin.audit_log;
-    assert_eq!(breakwater::admin::audit::verify(log).unwrap(), 5);
+    assert_eq!(breakwater::audit::verify(log).unwrap(), 5);
     let text = std::fs::read_to_string(log).unwrap();
     std::fs::write(log, text.replacen("\"hold\"", "\"noop\"", 1)).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakwater"))

@@ -127,7 +127,7 @@ fn upstream_outage_is_alerted_repeated_and_recovered() {
         false,
         false,
     );
-    breakwater::web::accounts::update(&fixture.config.web.users_file, "alice@example.com", |a| {
+    breakwater::accounts::update(&fixture.config.web.users_file, "alice@example.com", |a| {
         a.notify_webhook = Some(user_url.clone());
         Ok(())
     })

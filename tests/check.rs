@@ -159,7 +159,7 @@ fn self_check_reports_good_and_broken_deployments() {
         (TestDns::start(zone).await, sinks)
     });
     // Our own listener, with a certificate for our host name in the bundle.
-    breakwater::smtp::tls::write_self_signed(
+    breakwater::tls::write_self_signed(
         &[HOST.to_string()],
         &fixture.config.smtp.tls_cert,
         &fixture.config.smtp.tls_key,

@@ -759,11 +759,17 @@ fn operator_actions_during_an_attempt_win_deterministically() {
             .unwrap()
             .map_or(0, |m| m.state.recipients[0].attempts)
     };
-    let in_flight = |n: usize| {
+    // Each step waits for *its* message to reach the end of data (by its
+    // subject): a count would be fooled by an earlier message whose session
+    // broke after its data on a slow machine and went to the next MX.
+    let seen = s.upstream.script.lock().unwrap().data_seen.clone();
+    let in_flight = |subject: &str| {
+        let needle = format!("Subject: {subject}\r\n");
         assert!(
-            wait_for(WAIT, || started.load(std::sync::atomic::Ordering::SeqCst)
-                >= n),
-            "attempt {n} never reached the end of data"
+            wait_for(WAIT, || seen.lock().unwrap().iter().any(|data| data
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes()))),
+            "the attempt for {subject:?} never reached the end of data"
         );
     };
 
@@ -774,8 +780,8 @@ fn operator_actions_during_an_attempt_win_deterministically() {
         &["h@example.com"],
         b"Subject: h\r\n\r\nh\r\n",
     );
-    in_flight(1);
-    let done = s.rt.block_on(breakwater::admin::apply_action(
+    in_flight("h");
+    let done = s.rt.block_on(breakwater::control::apply_action(
         &server.spool,
         Some(delivery),
         "hold",
@@ -805,8 +811,9 @@ fn operator_actions_during_an_attempt_win_deterministically() {
         &["r@example.com"],
         b"Subject: r\r\n\r\nr\r\n",
     );
-    in_flight(2);
-    let done = s.rt.block_on(breakwater::admin::apply_action(
+    in_flight("r");
+    let retried_at = breakwater::envelope::now_ms();
+    let done = s.rt.block_on(breakwater::control::apply_action(
         &server.spool,
         Some(delivery),
         "retry",
@@ -816,9 +823,11 @@ fn operator_actions_during_an_attempt_win_deterministically() {
     assert_eq!(done, Ok(true));
     assert!(
         wait_for(Duration::from_secs(10), || attempts(retried) >= 2),
-        "the retry made during the attempt was undone by its backoff"
+        "the retry made during the attempt was undone by its backoff (retry at {retried_at}, {} DATA starts): {:?}",
+        started.load(std::sync::atomic::Ordering::SeqCst),
+        server.spool.get(retried).unwrap().map(|m| m.state)
     );
-    s.rt.block_on(breakwater::admin::apply_action(
+    s.rt.block_on(breakwater::control::apply_action(
         &server.spool,
         Some(delivery),
         "hold",
@@ -831,14 +840,13 @@ fn operator_actions_during_an_attempt_win_deterministically() {
     s.upstream.set(|script| {
         script.data_reply = "250 2.0.0 Ok".into();
     });
-    let before = started.load(std::sync::atomic::Ordering::SeqCst);
     let bounced = submit(
         &server,
         "s@remote.test",
         &["b@example.com"],
         b"Subject: b\r\n\r\nb\r\n",
     );
-    in_flight(before + 1);
+    in_flight("b");
     let outcome =
         s.rt.block_on(delivery.bounce(bounced, "returned by the administrator"));
     assert!(matches!(outcome, Ok(false)), "{outcome:?}");

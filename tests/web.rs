@@ -351,7 +351,7 @@ fn sessions_expire_and_end_on_disable_or_password_change() {
     assert_eq!(page.status, 303, "idle session expired");
     // Disabling ends a live session at once (the users file is re-read within 1 s).
     alice.login_fully("alice@example.com", None);
-    breakwater::web::accounts::update(&users, "alice@example.com", |a| {
+    breakwater::accounts::update(&users, "alice@example.com", |a| {
         a.disabled = true;
         Ok(())
     })
@@ -371,7 +371,7 @@ fn sessions_expire_and_end_on_disable_or_password_change() {
     bob.login_fully("bob@example.com", None);
     std::thread::sleep(Duration::from_millis(5));
     let new_password = "a-new-long-password-2026";
-    breakwater::web::accounts::change_password(&users, "bob@example.com", new_password).unwrap();
+    breakwater::accounts::change_password(&users, "bob@example.com", new_password).unwrap();
     assert!(wait_for(Duration::from_secs(3), || bob.get("/mail").status == 303));
     assert_eq!(
         w.client().login("bob@example.com", PASSWORD).status,
@@ -559,7 +559,7 @@ fn admin_pages_steer_the_spool_and_are_audited() {
     )));
     assert!(audit.contains("\"action\":\"web-admin-delete\""));
     // The audit chain stays intact across the web and admin writers.
-    breakwater::admin::audit::verify(&w.fixture.config.admin.audit_log).expect("chain intact");
+    breakwater::audit::verify(&w.fixture.config.admin.audit_log).expect("chain intact");
 }
 
 #[test]

@@ -199,7 +199,7 @@ fn web_reader_serves_https_with_secure_cookies() {
     let mut fixture = Fixture::new();
     let cert = fixture.path().join("web.pem");
     let key = fixture.path().join("web-key.pem");
-    breakwater::smtp::tls::write_self_signed(&["localhost".to_string()], &cert, &key, 30).unwrap();
+    breakwater::tls::write_self_signed(&["localhost".to_string()], &cert, &key, 30).unwrap();
     fixture.config.web.tls_cert = Some(cert.clone());
     fixture.config.web.tls_key = Some(key);
     let (_rt, server) = start_in_process(&fixture);

@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
@@ -36,14 +34,6 @@ pub struct StoredToken {
 pub struct TokenStore {
     path: PathBuf,
     cache: Mutex<(Option<SystemTime>, Vec<StoredToken>)>,
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn load(path: &Path) -> std::io::Result<Vec<StoredToken>> {
@@ -75,11 +65,11 @@ impl TokenStore {
                 Err(err) => tracing::error!(error = %err, "admin: cannot read tokens file"),
             }
         }
-        let presented = sha256_hex(token.as_bytes());
+        let presented = crate::secrets::sha256_hex(token.as_bytes());
         let mut found = None;
         // Look at every entry so the time taken does not depend on which matched.
         for stored in &cache.1 {
-            if bool::from(stored.sha256.as_bytes().ct_eq(presented.as_bytes())) {
+            if crate::secrets::same_secret(&stored.sha256, &presented) {
                 found = Some((stored.name.clone(), stored.role));
             }
         }
@@ -96,21 +86,11 @@ pub fn create(path: &Path, name: &str, role: Role) -> std::io::Result<String> {
             "a token named {name:?} already exists"
         )));
     }
-    let mut random = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut random)
-        .map_err(|_| std::io::Error::other("no system randomness"))?;
-    let token = format!(
-        "bw_{}",
-        random
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let token = format!("bw_{}", crate::secrets::random_token());
     tokens.push(StoredToken {
         name: name.to_string(),
         role,
-        sha256: sha256_hex(token.as_bytes()),
+        sha256: crate::secrets::sha256_hex(token.as_bytes()),
         created_ms: crate::envelope::now_ms(),
     });
     write_private(

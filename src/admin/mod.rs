@@ -9,13 +9,9 @@
 //! POST. `/healthz`, `/readyz` and `/metrics` need no token (the admin port
 //! listens on loopback by default; put it behind your monitoring network).
 
-pub mod audit;
 pub mod auth;
 mod drill;
-pub mod filter;
 mod queue;
-
-pub use queue::apply_action;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,7 +36,7 @@ pub struct AdminState {
     pub spool: Spool,
     pub delivery: Option<DeliveryHandle>,
     pub tokens: TokenStore,
-    pub audit: Arc<audit::AuditLog>,
+    pub audit: Arc<crate::audit::AuditLog>,
     pub drills: Arc<crate::drill::drills::Drills>,
     /// True while the SMTP accept loops run (for /readyz).
     pub smtp_ready: watch::Receiver<bool>,

@@ -223,7 +223,7 @@ pub fn main() -> ExitCode {
                     Err(code) => return code,
                 },
             };
-            match crate::admin::audit::verify(&path) {
+            match crate::audit::verify(&path) {
                 Ok(lines) => {
                     println!("{}: hash chain intact ({lines} entries)", path.display());
                     ExitCode::SUCCESS
@@ -259,7 +259,7 @@ fn self_signed(
         );
         return ExitCode::FAILURE;
     }
-    match crate::smtp::tls::write_self_signed(hosts, &cert, &key, days) {
+    match crate::tls::write_self_signed(hosts, &cert, &key, days) {
         Ok(()) => {
             println!(
                 "wrote {} and {} for {} ({days} days)",

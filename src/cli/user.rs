@@ -10,10 +10,10 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use crate::accounts::totp;
+use crate::accounts::{self, AccountError};
 use crate::config::Config;
 use crate::envelope::now_ms;
-use crate::web::accounts::{self, AccountError};
-use crate::web::session;
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
@@ -196,7 +196,7 @@ pub fn run(config: &Config, command: UserCommand) -> ExitCode {
         })),
         UserCommand::Import { file } => import(path, &file),
         UserCommand::TotpSetup { address } => {
-            let secret = session::new_totp_secret();
+            let secret = totp::new_totp_secret();
             report(
                 accounts::update(path, &address, |a| {
                     a.totp_secret = Some(secret.clone());
@@ -204,7 +204,7 @@ pub fn run(config: &Config, command: UserCommand) -> ExitCode {
                     Ok(())
                 })
                 .and_then(|a| {
-                    let totp = session::totp_for(&secret, &a.address)
+                    let totp = totp::totp_for(&secret, &a.address)
                         .ok_or_else(|| AccountError::Invalid("cannot build the TOTP URI".into()))?;
                     let url = totp.get_url();
                     let qr = qrcode::QrCode::new(url.as_bytes())

@@ -872,9 +872,7 @@ fn merge_attempt(
     after: &MessageState,
     recorded: usize,
 ) {
-    let operator_changed = current.held != before.held
-        || current.route != before.route
-        || current.next_attempt_ms != before.next_attempt_ms;
+    let operator_changed = current.operator_changes != before.operator_changes;
     for (index, outcome) in after.recipients.iter().enumerate() {
         if before.recipients.get(index) != Some(outcome) {
             if let Some(slot) = current.recipients.get_mut(index) {

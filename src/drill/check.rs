@@ -922,7 +922,7 @@ async fn upstream_checks(
 
 async fn listener_check(report: &mut Report, config: &Config) {
     let smtp = &config.smtp;
-    match crate::smtp::tls::not_after(&smtp.tls_cert) {
+    match crate::tls::not_after(&smtp.tls_cert) {
         Ok(expiry) => {
             let days = (expiry - time::OffsetDateTime::now_utc()).whole_days();
             let (level, fix) = match days {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::check::{self, Finding, Level, Mode};
-use crate::admin::audit::AuditLog;
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::delivery::DeliveryHandle;
 use crate::envelope::{now_ms, QueueId};

@@ -23,7 +23,6 @@ mod mail;
 mod rcpt;
 mod session;
 mod starttls;
-pub mod tls;
 
 use std::sync::{Arc, RwLock};
 
@@ -40,7 +39,7 @@ pub struct SmtpContext {
     pub config: Arc<SmtpConfig>,
     pub spool: Spool,
     pub policy: Arc<RwLock<Arc<RecipientPolicy>>>,
-    pub tls: tls::TlsHandle,
+    pub tls: crate::tls::TlsHandle,
     /// Outage-lure scoring at intake (`[trust] lure_scoring`).
     pub lure: Option<Arc<crate::trust::lure::LureContext>>,
     /// SPF/DKIM/DMARC/ARC (`[trust] authenticate`).

@@ -19,45 +19,8 @@ use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
     SpfOutput, SpfResult,
 };
-use serde::{Deserialize, Serialize};
 
-/// What the checks concluded, kept with the message.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuthVerdict {
-    /// The `Authentication-Results` field value (authserv-id first).
-    pub results: String,
-    /// pass | fail | softfail | neutral | none | temperror | permerror
-    pub spf: String,
-    /// At least one DKIM signature verified.
-    #[serde(default)]
-    pub dkim_pass: bool,
-    /// pass | fail | none | temperror | permerror
-    pub dmarc: String,
-    /// The From domain's published policy: none | quarantine | reject.
-    #[serde(default)]
-    pub dmarc_policy: String,
-    /// The RFC 5322.From domain DMARC was evaluated for.
-    #[serde(default)]
-    pub from_domain: String,
-    /// Spooled although DMARC failed under p=quarantine (`dmarc = "enforce"`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub quarantined: bool,
-}
-
-impl AuthVerdict {
-    pub fn dmarc_failed(&self) -> bool {
-        self.dmarc == "fail"
-    }
-
-    pub fn is_temp_error(&self) -> bool {
-        self.dmarc == "temperror" || self.spf == "temperror"
-    }
-
-    /// The header as delivered, folded as mail-auth folds it.
-    pub fn header(&self) -> String {
-        format!("Authentication-Results: {}\r\n", self.results)
-    }
-}
+pub use crate::verdict::AuthVerdict;
 
 /// SPF result for the MAIL FROM identity (RFC 7208 2.4: the HELO identity
 /// stands in for the null sender).

@@ -10,27 +10,8 @@
 use std::collections::BTreeSet;
 
 use mail_parser::MimeHeaders;
-use serde::{Deserialize, Serialize};
 
-/// At or above this, the web reader shows the warning banner.
-pub const BANNER_THRESHOLD: u32 = 6;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LureVerdict {
-    pub score: u32,
-    pub reasons: Vec<String>,
-}
-
-impl LureVerdict {
-    pub fn is_flagged(&self) -> bool {
-        self.score >= BANNER_THRESHOLD
-    }
-
-    /// The header delivery adds: `score=7; reasons=brand-words,credential-form`.
-    pub fn header_value(&self) -> String {
-        format!("score={}; reasons={}", self.score, self.reasons.join(","))
-    }
-}
+pub use crate::verdict::{LureVerdict, BANNER_THRESHOLD};
 
 /// What the scorer knows besides the message.
 #[derive(Debug, Clone, Default)]

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::i18n::Lang;
 use super::pages::{self, fill, page, size, time};
 use super::{check_csrf, Shared, Viewer};
-use crate::admin::filter::{self, status_of, subject_of, Filter, HEADER_SCAN};
+use crate::control::filter::{self, status_of, subject_of, Filter, HEADER_SCAN};
 use crate::envelope::QueueId;
 
 const PAGE: usize = 100;
@@ -261,7 +261,7 @@ pub async fn message_action(
     if !MESSAGE_ACTIONS.contains(&form.action.as_str()) {
         return pages::error_page(lang, axum::http::StatusCode::BAD_REQUEST, "error.forbidden");
     }
-    let outcome = crate::admin::apply_action(
+    let outcome = crate::control::apply_action(
         &state.spool,
         state.delivery.as_ref(),
         &form.action,

@@ -6,12 +6,12 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::accounts::{self, Account};
 use super::i18n::Lang;
 use super::pages::{self, bare_page, fill};
 use super::redirect::local_target;
 use super::session::{self, Blocked, COOKIE, LOGIN_COOKIE};
 use super::{check_csrf, cookie, set_cookie, Shared, Viewer, Visitor};
+use crate::accounts::{self, Account};
 
 #[derive(Deserialize)]
 pub struct NextQuery {
@@ -79,7 +79,7 @@ fn login_response(
     address: &str,
     error: Option<&str>,
 ) -> Response {
-    let token = session::random_token();
+    let token = crate::secrets::random_token();
     let cookie = set_cookie(&state.config, LOGIN_COOKIE, &token, Some(3600));
     (
         status,

@@ -21,7 +21,6 @@
 // away; the large Err is built at most once per request.
 #![allow(clippy::result_large_err)]
 
-pub mod accounts;
 mod admin_pages;
 pub mod i18n;
 mod login;
@@ -44,13 +43,14 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::audit::AuditLog;
+use crate::accounts::totp::SecondFactor;
+use crate::accounts::{Account, Accounts};
+use crate::audit::AuditLog;
 use crate::config::WebConfig;
 use crate::delivery::DeliveryHandle;
 use crate::spool::Spool;
-use accounts::{Account, Accounts};
 use i18n::Lang;
-use session::{SecondFactor, Session, Sessions, Throttle};
+use session::{Session, Sessions, Throttle};
 
 /// Everything the handlers share.
 pub struct WebState {
@@ -215,7 +215,7 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(
-            crate::smtp::tls::load_acceptor_for_http(cert, key)
+            crate::tls::load_acceptor_for_http(cert, key)
                 .map_err(|e| std::io::Error::other(e.to_string()))?,
         ),
         _ => None,
@@ -384,7 +384,7 @@ fn check_csrf(headers: &HeaderMap, expected: &str, given: &str) -> bool {
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v == "cross-site");
-    !cross_site && session::same_secret(expected, given)
+    !cross_site && crate::secrets::same_secret(expected, given)
 }
 
 fn set_cookie(config: &WebConfig, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {

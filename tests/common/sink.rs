@@ -52,6 +52,9 @@ pub struct Script {
     /// How many messages have reached the end of data (counted before
     /// `data_delay`): a test can act while an attempt is in flight.
     pub data_started: Arc<std::sync::atomic::AtomicUsize>,
+    /// The data of every message that reached the end of data, in order
+    /// (with `data_started`): tells a test *which* message is in flight.
+    pub data_seen: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Go silent: every session (open ones at their next command, new ones
     /// at the banner) stops answering for good while its TCP connection
     /// stays open, as an upstream that hangs in an outage.
@@ -70,6 +73,7 @@ impl Default for Script {
             drop_mid_data: false,
             data_delay: Duration::ZERO,
             data_started: Arc::default(),
+            data_seen: Arc::default(),
             stall: false,
         }
     }
@@ -331,6 +335,7 @@ async fn finish(
     bdat: bool,
     tls: bool,
 ) -> String {
+    script.data_seen.lock().unwrap().push(data.clone());
     script
         .data_started
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);

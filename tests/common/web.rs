@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use breakwater::web::{accounts, session};
+use breakwater::accounts::{self, totp};
 
 pub const PASSWORD: &str = "correct horse battery";
 
@@ -183,9 +183,7 @@ pub fn totp_code(secret: &str, address: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    session::totp_for(secret, address)
-        .expect("totp")
-        .generate(now)
+    totp::totp_for(secret, address).expect("totp").generate(now)
 }
 
 /// Create an account; with `totp`, enrol it and return the secret.
@@ -199,7 +197,7 @@ pub fn add_user(
     let aliases: Vec<String> = aliases.iter().map(|a| a.to_string()).collect();
     accounts::add(users_file, address, "", &aliases, admin, PASSWORD).expect("add user");
     totp.then(|| {
-        let secret = session::new_totp_secret();
+        let secret = totp::new_totp_secret();
         accounts::update(users_file, address, |a| {
             a.totp_secret = Some(secret.clone());
             Ok(())

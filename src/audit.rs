@@ -43,11 +43,6 @@ struct Tail {
     last_hash: String,
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, data);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn rotated(path: &Path, n: usize) -> PathBuf {
     PathBuf::from(format!("{}.{n}", path.display()))
 }
@@ -67,7 +62,7 @@ fn last_line_hash(path: &Path) -> std::io::Result<String> {
         .iter()
         .rposition(|&b| b == b'\n')
         .map_or(0, |p| p + 1);
-    Ok(sha256_hex(&trimmed[start..]))
+    Ok(crate::secrets::sha256_hex(&trimmed[start..]))
 }
 
 impl AuditLog {
@@ -143,7 +138,7 @@ impl AuditLog {
         tail.file.write_all(format!("{line}\n").as_bytes())?;
         tail.file.sync_data()?;
         tail.len += line.len() as u64 + 1;
-        tail.last_hash = sha256_hex(line.as_bytes());
+        tail.last_hash = crate::secrets::sha256_hex(line.as_bytes());
         Ok(entry)
     }
 
@@ -229,7 +224,7 @@ pub fn verify(path: &Path) -> Result<usize, String> {
                     n + 1
                 ));
             }
-            expected = Some(sha256_hex(line.as_bytes()));
+            expected = Some(crate::secrets::sha256_hex(line.as_bytes()));
             checked += 1;
         }
     }

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::now_ms;
 
+pub mod totp;
+
 /// Shortest password `user add` / `user passwd` accept.
 pub const MIN_PASSWORD_LEN: usize = 10;
 
@@ -242,7 +244,7 @@ pub fn edit<R>(
         accounts: accounts.into_values().collect(),
     };
     let data = serde_json::to_vec_pretty(&file).expect("accounts serialise");
-    crate::admin::auth::write_private(path, &data).map_err(io_error(path))?;
+    crate::fsutil::write_atomic(path, &data, Some(0o600)).map_err(io_error(path))?;
     Ok(result)
 }
 
