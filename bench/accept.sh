@@ -27,14 +27,7 @@ mkdir -p "$RUN"
 OUT=$RUN/results.md
 source bench/lib.sh
 
-{
-    echo "## Run $(date -u +%FT%TZ)"
-    echo
-    machine_facts
-    echo
-    echo "| case | server | round | accepted msg/s | wall s | server CPU s | machine CPU % | peak RSS MiB | fsyncs | msgs/fsync |"
-    echo "|---|---|---|---|---|---|---|---|---|---|"
-} > "$OUT"
+intake_table_header
 
 pf_setup
 for round in $(seq "$ROUNDS"); do

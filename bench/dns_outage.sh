@@ -36,14 +36,7 @@ blackhole_start() {
 }
 blackhole_stop() { kill "$HOLE_PID" 2>/dev/null; wait "$HOLE_PID" 2>/dev/null || true; BW_TRUST=$BW_NO_AUTH; }
 
-{
-    echo "## Run $(date -u +%FT%TZ)"
-    echo
-    machine_facts
-    echo
-    echo "| case | server | round | accepted msg/s | wall s | server CPU s | machine CPU % | peak RSS MiB | fsyncs | msgs/fsync |"
-    echo "|---|---|---|---|---|---|---|---|---|---|"
-} > "$OUT"
+intake_table_header
 
 pf_setup
 D="D:20x10000x10KiB"

@@ -74,6 +74,19 @@ EOT
 bw_stop() { kill -TERM "$BW_PID" 2>/dev/null; wait "$BW_PID" 2>/dev/null || true; }
 bw_sent() { grep -c 'status="sent"' "$RUN/bw/log" || true; }
 
+# intake_table_header: the run heading, machine facts and the column heads
+# of run_case's table, into $OUT.
+intake_table_header() {
+    {
+        echo "## Run $(date -u +%FT%TZ)"
+        echo
+        machine_facts
+        echo
+        echo "| case | server | round | accepted msg/s | wall s | server CPU s | machine CPU % | peak RSS MiB | fsyncs | msgs/fsync |"
+        echo "|---|---|---|---|---|---|---|---|---|---|"
+    } > "$OUT"
+}
+
 # run_case LABEL SERVER ROUND SESSIONS MESSAGES SIZE PORT: one smtp-source
 # run (a new connection per message) against a started server, one table row
 # in $OUT. For Breakwater (BW_PID) it also stops the server and reads its

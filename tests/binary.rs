@@ -25,25 +25,14 @@ fn kill_9_never_loses_an_acknowledged_message() {
     fixture.config.spool.segment_size = 512 * 1024;
     fixture.config.spool.large_message_threshold = 100_000;
     let config_path = fixture.write_config();
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("crash test seed {seed}");
+    let seed = printed_seed("crash test");
     let mut rng = Rng(seed);
 
     let mut server = BinaryServer::start(&config_path);
     let addr = Arc::new(Mutex::new(server.addr));
     let stop = Arc::new(AtomicBool::new(false));
-    let ledger = Arc::new(Mutex::new(HashMap::new()));
-    let clients: Vec<_> = (0..4)
-        .map(|i| {
-            let (addr, stop, ledger) = (addr.clone(), stop.clone(), ledger.clone());
-            let seed = seed.wrapping_add(i as u64 * 7919) | 1;
-            std::thread::spawn(move || client_loop(i, addr, stop, ledger, seed))
-        })
-        .collect();
+    let ledger: Ledger = Arc::new(Mutex::new(HashMap::new()));
+    let clients = spawn_clients(4, &addr, &stop, &ledger, seed);
 
     let kills = 6;
     for _ in 0..kills {

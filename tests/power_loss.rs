@@ -49,12 +49,7 @@ fn run_with_power_cuts(cuts: usize, lying_suffix: Option<&str>) -> Run {
     if let Some(suffix) = lying_suffix {
         switch.ignore_syncs_of(suffix);
     }
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("power-loss test seed {seed}");
+    let seed = printed_seed("power-loss test");
     let mut rng = Rng(seed);
 
     let mut session = Some(switch.mount(&mount));
@@ -62,13 +57,7 @@ fn run_with_power_cuts(cuts: usize, lying_suffix: Option<&str>) -> Run {
     let addr = Arc::new(Mutex::new(server.as_ref().unwrap().addr));
     let stop = Arc::new(AtomicBool::new(false));
     let ledger: Ledger = Arc::new(Mutex::new(HashMap::new()));
-    let clients: Vec<_> = (0..4)
-        .map(|i| {
-            let (addr, stop, ledger) = (addr.clone(), stop.clone(), ledger.clone());
-            let seed = seed.wrapping_add(i as u64 * 7919) | 1;
-            std::thread::spawn(move || client_loop(i, addr, stop, ledger, seed))
-        })
-        .collect();
+    let clients = spawn_clients(4, &addr, &stop, &ledger, seed);
 
     let power_cut = |server: &mut Option<BinaryServer>, session: &mut Option<_>| {
         // The process dies first (no syscall after this), then the disk

@@ -730,6 +730,24 @@ fn connection_limits_dnsbl_and_tarpit() {
     rt.block_on(server.shutdown());
 }
 
+/// A server whose `[dns] nameservers` is `udp`, which never answers, with a
+/// working loopback DNS (`zone()`) kept for a later phase.
+fn dead_resolver_fixture(
+    udp: &std::net::UdpSocket,
+) -> (tokio::runtime::Runtime, Sink, TestDns, Fixture) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream = rt.block_on(Sink::start("127.0.0.1:0", Script::default()));
+    let dns = rt.block_on(TestDns::start(zone()));
+    let mut fixture = trust_fixture(&dns, &upstream);
+    fixture.config.dns.nameservers = vec![udp.local_addr().unwrap()];
+    fixture.config.delivery.enabled = false;
+    (rt, upstream, dns, fixture)
+}
+
 /// A resolver that swallows every query (UDP and TCP), as in a large cloud
 /// outage that takes DNS along: the first messages each wait out
 /// `dns_timeout`, then the resolver is declared down and the checks are
@@ -747,16 +765,7 @@ fn a_dead_resolver_is_noticed_once_not_paid_for_per_message() {
             held.push(stream); // accepted, never answered
         }
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let upstream = rt.block_on(Sink::start("127.0.0.1:0", Script::default()));
-    let dns = rt.block_on(TestDns::start(zone()));
-    let mut fixture = trust_fixture(&dns, &upstream);
-    fixture.config.dns.nameservers = vec![udp.local_addr().unwrap()];
-    fixture.config.delivery.enabled = false;
+    let (rt, upstream, dns, fixture) = dead_resolver_fixture(&udp);
     let server = rt.block_on(fixture.start());
     let mut skipped = 0;
     let mut waited = 0;
@@ -846,16 +855,7 @@ fn a_dead_resolver_is_noticed_once_not_paid_for_per_message() {
 #[test]
 fn a_dead_resolver_ends_the_checks_already_waiting_on_it() {
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let upstream = rt.block_on(Sink::start("127.0.0.1:0", Script::default()));
-    let dns = rt.block_on(TestDns::start(zone()));
-    let mut fixture = trust_fixture(&dns, &upstream);
-    fixture.config.dns.nameservers = vec![udp.local_addr().unwrap()];
-    fixture.config.delivery.enabled = false;
+    let (rt, _upstream, _dns, mut fixture) = dead_resolver_fixture(&udp);
     // A realistic budget: each check would wait this long on its own.
     fixture.config.trust.dns_timeout = Duration::from_secs(10);
     let server = rt.block_on(fixture.start());

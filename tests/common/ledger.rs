@@ -118,6 +118,24 @@ pub fn client_loop(
     }
 }
 
+/// `count` client threads running [`client_loop`] against whatever address
+/// `addr` holds (the test swaps it at each restart) until `stop`.
+pub fn spawn_clients(
+    count: usize,
+    addr: &Arc<Mutex<std::net::SocketAddr>>,
+    stop: &Arc<AtomicBool>,
+    ledger: &Ledger,
+    seed: u64,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..count)
+        .map(|i| {
+            let (addr, stop, ledger) = (addr.clone(), stop.clone(), ledger.clone());
+            let seed = seed.wrapping_add(i as u64 * 7919) | 1;
+            std::thread::spawn(move || client_loop(i, addr, stop, ledger, seed))
+        })
+        .collect()
+}
+
 pub fn token_of(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     match text.find("Subject: ") {

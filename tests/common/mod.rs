@@ -218,6 +218,18 @@ impl Drop for BinaryServer {
     }
 }
 
+/// A seed for `Rng` from the clock, printed under `label` so that a
+/// failing run can be replayed.
+pub fn printed_seed(label: &str) -> u64 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("{label} seed {seed}");
+    seed
+}
+
 /// Tiny xorshift for randomized load; the seed is printed so a failure can
 /// be replayed.
 pub struct Rng(pub u64);
