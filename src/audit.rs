@@ -103,14 +103,7 @@ impl AuditLog {
         target: &str,
         result: &str,
     ) -> std::io::Result<AuditEntry> {
-        let append = || self.append(actor, ip, action, target, result);
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi_thread {
-            tokio::task::block_in_place(append)
-        } else {
-            append()
-        }
+        crate::fsutil::run_blocking(|| self.append(actor, ip, action, target, result))
     }
 
     fn append(

@@ -92,6 +92,36 @@ pub struct Envelope {
     pub auth: Option<crate::verdict::AuthVerdict>,
 }
 
+impl Envelope {
+    /// The envelope of a message Breakwater writes itself (a DSN, an alert,
+    /// the drill's probe): from `sender` ("" = the null sender) to one
+    /// address, submitted by this host now, no DSN parameters.
+    pub fn local(sender: &str, to: &str, hostname: &str) -> Envelope {
+        Envelope {
+            sender: sender.to_string(),
+            recipients: vec![Recipient {
+                address: to.to_string(),
+                orcpt: None,
+                notify: 0,
+            }],
+            dsn_ret: None,
+            dsn_envid: None,
+            smtputf8: !sender.is_ascii() || !to.is_ascii(),
+            body_8bitmime: true,
+            requiretls: false,
+            client: ClientInfo {
+                ip: std::net::IpAddr::from([127, 0, 0, 1]),
+                helo: hostname.to_string(),
+                tls: None,
+            },
+            received_at_ms: now_ms(),
+            size: 0,
+            lure: None,
+            auth: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DsnRet {

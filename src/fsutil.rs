@@ -75,6 +75,21 @@ fn temporary_name(path: &Path) -> PathBuf {
     parent_dir(path).join(format!(".{name}.tmp"))
 }
 
+/// Run work that may take a while (an fsync, a scan of the spool index,
+/// decoding a large message) from async code without stalling the other tasks on this worker:
+/// in `block_in_place` on a multi-threaded runtime, inline on a
+/// current-thread one (where `block_in_place` is not allowed and there is
+/// no other worker to hand the tasks to anyway).
+pub fn run_blocking<T>(work: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

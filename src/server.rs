@@ -10,9 +10,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::delivery::{DeliveryEngine, DeliveryError};
+use crate::delivery::{DeliveryEngine, DeliveryError, DeliveryHandle};
+use crate::drill::Drills;
 use crate::policy::RecipientPolicy;
-use crate::smtp::{SmtpContext, SmtpServer};
+use crate::smtp::{IntakeChecks, SmtpContext, SmtpServer};
 use crate::spool::Spool;
 use crate::tls::{self, TlsHandle};
 
@@ -54,182 +55,61 @@ pub struct Server {
 }
 
 impl Server {
+    /// Start every stage, in the order mail flows: spool, intake, delivery,
+    /// then the services that steer and watch them (audit, drills, admin
+    /// API, web reader, outage monitor, certificate watcher).
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let tls = TlsHandle::new(load_tls(&config)?);
         let policy = Arc::new(RwLock::new(Arc::new(RecipientPolicy::load(&config)?)));
-        let (spool, report) = Spool::open(&config.spool).map_err(|source| StartError::Spool {
-            dir: config.spool.dir.clone(),
-            source,
-        })?;
-        tracing::info!(
-            messages = report.messages,
-            segments = report.segments,
-            records = report.records,
-            dir = %config.spool.dir.display(),
-            "spool open"
-        );
-        let auth = if config.trust.authenticate {
-            Some(Arc::new(
-                crate::trust::auth::Authenticator::new(&config).map_err(StartError::Trust)?,
-            ))
-        } else {
-            None
-        };
-        let uses_callout = config
-            .domains
-            .iter()
-            .any(|d| d.verify_recipients == crate::config::RecipientCheck::Callout);
-        let callout = uses_callout.then(|| {
-            Arc::new(crate::policy::callout::Callout::open(
-                &config.callout,
-                &config.hostname,
-            ))
-        });
-        let dnsbl_resolver = if config.dnsbls.is_empty() {
-            None
-        } else {
-            Some(crate::dns::build_resolver(&config.dns).map_err(StartError::Trust)?)
-        };
+        let spool = open_spool(&config)?;
         let outage = Arc::new(std::sync::OnceLock::new());
-        let ctx = SmtpContext {
-            hostname: config.hostname.clone(),
-            config: Arc::new(config.smtp.clone()),
-            spool: spool.clone(),
-            policy: policy.clone(),
-            tls: tls.clone(),
-            lure: config.trust.lure_scoring.then(|| {
-                Arc::new(crate::trust::lure::LureContext {
-                    own_domains: config.domains.iter().map(|d| d.name.clone()).collect(),
-                    recent_domains: config.trust.recent_domains.clone(),
-                })
-            }),
-            auth,
-            trust: Arc::new(config.trust.clone()),
-            callout,
-            limits: Arc::new(crate::policy::limits::ClientLimits::new(&config.limits)),
-            dnsbls: Arc::new(crate::policy::dnsbl::Dnsbls::new(
-                config.dnsbls.clone(),
-                dnsbl_resolver,
-                config.trust.dns_timeout,
-            )),
-            outage: outage.clone(),
-            stress: Default::default(),
-            delivery_connections: if config.delivery.enabled {
-                config.delivery.concurrency
-            } else {
-                0
-            },
-        };
-        let smtp = SmtpServer::bind(ctx).await?;
+        let smtp = SmtpServer::bind(smtp_context(&config, &spool, &policy, &tls, &outage)?).await?;
         let smtp_addrs = smtp.local_addrs();
         for addr in &smtp_addrs {
             tracing::info!(%addr, "smtp listening");
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let delivery = if config.delivery.enabled {
-            Some(DeliveryEngine::start(
-                &config,
-                spool.clone(),
-                shutdown_rx.clone(),
-            )?)
-        } else {
-            tracing::warn!("delivery disabled: messages stay in the spool");
-            None
-        };
+        let delivery = start_delivery(&config, &spool, &shutdown_rx).await?;
+        let handle = delivery.as_ref().map(|engine| engine.handle().clone());
         // One audit log for the admin API and the web pages: one hash chain.
         let audit = Arc::new(crate::audit::AuditLog::open(
             &config.admin.audit_log,
             config.admin.audit_max_bytes,
             config.admin.audit_keep,
         )?);
-        let drills = {
-            let accounts = crate::accounts::Accounts::new(&config.web.users_file);
-            let mailbox_spool = spool.clone();
-            crate::drill::drills::Drills::open(
-                &config,
-                spool.clone(),
-                delivery.as_ref().map(|d| (**d).clone()),
-                audit.clone(),
-                smtp_addrs[0],
-                Box::new(move |to, id| {
-                    accounts
-                        .snapshot()
-                        .values()
-                        .any(|a| !a.disabled && a.owns(to))
-                        && mailbox_spool
-                            .ids_for_recipient(to)
-                            .is_ok_and(|ids| ids.contains(&id))
-                }),
-            )?
-        };
+        let drills = Drills::open(
+            &config,
+            spool.clone(),
+            handle.clone(),
+            audit.clone(),
+            smtp_addrs[0],
+        )?;
+        let _ = outage.set(outage_probe(handle.clone(), drills.clone()));
         // /readyz reports the SMTP listeners down once their accept loops end.
-        {
-            let delivery = delivery.as_ref().map(|d| (**d).clone());
-            let drills = drills.clone();
-            let probe: crate::smtp::OutageProbe = Box::new(move || {
-                drills.current().is_some()
-                    || delivery
-                        .as_ref()
-                        .is_some_and(|d| d.status().iter().any(|u| u.state != "up"))
-            });
-            let _ = outage.set(probe);
-        }
         let (smtp_up, smtp_up_rx) = watch::channel(true);
-        let (admin_addr, admin_task) = if config.admin.enabled {
-            let state = Arc::new(crate::admin::AdminState {
-                spool: spool.clone(),
-                delivery: delivery.as_ref().map(|d| (**d).clone()),
-                tokens: crate::admin::auth::TokenStore::new(&config.admin.tokens_file),
-                audit: audit.clone(),
-                drills: drills.clone(),
-                smtp_ready: smtp_up_rx,
-            });
-            let (addr, task) =
-                crate::admin::serve(&config.admin, state, shutdown_rx.clone()).await?;
-            tracing::info!(%addr, "admin listening");
-            (Some(addr), Some(task))
-        } else {
-            (None, None)
+        let admin = crate::admin::AdminState {
+            spool: spool.clone(),
+            delivery: handle.clone(),
+            tokens: crate::admin::auth::TokenStore::new(&config.admin.tokens_file),
+            audit: audit.clone(),
+            drills: drills.clone(),
+            smtp_ready: smtp_up_rx,
         };
-        let (web_addr, web_task) = if config.web.enabled {
-            let state = Arc::new(crate::web::WebState::new(
-                config.web.clone(),
-                spool.clone(),
-                delivery.as_ref().map(|d| (**d).clone()),
-                audit.clone(),
-                Some(drills.clone()),
-            ));
-            let (addr, task) = crate::web::serve(state, shutdown_rx.clone()).await?;
-            tracing::info!(%addr, https = config.web.tls_cert.is_some(), "web listening");
-            (Some(addr), Some(task))
-        } else {
-            (None, None)
-        };
+        let (admin_addr, admin_task) = start_admin(&config, admin, &shutdown_rx).await?;
+        let web = crate::web::WebState::new(
+            config.web.clone(),
+            spool.clone(),
+            handle.clone(),
+            audit,
+            Some(drills),
+        );
+        let (web_addr, web_task) = start_web(&config, web, &shutdown_rx).await?;
         if config.alerts.enabled {
-            let accounts = crate::accounts::Accounts::new(&config.web.users_file);
-            let router = delivery.as_ref().map(|d| (**d).clone());
-            let users: crate::drill::alerts::UserNotices = Box::new(move |upstream| {
-                let Some(router) = &router else {
-                    return Vec::new();
-                };
-                accounts
-                    .snapshot()
-                    .values()
-                    .filter(|a| !a.disabled)
-                    .filter_map(|a| {
-                        let url = a.notify_webhook.clone()?;
-                        a.addresses()
-                            .filter_map(|addr| addr.rsplit_once('@'))
-                            .any(|(_, domain)| router.upstream_for(domain) == upstream)
-                            .then(|| (a.address.clone(), url))
-                    })
-                    .collect()
-            });
-            tokio::spawn(crate::drill::alerts::run(
+            tokio::spawn(crate::monitor::run(
                 config.clone(),
                 spool.clone(),
-                delivery.as_ref().map(|d| (**d).clone()),
-                users,
+                handle.clone(),
+                user_notices(&config, handle),
                 shutdown_rx.clone(),
             ));
         }
@@ -298,9 +178,9 @@ impl Server {
         &self.config
     }
 
-    /// The delivery engine (hold/release upstreams, status), when enabled.
-    pub fn delivery(&self) -> Option<&DeliveryEngine> {
-        self.delivery.as_ref()
+    /// The delivery engine's handle (hold/release upstreams, status), when enabled.
+    pub fn delivery(&self) -> Option<&DeliveryHandle> {
+        self.delivery.as_ref().map(DeliveryEngine::handle)
     }
 
     /// Stop accepting, let sessions finish (bounded by `shutdown_grace`),
@@ -320,6 +200,165 @@ impl Server {
         self.spool.close().await;
         tracing::info!("shutdown complete");
     }
+}
+
+/// The spool, opened and recovered (the start-up log line says what it found).
+fn open_spool(config: &Config) -> Result<Spool, StartError> {
+    let (spool, report) = Spool::open(&config.spool).map_err(|source| StartError::Spool {
+        dir: config.spool.dir.clone(),
+        source,
+    })?;
+    tracing::info!(
+        messages = report.messages,
+        segments = report.segments,
+        records = report.records,
+        dir = %config.spool.dir.display(),
+        "spool open"
+    );
+    Ok(spool)
+}
+
+/// What intake needs: its settings, the spool, the recipient policy, TLS
+/// and the checks it runs (authentication, lure score, callouts, rate
+/// limits, DNSBLs). `outage` is filled in once delivery and the drills
+/// exist (the banner and lure scoring ask whether an outage is on).
+fn smtp_context(
+    config: &Config,
+    spool: &Spool,
+    policy: &Arc<RwLock<Arc<RecipientPolicy>>>,
+    tls: &TlsHandle,
+    outage: &Arc<std::sync::OnceLock<crate::smtp::OutageProbe>>,
+) -> Result<SmtpContext, StartError> {
+    let auth = if config.trust.authenticate {
+        Some(Arc::new(
+            crate::trust::auth::Authenticator::new(config).map_err(StartError::Trust)?,
+        ))
+    } else {
+        None
+    };
+    let uses_callout = config
+        .domains
+        .iter()
+        .any(|d| d.verify_recipients == crate::config::RecipientCheck::Callout);
+    let callout = uses_callout.then(|| {
+        Arc::new(crate::policy::callout::Callout::open(
+            &config.callout,
+            &config.hostname,
+        ))
+    });
+    let dnsbl_resolver = if config.dnsbls.is_empty() {
+        None
+    } else {
+        Some(crate::dns::build_resolver(&config.dns).map_err(StartError::Trust)?)
+    };
+    Ok(SmtpContext {
+        hostname: config.hostname.clone(),
+        config: Arc::new(config.smtp.clone()),
+        spool: spool.clone(),
+        policy: policy.clone(),
+        tls: tls.clone(),
+        checks: IntakeChecks {
+            lure: config.trust.lure_scoring.then(|| {
+                Arc::new(crate::trust::lure::LureContext {
+                    own_domains: config.domains.iter().map(|d| d.name.clone()).collect(),
+                    recent_domains: config.trust.recent_domains.clone(),
+                })
+            }),
+            auth,
+            trust: Arc::new(config.trust.clone()),
+            callout,
+            limits: Arc::new(crate::policy::limits::ClientLimits::new(&config.limits)),
+            dnsbls: Arc::new(crate::policy::dnsbl::Dnsbls::new(
+                config.dnsbls.clone(),
+                dnsbl_resolver,
+                config.trust.dns_timeout,
+            )),
+        },
+        outage: outage.clone(),
+        stress: Default::default(),
+        delivery_connections: if config.delivery.enabled {
+            config.delivery.concurrency
+        } else {
+            0
+        },
+    })
+}
+
+async fn start_delivery(
+    config: &Config,
+    spool: &Spool,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Option<DeliveryEngine>, StartError> {
+    if !config.delivery.enabled {
+        tracing::warn!("delivery disabled: messages stay in the spool");
+        return Ok(None);
+    }
+    Ok(Some(
+        DeliveryEngine::start(config, spool.clone(), shutdown.clone()).await?,
+    ))
+}
+
+/// Is an outage on, as intake sees it: a drill running, or an upstream
+/// not up?
+fn outage_probe(delivery: Option<DeliveryHandle>, drills: Arc<Drills>) -> crate::smtp::OutageProbe {
+    Box::new(move || {
+        drills.current().is_some()
+            || delivery
+                .as_ref()
+                .is_some_and(|d| d.status().iter().any(|u| u.state != "up"))
+    })
+}
+
+type Started = (Option<SocketAddr>, Option<JoinHandle<()>>);
+
+async fn start_admin(
+    config: &Config,
+    state: crate::admin::AdminState,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Started, StartError> {
+    if !config.admin.enabled {
+        return Ok((None, None));
+    }
+    let (addr, task) =
+        crate::admin::serve(&config.admin, Arc::new(state), shutdown.clone()).await?;
+    tracing::info!(%addr, "admin listening");
+    Ok((Some(addr), Some(task)))
+}
+
+async fn start_web(
+    config: &Config,
+    state: crate::web::WebState,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Started, StartError> {
+    if !config.web.enabled {
+        return Ok((None, None));
+    }
+    let (addr, task) = crate::web::serve(Arc::new(state), shutdown.clone()).await?;
+    tracing::info!(%addr, https = config.web.tls_cert.is_some(), "web listening");
+    Ok((Some(addr), Some(task)))
+}
+
+/// For the monitor: the users whose mail goes to an upstream that just
+/// went down, with their notice webhook (from the web accounts).
+fn user_notices(config: &Config, delivery: Option<DeliveryHandle>) -> crate::monitor::UserNotices {
+    let accounts = crate::accounts::Accounts::new(&config.web.users_file);
+    Box::new(move |upstream| {
+        let Some(router) = &delivery else {
+            return Vec::new();
+        };
+        accounts
+            .snapshot()
+            .values()
+            .filter(|a| !a.disabled)
+            .filter_map(|a| {
+                let url = a.notify_webhook.clone()?;
+                a.addresses()
+                    .filter_map(|addr| addr.rsplit_once('@'))
+                    .any(|(_, domain)| router.upstream_for(domain) == upstream)
+                    .then(|| (a.address.clone(), url))
+            })
+            .collect()
+    })
 }
 
 /// Certificate files replaced by certbot/lego are picked up without a

@@ -235,7 +235,7 @@ fn sigterm_drains_sessions_and_exits_cleanly() {
         report.index_rebuilt.is_none(),
         "clean shutdown leaves a consistent index: {report:?}"
     );
-    assert!(spool.get(id).unwrap().is_some());
+    assert!(common::block(spool.get(id)).unwrap().is_some());
 }
 
 #[test]
@@ -393,6 +393,6 @@ fn kill_9_during_delivery_delivers_everything_after_restart() {
     assert!(
         spool.is_empty(),
         "spool not empty: {:?}",
-        spool.list().unwrap().len()
+        common::block(spool.list()).unwrap().len()
     );
 }

@@ -566,7 +566,7 @@ fn chaos_soak_loses_nothing() {
     assert!(
         spool.is_empty(),
         "spool not empty: {:?}",
-        spool.list().unwrap()
+        common::block(spool.list()).unwrap()
     );
 
     // The ledger.

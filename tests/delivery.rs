@@ -100,7 +100,7 @@ fn wait_empty(server: &Server) {
     assert!(
         wait_for(WAIT, || server.spool.is_empty()),
         "spool not drained: {:?}",
-        server.spool.list().unwrap()
+        common::block(server.spool.list()).unwrap()
     );
 }
 
@@ -133,16 +133,16 @@ fn delivers_the_spooled_bytes_exactly_with_bdat_and_data() {
     let (s, server) = setup(base_zone(), |_, _| {});
     let delivery = server.delivery().unwrap();
     let upstream = delivery.upstream_for("example.com");
-    delivery.hold(&upstream).unwrap();
+    common::block(delivery.hold(&upstream)).unwrap();
     let body = b"Subject: exact\r\n\r\nline\r\n.leading dot\r\n..two\r\nlast line\r\n";
     let id = submit(&server, "s@remote.test", &["ok@example.com"], body);
-    let spooled = server.spool.read_body(id).unwrap();
+    let spooled = common::block(server.spool.read_body(id)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         s.upstream.delivered().is_empty(),
         "held upstream received mail"
     );
-    delivery.release(&upstream).unwrap();
+    common::block(delivery.release(&upstream)).unwrap();
     wait_empty(&server);
     let got = s.upstream.delivered();
     assert_eq!(got.len(), 1);
@@ -155,10 +155,10 @@ fn delivers_the_spooled_bytes_exactly_with_bdat_and_data() {
     // dot-stuffing, still exactly the spooled bytes.
     let plain = s.data_only.as_ref().unwrap();
     let upstream = delivery.upstream_for(LISTED_DOMAIN);
-    delivery.hold(&upstream).unwrap();
+    common::block(delivery.hold(&upstream)).unwrap();
     let id = submit(&server, "s@remote.test", &["alice@listed.example"], body);
-    let spooled = server.spool.read_body(id).unwrap();
-    delivery.release(&upstream).unwrap();
+    let spooled = common::block(server.spool.read_body(id)).unwrap();
+    common::block(delivery.release(&upstream)).unwrap();
     wait_empty(&server);
     let got = plain.delivered();
     assert_eq!(got.len(), 1);
@@ -197,7 +197,7 @@ fn per_recipient_outcomes_retry_and_dsn() {
     // The deferred recipient is retried (retry = 200ms) until it is accepted.
     std::thread::sleep(Duration::from_millis(600));
     assert!(!server.spool.is_empty(), "busy@ still waiting");
-    let waiting = server.spool.list().unwrap();
+    let waiting = common::block(server.spool.list()).unwrap();
     let history = &waiting[0].state.history;
     assert!(history.len() >= 4, "attempt history kept: {history:?}");
     assert!(
@@ -391,7 +391,9 @@ fn tls_required_never_sends_in_clear_and_verifies_the_certificate() {
         s.upstream.delivered().is_empty(),
         "sent in clear to a plaintext upstream"
     );
-    let state = &server.spool.list().unwrap()[0].state.recipients[0];
+    let state = &common::block(server.spool.list()).unwrap()[0]
+        .state
+        .recipients[0];
     assert!(
         state
             .last_reply
@@ -481,17 +483,13 @@ fn down_upstream_is_probed_and_flushed_within_seconds_of_recovery() {
     );
     // Parked, not retried one by one: attempts stop growing while down.
     std::thread::sleep(Duration::from_millis(300));
-    let attempts: u32 = server
-        .spool
-        .list()
+    let attempts: u32 = common::block(server.spool.list())
         .unwrap()
         .iter()
         .map(|m| m.state.recipients[0].attempts)
         .sum();
     std::thread::sleep(Duration::from_millis(1000));
-    let later: u32 = server
-        .spool
-        .list()
+    let later: u32 = common::block(server.spool.list())
         .unwrap()
         .iter()
         .map(|m| m.state.recipients[0].attempts)
@@ -523,7 +521,7 @@ fn down_upstream_is_probed_and_flushed_within_seconds_of_recovery() {
 fn held_upstream_stays_held_across_restart_until_released() {
     let (s, server) = setup(base_zone(), |_, _| {});
     let name = server.delivery().unwrap().upstream_for("example.com");
-    server.delivery().unwrap().hold(&name).unwrap();
+    common::block(server.delivery().unwrap().hold(&name)).unwrap();
     for i in 0..3 {
         submit(
             &server,
@@ -550,7 +548,7 @@ fn held_upstream_stays_held_across_restart_until_released() {
         "a held upstream received mail"
     );
     assert_eq!(server.spool.len(), 3);
-    delivery.release(&name).unwrap();
+    common::block(delivery.release(&name)).unwrap();
     wait_empty(&server);
     assert_eq!(s.upstream.delivered().len(), 3);
     s.rt.block_on(server.shutdown());
@@ -568,7 +566,9 @@ fn broken_sessions_defer_and_retry() {
     );
     assert!(wait_for(WAIT, || *s.upstream.connections.lock().unwrap() >= 2));
     assert!(s.upstream.delivered().is_empty());
-    let state = &server.spool.list().unwrap()[0].state.recipients[0];
+    let state = &common::block(server.spool.list()).unwrap()[0]
+        .state
+        .recipients[0];
     assert!(
         state.last_reply.as_deref().unwrap().contains("4.4.2"),
         "{state:?}"
@@ -753,9 +753,7 @@ fn operator_actions_during_an_attempt_win_deterministically() {
     });
     let delivery = server.delivery().unwrap();
     let attempts = |id| {
-        server
-            .spool
-            .get(id)
+        common::block(server.spool.get(id))
             .unwrap()
             .map_or(0, |m| m.state.recipients[0].attempts)
     };
@@ -790,7 +788,10 @@ fn operator_actions_during_an_attempt_win_deterministically() {
     ));
     assert_eq!(done, Ok(true));
     assert!(wait_for(WAIT, || attempts(held) == 1), "attempt recorded");
-    let state = server.spool.get(held).unwrap().unwrap().state;
+    let state = common::block(server.spool.get(held))
+        .unwrap()
+        .unwrap()
+        .state;
     assert!(
         state.held,
         "the hold made during the attempt was lost: {state:?}"
@@ -825,7 +826,7 @@ fn operator_actions_during_an_attempt_win_deterministically() {
         wait_for(Duration::from_secs(10), || attempts(retried) >= 2),
         "the retry made during the attempt was undone by its backoff (retry at {retried_at}, {} DATA starts): {:?}",
         started.load(std::sync::atomic::Ordering::SeqCst),
-        server.spool.get(retried).unwrap().map(|m| m.state)
+        common::block(server.spool.get(retried)).unwrap().map(|m| m.state)
     );
     s.rt.block_on(breakwater::control::apply_action(
         &server.spool,
@@ -921,9 +922,7 @@ fn nothing_stays_stuck_on_a_connection_that_went_silent() {
         wait_for(Duration::from_secs(15), || server.spool.is_empty()),
         "still queued {:?} after recovery: {:?}",
         recovered.elapsed(),
-        server
-            .spool
-            .list()
+        common::block(server.spool.list())
             .unwrap()
             .iter()
             .map(|m| (m.id, m.state.history.clone()))

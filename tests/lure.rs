@@ -198,12 +198,11 @@ fn intake_records_the_verdict_web_warns_and_delivery_marks() {
     };
     let lure_id = send("en-password-form.eml", "lure");
     let legit_id = send("en-own-status-update.eml", "legit");
-    let stored = server.spool.get(lure_id).unwrap().unwrap();
+    let stored = rt.block_on(server.spool.get(lure_id)).unwrap().unwrap();
     let verdict = stored.envelope.lure.clone().expect("scored at intake");
     assert!(verdict.is_flagged(), "{verdict:?}");
-    assert!(!server
-        .spool
-        .get(legit_id)
+    assert!(!rt
+        .block_on(server.spool.get(legit_id))
         .unwrap()
         .unwrap()
         .envelope

@@ -121,7 +121,7 @@ fn full_disk_refuses_with_452_keeps_every_acked_message_and_recovers() {
     let addr = server.smtp_addrs[0];
     let delivery = server.delivery().expect("delivery on");
     let upstream = delivery.upstream_for(DOMAIN);
-    delivery.hold(&upstream).unwrap();
+    common::block(delivery.hold(&upstream)).unwrap();
 
     // Fill the disk with 300 kB messages until intake refuses at MAIL.
     let mut acked = Vec::new();
@@ -159,7 +159,7 @@ fn full_disk_refuses_with_452_keeps_every_acked_message_and_recovers() {
 
     // Delivery goes on while intake is refused, frees the space, and intake
     // comes back by itself.
-    delivery.release(&upstream).unwrap();
+    common::block(delivery.release(&upstream)).unwrap();
     assert!(
         wait_for(Duration::from_secs(60), || server.spool.is_empty()),
         "spool did not drain: {} left",
@@ -269,8 +269,8 @@ fn a_write_that_hits_enospc_gets_452_and_leaves_nothing_behind() {
     // Both acknowledged messages are intact after a restart.
     let (spool, report) = breakwater::spool::Spool::open(&fixture.config.spool).unwrap();
     assert_eq!(report.messages, 2, "{report:?}");
-    for message in spool.list().unwrap() {
-        spool.read_body(message.id).expect("body intact");
+    for message in common::block(spool.list()).unwrap() {
+        common::block(spool.read_body(message.id)).expect("body intact");
     }
 }
 

@@ -8,12 +8,10 @@ use std::time::Duration;
 use common::*;
 
 fn spool_bodies(server: &breakwater::server::Server) -> Vec<Vec<u8>> {
-    server
-        .spool
-        .list()
+    common::block(server.spool.list())
         .expect("list")
         .iter()
-        .map(|m| server.spool.read_body(m.id).expect("body"))
+        .map(|m| common::block(server.spool.read_body(m.id)).expect("body"))
         .collect()
 }
 
@@ -52,9 +50,7 @@ fn accepts_stores_and_reports_queue_id() {
     assert_eq!(reply.code, 250, "{reply:?}");
     assert!(reply.text.starts_with("2.0.0 Ok: queued as "), "{reply:?}");
     let id = queue_id(&reply);
-    let stored = server
-        .spool
-        .get(id)
+    let stored = common::block(server.spool.get(id))
         .expect("get")
         .expect("message in spool");
     assert_eq!(stored.envelope.sender, "sender@remote.test");
@@ -65,7 +61,7 @@ fn accepts_stores_and_reports_queue_id() {
         .map(|r| r.address.as_str())
         .collect();
     assert_eq!(rcpts, ["Alice@example.com", "bob@example.com"]);
-    let content = server.spool.read_body(id).expect("body");
+    let content = common::block(server.spool.read_body(id)).expect("body");
     assert_eq!(
         without_trace_header(&content),
         b"Subject: hello\r\n\r\nline one\r\n.leading dot\r\n"
@@ -117,7 +113,7 @@ fn bdat_chunks_are_stored_verbatim() {
     c.send(part2);
     let r = c.reply();
     assert_eq!(r.code, 250, "{r:?}");
-    let content = server.spool.read_body(queue_id(&r)).expect("body");
+    let content = common::block(server.spool.read_body(queue_id(&r))).expect("body");
     assert_eq!(
         without_trace_header(&content),
         b"Subject: chunks\r\n\r\n.not stuffed\r\nend without newline\r\n"
@@ -167,11 +163,14 @@ fn starttls_discards_pipelined_commands_and_resets_state() {
     c.send(b"Subject: tls\r\n\r\nsecret\r\n.\r\n");
     let r = c.reply();
     assert_eq!(r.code, 250);
-    let stored = server.spool.get(queue_id(&r)).unwrap().unwrap();
+    let stored = common::block(server.spool.get(queue_id(&r)))
+        .unwrap()
+        .unwrap();
     assert!(stored.envelope.requiretls);
     let tls = stored.envelope.client.tls.expect("tls info recorded");
     assert!(tls.version.starts_with("TLSv1."), "{tls:?}");
-    let content = String::from_utf8(server.spool.read_body(stored.id).unwrap()).unwrap();
+    let content =
+        String::from_utf8(common::block(server.spool.read_body(stored.id)).unwrap()).unwrap();
     assert!(
         content.contains("with ESMTPS") && content.contains("using TLSv1."),
         "{content}"
@@ -261,7 +260,9 @@ fn line_length_limits() {
     c.send(&body);
     let r = c.reply();
     assert_eq!(r.code, 250, "{r:?}");
-    let stored = server.spool.get(queue_id(&r)).unwrap().unwrap();
+    let stored = common::block(server.spool.get(queue_id(&r)))
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.envelope.dsn_envid.as_deref(), Some(envid.as_str()));
     assert_eq!(
         stored.envelope.dsn_ret,
@@ -481,14 +482,14 @@ fn recipient_lists_null_sender_and_unknown_users() {
     c.send(b"Subject: bounce\r\n\r\nDSN\r\n.\r\n");
     let r = c.reply();
     assert_eq!(r.code, 250);
-    let stored = server.spool.get(queue_id(&r)).unwrap().unwrap();
+    let stored = common::block(server.spool.get(queue_id(&r)))
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.envelope.sender, "");
     assert_eq!(stored.envelope.recipients.len(), 2);
     // The per-recipient index finds it, case-insensitively.
     assert_eq!(
-        server
-            .spool
-            .for_recipient("alice@LISTED.example")
+        common::block(server.spool.for_recipient("alice@LISTED.example"))
             .unwrap()
             .len(),
         1
@@ -519,11 +520,13 @@ fn eight_bit_and_smtputf8() {
     c.send(b".\r\n");
     let r = c.reply();
     assert_eq!(r.code, 250, "{r:?}");
-    let stored = server.spool.get(queue_id(&r)).unwrap().unwrap();
+    let stored = common::block(server.spool.get(queue_id(&r)))
+        .unwrap()
+        .unwrap();
     assert!(stored.envelope.smtputf8 && stored.envelope.body_8bitmime);
     assert_eq!(stored.envelope.sender, "用户@例え.test");
     assert_eq!(stored.envelope.recipients[0].address, "日本語@example.com");
-    let content = server.spool.read_body(stored.id).unwrap();
+    let content = common::block(server.spool.read_body(stored.id)).unwrap();
     assert_eq!(without_trace_header(&content), body);
     rt.block_on(server.shutdown());
 }
@@ -898,7 +901,7 @@ fn malformed_addresses_are_refused_at_mail_and_rcpt() {
     );
     assert_eq!(reply.code, 250, "{reply:?}");
     let id = queue_id(&reply);
-    let message = server.spool.get(id).unwrap().unwrap();
+    let message = common::block(server.spool.get(id)).unwrap().unwrap();
     assert_eq!(message.envelope.sender, "\"a b\"@example.org");
     assert_eq!(
         message.envelope.recipients[0].address,

@@ -7,7 +7,7 @@ use breakwater::config::SpoolConfig;
 use breakwater::envelope::{
     now_ms, ClientInfo, Envelope, MessageState, QueueId, Recipient, RecipientStatus,
 };
-use breakwater::spool::{Spool, SpoolError};
+use breakwater::spool::{SegmentStore, Spool, SpoolError};
 
 fn config(dir: &Path) -> SpoolConfig {
     SpoolConfig {
@@ -72,9 +72,9 @@ async fn state_updates_and_removals_survive_reopen() {
     )
     .await;
     let b = put(&spool, b"Subject: b\r\n\r\nb\r\n", &["x@example.com"]).await;
-    assert_eq!(spool.due(now_ms(), 10).unwrap().len(), 2);
+    assert_eq!(spool.due(now_ms(), 10).await.unwrap().len(), 2);
 
-    let mut state = spool.get(a).unwrap().unwrap().state;
+    let mut state = spool.get(a).await.unwrap().unwrap().state;
     state.recipients[0].status = RecipientStatus::Delivered;
     state.recipients[1].status = RecipientStatus::Deferred;
     state.recipients[1].attempts = 1;
@@ -82,21 +82,24 @@ async fn state_updates_and_removals_survive_reopen() {
     state.next_attempt_ms = now_ms() + 3_600_000;
     spool.set_state(a, state.clone()).await.unwrap();
     assert_eq!(
-        spool.due(now_ms(), 10).unwrap(),
+        spool.due(now_ms(), 10).await.unwrap(),
         vec![b],
         "a is not due for an hour"
     );
-    assert!(spool.next_due_ms().unwrap().is_some());
+    assert!(spool.next_due_ms().await.unwrap().is_some());
     assert!(spool.remove(b, "delivered").await.unwrap());
     assert!(!spool.remove(b, "again").await.unwrap());
-    assert!(matches!(spool.read_body(b), Err(SpoolError::NotFound(_))));
+    assert!(matches!(
+        spool.read_body(b).await,
+        Err(SpoolError::NotFound(_))
+    ));
     spool.close().await;
     drop(spool);
 
     let (spool, report) = Spool::open(&config(tmp.path())).unwrap();
     assert!(report.index_rebuilt.is_none(), "{report:?}");
     assert_eq!(spool.len(), 1);
-    assert_eq!(spool.get(a).unwrap().unwrap().state, state);
+    assert_eq!(spool.get(a).await.unwrap().unwrap().state, state);
     spool.close().await;
     drop(spool);
 
@@ -104,13 +107,13 @@ async fn state_updates_and_removals_survive_reopen() {
     std::fs::remove_dir_all(tmp.path().join("spool/index")).unwrap();
     let (spool, report) = Spool::open(&config(tmp.path())).unwrap();
     assert!(report.index_rebuilt.is_some());
-    assert_eq!(spool.get(a).unwrap().unwrap().state, state);
+    assert_eq!(spool.get(a).await.unwrap().unwrap().state, state);
     assert!(
-        spool.get(b).unwrap().is_none(),
+        spool.get(b).await.unwrap().is_none(),
         "a removed message must stay removed"
     );
-    assert_eq!(spool.for_recipient("X@example.com").unwrap().len(), 1);
-    assert_eq!(spool.due(u64::MAX, 10).unwrap(), vec![a]);
+    assert_eq!(spool.for_recipient("X@example.com").await.unwrap().len(), 1);
+    assert_eq!(spool.due(u64::MAX, 10).await.unwrap(), vec![a]);
     spool.close().await;
     drop(spool);
 }
@@ -184,7 +187,7 @@ async fn torn_tail_is_cut_and_acknowledged_messages_survive() {
     );
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(
-            spool.read_body(*id).unwrap(),
+            spool.read_body(*id).await.unwrap(),
             format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes()
         );
     }
@@ -208,7 +211,7 @@ async fn torn_tail_is_cut_and_acknowledged_messages_survive() {
     let (spool, _) = Spool::open(&cfg).unwrap();
     assert_eq!(spool.len(), 9);
     assert_eq!(std::fs::metadata(&newest).unwrap().len(), good_len);
-    assert!(spool.get(ids[9]).unwrap().is_some());
+    assert!(spool.get(ids[9]).await.unwrap().is_some());
     // And a second process cannot open a spool in use.
     assert!(matches!(Spool::open(&cfg), Err(SpoolError::Locked(_))));
     spool.close().await;
@@ -241,10 +244,12 @@ async fn corruption_in_a_sealed_segment_is_contained() {
     data[at] ^= 0xff;
     std::fs::write(&first, &data).unwrap();
     let (spool, _) = Spool::open(&cfg).unwrap();
-    let damaged: Vec<_> = ids
-        .iter()
-        .filter(|id| matches!(spool.read_body(**id), Err(SpoolError::Corrupt(..))))
-        .collect();
+    let mut damaged = Vec::new();
+    for id in &ids {
+        if matches!(spool.read_body(*id).await, Err(SpoolError::Corrupt(..))) {
+            damaged.push(id);
+        }
+    }
     assert_eq!(
         damaged.len(),
         1,
@@ -292,21 +297,21 @@ async fn large_bodies_live_in_their_own_files() {
         .unwrap();
     let large = tmp.path().join(format!("spool/large/{id}.eml"));
     assert!(large.exists());
-    assert_eq!(spool.read_body(id).unwrap(), big);
+    assert_eq!(spool.read_body(id).await.unwrap(), big);
     assert_eq!(
-        spool.get(id).unwrap().unwrap().envelope.size,
+        spool.get(id).await.unwrap().unwrap().envelope.size,
         big.len() as u64
     );
     // List views read only the head, from the large file and from a segment.
-    assert_eq!(spool.read_head(id, 1000).unwrap(), &big[..1000]);
+    assert_eq!(spool.read_head(id, 1000).await.unwrap(), &big[..1000]);
     let small = put(
         &spool,
         b"Subject: small\r\n\r\nbody\r\n",
         &["x@example.com"],
     )
     .await;
-    assert_eq!(spool.read_head(small, 9).unwrap(), b"Subject: ");
-    assert_eq!(spool.read_head(small, 1 << 20).unwrap().len(), 24);
+    assert_eq!(spool.read_head(small, 9).await.unwrap(), b"Subject: ");
+    assert_eq!(spool.read_head(small, 1 << 20).await.unwrap().len(), 24);
     // An abandoned body leaves nothing behind.
     let mut abandoned = spool.new_body();
     abandoned.write(&big).unwrap();
@@ -446,14 +451,14 @@ async fn a_segment_is_not_reclaimed_while_its_enqueue_is_still_returning() {
         "segment of a live message was reclaimed"
     );
     assert_eq!(
-        spool.read_body(id).unwrap(),
+        spool.read_body(id).await.unwrap(),
         b"Subject: slow session\r\n\r\nkept\r\n"
     );
     spool.close().await;
     drop(spool);
     let (spool, _) = Spool::open(&cfg).unwrap();
     assert!(
-        spool.get(id).unwrap().is_some(),
+        spool.get(id).await.unwrap().is_some(),
         "message gone after reopen"
     );
 }
@@ -481,7 +486,7 @@ async fn clean_restart_needs_no_rebuild_and_a_crash_repairs_only_what_is_missing
     for (i, id) in ids.iter().enumerate() {
         match i % 4 {
             0 => {
-                spool.park(*id, u64::MAX / 2).unwrap();
+                spool.park(*id, u64::MAX / 2).await.unwrap();
             }
             1 => {
                 spool.update_state(*id, |s| s.held = true).await.unwrap();
@@ -495,7 +500,7 @@ async fn clean_restart_needs_no_rebuild_and_a_crash_repairs_only_what_is_missing
                     })
                     .await
                     .unwrap();
-                spool.park(*id, now_ms() + 60_000).unwrap();
+                spool.park(*id, now_ms() + 60_000).await.unwrap();
             }
             _ => {}
         }
@@ -514,7 +519,7 @@ async fn clean_restart_needs_no_rebuild_and_a_crash_repairs_only_what_is_missing
         "held ones stay out of the schedule"
     );
     // Parking is forgotten at a restart: the parked ones are due again.
-    let due = spool.due(now_ms(), 100).unwrap();
+    let due = spool.due(now_ms(), 100).await.unwrap();
     assert!(due.contains(&ids[0]) && due.contains(&ids[3]), "{due:?}");
     assert!(!due.contains(&ids[1]), "held");
     assert!(!due.contains(&ids[2]), "retained until later");
@@ -532,8 +537,11 @@ async fn clean_restart_needs_no_rebuild_and_a_crash_repairs_only_what_is_missing
     drop(db);
     let (spool, report) = Spool::open(&config(tmp.path())).unwrap();
     assert_eq!(report.index_repairs, 2, "{report:?}");
-    assert!(spool.get(ids[5]).unwrap().is_some());
-    assert_eq!(spool.for_recipient("a@example.com").unwrap().len(), 60);
+    assert!(spool.get(ids[5]).await.unwrap().is_some());
+    assert_eq!(
+        spool.for_recipient("a@example.com").await.unwrap().len(),
+        60
+    );
     spool.close().await;
 }
 
@@ -542,26 +550,31 @@ async fn clean_restart_needs_no_rebuild_and_a_crash_repairs_only_what_is_missing
 #[tokio::test]
 async fn a_message_whose_index_insert_failed_is_still_delivered_and_listed() {
     let tmp = tempfile::tempdir().unwrap();
-    let (spool, _) = Spool::open(&config(tmp.path())).unwrap();
-    spool.fail_index_inserts(1);
+    let (store, _) = SegmentStore::open(&config(tmp.path())).unwrap();
+    let store = std::sync::Arc::new(store);
+    let spool = Spool::new(store.clone());
+    store.fail_index_inserts(1);
     let id = put(&spool, b"Subject: lost?\r\n\r\nx\r\n", &["a@example.com"]).await;
     assert_eq!(
-        spool.due(now_ms(), 10).unwrap(),
+        spool.due(now_ms(), 10).await.unwrap(),
         [id],
         "scheduled for delivery"
     );
-    assert!(spool.get(id).unwrap().is_some());
-    assert!(spool.read_body(id).is_ok());
-    assert_eq!(spool.ids_for_recipient("a@example.com").unwrap(), [id]);
-    assert_eq!(spool.list().unwrap().len(), 1);
+    assert!(spool.get(id).await.unwrap().is_some());
+    assert!(spool.read_body(id).await.is_ok());
+    assert_eq!(
+        spool.ids_for_recipient("a@example.com").await.unwrap(),
+        [id]
+    );
+    assert_eq!(spool.list().await.unwrap().len(), 1);
     spool.close().await;
-    drop(spool);
+    drop((spool, store));
     let (spool, report) = Spool::open(&config(tmp.path())).unwrap();
     assert!(
         report.index_rebuilt.is_none(),
         "written after all: {report:?}"
     );
-    assert!(spool.get(id).unwrap().is_some());
+    assert!(spool.get(id).await.unwrap().is_some());
     spool.close().await;
 }
 
@@ -628,21 +641,22 @@ async fn records_hidden_in_a_message_body_are_never_replayed() {
         std::fs::write(&segment, &data).unwrap();
         let (spool, _) = Spool::open(&cfg).unwrap();
         assert!(
-            spool.get(forged_id).unwrap().is_none(),
+            spool.get(forged_id).await.unwrap().is_none(),
             "{damage}: forged record applied"
         );
         assert!(spool
             .for_recipient("victim@evil.example")
+            .await
             .unwrap()
             .is_empty());
-        assert!(spool.get(before).unwrap().is_some(), "{damage}");
+        assert!(spool.get(before).await.unwrap().is_some(), "{damage}");
         assert!(
-            spool.get(carrier_id).unwrap().is_none(),
+            spool.get(carrier_id).await.unwrap().is_none(),
             "{damage}: damaged record dropped"
         );
         if damage == "header" {
             assert!(
-                spool.get(after).unwrap().is_some(),
+                spool.get(after).await.unwrap().is_some(),
                 "the intact record after the damage is kept"
             );
         }

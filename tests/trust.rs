@@ -136,9 +136,7 @@ fn stored_auth(
     reply: &Reply,
 ) -> breakwater::trust::auth::AuthVerdict {
     let id = queue_id(reply);
-    server
-        .spool
-        .get(id)
+    common::block(server.spool.get(id))
         .unwrap()
         .expect("spooled")
         .envelope
@@ -363,11 +361,7 @@ fn authentication_results_dmarc_enforcement_and_forged_results() {
 
     // 6. Lure score uses DMARC and the outage state: hold the upstream (an
     // outage as the product sees it) and send an outage-themed spoof.
-    server
-        .delivery()
-        .unwrap()
-        .hold(&upstream.addr.to_string())
-        .unwrap();
+    common::block(server.delivery().unwrap().hold(&upstream.addr.to_string())).unwrap();
     let lure = message(
         "Microsoft 365 Support <support@rejectme.test>",
         "Verify your password to restore your mailbox",
@@ -375,9 +369,7 @@ fn authentication_results_dmarc_enforcement_and_forged_results() {
     );
     let reply = send(&server, "x@rejectme.test", &["a@tagged.example"], &lure);
     let id = queue_id(&reply);
-    let verdict = server
-        .spool
-        .get(id)
+    let verdict = common::block(server.spool.get(id))
         .unwrap()
         .unwrap()
         .envelope

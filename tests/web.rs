@@ -130,7 +130,13 @@ fn every_route_needs_a_session() {
     }
     // The message is untouched by the anonymous POSTs.
     let id = w.alice_jp.parse().unwrap();
-    assert!(!w.server.spool.get(id).unwrap().unwrap().state.held);
+    assert!(
+        !common::block(w.server.spool.get(id))
+            .unwrap()
+            .unwrap()
+            .state
+            .held
+    );
     // A plain user gets 403 on every admin page.
     let mut alice = w.client();
     alice.login_fully("alice@example.com", None);
@@ -149,7 +155,7 @@ fn every_route_needs_a_session() {
     );
     assert_eq!(page.status, 403);
     assert!(
-        w.server.spool.get(id).unwrap().is_some(),
+        common::block(w.server.spool.get(id)).unwrap().is_some(),
         "a user cannot delete"
     );
 }
@@ -243,7 +249,13 @@ fn csrf_is_enforced_on_every_post() {
         &[("Sec-Fetch-Site", "cross-site")],
     );
     assert_eq!(cross.status, 403, "cross-site fetch");
-    assert!(!w.server.spool.get(id).unwrap().unwrap().state.held);
+    assert!(
+        !common::block(w.server.spool.get(id))
+            .unwrap()
+            .unwrap()
+            .state
+            .held
+    );
     assert_eq!(admin.post("/logout", &[("csrf", "nope")]).status, 403);
     // The login form itself: without the double-submit cookie it is refused.
     let mut fresh = w.client();
@@ -260,7 +272,13 @@ fn csrf_is_enforced_on_every_post() {
     // With the token it works.
     let ok = admin.post(&path, &[("action", "hold"), ("csrf", &csrf)]);
     assert_eq!(ok.status, 303);
-    assert!(w.server.spool.get(id).unwrap().unwrap().state.held);
+    assert!(
+        common::block(w.server.spool.get(id))
+            .unwrap()
+            .unwrap()
+            .state
+            .held
+    );
 }
 
 #[test]
@@ -531,7 +549,13 @@ fn admin_pages_steer_the_spool_and_are_audited() {
             .status,
         303
     );
-    assert!(w.server.spool.get(id).unwrap().unwrap().state.held);
+    assert!(
+        common::block(w.server.spool.get(id))
+            .unwrap()
+            .unwrap()
+            .state
+            .held
+    );
     assert!(admin.get("/admin?status=held").text().contains(&w.bob_msg));
     assert_eq!(
         admin
@@ -539,7 +563,13 @@ fn admin_pages_steer_the_spool_and_are_audited() {
             .status,
         303
     );
-    assert!(!w.server.spool.get(id).unwrap().unwrap().state.held);
+    assert!(
+        !common::block(w.server.spool.get(id))
+            .unwrap()
+            .unwrap()
+            .state
+            .held
+    );
     // Reading someone else's mail as admin is possible and audited as such.
     let view = admin.get(&format!("/mail/{}", w.bob_msg));
     assert!(view.text().contains("salary details"));
@@ -549,7 +579,7 @@ fn admin_pages_steer_the_spool_and_are_audited() {
             .status,
         303
     );
-    assert!(w.server.spool.get(id).unwrap().is_none());
+    assert!(common::block(w.server.spool.get(id)).unwrap().is_none());
     let audit_page = admin.get("/admin/audit?action=web-admin-hold").text();
     assert!(audit_page.contains(&w.bob_msg), "{audit_page}");
     let audit = w.audit();
@@ -626,11 +656,11 @@ fn delivered_mail_stays_readable_for_the_retention_time() {
         "delivered upstream"
     );
     // Delivered, yet still readable, marked delivered.
-    assert!(wait_for(Duration::from_secs(5), || server
-        .spool
-        .get(qid)
-        .unwrap()
-        .is_some_and(|m| m.state.retain_until_ms.is_some())));
+    assert!(wait_for(Duration::from_secs(5), || common::block(
+        server.spool.get(qid)
+    )
+    .unwrap()
+    .is_some_and(|m| m.state.retain_until_ms.is_some())));
     let mut alice = WebClient::new(server.web_addr.unwrap());
     alice.login_fully("alice@example.com", None);
     let list = alice.get("/mail").text();
@@ -644,11 +674,11 @@ fn delivered_mail_stays_readable_for_the_retention_time() {
         .contains("retained body"));
     // Then purged, and never delivered twice.
     assert!(
-        wait_for(Duration::from_secs(10), || server
-            .spool
-            .get(qid)
-            .unwrap()
-            .is_none()),
+        wait_for(Duration::from_secs(10), || common::block(
+            server.spool.get(qid)
+        )
+        .unwrap()
+        .is_none()),
         "purged after the retention time"
     );
     assert_eq!(sink.delivered().len(), 1, "delivered exactly once");

@@ -124,7 +124,11 @@ fn web_reader_end_to_end_in_chromium() {
         "the tracking host was contacted"
     );
     assert!(
-        !server.spool.get(foreign_id).unwrap().unwrap().state.held,
+        !common::block(server.spool.get(foreign_id))
+            .unwrap()
+            .unwrap()
+            .state
+            .held,
         "released again"
     );
     let audit = std::fs::read_to_string(&fixture.config.admin.audit_log).unwrap();

@@ -1,4 +1,4 @@
-//! Drill endpoints: start, status, finish, list, show (see `drill::drills`).
+//! Drill endpoints: start, status, finish, list, show (see `drill`).
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{AdminState, ApiError, Caller};
-use crate::drill::drills::{self, StartRequest};
+use crate::drill::{self, StartRequest};
 
 pub async fn start(
     State(state): State<Arc<AdminState>>,
@@ -36,8 +36,7 @@ pub async fn status(
     State(state): State<Arc<AdminState>>,
     _caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let status =
-        tokio::task::block_in_place(|| state.drills.status()).map_err(ApiError::not_found)?;
+    let status = state.drills.status().await.map_err(ApiError::not_found)?;
     Ok(Json(
         serde_json::to_value(status).map_err(ApiError::internal)?,
     ))
@@ -74,7 +73,7 @@ pub async fn show(
         .drills
         .report(&id)
         .ok_or_else(|| ApiError::not_found(format!("no drill report {id:?}")))?;
-    let markdown = drills::markdown(&drill);
+    let markdown = drill::markdown(&drill);
     let mut value = serde_json::to_value(drill).map_err(ApiError::internal)?;
     value["markdown"] = json!(markdown);
     Ok(Json(value))

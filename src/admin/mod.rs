@@ -37,7 +37,7 @@ pub struct AdminState {
     pub delivery: Option<DeliveryHandle>,
     pub tokens: TokenStore,
     pub audit: Arc<crate::audit::AuditLog>,
-    pub drills: Arc<crate::drill::drills::Drills>,
+    pub drills: Arc<crate::drill::Drills>,
     /// True while the SMTP accept loops run (for /readyz).
     pub smtp_ready: watch::Receiver<bool>,
 }
@@ -196,10 +196,7 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     let listening = *state.smtp_ready.borrow();
-    let spool = state.spool.clone();
-    let probe = tokio::task::spawn_blocking(move || spool.probe_writable())
-        .await
-        .unwrap_or_else(|err| Err(err.to_string()));
+    let probe = state.spool.probe_writable().await;
     match (listening, probe) {
         (true, Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "smtp listeners not up\n").into_response(),
@@ -213,7 +210,7 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     let metrics = crate::metrics::get();
-    queue::refresh_gauges(&state);
+    queue::refresh_gauges(&state).await;
     (
         [(
             header::CONTENT_TYPE,

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::{AdminState, ApiError, Caller};
 use crate::control::apply_action;
-use crate::control::filter::{self, status_of, subject_of, Filter, HEADER_SCAN};
+use crate::control::filter::{self, status_of, Filter, HEADER_SCAN};
 use crate::envelope::{now_ms, QueueId};
 use crate::spool::SpooledMessage;
 
@@ -69,21 +69,13 @@ fn compile(filter: Filter) -> Result<filter::Compiled, ApiError> {
 }
 
 /// Messages matching `filter`, a page at a time.
-fn select(
+async fn select(
     state: &AdminState,
     filter: &filter::Compiled,
     after: Option<QueueId>,
     limit: usize,
 ) -> Result<(Vec<SpooledMessage>, Option<QueueId>), ApiError> {
-    let spool = &state.spool;
-    Ok(spool.page(after, limit, |m| {
-        filter.matches(m, state.delivery.as_ref(), || {
-            spool
-                .read_head(m.id, HEADER_SCAN)
-                .ok()
-                .and_then(|b| subject_of(&b))
-        })
-    })?)
+    Ok(filter::select(&state.spool, filter, state.delivery.as_ref(), after, limit).await?)
 }
 
 pub async fn list(
@@ -100,7 +92,7 @@ pub async fn list(
     }
     let after = query.after.as_deref().map(parse_id).transpose()?;
     let filter = compile(query.filter)?;
-    let (page, next) = tokio::task::block_in_place(|| select(&state, &filter, after, limit))?;
+    let (page, next) = select(&state, &filter, after, limit).await?;
     Ok(Json(json!({
         "messages": page.iter().map(|m| summary(m, &state)).collect::<Vec<_>>(),
         "next": next.map(|id| id.to_string()),
@@ -115,9 +107,10 @@ pub async fn show(
     let id = parse_id(&id)?;
     let message = state
         .spool
-        .get(id)?
+        .get(id)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("message {id} is not in the spool")))?;
-    let body = state.spool.read_head(id, HEADER_SCAN)?;
+    let body = state.spool.read_head(id, HEADER_SCAN).await?;
     let mut out = summary(&message, &state);
     out["envelope"] = serde_json::to_value(&message.envelope).map_err(ApiError::internal)?;
     out["state"] = serde_json::to_value(&message.state).map_err(ApiError::internal)?;
@@ -133,12 +126,12 @@ pub async fn raw(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    if state.spool.get(id)?.is_none() {
+    if state.spool.get(id).await?.is_none() {
         return Err(ApiError::not_found(format!(
             "message {id} is not in the spool"
         )));
     }
-    let body = state.spool.read_body(id)?;
+    let body = state.spool.read_body(id).await?;
     // Reading someone's mail is an audited act.
     state
         .audit
@@ -154,7 +147,7 @@ pub async fn shape(
     let now = now_ms();
     let mut rows: BTreeMap<String, [u64; 7]> = BTreeMap::new();
     let mut total = [0u64; 7];
-    for message in state.spool.list()? {
+    for message in state.spool.list().await? {
         let age_min = now.saturating_sub(message.envelope.received_at_ms) / 60_000;
         let bucket = AGE_BUCKETS
             .iter()
@@ -239,8 +232,7 @@ pub async fn actions(
                 ));
             }
             let compiled = compile(filter.clone())?;
-            let (all, _) =
-                tokio::task::block_in_place(|| select(&state, &compiled, None, usize::MAX))?;
+            let (all, _) = select(&state, &compiled, None, usize::MAX).await?;
             all.into_iter().map(|m| m.id).collect()
         }
     };
@@ -296,7 +288,7 @@ pub async fn upstreams(
         return Ok(Json(json!({ "upstreams": [] })));
     };
     let mut depth: BTreeMap<String, u64> = BTreeMap::new();
-    for message in state.spool.list()? {
+    for message in state.spool.list().await? {
         for name in delivery.upstreams_of(&message) {
             *depth.entry(name).or_default() += 1;
         }
@@ -331,12 +323,15 @@ pub async fn upstream_action(
     let result = match action.as_str() {
         "hold" => delivery
             .hold(&name)
+            .await
             .map(|_| json!({"upstream": name, "state": "held"})),
         "release" => delivery
             .release(&name)
+            .await
             .map(|_| json!({"upstream": name, "state": "released"})),
         "flush" => delivery
             .flush_upstream(&name)
+            .await
             .map(|n| json!({"upstream": name, "flushed": n})),
         other => {
             return Err(ApiError::bad_request(format!(
@@ -386,11 +381,11 @@ pub async fn audit(
 }
 
 /// Gauges describing the spool, computed at scrape time.
-pub fn refresh_gauges(state: &AdminState) {
+pub async fn refresh_gauges(state: &AdminState) {
     let metrics = crate::metrics::get();
     let mut counts: BTreeMap<&str, i64> = filter::STATUSES.iter().map(|s| (*s, 0)).collect();
     let mut oldest = None;
-    let list = state.spool.list().unwrap_or_default();
+    let list = state.spool.list().await.unwrap_or_default();
     for message in &list {
         *counts.entry(status_of(message)).or_default() += 1;
         oldest = Some(oldest.map_or(message.envelope.received_at_ms, |o: u64| {

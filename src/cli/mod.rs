@@ -292,7 +292,7 @@ fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
 }
 
 fn check(config: &Config, domains: &[String], gateway: bool, json: bool) -> ExitCode {
-    use crate::drill::check::{self, Mode};
+    use crate::selfcheck::{self, Mode};
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -308,18 +308,18 @@ fn check(config: &Config, domains: &[String], gateway: bool, json: bool) -> Exit
     } else {
         Mode::Secondary
     };
-    let findings = runtime.block_on(check::run(config, domains, mode));
+    let findings = runtime.block_on(selfcheck::run(config, domains, mode));
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "findings": findings,
-                "exit_code": check::exit_code(&findings),
+                "exit_code": selfcheck::exit_code(&findings),
             }))
             .unwrap_or_default()
         );
     } else {
-        print!("{}", check::table(&findings));
+        print!("{}", selfcheck::table(&findings));
     }
-    ExitCode::from(check::exit_code(&findings))
+    ExitCode::from(selfcheck::exit_code(&findings))
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::delivery::DeliveryHandle;
-use crate::envelope::{now_ms, RecipientStatus};
-use crate::spool::SpooledMessage;
+use crate::envelope::{now_ms, QueueId, RecipientStatus};
+use crate::spool::{Spool, SpoolError, SpooledMessage};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,12 +104,12 @@ impl Filter {
 }
 
 impl Compiled {
-    /// `subject` gives the message's Subject only when asked for (it needs the body).
-    pub fn matches(
+    /// Does the message match every term but the Subject (which needs its
+    /// body, see [`select`])?
+    fn matches_envelope(
         &self,
         message: &SpooledMessage,
         delivery: Option<&DeliveryHandle>,
-        subject: impl FnOnce() -> Option<String>,
     ) -> bool {
         let f = &self.filter;
         let env = &message.envelope;
@@ -141,11 +141,60 @@ impl Compiled {
                 return false;
             }
         }
-        if let Some(text) = &f.subject {
-            let text = text.to_lowercase();
-            return subject().is_some_and(|s| s.to_lowercase().contains(&text));
-        }
         true
+    }
+
+    /// Does this Subject (None: the message has none) match the Subject term?
+    fn matches_subject(&self, subject: Option<String>) -> bool {
+        match &self.filter.subject {
+            None => true,
+            Some(text) => subject.is_some_and(|s| s.to_lowercase().contains(&text.to_lowercase())),
+        }
+    }
+}
+
+/// How many messages `select` examines per spool page while it looks for
+/// Subject matches.
+const SUBJECT_SCAN_BATCH: usize = 256;
+
+/// Up to `limit` messages matching `filter` in arrival order after the
+/// cursor `after`, and the cursor for the next page (None at the end). The
+/// Subject term reads each candidate's header section, so it is checked
+/// last, only for messages that match everything else.
+pub async fn select(
+    spool: &Spool,
+    filter: &Compiled,
+    delivery: Option<&DeliveryHandle>,
+    after: Option<QueueId>,
+    limit: usize,
+) -> Result<(Vec<SpooledMessage>, Option<QueueId>), SpoolError> {
+    if filter.filter.subject.is_none() {
+        return spool
+            .page(after, limit, |m| filter.matches_envelope(m, delivery))
+            .await;
+    }
+    let mut found = Vec::new();
+    let mut cursor = after;
+    loop {
+        let (candidates, next) = spool
+            .page(cursor, SUBJECT_SCAN_BATCH, |m| {
+                filter.matches_envelope(m, delivery)
+            })
+            .await?;
+        for message in candidates {
+            let head = spool.read_head(message.id, HEADER_SCAN).await.ok();
+            if filter.matches_subject(head.and_then(|b| subject_of(&b))) {
+                let id = message.id;
+                found.push(message);
+                if found.len() == limit {
+                    return Ok((found, Some(id)));
+                }
+            }
+        }
+        match next {
+            Some(next) => cursor = Some(next),
+            None => return Ok((found, None)),
+        }
     }
 }
 

@@ -16,11 +16,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use mail_send::SmtpClient;
-use tokio::net::TcpStream;
-
 use crate::config::{parse_host_port, CalloutConfig};
 use crate::envelope::now_ms;
+use crate::smtp_client::{Dialer, Session, TlsClients};
 
 /// What the upstream (or the cache) says about one address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +36,8 @@ pub enum Answer {
 
 pub struct Callout {
     config: CalloutConfig,
-    helo_name: String,
+    /// Probes are cleartext: they carry no mail, only an address.
+    dialer: Dialer,
     /// Lower-cased address → (exists, expires at ms).
     cache: Mutex<HashMap<String, (bool, u64)>>,
     log: Mutex<Option<std::fs::File>>,
@@ -82,7 +81,15 @@ impl Callout {
             .ok();
         Callout {
             config: config.clone(),
-            helo_name: helo_name.to_string(),
+            dialer: Dialer::new(
+                helo_name,
+                config.timeout,
+                config.timeout,
+                std::sync::Arc::new(
+                    TlsClients::new(None)
+                        .expect("the ring provider offers the default TLS versions"),
+                ),
+            ),
             cache: Mutex::new(cache),
             log: Mutex::new(log),
             resting: Mutex::new(HashMap::new()),
@@ -146,43 +153,26 @@ impl Callout {
             let Some((name, port)) = parse_host_port(host) else {
                 continue;
             };
-            let stream = match TcpStream::connect((name, port)).await {
-                Ok(stream) => stream,
+            let mut session = match self.dialer.connect_named(name, port).await {
+                Ok(session) => session,
                 Err(err) => {
-                    last = format!("{host}: connect: {err}");
+                    last = format!("{host}: {err}");
                     continue;
                 }
             };
-            let mut client = SmtpClient {
-                stream,
-                timeout: self.config.timeout,
-            };
-            match self.ask(&mut client, address).await {
-                Ok(answer) => {
-                    let _ = client.cmd(b"QUIT\r\n").await;
-                    return answer;
-                }
+            let asked = self.ask(&mut session, address).await;
+            session.quit().await;
+            match asked {
+                Ok(answer) => return answer,
                 Err(why) => last = format!("{host}: {why}"),
             }
         }
         Answer::Unavailable(last)
     }
 
-    async fn ask(
-        &self,
-        client: &mut SmtpClient<TcpStream>,
-        address: &str,
-    ) -> Result<Answer, String> {
-        let greeting = client.read().await.map_err(|e| format!("greeting: {e}"))?;
-        if greeting.code != 220 {
-            return Err(format!("greeting {}", greeting.code));
-        }
-        client
-            .ehlo(&self.helo_name)
-            .await
-            .map_err(|e| format!("EHLO: {e}"))?;
-        let mail = client
-            .cmd(b"MAIL FROM:<>\r\n")
+    async fn ask(&self, session: &mut Session, address: &str) -> Result<Answer, String> {
+        let mail = session
+            .command("MAIL FROM:<>\r\n")
             .await
             .map_err(|e| format!("MAIL: {e}"))?;
         if mail.code != 250 {
@@ -191,14 +181,12 @@ impl Callout {
                 mail.code, mail.message
             ));
         }
-        let rcpt = client
-            .cmd(format!(
-                "RCPT TO:{}\r\n",
-                crate::address::path(address).map_err(|e| format!("RCPT: {e}"))?
-            ))
+        let path = crate::address::path(address).map_err(|e| format!("RCPT: {e}"))?;
+        let rcpt = session
+            .command(&format!("RCPT TO:{path}\r\n"))
             .await
             .map_err(|e| format!("RCPT: {e}"))?;
-        let _ = client.cmd(b"RSET\r\n").await;
+        let _ = session.command("RSET\r\n").await;
         match rcpt.code {
             250 | 251 => Ok(Answer::Known { cached: false }),
             // 5xx on RCPT is the upstream's word that the address does not

@@ -224,7 +224,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         // Scored from memory only: a spilled (large) body is not read back.
-        let lure = match (&self.ctx.lure, body.in_memory()) {
+        let lure = match (&self.ctx.checks.lure, body.in_memory()) {
             // A heuristic must never cost a message: a bug in it (hostile
             // input) leaves the message unscored instead of failing intake.
             (Some(context), Some(raw)) => {
@@ -298,9 +298,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// SPF (taken at MAIL), DKIM, ARC and DMARC for the received message.
     async fn authenticate(&self, tx: &Transaction, body: &MessageBody) -> Option<AuthVerdict> {
-        let authenticator = self.ctx.auth.as_ref()?;
+        let authenticator = self.ctx.checks.auth.as_ref()?;
         let spf = tx.spf.as_ref()?;
-        let limit = self.ctx.trust.max_verify_size;
+        let limit = self.ctx.checks.trust.max_verify_size;
         let whole = body.len() <= limit;
         let read_back;
         let raw = match body.in_memory() {
@@ -349,7 +349,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if enforce && verdict.dmarc_failed() && verdict.dmarc_policy == "quarantine" {
             verdict.quarantined = true;
         }
-        if verdict.is_temp_error() && self.ctx.trust.on_dns_error == DnsErrorPolicy::Tempfail {
+        if verdict.is_temp_error() && self.ctx.checks.trust.on_dns_error == DnsErrorPolicy::Tempfail
+        {
             crate::metrics::get().rejected("auth_temperror");
             return Some((
                 451,

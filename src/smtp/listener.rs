@@ -334,19 +334,24 @@ async fn accept_loop(
             answer_refused(stream, "4.7.0 Too many connections from your address");
             continue;
         };
-        let allow_listed = ctx.limits.is_allowed(peer.ip());
+        let allow_listed = ctx.checks.limits.is_allowed(peer.ip());
         let network_slot = if allow_listed {
             None
         } else {
             let network = crate::policy::limits::network_of(peer.ip());
             let Some(network_slot) =
-                per_network.try_acquire(network, ctx.limits.max_connections_per_network)
+                per_network.try_acquire(network, ctx.checks.limits.max_connections_per_network)
             else {
                 refusals.refused("max_connections_per_network", peer);
                 answer_refused(stream, "4.7.1 Too many connections from your network");
                 continue;
             };
-            if ctx.limits.check(peer.ip(), Event::Connection).is_err() {
+            if ctx
+                .checks
+                .limits
+                .check(peer.ip(), Event::Connection)
+                .is_err()
+            {
                 refusals.refused("connection_rate", peer);
                 answer_refused(
                     stream,
@@ -419,8 +424,8 @@ async fn handle_connection(
     let mut session = Session::new(ctx.clone(), stream, peer, None, shutdown.clone());
     session.allow_listed = allow_listed;
     session.slots = Some(slots.clone());
-    if !allow_listed && !ctx.dnsbls.is_empty() {
-        if let Some((zone, answer)) = ctx.dnsbls.listed(peer.ip()).await {
+    if !allow_listed && !ctx.checks.dnsbls.is_empty() {
+        if let Some((zone, answer)) = ctx.checks.dnsbls.listed(peer.ip()).await {
             crate::metrics::get().rejected("dnsbl");
             tracing::info!(client = %peer, zone, %answer, "smtp: client listed in DNSBL; refusing");
             session.blocked = Some(format!(

@@ -63,7 +63,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 );
             }
         };
-        if let Err(limit) = self.ctx.limits.check(self.peer.ip(), Event::Message) {
+        if let Err(limit) = self.ctx.checks.limits.check(self.peer.ip(), Event::Message) {
             crate::metrics::get().rejected("rate_limited");
             tracing::info!(client = %self.peer, limit, "mail refused: rate limit");
             return self.error_reply(
@@ -72,7 +72,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 "Too much mail from your address; slow down and try again later",
             );
         }
-        let spf = match &self.ctx.auth {
+        let spf = match &self.ctx.checks.auth {
             Some(auth) => {
                 let helo = self.helo.clone().unwrap_or_default();
                 Some(auth.check_spf(self.peer.ip(), &helo, &sender).await)
@@ -80,7 +80,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             None => None,
         };
         if spf.as_ref().is_some_and(|spf| spf.is_temp_error())
-            && self.ctx.trust.on_dns_error == DnsErrorPolicy::Tempfail
+            && self.ctx.checks.trust.on_dns_error == DnsErrorPolicy::Tempfail
         {
             tracing::info!(client = %self.peer, from = %sender, "mail deferred: SPF temperror");
             return self.error_reply(

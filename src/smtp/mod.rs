@@ -40,15 +40,8 @@ pub struct SmtpContext {
     pub spool: Spool,
     pub policy: Arc<RwLock<Arc<RecipientPolicy>>>,
     pub tls: crate::tls::TlsHandle,
-    /// Outage-lure scoring at intake (`[trust] lure_scoring`).
-    pub lure: Option<Arc<crate::trust::lure::LureContext>>,
-    /// SPF/DKIM/DMARC/ARC (`[trust] authenticate`).
-    pub auth: Option<Arc<crate::trust::auth::Authenticator>>,
-    pub trust: Arc<crate::config::TrustConfig>,
-    /// Present when some domain has `verify_recipients = "callout"`.
-    pub callout: Option<Arc<crate::policy::callout::Callout>>,
-    pub limits: Arc<crate::policy::limits::ClientLimits>,
-    pub dnsbls: Arc<crate::policy::dnsbl::Dnsbls>,
+    /// What intake checks on clients and their mail.
+    pub checks: IntakeChecks,
     /// Is an upstream down or a drill running right now? Set once the
     /// delivery side exists; lures score higher during an outage.
     pub outage: Arc<std::sync::OnceLock<OutageProbe>>,
@@ -60,6 +53,21 @@ pub struct SmtpContext {
 }
 
 pub type OutageProbe = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// The checks intake runs (policy and trust), built once at start-up.
+#[derive(Clone)]
+pub struct IntakeChecks {
+    pub trust: Arc<crate::config::TrustConfig>,
+    /// Outage-lure scoring at intake (`[trust] lure_scoring`).
+    pub lure: Option<Arc<crate::trust::lure::LureContext>>,
+    /// SPF/DKIM/DMARC/ARC (`[trust] authenticate`).
+    pub auth: Option<Arc<crate::trust::auth::Authenticator>>,
+    /// Present when some domain has `verify_recipients = "callout"`.
+    pub callout: Option<Arc<crate::policy::callout::Callout>>,
+    /// Rates and connection caps per address and per network.
+    pub limits: Arc<crate::policy::limits::ClientLimits>,
+    pub dnsbls: Arc<crate::policy::dnsbl::Dnsbls>,
+}
 
 impl SmtpContext {
     fn policy(&self) -> Arc<RecipientPolicy> {

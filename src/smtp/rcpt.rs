@@ -31,7 +31,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if !tx.smtputf8 && !to.address.is_ascii() {
             return self.error_reply(553, "5.6.7", "Non-ASCII recipient address needs SMTPUTF8");
         }
-        if let Err(limit) = self.ctx.limits.check(self.peer.ip(), Event::Recipient) {
+        if let Err(limit) = self
+            .ctx
+            .checks
+            .limits
+            .check(self.peer.ip(), Event::Recipient)
+        {
             crate::metrics::get().rejected("rate_limited");
             tracing::info!(client = %self.peer, rcpt = %to.address, limit, "rcpt refused: rate limit");
             return self.error_reply(
@@ -56,7 +61,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let address = match verdict {
             RcptVerdict::Accept(address) => address,
             RcptVerdict::Callout(request) => {
-                let answer = match &self.ctx.callout {
+                let answer = match &self.ctx.checks.callout {
                     Some(callout) => callout.verify(&request.address, &request.upstream).await,
                     None => crate::policy::callout::Answer::Unavailable("no callout".into()),
                 };

@@ -335,7 +335,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
-            let limits = &self.ctx.limits;
+            let limits = &self.ctx.checks.limits;
             if limits.tarpit_after > 0 && self.errors >= limits.tarpit_after && !self.allow_listed {
                 // Postfix smtpd_error_sleep_time: a dictionary attack pays
                 // in time for every rejected guess.

@@ -1,69 +1,38 @@
 //! THE HUB: the durable spool every other stage talks to through [`Spool`].
 //!
-//! Layout under `[spool] dir`:
-//! ```text
-//! segments/0000000000000001.seg   append-only record logs (the truth, see `record`)
-//! large/<QUEUEID>.eml             bodies above the large-message threshold
-//! tmp/<QUEUEID>.part              bodies being received (deleted at start-up)
-//! index/                          sled database (derived; rebuilt when in doubt)
-//! lock                            flock'd by the one process using this spool
-//! upstream-holds.json             upstreams an operator put on hold
-//! ```
+//! Two halves, so that a cluster store can replace the single-node one
+//! without any stage changing:
+//! - [`Spool`] is the API the stages call (intake enqueues, delivery takes
+//!   due work and records outcomes, web and admin read, page and steer).
+//!   It adds what does not depend on where mail is stored: waking the
+//!   delivery scheduler, typed state changes, recent removal reasons.
+//! - [`SpoolStore`] is where mail is kept, with its contract (what is
+//!   durable, atomic or only a hint) written once in `store`. Today's one
+//!   implementation is [`SegmentStore`]: append-only segment files with a
+//!   sled index on this node's disk (layout in `segments`).
 //!
-//! Durability contract: [`Spool::enqueue`] returns only after the message's
-//! record (and its large body file, if any) are fsync'd; the SMTP layer sends
-//! 250 only after that. Appends from all sessions go through one writer thread
-//! that batches them into a single fsync (group commit, `writer`).
-//!
-//! Segments are reclaimed oldest-first once every message in them is finished;
-//! in-order reclamation is what lets a `remove` record never outlive the
-//! message record it cancels (see docs/ARCHITECTURE.md).
+//! Durability at `250`: [`Spool::enqueue`] returns only once the store has
+//! made the message durable; the SMTP layer answers 250 only after that.
 
 mod body;
-mod index;
-mod record;
-mod recovery;
+mod segments;
 mod space;
-mod writer;
+mod store;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use serde::Serialize;
 
 pub use body::MessageBody;
-pub use index::IndexEntry;
+pub use segments::{OpenReport, SegmentStore};
 pub use space::{is_storage_full, Shortage};
+pub use store::{SpoolStore, StateUpdate};
 
 use crate::config::SpoolConfig;
 use crate::envelope::{Envelope, MessageState, QueueId};
-use record::{Kind, MessageMeta, RemoveMeta, StateMeta};
-use writer::{AppendOp, Op, SegmentWriter};
-
-/// Where a message record lives on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Location {
-    pub segment: u64,
-    /// Start of the record (its header) in the segment file.
-    pub offset: u64,
-    pub meta_len: u32,
-    /// Length of the body stored in the segment; 0 when `external`.
-    pub body_len: u64,
-    pub body_crc: u32,
-    pub external: bool,
-    /// 48 for records with a MAC, 32 for those written before (index
-    /// entries of older versions lack the field).
-    #[serde(default = "version_1_header_len")]
-    pub header_len: u32,
-}
-
-fn version_1_header_len() -> u32 {
-    record::HEADER_LEN as u32
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -78,7 +47,7 @@ pub enum SpoolError {
     #[error("the spool is shut down")]
     Closed,
     #[error("the spool {0} is in use by another process")]
-    Locked(PathBuf),
+    Locked(std::path::PathBuf),
 }
 
 /// A message as the rest of the program sees it.
@@ -89,7 +58,8 @@ pub struct SpooledMessage {
     pub state: MessageState,
 }
 
-/// Counters about the group commit, for benchmarks and metrics.
+/// Counters about durable commits (group commit on one node), for
+/// benchmarks and metrics.
 #[derive(Debug, Default)]
 pub struct Stats {
     pub fsyncs: AtomicU64,
@@ -107,348 +77,79 @@ impl Stats {
     }
 }
 
+/// The spool API. Cheap to clone; every clone talks to the same store.
 #[derive(Clone)]
 pub struct Spool {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    segments_dir: PathBuf,
-    large_dir: PathBuf,
-    tmp_dir: PathBuf,
-    large_threshold: u64,
-    index: index::Index,
-    tx: Mutex<Option<mpsc::Sender<Op>>>,
-    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    current_segment: Arc<AtomicU64>,
-    reclaim: Arc<Mutex<Reclaim>>,
-    stats: Arc<Stats>,
+    store: Arc<dyn SpoolStore>,
+    /// Wakes the delivery scheduler: new message, new schedule.
     work: Arc<tokio::sync::Notify>,
-    space: Arc<space::Space>,
-    holds_path: PathBuf,
-    holds_lock: Mutex<()>,
-    /// Per-message locks (sharded): a state change reads the current state,
-    /// changes it and writes it back under its message's lock, so an
-    /// operator's hold and a delivery's outcome never overwrite each other.
-    message_locks: Vec<tokio::sync::Mutex<()>>,
-    /// The last writability probe and when it ran.
-    writable_probe: Mutex<Option<(std::time::Instant, Result<(), String>)>>,
     /// Why recent messages left the spool (delivered, bounced, deleted…),
     /// for drill reports; in memory only, bounded.
-    removed: Mutex<HashMap<QueueId, String>>,
-    /// Held for the life of the spool: two processes on one spool would
-    /// interleave appends and delete each other's index.
-    _lock: std::fs::File,
+    removed: Arc<Mutex<HashMap<QueueId, String>>>,
 }
 
-/// Live message count per segment, and the oldest segment still on disk.
-///
-/// The writer thread raises a segment's count for each message record in
-/// the same step that makes it durable, before anyone learns where the
-/// record is: a count raised later (by `enqueue`, after the index insert)
-/// left a window in which delivery could finish the new message, or another
-/// one in the same segment, and `reclaim` then saw the segment at zero and
-/// deleted a live message (found by the 30-minute chaos soak).
-pub(crate) struct Reclaim {
-    live: HashMap<u64, usize>,
-    oldest: u64,
-    /// Finished segments whose deletion failed, tried again next time.
-    retry: Vec<u64>,
-}
-
-impl Reclaim {
-    /// Advance past every finished segment older than `current` and hand
-    /// them (and earlier failed deletions) to the caller to delete.
-    fn take_finished(&mut self, current: u64) -> Vec<u64> {
-        let mut finished = std::mem::take(&mut self.retry);
-        while self.oldest < current && self.live.get(&self.oldest).copied().unwrap_or(0) == 0 {
-            self.live.remove(&self.oldest);
-            finished.push(self.oldest);
-            self.oldest += 1;
-        }
-        finished
-    }
-
-    pub(crate) fn count_new_messages(&mut self, segment: u64, messages: usize) {
-        if messages > 0 {
-            *self.live.entry(segment).or_insert(0) += messages;
-        }
-    }
-}
-
-/// What `Spool::open` found, for the start-up log line and for tests.
-#[derive(Debug, Clone)]
-pub struct OpenReport {
-    pub messages: usize,
-    pub segments: usize,
-    pub records: u64,
-    /// Why the index had to be rebuilt or repaired from the spool files, if
-    /// it had to (None after a clean shutdown).
-    pub index_rebuilt: Option<String>,
-    /// Index entries written or removed to match the segments.
-    pub index_repairs: usize,
-}
+/// How many removal reasons are remembered before the memory starts over.
+const REMEMBERED_REMOVALS: usize = 100_000;
 
 impl Spool {
-    /// Open (creating if needed) the spool, recover it and start the writer.
+    /// Open (creating if needed) the single-node spool under `[spool] dir`,
+    /// recovering it from its files.
     pub fn open(config: &SpoolConfig) -> Result<(Spool, OpenReport), SpoolError> {
-        let root = &config.dir;
-        let segments_dir = root.join("segments");
-        let large_dir = root.join("large");
-        let tmp_dir = root.join("tmp");
-        let index_dir = root.join("index");
-        for dir in [root, &segments_dir, &large_dir, &tmp_dir] {
-            crate::fsutil::create_dir_durable(dir)?;
-        }
-        let lock = lock_spool(root)?;
-        for entry in std::fs::read_dir(&tmp_dir)? {
-            let _ = std::fs::remove_file(entry?.path());
-        }
-
-        let key = Arc::new(record::RecordKey::load_or_create(&root.join("record.key"))?);
-        let quarantine_dir = root.join("quarantine");
-        let replay = recovery::replay(&segments_dir, &key, &quarantine_dir)?;
-        quarantine_orphan_large_files(&large_dir, &quarantine_dir, &replay.live)?;
-
-        let index = match index::Index::open(&index_dir) {
-            Ok(index) => index,
-            Err(err) => {
-                tracing::error!(error = %err, "spool: index does not open; rebuilding it from the spool files");
-                std::fs::remove_dir_all(&index_dir)?;
-                index::Index::open(&index_dir)?
-            }
-        };
-        let reconciled = recovery::reconcile(&index, &replay)?;
-        index.load_schedule()?;
-        let index_rebuilt = match (&reconciled.unreadable, reconciled.repairs) {
-            (Some(reason), _) => Some(reason.clone()),
-            (None, 0) => None,
-            (None, repairs) => Some(format!(
-                "{repairs} index entries repaired to match the spool files"
-            )),
-        };
-        match &index_rebuilt {
-            Some(reason) => {
-                tracing::warn!(messages = replay.live.len(), repairs = reconciled.repairs, %reason, "spool: index reconciled with the spool files")
-            }
-            None => tracing::info!(
-                messages = replay.live.len(),
-                "spool: index verified against spool files"
-            ),
-        }
-
-        let mut live = HashMap::new();
-        for entry in replay.live.values() {
-            *live.entry(entry.location.segment).or_insert(0) += 1;
-        }
-        // Always append to a fresh segment after a restart (never after a
-        // possibly torn region), but reuse the newest one if it is empty.
-        let next_segment = match replay.segments.last() {
-            None => 1,
-            Some(&last) => {
-                let empty = std::fs::metadata(writer::segment_path(&segments_dir, last))
-                    .is_ok_and(|m| m.len() == 0);
-                if empty {
-                    last
-                } else {
-                    last + 1
-                }
-            }
-        };
-        let oldest = replay.segments.first().copied().unwrap_or(next_segment);
-        let report = OpenReport {
-            messages: replay.live.len(),
-            segments: replay.segments.len(),
-            records: replay.records,
-            index_rebuilt,
-            index_repairs: reconciled.repairs,
-        };
-
-        let stats = Arc::new(Stats::default());
-        let used = space::dir_bytes(&segments_dir)? + space::dir_bytes(&large_dir)?;
-        let space = Arc::new(space::Space::new(
-            root,
-            config.min_free.as_u64(),
-            config.max_bytes.map(|b| b.as_u64()),
-            used,
-        ));
-        let current_segment = Arc::new(AtomicU64::new(next_segment));
-        let reclaim = Arc::new(Mutex::new(Reclaim {
-            live,
-            oldest,
-            retry: Vec::new(),
-        }));
-        let writer = SegmentWriter::open(
-            segments_dir.clone(),
-            large_dir.clone(),
-            config.segment_size,
-            next_segment,
-            key,
-            writer::Shared {
-                current_id: current_segment.clone(),
-                stats: stats.clone(),
-                space: space.clone(),
-                reclaim: reclaim.clone(),
-            },
-        )?;
-        let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("spool-writer".into())
-            .spawn(move || writer.run(rx))?;
-
-        let spool = Spool {
-            inner: Arc::new(Inner {
-                segments_dir,
-                large_dir,
-                tmp_dir,
-                large_threshold: config.large_message_threshold,
-                index,
-                tx: Mutex::new(Some(tx)),
-                writer_thread: Mutex::new(Some(thread)),
-                current_segment,
-                reclaim,
-                stats,
-                work: Arc::new(tokio::sync::Notify::new()),
-                space,
-                holds_path: root.join("upstream-holds.json"),
-                holds_lock: Mutex::new(()),
-                message_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
-                writable_probe: Mutex::new(None),
-                removed: Mutex::new(HashMap::new()),
-                _lock: lock,
-            }),
-        };
-        spool.reclaim();
-        Ok((spool, report))
+        let (store, report) = SegmentStore::open(config)?;
+        Ok((Spool::new(Arc::new(store)), report))
     }
 
-    /// Start receiving a new message; its queue ID is assigned now so that it
-    /// can appear in the Received header and in every log line.
+    /// The API over a store that is already open.
+    pub fn new(store: Arc<dyn SpoolStore>) -> Spool {
+        Spool {
+            store,
+            work: Arc::new(tokio::sync::Notify::new()),
+            removed: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Start receiving a new message (see [`SpoolStore::new_body`]).
     pub fn new_body(&self) -> MessageBody {
-        MessageBody::new(
-            QueueId::generate(),
-            self.inner.large_threshold,
-            self.inner.tmp_dir.clone(),
-        )
+        self.store.new_body()
     }
 
-    /// Make a message durable. When this returns `Ok`, the message survives a
-    /// crash and may be acknowledged to the client.
+    /// Make a message durable. When this returns `Ok`, the message survives
+    /// a crash and may be acknowledged to the client.
     pub async fn enqueue(
         &self,
-        mut body: MessageBody,
-        mut envelope: Envelope,
+        body: MessageBody,
+        envelope: Envelope,
     ) -> Result<QueueId, SpoolError> {
-        let id = body.id;
-        envelope.size = body.len;
-        let state = MessageState::new_for(&envelope);
-        let meta = serde_json::to_vec(&MessageMeta {
-            id,
-            envelope: envelope.clone(),
-            state: state.clone(),
-        })
-        .expect("message metadata serialises");
-
-        let (content, external_body_crc) = match body.spill.take() {
-            Some(spill) => {
-                let target = self.large_path(id);
-                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                    spill.file.sync_data()?;
-                    std::fs::rename(&spill.path, &target)
-                })
-                .await
-                .map_err(|err| std::io::Error::other(err.to_string()))??;
-                self.inner.space.add(body.len);
-                (Vec::new(), Some(body.crc.clone().finalize()))
-            }
-            None => (std::mem::take(&mut body.memory), None),
-        };
-
-        let appended = self
-            .append(Kind::Message, meta, content, external_body_crc)
-            .await;
-        let location = match appended {
-            Ok(location) => location,
-            Err(err) => {
-                if external_body_crc.is_some() {
-                    let _ = std::fs::remove_file(self.large_path(id));
-                    self.inner.space.sub(body.len);
-                }
-                return Err(err);
-            }
-        };
-        let entry = IndexEntry {
-            location,
-            envelope,
-            state,
-        };
-        if let Err(err) = self.inner.index.insert(id, &entry) {
-            // The message is durable; only sled missed it. The index keeps
-            // it in memory (scheduled, readable, listed) and writes it again
-            // on its next change; start-up reconciliation is the last resort.
-            tracing::error!(queue_id = %id, error = %err, "spool: index insert failed; message is safe on disk and kept in memory");
-        }
-        self.inner.work.notify_one();
+        let id = self.store.enqueue(body, envelope).await?;
+        self.work.notify_one();
         Ok(id)
     }
 
-    pub fn get(&self, id: QueueId) -> Result<Option<SpooledMessage>, SpoolError> {
-        Ok(self.inner.index.get(id)?.map(|entry| SpooledMessage {
-            id,
-            envelope: entry.envelope,
-            state: entry.state,
-        }))
+    pub async fn get(&self, id: QueueId) -> Result<Option<SpooledMessage>, SpoolError> {
+        self.store.get(id).await
     }
 
     /// The message exactly as spooled (our Received header first), checksum-verified.
-    pub fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
-        let (data, location) = self.read_stored(id, usize::MAX)?;
-        if crc32fast::hash(&data) != location.body_crc {
-            return Err(SpoolError::Corrupt(id, "body checksum mismatch".into()));
-        }
-        Ok(data)
+    pub async fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
+        self.store.read_body(id).await
     }
 
     /// The first `limit` bytes of a message, for list views and filters
     /// (subject, sender, a text preview): a 50 MB message costs `limit`
     /// bytes of memory here, not 50 MB. Not checksum-verified — anything that
     /// delivers, exports or shows the whole message uses [`Spool::read_body`].
-    pub fn read_head(&self, id: QueueId, limit: usize) -> Result<Vec<u8>, SpoolError> {
-        Ok(self.read_stored(id, limit)?.0)
-    }
-
-    /// Up to `limit` bytes of a message's stored body, from its segment or
-    /// its large file, with where it lives (for the checksum).
-    fn read_stored(&self, id: QueueId, limit: usize) -> Result<(Vec<u8>, Location), SpoolError> {
-        use std::io::Read;
-        use std::os::unix::fs::FileExt;
-        let entry = self.inner.index.get(id)?.ok_or(SpoolError::NotFound(id))?;
-        let location = entry.location;
-        if location.external {
-            let mut data = Vec::with_capacity(limit.min(entry.envelope.size as usize));
-            std::fs::File::open(self.large_path(id))?
-                .take(limit as u64)
-                .read_to_end(&mut data)?;
-            return Ok((data, location));
-        }
-        let file = std::fs::File::open(writer::segment_path(
-            &self.inner.segments_dir,
-            location.segment,
-        ))?;
-        let mut data = vec![0u8; (location.body_len as usize).min(limit)];
-        let start = location.offset + u64::from(location.header_len) + u64::from(location.meta_len);
-        file.read_exact_at(&mut data, start)?;
-        Ok((data, location))
+    pub async fn read_head(&self, id: QueueId, limit: usize) -> Result<Vec<u8>, SpoolError> {
+        self.store.read_head(id, limit).await
     }
 
     /// Up to `limit` messages due for a delivery attempt at `now_ms`, oldest due first.
-    pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<QueueId>, SpoolError> {
-        Ok(self.inner.index.due(now_ms, limit)?)
+    pub async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<QueueId>, SpoolError> {
+        self.store.due(now_ms, limit).await
     }
 
     /// When the next message becomes due, if any is scheduled.
-    pub fn next_due_ms(&self) -> Result<Option<u64>, SpoolError> {
-        Ok(self.inner.index.next_due_ms()?)
+    pub async fn next_due_ms(&self) -> Result<Option<u64>, SpoolError> {
+        self.store.next_due_ms().await
     }
 
     /// Durably replace a message's whole delivery state. Prefer
@@ -461,187 +162,102 @@ impl Spool {
     }
 
     /// Durably change a message's delivery state: `change` gets the state as
-    /// it is now, under the message's lock, and its result is written (one
-    /// state record, fsync'd) before the next change of that message can
-    /// begin. `None` when the message is not in the spool. A change that
-    /// leaves the state as it was writes nothing.
-    pub async fn update_state<T>(
+    /// it is now, under the message's lock, and its result is written before
+    /// the next change of that message can begin. `None` when the message
+    /// is not in the spool. A change that leaves the state as it was writes
+    /// nothing.
+    pub async fn update_state<T: Send>(
         &self,
         id: QueueId,
-        change: impl FnOnce(&mut MessageState) -> T,
+        change: impl FnOnce(&mut MessageState) -> T + Send,
     ) -> Result<Option<T>, SpoolError> {
-        let _guard = self.lock_message(id).await;
-        let Some(entry) = self.inner.index.get(id)? else {
-            return Ok(None);
-        };
-        let mut state = entry.state.clone();
-        let result = change(&mut state);
-        if state == entry.state {
-            return Ok(Some(result));
+        let mut change = Some(change);
+        let mut result = None;
+        let update = self
+            .store
+            .update_state(id, &mut |state| {
+                if let Some(change) = change.take() {
+                    result = Some(change(state));
+                }
+            })
+            .await?;
+        match update {
+            StateUpdate::NotFound => return Ok(None),
+            StateUpdate::Written => self.work.notify_one(),
+            StateUpdate::Unchanged => {}
         }
-        let meta = serde_json::to_vec(&StateMeta {
-            id,
-            state: state.clone(),
-        })
-        .expect("state metadata serialises");
-        self.append(Kind::State, meta, Vec::new(), None).await?;
-        self.inner.index.update(id, |entry| entry.state = state)?;
-        self.inner.work.notify_one();
-        Ok(Some(result))
-    }
-
-    async fn lock_message(&self, id: QueueId) -> tokio::sync::MutexGuard<'_, ()> {
-        let shard = id.to_bytes()[15] as usize % self.inner.message_locks.len();
-        self.inner.message_locks[shard].lock().await
+        Ok(result)
     }
 
     /// Move a message in the delivery schedule without a durable write: used
     /// while it is in flight, or while its upstream is held or down. A restart
     /// forgets all parking and goes back to the durable schedule.
-    pub fn park(&self, id: QueueId, until_ms: u64) -> Result<bool, SpoolError> {
-        let parked = self.inner.index.park(id, until_ms)?;
+    pub async fn park(&self, id: QueueId, until_ms: u64) -> Result<bool, SpoolError> {
+        let parked = self.store.park(id, until_ms).await?;
         if until_ms <= crate::envelope::now_ms() {
-            self.inner.work.notify_one();
+            self.work.notify_one();
         }
         Ok(parked)
     }
 
     /// Wakes whoever waits for delivery work (new message, new schedule).
     pub fn work_notify(&self) -> Arc<tokio::sync::Notify> {
-        self.inner.work.clone()
+        self.work.clone()
     }
 
     /// Upstreams an operator has put on hold; survives restarts.
-    pub fn held_upstreams(&self) -> Result<std::collections::BTreeSet<String>, SpoolError> {
-        match std::fs::read(&self.inner.holds_path) {
-            Ok(data) => serde_json::from_slice(&data).map_err(|err| {
-                SpoolError::Corrupt(
-                    QueueId::from_bytes([0; 16]),
-                    format!("{}: {err}", self.inner.holds_path.display()),
-                )
-            }),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
-            Err(err) => Err(err.into()),
-        }
+    pub async fn held_upstreams(&self) -> Result<BTreeSet<String>, SpoolError> {
+        self.store.held_upstreams().await
     }
 
-    /// Hold or release an upstream, durably (write, fsync, rename, fsync dir).
-    pub fn set_upstream_held(&self, upstream: &str, held: bool) -> Result<(), SpoolError> {
-        let _guard = self.inner.holds_lock.lock().expect("holds lock");
-        let mut holds = self.held_upstreams()?;
-        if held {
-            holds.insert(upstream.to_string());
-        } else {
-            holds.remove(upstream);
-        }
-        crate::fsutil::write_atomic(
-            &self.inner.holds_path,
-            &serde_json::to_vec_pretty(&holds).expect("holds serialise"),
-            None,
-        )?;
-        Ok(())
+    /// Hold or release an upstream, durably.
+    pub async fn set_upstream_held(&self, upstream: &str, held: bool) -> Result<(), SpoolError> {
+        self.store.set_upstream_held(upstream, held).await
     }
 
     /// Durably finish a message (delivered, bounced, deleted). Returns false if
     /// it was not in the spool.
     pub async fn remove(&self, id: QueueId, reason: &str) -> Result<bool, SpoolError> {
-        let _guard = self.lock_message(id).await;
-        if self.inner.index.get(id)?.is_none() {
-            return Ok(false);
-        }
-        let meta = serde_json::to_vec(&RemoveMeta {
-            id,
-            reason: reason.to_string(),
-        })
-        .expect("remove metadata serialises");
-        self.append(Kind::Remove, meta, Vec::new(), None).await?;
-        let Some(entry) = self.inner.index.remove(id)? else {
-            return Ok(false);
-        };
-        {
-            let mut removed = self.inner.removed.lock().expect("removed lock");
-            if removed.len() >= 100_000 {
-                removed.clear();
+        let removed = self.store.remove(id, reason).await?;
+        if removed {
+            let mut reasons = self.removed.lock().expect("removed lock");
+            if reasons.len() >= REMEMBERED_REMOVALS {
+                reasons.clear();
             }
-            removed.insert(id, reason.to_string());
+            reasons.insert(id, reason.to_string());
         }
-        if entry.location.external && std::fs::remove_file(self.large_path(id)).is_ok() {
-            self.inner.space.sub(entry.envelope.size);
-        }
-        if let Some(count) = self
-            .inner
-            .reclaim
-            .lock()
-            .expect("reclaim lock")
-            .live
-            .get_mut(&entry.location.segment)
-        {
-            *count = count.saturating_sub(1);
-        }
-        self.reclaim();
-        Ok(true)
+        Ok(removed)
     }
 
     /// Why a message left the spool ("delivered", "bounced", "deleted by
-    /// administrator", …), if it left recently while this process ran.
+    /// administrator", …), if this process removed it recently.
     pub fn removal_reason(&self, id: QueueId) -> Option<String> {
-        self.inner
-            .removed
-            .lock()
-            .expect("removed lock")
-            .get(&id)
-            .cloned()
+        self.removed.lock().expect("removed lock").get(&id).cloned()
     }
 
     /// Every message in the spool, oldest first.
-    pub fn list(&self) -> Result<Vec<SpooledMessage>, SpoolError> {
-        self.inner
-            .index
-            .all()
-            .map(|item| {
-                let (id, entry) = item?;
-                Ok(SpooledMessage {
-                    id,
-                    envelope: entry.envelope,
-                    state: entry.state,
-                })
-            })
-            .collect()
+    pub async fn list(&self) -> Result<Vec<SpooledMessage>, SpoolError> {
+        self.store.list().await
     }
 
     /// One page of messages in arrival order after the cursor `after`, keeping
     /// those `keep` accepts. Returns the page and the cursor for the next one
     /// (None at the end). New messages always sort after existing ones, so
     /// paging is stable while mail keeps arriving.
-    pub fn page(
+    pub async fn page(
         &self,
         after: Option<QueueId>,
         limit: usize,
-        mut keep: impl FnMut(&SpooledMessage) -> bool,
+        mut keep: impl FnMut(&SpooledMessage) -> bool + Send,
     ) -> Result<(Vec<SpooledMessage>, Option<QueueId>), SpoolError> {
-        let mut out = Vec::new();
-        for item in self.inner.index.iter_after(after) {
-            let (id, entry) = item?;
-            let message = SpooledMessage {
-                id,
-                envelope: entry.envelope,
-                state: entry.state,
-            };
-            if keep(&message) {
-                out.push(message);
-                if out.len() == limit {
-                    return Ok((out, Some(id)));
-                }
-            }
-        }
-        Ok((out, None))
+        self.store.page(after, limit, &mut keep).await
     }
 
     /// Messages with `address` among their recipients (case-insensitive).
-    pub fn for_recipient(&self, address: &str) -> Result<Vec<SpooledMessage>, SpoolError> {
+    pub async fn for_recipient(&self, address: &str) -> Result<Vec<SpooledMessage>, SpoolError> {
         let mut out = Vec::new();
-        for id in self.inner.index.for_recipient(address)? {
-            if let Some(message) = self.get(id)? {
+        for id in self.store.ids_for_recipient(address).await? {
+            if let Some(message) = self.store.get(id).await? {
                 out.push(message);
             }
         }
@@ -650,225 +266,53 @@ impl Spool {
 
     /// IDs of the messages with `address` among their recipients, oldest
     /// first, without loading them (the web mailbox pages through these).
-    pub fn ids_for_recipient(&self, address: &str) -> Result<Vec<QueueId>, SpoolError> {
-        Ok(self.inner.index.for_recipient(address)?)
+    pub async fn ids_for_recipient(&self, address: &str) -> Result<Vec<QueueId>, SpoolError> {
+        self.store.ids_for_recipient(address).await
     }
 
     pub fn len(&self) -> usize {
-        self.inner.index.len()
+        self.store.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.store.is_empty()
     }
 
     /// How many messages are in the delivery schedule (waiting or parked).
     pub fn scheduled(&self) -> usize {
-        self.inner.index.scheduled()
+        self.store.scheduled()
     }
 
-    /// Fault injection for tests: the next `count` index inserts fail as if
-    /// sled had failed.
-    #[doc(hidden)]
-    pub fn fail_index_inserts(&self, count: usize) {
-        self.inner.index.fail_inserts(count);
-    }
-
-    /// Can the spool take a write right now? (create + fsync + remove a
-    /// file). The answer is reused for a second: `/readyz` is
-    /// unauthenticated, and a probe per request would let anyone make the
-    /// spool's disk fsync in a loop.
-    pub fn probe_writable(&self) -> Result<(), String> {
-        const FRESH: Duration = Duration::from_secs(1);
-        let mut last = self.inner.writable_probe.lock().expect("probe lock");
-        if let Some((at, result)) = last.as_ref() {
-            if at.elapsed() < FRESH {
-                return result.clone();
-            }
-        }
-        let path = self.inner.tmp_dir.join(".probe");
-        let result = std::fs::File::create(&path)
-            .and_then(|file| file.sync_all())
-            .and_then(|()| std::fs::remove_file(&path))
-            .map_err(|err| err.to_string());
-        *last = Some((std::time::Instant::now(), result.clone()));
-        result
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Can the spool take a write right now? (Reused for a second: `/readyz`
+    /// is unauthenticated, and a probe per request would let anyone make the
+    /// spool's disk fsync in a loop.)
+    pub async fn probe_writable(&self) -> Result<(), String> {
+        self.store.probe_writable().await
     }
 
     /// Is there room for a new message of `incoming` bytes (0 = size not
     /// known yet)? Intake asks before taking mail; see `space`.
     pub fn check_space(&self, incoming: u64) -> Result<(), Shortage> {
-        self.inner.space.check(incoming)
+        self.store.check_space(incoming)
     }
 
     /// Bytes of spool files on disk (segments and large bodies).
     pub fn used_bytes(&self) -> u64 {
-        self.inner.space.used()
+        self.store.used_bytes()
     }
 
     /// Free bytes on the spool's file system.
     pub fn free_bytes(&self) -> std::io::Result<u64> {
-        self.inner.space.free()
+        self.store.free_bytes()
     }
 
     pub fn stats(&self) -> &Stats {
-        &self.inner.stats
+        self.store.stats()
     }
 
-    /// Finish pending appends, stop the writer and flush the index. Further
-    /// writes fail with [`SpoolError::Closed`].
+    /// Finish pending writes and stop the store. Further writes fail with
+    /// [`SpoolError::Closed`].
     pub async fn close(&self) {
-        let tx = self.inner.tx.lock().expect("tx lock").take();
-        if let Some(tx) = tx {
-            let (ack, done) = oneshot::channel();
-            if tx.send(Op::Shutdown(ack)).is_ok() {
-                let _ = done.await;
-            }
-        }
-        let thread = self.inner.writer_thread.lock().expect("thread lock").take();
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
-        if let Err(err) = self.inner.index.flush() {
-            tracing::warn!(error = %err, "spool: index flush at shutdown failed (it will be verified at start-up)");
-        }
-        let stats = &self.inner.stats;
-        tracing::info!(
-            fsyncs = stats.fsyncs.load(Ordering::Relaxed),
-            records = stats.fsync_records.load(Ordering::Relaxed),
-            fsync_ms = stats.fsync_micros.load(Ordering::Relaxed) / 1000,
-            "spool closed"
-        );
-    }
-
-    async fn append(
-        &self,
-        kind: Kind,
-        meta: Vec<u8>,
-        body: Vec<u8>,
-        external_body_crc: Option<u32>,
-    ) -> Result<Location, SpoolError> {
-        let (done, result) = oneshot::channel();
-        let op = Op::Append(AppendOp {
-            kind,
-            meta,
-            body,
-            external_body_crc,
-            done,
-        });
-        {
-            let tx = self.inner.tx.lock().expect("tx lock");
-            let tx = tx.as_ref().ok_or(SpoolError::Closed)?;
-            tx.send(op).map_err(|_| SpoolError::Closed)?;
-        }
-        Ok(result.await.map_err(|_| SpoolError::Closed)??)
-    }
-
-    fn large_path(&self, id: QueueId) -> PathBuf {
-        self.inner.large_dir.join(format!("{id}.eml"))
-    }
-
-    /// Delete segments, oldest first, while every message in them is finished.
-    ///
-    /// The segments are chosen under the reclaim lock but deleted after it is
-    /// released: the writer thread takes the same lock after every group
-    /// commit, and unlinking a large segment can take milliseconds. A segment
-    /// behind `oldest` is never written again, so deleting it unlocked is safe.
-    fn reclaim(&self) {
-        let current = self.inner.current_segment.load(Ordering::SeqCst);
-        let finished = self
-            .inner
-            .reclaim
-            .lock()
-            .expect("reclaim lock")
-            .take_finished(current);
-        let mut undeleted = Vec::new();
-        for segment in finished {
-            let path = writer::segment_path(&self.inner.segments_dir, segment);
-            let size = std::fs::metadata(&path).map_or(0, |m| m.len());
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
-                    self.inner.space.sub(size);
-                    tracing::debug!(segment, "spool: segment reclaimed")
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => {
-                    tracing::warn!(segment, error = %err, "spool: cannot delete finished segment; will retry");
-                    undeleted.push(segment);
-                }
-            }
-        }
-        if !undeleted.is_empty() {
-            self.inner
-                .reclaim
-                .lock()
-                .expect("reclaim lock")
-                .retry
-                .extend(undeleted);
-        }
-    }
-}
-
-fn lock_spool(root: &Path) -> Result<std::fs::File, SpoolError> {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(root.join("lock"))?;
-    // SAFETY: flock on a descriptor we own; released when the file is closed.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(SpoolError::Locked(root.to_path_buf()));
-    }
-    Ok(file)
-}
-
-/// A large body no live message points at: kept in `quarantine/` for an
-/// operator, not deleted (recovery cannot tell a leftover of a finished
-/// message from the body of one whose record was damaged).
-fn quarantine_orphan_large_files(
-    large_dir: &Path,
-    quarantine_dir: &Path,
-    live: &std::collections::BTreeMap<QueueId, IndexEntry>,
-) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(large_dir)? {
-        let path = entry?.path();
-        let id = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.parse::<QueueId>().ok());
-        let keep = id.is_some_and(|id| live.get(&id).is_some_and(|e| e.location.external));
-        if !keep {
-            crate::fsutil::create_dir_durable(quarantine_dir)?;
-            let target = quarantine_dir.join(path.file_name().unwrap_or_default());
-            tracing::warn!(file = %path.display(), to = %target.display(), "spool: large body with no live message moved to quarantine");
-            std::fs::rename(&path, &target)?;
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod reclaim_tests {
-    use super::Reclaim;
-    use std::collections::HashMap;
-
-    #[test]
-    fn finished_segments_are_taken_oldest_first_and_never_the_current_one() {
-        let mut reclaim = Reclaim {
-            live: HashMap::from([(1, 0), (2, 1), (3, 0)]),
-            oldest: 1,
-            retry: Vec::new(),
-        };
-        assert_eq!(reclaim.take_finished(4), vec![1]);
-        assert_eq!(reclaim.take_finished(4), Vec::<u64>::new());
-        *reclaim.live.get_mut(&2).unwrap() = 0;
-        // 4 is being written: never handed out, even with no live messages.
-        assert_eq!(reclaim.take_finished(4), vec![2, 3]);
-        assert_eq!(reclaim.oldest, 4);
-        reclaim.retry.push(3);
-        assert_eq!(reclaim.take_finished(4), vec![3]);
-        assert!(reclaim.retry.is_empty());
+        self.store.close().await
     }
 }

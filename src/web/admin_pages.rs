@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::i18n::Lang;
 use super::pages::{self, fill, page, size, time};
 use super::{check_csrf, Shared, Viewer};
-use crate::control::filter::{self, status_of, subject_of, Filter, HEADER_SCAN};
+use crate::control::filter::{self, status_of, Filter};
 use crate::envelope::QueueId;
 
 const PAGE: usize = 100;
@@ -81,17 +81,14 @@ pub async fn spool(
         .after
         .as_deref()
         .and_then(|a| a.parse::<QueueId>().ok());
-    let spool = &state.spool;
-    let result = tokio::task::block_in_place(|| {
-        spool.page(after, PAGE, |m| {
-            compiled.matches(m, state.delivery.as_ref(), || {
-                spool
-                    .read_head(m.id, HEADER_SCAN)
-                    .ok()
-                    .and_then(|b| subject_of(&b))
-            })
-        })
-    });
+    let result = filter::select(
+        &state.spool,
+        &compiled,
+        state.delivery.as_ref(),
+        after,
+        PAGE,
+    )
+    .await;
     let (messages, next) = match result {
         Ok(found) => found,
         Err(err) => return pages::internal_error(lang, err),
@@ -178,7 +175,7 @@ pub async fn message(
     let Ok(id) = id.parse::<QueueId>() else {
         return pages::not_found(lang);
     };
-    let message = match state.spool.get(id) {
+    let message = match state.spool.get(id).await {
         Ok(Some(message)) => message,
         Ok(None) => return pages::not_found(lang),
         Err(err) => return pages::internal_error(lang, err),
@@ -302,7 +299,7 @@ pub async fn upstreams(State(state): State<Shared>, viewer: Viewer) -> Response 
     let (statuses, depth) = match &state.delivery {
         Some(delivery) => {
             let mut depth: BTreeMap<String, u64> = BTreeMap::new();
-            if let Ok(list) = tokio::task::block_in_place(|| state.spool.list()) {
+            if let Ok(list) = state.spool.list().await {
                 for message in list {
                     for name in delivery.upstreams_of(&message) {
                         *depth.entry(name).or_default() += 1;
@@ -373,10 +370,14 @@ pub async fn upstream_action(
         return pages::not_found(lang);
     };
     let result = match form.action.as_str() {
-        "hold" => delivery.hold(&name).map(|_| "held".to_string()),
-        "release" => delivery.release(&name).map(|_| "released".to_string()),
+        "hold" => delivery.hold(&name).await.map(|_| "held".to_string()),
+        "release" => delivery
+            .release(&name)
+            .await
+            .map(|_| "released".to_string()),
         "flush" => delivery
             .flush_upstream(&name)
+            .await
             .map(|n| format!("flushed {n}")),
         _ => {
             return pages::error_page(lang, axum::http::StatusCode::BAD_REQUEST, "error.forbidden")

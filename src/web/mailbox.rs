@@ -30,13 +30,13 @@ pub struct ListQuery {
 }
 
 /// Every message addressed to the viewer, newest first.
-fn mailbox_ids(
+async fn mailbox_ids(
     state: &WebState,
     viewer: &Viewer,
 ) -> Result<Vec<QueueId>, crate::spool::SpoolError> {
     let mut ids = BTreeSet::new();
     for address in viewer.account.addresses() {
-        ids.extend(state.spool.ids_for_recipient(address)?);
+        ids.extend(state.spool.ids_for_recipient(address).await?);
     }
     Ok(ids.into_iter().rev().collect())
 }
@@ -78,33 +78,33 @@ pub async fn list(
     let lang = viewer.lang;
     let needle = query.q.trim().to_lowercase();
     let page_size = state.config.page_size;
-    let result = tokio::task::block_in_place(|| -> Result<_, crate::spool::SpoolError> {
-        let ids = mailbox_ids(&state, &viewer)?;
+    let result = async {
+        let ids = mailbox_ids(&state, &viewer).await?;
         let matching: Vec<QueueId> = if needle.is_empty() {
             ids
         } else {
-            ids.into_iter()
-                .filter(|id| {
-                    state
-                        .summaries
-                        .get(&state.spool, *id)
-                        .is_some_and(|s| s.search_text.contains(&needle))
-                })
-                .collect()
+            let mut matching = Vec::new();
+            for id in ids {
+                let summary = state.summaries.get(&state.spool, id).await;
+                if summary.is_some_and(|s| s.search_text.contains(&needle)) {
+                    matching.push(id);
+                }
+            }
+            matching
         };
         let total = matching.len();
-        let rows: Vec<_> = matching
-            .iter()
-            .skip(query.page * page_size)
-            .take(page_size)
-            .filter_map(|id| {
-                let message = state.spool.get(*id).ok()??;
-                let summary = state.summaries.get(&state.spool, *id)?;
-                Some((message, summary))
-            })
-            .collect();
-        Ok((total, rows))
-    });
+        let mut rows = Vec::new();
+        for id in matching.iter().skip(query.page * page_size).take(page_size) {
+            let Ok(Some(message)) = state.spool.get(*id).await else {
+                continue;
+            };
+            if let Some(summary) = state.summaries.get(&state.spool, *id).await {
+                rows.push((message, summary));
+            }
+        }
+        Ok::<_, crate::spool::SpoolError>((total, rows))
+    }
+    .await;
     let (total, rows) = match result {
         Ok(found) => found,
         Err(err) => return pages::internal_error(lang, err),
@@ -179,14 +179,14 @@ enum Access {
 }
 
 /// The message, who is asking, and its raw bytes — or the 404/500 page.
-fn open(
+async fn open(
     state: &WebState,
     viewer: &Viewer,
     id: &str,
 ) -> Result<(SpooledMessage, Access, Vec<u8>), Response> {
     let not_found = || pages::not_found(viewer.lang);
     let id: QueueId = id.parse().map_err(|_| not_found())?;
-    let message = match state.spool.get(id) {
+    let message = match state.spool.get(id).await {
         Ok(Some(message)) => message,
         Ok(None) => return Err(not_found()),
         Err(err) => return Err(pages::internal_error(viewer.lang, err)),
@@ -203,7 +203,7 @@ fn open(
     } else {
         return Err(not_found());
     };
-    let raw = read_raw(state, viewer.lang, message.id)?;
+    let raw = read_raw(state, viewer.lang, message.id).await?;
     Ok((message, access, raw))
 }
 
@@ -228,8 +228,8 @@ fn audit_view(
     );
 }
 
-fn read_raw(state: &WebState, lang: Lang, id: QueueId) -> Result<Vec<u8>, Response> {
-    state.spool.read_body(id).map_err(|err| match err {
+async fn read_raw(state: &WebState, lang: Lang, id: QueueId) -> Result<Vec<u8>, Response> {
+    state.spool.read_body(id).await.map_err(|err| match err {
         crate::spool::SpoolError::NotFound(_) => pages::not_found(lang),
         other => pages::internal_error(lang, other),
     })
@@ -250,7 +250,7 @@ pub async fn show(
     Query(query): Query<ViewQuery>,
 ) -> Response {
     let lang = viewer.lang;
-    let (message, access, raw) = match open(&state, &viewer, &id) {
+    let (message, access, raw) = match open(&state, &viewer, &id).await {
         Ok(found) => found,
         Err(response) => return response,
     };
@@ -340,7 +340,7 @@ pub async fn body_frame(
     Query(query): Query<ViewQuery>,
 ) -> Response {
     let lang = viewer.lang;
-    let (message, access, raw) = match open(&state, &viewer, &id) {
+    let (message, access, raw) = match open(&state, &viewer, &id).await {
         Ok(found) => found,
         Err(response) => return response,
     };
@@ -399,7 +399,7 @@ pub async fn download(
     let Ok(index) = index.parse::<u32>() else {
         return pages::not_found(lang);
     };
-    let (message, access, raw) = match open(&state, &viewer, &id) {
+    let (message, access, raw) = match open(&state, &viewer, &id).await {
         Ok(found) => found,
         Err(response) => return response,
     };
@@ -439,7 +439,7 @@ pub async fn source(
     viewer: Viewer,
     Path(id): Path<String>,
 ) -> Response {
-    let (message, access, raw) = match open(&state, &viewer, &id) {
+    let (message, access, raw) = match open(&state, &viewer, &id).await {
         Ok(found) => found,
         Err(response) => return response,
     };

@@ -63,7 +63,7 @@ pub struct WebState {
     pub second_factor: SecondFactor,
     pub audit: Arc<AuditLog>,
     /// Failover drills (banner, admin pages), when the server runs them.
-    pub drills: Option<Arc<crate::drill::drills::Drills>>,
+    pub drills: Option<Arc<crate::drill::Drills>>,
     summaries: summaries::SummaryCache,
     offset: time::UtcOffset,
 }
@@ -74,7 +74,7 @@ impl WebState {
         spool: Spool,
         delivery: Option<DeliveryHandle>,
         audit: Arc<AuditLog>,
-        drills: Option<Arc<crate::drill::drills::Drills>>,
+        drills: Option<Arc<crate::drill::Drills>>,
     ) -> WebState {
         WebState {
             accounts: Accounts::new(&config.users_file),

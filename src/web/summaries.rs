@@ -57,14 +57,14 @@ impl SummaryCache {
 
     /// The summary of a message, decoding it on first use. None when it is
     /// no longer in the spool.
-    pub fn get(&self, spool: &Spool, id: QueueId) -> Option<Arc<Summary>> {
+    pub async fn get(&self, spool: &Spool, id: QueueId) -> Option<Arc<Summary>> {
         if let Some(summary) = self.map.lock().expect("summary lock").get(&id) {
             return Some(summary.clone());
         }
         // The head is enough for subject, sender, date, preview and which
         // attachments start early; a huge message is never read whole here.
-        let raw = spool.read_head(id, SUMMARY_SCAN).ok()?;
-        let summary = Arc::new(render::summarize(&raw));
+        let raw = spool.read_head(id, SUMMARY_SCAN).await.ok()?;
+        let summary = Arc::new(crate::fsutil::run_blocking(|| render::summarize(&raw)));
         use std::sync::atomic::Ordering;
         let mut map = self.map.lock().expect("summary lock");
         let size = summary_bytes(&summary);
@@ -129,7 +129,7 @@ mod tests {
         let mut peak = 0;
         for round in 0..3 {
             for id in &ids {
-                cache.get(&spool, *id).unwrap();
+                cache.get(&spool, *id).await.unwrap();
                 peak = peak.max(cache.held_bytes());
             }
             let _ = round;

@@ -183,10 +183,10 @@ pub fn audit_spool(config: &SpoolConfig, ledger: &HashMap<String, Sent>) -> Audi
         .enable_all()
         .build()
         .unwrap();
-    let messages = spool.list().expect("list");
+    let messages = rt.block_on(spool.list()).expect("list");
     let mut by_id: HashMap<QueueId, Vec<u8>> = HashMap::new();
     for m in &messages {
-        match spool.read_body(m.id) {
+        match rt.block_on(spool.read_body(m.id)) {
             Ok(body) => {
                 by_id.insert(m.id, body);
             }

@@ -466,3 +466,17 @@ pub fn without_trace_header(stored: &[u8]) -> &[u8] {
         }
     }
 }
+
+/// Wait for an async call (the spool API is async) from blocking test code:
+/// on the caller's runtime when there is one (multi-threaded), else on a
+/// throw-away current-thread runtime.
+pub fn block<F: std::future::Future>(future: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => tokio::task::block_in_place(|| handle.block_on(future)),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(future),
+    }
+}

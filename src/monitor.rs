@@ -19,13 +19,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::{parse_host_port, AlertKind, AlertTarget, Config, WebhookFormat};
 use crate::delivery::DeliveryHandle;
 use crate::envelope::now_ms;
+use crate::smtp_client::{self, Dialer, Relay, TlsClients, TlsPolicy};
 use crate::spool::Spool;
 
 /// One notification, as sent to webhooks (JSON) and summarised in `text`.
@@ -142,29 +141,31 @@ fn probe_timeout(config: &Config) -> Duration {
     config.delivery.connect_timeout.min(Duration::from_secs(10))
 }
 
-/// Can we reach any host of the upstream and get a 220?
-async fn probe(hosts: &[(String, u16)], timeout: Duration) -> Result<(), String> {
+/// The SMTP client for probes and alert mail: our host name, `timeout`
+/// for connecting and for each command, the delivery trust roots.
+fn dialer(config: &Config, timeout: Duration) -> Result<Dialer, String> {
+    let tls = TlsClients::new(config.delivery.extra_ca_file.as_deref())?;
+    Ok(Dialer::new(
+        &config.hostname,
+        timeout,
+        timeout,
+        std::sync::Arc::new(tls),
+    ))
+}
+
+/// Can we reach any host of the upstream, be greeted with 220 and get an
+/// answer to EHLO?
+async fn probe(config: &Config, hosts: &[(String, u16)]) -> Result<(), String> {
+    let timeout = probe_timeout(config);
+    let dialer = dialer(config, timeout)?;
     let mut last = String::from("no host");
     for (host, port) in hosts {
-        let attempt = async {
-            let stream = TcpStream::connect((host.as_str(), *port))
-                .await
-                .map_err(|e| format!("{host}:{port}: {e}"))?;
-            let mut reader = BufReader::new(stream);
-            let (code, lines) = super::check::read_reply(&mut reader).await?;
-            let _ = reader.get_mut().write_all(b"QUIT\r\n").await;
-            if code == 220 {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{host}:{port} greets with {code} {}",
-                    lines.join(" ")
-                ))
+        match tokio::time::timeout(timeout, dialer.connect_named(host, *port)).await {
+            Ok(Ok(session)) => {
+                session.quit().await;
+                return Ok(());
             }
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(err)) => last = err,
+            Ok(Err(err)) => last = format!("{host}:{port}: {err}"),
             Err(_) => {
                 last = format!(
                     "{host}:{port}: no greeting within {}",
@@ -188,6 +189,7 @@ async fn round(
     let depth = spool.len();
     let oldest_age_ms = spool
         .page(None, 1, |m| m.state.retain_until_ms.is_none())
+        .await
         .ok()
         .and_then(|(page, _)| {
             page.first()
@@ -221,7 +223,7 @@ async fn round(
     for name in names {
         let mut down_reason = None;
         if let Some((_, hosts)) = probes.iter().find(|(n, _)| *n == name) {
-            match probe(hosts, probe_timeout(config)).await {
+            match probe(config, hosts).await {
                 Ok(()) => {
                     watch.failures.insert(name.clone(), 0);
                 }
@@ -443,13 +445,20 @@ async fn mail(config: &Config, target: &AlertTarget, notice: &Notice) -> Result<
         .map_err(|e| e.to_string())?
         .next()
         .ok_or("relay does not resolve")?;
-    super::submit::submit(
+    // The relay is outside the outage; encrypt when it offers STARTTLS.
+    let relay = Relay {
+        host,
         addr,
-        &config.hostname,
+        policy: TlsPolicy::Opportunistic,
+    };
+    let limit = Duration::from_secs(30);
+    smtp_client::submit(
+        &dialer(config, limit)?,
+        &relay,
         &from,
         &to,
-        &message,
-        Duration::from_secs(30),
+        message.as_bytes(),
+        limit,
     )
     .await
     .map(|_| ())

@@ -48,12 +48,12 @@ pub(crate) struct SegmentWriter {
     shared: Shared,
 }
 
-/// What the writer thread shares with the [`super::Spool`].
+/// What the writer thread shares with the [`super::SegmentStore`].
 pub(crate) struct Shared {
     /// The segment being written, so the spool never reclaims it.
     pub current_id: Arc<AtomicU64>,
-    pub stats: Arc<super::Stats>,
-    pub space: Arc<super::space::Space>,
+    pub stats: Arc<crate::spool::Stats>,
+    pub space: Arc<crate::spool::space::Space>,
     /// Raised here, as records become durable (see `super::Reclaim`).
     pub reclaim: Arc<std::sync::Mutex<super::Reclaim>>,
 }

@@ -14,12 +14,10 @@ use std::time::Duration;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
 use mail_auth::common::parse::TxtRecordParser;
-use rustls_pki_types::{CertificateDer, ServerName};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 use crate::config::{parse_host_port, Config, UpstreamTls};
+use crate::smtp_client::{Dialer, Session, StartTlsError, TlsClients};
 
 /// MX TTLs above this make a failover change slow to take effect.
 const MAX_GOOD_TTL: u32 = 3600;
@@ -583,150 +581,62 @@ struct TlsProbe {
     extensions: Vec<String>,
 }
 
-pub(crate) async fn read_reply(
-    reader: &mut BufReader<impl tokio::io::AsyncRead + Unpin>,
-) -> Result<(u16, Vec<String>), String> {
-    let mut lines = Vec::new();
-    loop {
-        let mut line = String::new();
-        let n = tokio::time::timeout(NETWORK_TIMEOUT, reader.read_line(&mut line))
-            .await
-            .map_err(|_| "timed out waiting for a reply".to_string())?
-            .map_err(|e| e.to_string())?;
-        if n == 0 || line.len() < 4 {
-            return Err("connection closed".into());
-        }
-        let code = line[..3]
-            .parse::<u16>()
-            .map_err(|_| format!("not SMTP: {line:?}"))?;
-        let last = line.as_bytes()[3] == b' ';
-        lines.push(line[4..].trim_end().to_string());
-        if last {
-            return Ok((code, lines));
-        }
-    }
-}
-
-fn tls_connector(extra_ca: Option<&std::path::Path>) -> Result<tokio_rustls::TlsConnector, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(file) = extra_ca {
-        use rustls_pki_types::pem::PemObject;
-        for cert in
-            CertificateDer::pem_file_iter(file).map_err(|e| format!("{}: {e}", file.display()))?
-        {
-            roots
-                .add(cert.map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
-async fn probe(
-    addr: SocketAddr,
-    server_name: &str,
-    helo: &str,
-    connector: &tokio_rustls::TlsConnector,
-) -> Result<TlsProbe, String> {
-    let stream = tokio::time::timeout(NETWORK_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| format!("connecting to {addr} timed out"))?
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let mut reader = BufReader::new(stream);
-    let (code, _) = read_reply(&mut reader).await?;
-    if code != 220 {
-        return Err(format!("greeting {code} from {addr}"));
-    }
-    reader
-        .get_mut()
-        .write_all(format!("EHLO {helo}\r\n").as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let (code, lines) = read_reply(&mut reader).await?;
-    if code != 250 {
-        return Err(format!("EHLO answered {code}"));
-    }
-    let has = |lines: &[String], ext: &str| {
-        lines.iter().any(|l| {
-            l.split_whitespace()
-                .next()
-                .is_some_and(|w| w.eq_ignore_ascii_case(ext))
-        })
-    };
-    if !has(&lines, "STARTTLS") {
-        return Ok(TlsProbe {
-            starttls: false,
-            verified: Err("no STARTTLS".into()),
-            days_left: None,
-            extensions: lines,
-        });
-    }
-    reader
-        .get_mut()
-        .write_all(b"STARTTLS\r\n")
-        .await
-        .map_err(|e| e.to_string())?;
-    let (code, _) = read_reply(&mut reader).await?;
-    if code != 220 {
-        return Ok(TlsProbe {
-            starttls: false,
-            verified: Err(format!("STARTTLS answered {code}")),
-            days_left: None,
-            extensions: lines,
-        });
-    }
-    let name =
-        ServerName::try_from(server_name.to_string()).map_err(|e| format!("{server_name}: {e}"))?;
-    let tls = match tokio::time::timeout(
+/// The self-check's SMTP client: our host name, `NETWORK_TIMEOUT`, the
+/// delivery trust roots (so "verified" means what delivery means by it).
+fn dialer(config: &Config) -> Result<Dialer, String> {
+    let tls = TlsClients::new(config.delivery.extra_ca_file.as_deref())?;
+    Ok(Dialer::new(
+        &config.hostname,
         NETWORK_TIMEOUT,
-        connector.connect(name, reader.into_inner()),
-    )
-    .await
-    {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(err)) => {
-            return Ok(TlsProbe {
-                starttls: true,
-                verified: Err(err.to_string()),
-                days_left: None,
-                extensions: lines,
-            })
-        }
-        Err(_) => {
-            return Ok(TlsProbe {
-                starttls: true,
-                verified: Err("TLS handshake timed out".into()),
-                days_left: None,
-                extensions: lines,
-            })
-        }
-    };
-    let days_left = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|certs| certs.first())
-        .and_then(|der| rcgen::CertificateParams::from_ca_cert_der(der).ok())
-        .map(|params| (params.not_after - time::OffsetDateTime::now_utc()).whole_days());
-    let mut reader = BufReader::new(tls);
-    reader
-        .get_mut()
-        .write_all(format!("EHLO {helo}\r\n").as_bytes())
+        NETWORK_TIMEOUT,
+        Arc::new(tls),
+    ))
+}
+
+/// Connect, EHLO, and try a verified STARTTLS against `server_name`.
+async fn probe(addr: SocketAddr, server_name: &str, dialer: &Dialer) -> Result<TlsProbe, String> {
+    let session = dialer
+        .connect(server_name, addr)
         .await
         .map_err(|e| e.to_string())?;
-    let (_, extensions) = read_reply(&mut reader).await?;
-    let _ = reader.get_mut().write_all(b"QUIT\r\n").await;
+    let names = |session: &Session| -> Vec<String> {
+        session
+            .extension_names()
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    };
+    let extensions = names(&session);
+    let (starttls, verified) = match session.starttls(dialer, true).await {
+        Ok(tls) => {
+            let probe = TlsProbe {
+                starttls: true,
+                verified: Ok(()),
+                days_left: tls.certificate_days_left(),
+                extensions: names(&tls),
+            };
+            tls.quit().await;
+            return Ok(probe);
+        }
+        Err((plain, StartTlsError::NotOffered)) => {
+            if let Some(plain) = plain {
+                plain.quit().await;
+            }
+            (false, Err("no STARTTLS".to_string()))
+        }
+        Err((plain, StartTlsError::Refused(reply))) => {
+            if let Some(plain) = plain {
+                plain.quit().await;
+            }
+            (false, Err(format!("STARTTLS answered {reply}")))
+        }
+        Err((_, StartTlsError::Handshake(why))) => (true, Err(why)),
+        Err((_, StartTlsError::Broken(why))) => return Err(why),
+    };
     Ok(TlsProbe {
-        starttls: true,
-        verified: Ok(()),
-        days_left,
+        starttls,
+        verified,
+        days_left: None,
         extensions,
     })
 }
@@ -770,8 +680,8 @@ async fn upstream_checks(
         );
         return;
     }
-    let connector = match tls_connector(config.delivery.extra_ca_file.as_deref()) {
-        Ok(c) => c,
+    let dialer = match dialer(config) {
+        Ok(dialer) => dialer,
         Err(err) => {
             report.add(
                 domain,
@@ -803,13 +713,7 @@ async fn upstream_checks(
             );
             continue;
         };
-        let result = probe(
-            SocketAddr::new(ip, port),
-            &host,
-            &config.hostname,
-            &connector,
-        )
-        .await;
+        let result = probe(SocketAddr::new(ip, port), &host, &dialer).await;
         let probe = match result {
             Ok(probe) => probe,
             Err(err) => {
@@ -967,14 +871,14 @@ async fn listener_check(report: &mut Report, config: &Config) {
     } else {
         *listen
     };
-    let connector = match tls_connector(config.delivery.extra_ca_file.as_deref()) {
-        Ok(c) => c,
+    let dialer = match dialer(config) {
+        Ok(dialer) => dialer,
         Err(err) => {
             report.add("listener", "starttls", Level::Fail, err, None);
             return;
         }
     };
-    match probe(target, &config.hostname, &config.hostname, &connector).await {
+    match probe(target, &config.hostname, &dialer).await {
         Err(err) => report.add("listener", "starttls", Level::Warn, format!("{err} (is `breakwater serve` running?)"), None),
         Ok(p) if !p.starttls => report.add("listener", "starttls", Level::Fail, "our listener does not offer STARTTLS".into(), Some("configure [smtp] tls_cert and tls_key")),
         Ok(TlsProbe { verified: Err(why), .. }) => report.add("listener", "starttls", Level::Warn,

@@ -1,0 +1,51 @@
+//! `[admin]`: the JSON API, its tokens and the audit log.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{nonzero, ConfigError, Invalid};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// The admin HTTP API (JSON, bearer tokens), `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+    /// Hashed API tokens (`breakwater token create`).
+    pub tokens_file: PathBuf,
+    /// Where `token create --save` puts a token for the local `breakwater queue` CLI.
+    pub cli_token_file: PathBuf,
+    /// Append-only, hash-chained audit log (JSON lines).
+    pub audit_log: PathBuf,
+    /// Rotate the audit log past this size; keep this many old files.
+    pub audit_max_bytes: u64,
+    pub audit_keep: usize,
+    /// Open connections at most; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: "127.0.0.1:8025".parse().expect("literal address"),
+            tokens_file: PathBuf::from("data/admin-tokens.json"),
+            cli_token_file: PathBuf::from("data/admin.token"),
+            audit_log: PathBuf::from("data/audit.log"),
+            audit_max_bytes: 16 * 1024 * 1024,
+            audit_keep: 10,
+            max_connections: 64,
+        }
+    }
+}
+
+impl AdminConfig {
+    pub(super) fn validate(&self, invalid: &Invalid) -> Result<(), ConfigError> {
+        nonzero(
+            invalid,
+            &[("admin.max_connections", self.max_connections as u64)],
+        )
+    }
+}

@@ -1,0 +1,112 @@
+//! `[delivery]`: retries, timeouts and trust roots for sending upstream.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{nonzero_durations, ConfigError, Invalid};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Turn the delivery engine off (spool only), e.g. for intake benchmarks.
+    pub enabled: bool,
+    /// Deliveries in flight at once, overall.
+    pub concurrency: usize,
+    /// Deliveries in flight at once to one upstream.
+    pub per_upstream: usize,
+    /// Wait before attempt n+1 (the last value repeats), each ±20% jitter.
+    pub retry: Vec<humantime_serde::Serde<Duration>>,
+    /// A recipient still deferred this long after arrival fails (DSN).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// How often a down upstream is probed (connect + EHLO + QUIT).
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// Consecutive connection failures before an upstream is marked down.
+    pub down_after_failures: u32,
+    /// Postfix smtp_connect_timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Each command reply (Postfix smtp_helo/mail/rcpt_timeout: 300 s).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Sending the message and reading the final reply (Postfix data_done: 600 s).
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// How long an idle upstream connection is kept for reuse.
+    #[serde(with = "humantime_serde")]
+    pub connection_idle: Duration,
+    /// Port used for MX-routed delivery (25; other values only for labs and tests).
+    pub mx_port: u16,
+    /// Extra trusted CA certificates (PEM) besides the Mozilla roots, e.g. a
+    /// private CA in front of the upstream, or a test CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+impl DeliveryConfig {
+    pub fn retry_schedule(&self) -> Vec<Duration> {
+        self.retry.iter().map(|d| **d).collect()
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            enabled: true,
+            concurrency: 20,
+            per_upstream: 10,
+            retry: [60, 120, 300, 600, 900]
+                .into_iter()
+                .map(|s| Duration::from_secs(s).into())
+                .collect(),
+            max_age: Duration::from_secs(5 * 24 * 3600),
+            // Worst-case delay before the flush starts once the upstream is
+            // back; 3 s keeps it under the 5 s target with margin.
+            probe_interval: Duration::from_secs(3),
+            down_after_failures: 3,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            connection_idle: Duration::from_secs(30),
+            mx_port: 25,
+            extra_ca_file: None,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    pub(super) fn validate(&self, invalid: &Invalid) -> Result<(), ConfigError> {
+        if self.retry.is_empty() {
+            return Err(invalid(
+                "delivery.retry",
+                "needs at least one interval".into(),
+            ));
+        }
+        if self.concurrency == 0 || self.per_upstream == 0 {
+            return Err(invalid(
+                "delivery.concurrency",
+                "concurrency and per_upstream must be greater than 0".into(),
+            ));
+        }
+        if let Some(ca) = &self.extra_ca_file {
+            if let Err(err) = std::fs::metadata(ca) {
+                return Err(invalid(
+                    "delivery.extra_ca_file",
+                    format!("cannot read {}: {err}", ca.display()),
+                ));
+            }
+        }
+        nonzero_durations(
+            invalid,
+            &[
+                ("delivery.probe_interval", self.probe_interval),
+                ("delivery.connect_timeout", self.connect_timeout),
+                ("delivery.command_timeout", self.command_timeout),
+                ("delivery.data_timeout", self.data_timeout),
+            ],
+        )
+    }
+}

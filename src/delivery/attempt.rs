@@ -1,0 +1,434 @@
+//! One delivery attempt of one message: group its pending recipients by
+//! upstream, run one transaction per upstream through the SMTP client, and
+//! record every recipient's outcome durably (`Spool::update_state`, merged
+//! onto the state as it is now) before the next attempt is planned.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::client::{Outcome, SessionFailure, Transaction};
+use super::route::{self, RouteError};
+use super::upstream::Availability;
+use super::*;
+use crate::envelope::{now_ms, Envelope, MessageState, QueueId, RecipientStatus};
+
+impl Engine {
+    /// The upstream name for a recipient domain, honouring a per-message
+    /// route override (admin "requeue").
+    pub(super) fn route_name(&self, state: &MessageState, domain: &str) -> String {
+        match &state.route {
+            Some(route) => route.clone(),
+            None => self.router.route_for(domain).upstream,
+        }
+    }
+
+    pub(super) async fn process(self: &Arc<Self>, id: QueueId) {
+        let message = match self.spool.get(id).await {
+            Ok(Some(message)) => message,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::error!(queue_id = %id, error = %err, "delivery: cannot read message state");
+                return;
+            }
+        };
+        if message.state.held {
+            // Held by an operator after it was picked from the schedule.
+            return;
+        }
+        let body = match self.spool.read_body(id).await {
+            Ok(body) => body,
+            Err(crate::spool::SpoolError::NotFound(_)) => return,
+            Err(err) => {
+                // Damaged on disk: keep it for an operator, never drop it.
+                tracing::error!(queue_id = %id, error = %err, "delivery: message body unreadable; parked for an operator");
+                let _ = self.spool.park(id, PARKED_INDEFINITELY_MS).await;
+                return;
+            }
+        };
+        let mut state = message.state.clone();
+        let mut recorded = 0;
+        let envelope = &message.envelope;
+        let body = with_intake_verdicts(body, envelope, &self.hostname);
+
+        // Pending recipients, grouped by upstream (one transaction each).
+        let mut groups: BTreeMap<String, (route::Route, String, Vec<usize>)> = BTreeMap::new();
+        for (index, rcpt) in envelope.recipients.iter().enumerate() {
+            if state.recipients[index].status.is_final() {
+                continue;
+            }
+            let route = match &state.route {
+                Some(hosts) => route::Route {
+                    upstream: hosts.clone(),
+                    tls: crate::config::UpstreamTls::Opportunistic,
+                },
+                None => self.router.route_for(rcpt.domain()),
+            };
+            groups
+                .entry(route.upstream.clone())
+                .or_insert_with(|| (route, rcpt.domain().to_string(), Vec::new()))
+                .2
+                .push(index);
+        }
+
+        let mut attempted = false;
+        let mut parked_until: Option<u64> = None;
+        let mut parked_on = Vec::new();
+        let mut waiting_on = Vec::new();
+        let mut abandoned_on: Vec<(String, String)> = Vec::new();
+        for (name, (route, domain, indexes)) in groups {
+            match self.upstreams.availability(&name, &domain) {
+                Availability::Open => {}
+                Availability::Held | Availability::Down => {
+                    // Until the upstream is released or seen up again.
+                    parked_until.get_or_insert(PARKED_INDEFINITELY_MS);
+                    parked_on.push((name, domain));
+                    continue;
+                }
+                Availability::Throttled(until) => {
+                    // The earliest moment any of its upstreams may be tried.
+                    parked_until = Some(parked_until.map_or(until, |t| t.min(until)));
+                    continue;
+                }
+            }
+            attempted = true;
+            let permits = self.upstreams.permits(&name, &domain);
+            let _permit = permits.acquire_owned().await.expect("semaphore open");
+            let (outcomes, reach) = self
+                .attempt(
+                    &domain,
+                    &route,
+                    envelope,
+                    &indexes,
+                    &body,
+                    state.route.as_deref(),
+                )
+                .await;
+            for (index, outcome, relay) in outcomes {
+                self.record(id, envelope, &mut state, index, outcome, &relay);
+                recorded += 1;
+            }
+            if reach != Reach::Reached {
+                // Keeps its retry schedule, but is flushed with the rest the
+                // moment the upstream is seen up again.
+                if reach == Reach::Abandoned {
+                    abandoned_on.push((name.clone(), domain.clone()));
+                }
+                waiting_on.push((name, domain));
+            }
+        }
+
+        self.expire(id, envelope, &mut state);
+        let bounced = self.bounce_failures(&message, &mut state, &body.body).await;
+        if state.is_finished() && bounced {
+            if self.retain(id, &message.state, &mut state, recorded).await {
+                return;
+            }
+            let reason = if state
+                .recipients
+                .iter()
+                .any(|r| r.status == RecipientStatus::Failed)
+            {
+                "bounced"
+            } else {
+                "delivered"
+            };
+            match self.spool.remove(id, reason).await {
+                Ok(_) => tracing::info!(queue_id = %id, reason, "removed"),
+                Err(err) => {
+                    tracing::error!(queue_id = %id, error = %err, "cannot remove finished message; it may be delivered again")
+                }
+            }
+            return;
+        }
+        if !bounced {
+            // The DSN could not be queued: keep the message and try again soon.
+            attempted = true;
+        }
+        for (name, domain) in parked_on.iter().chain(&waiting_on) {
+            self.upstreams.park(name, domain, id);
+        }
+        if attempted {
+            state.next_attempt_ms = now_ms() + self.backoff(&state);
+            // Abandoned because its upstream came back: try again now.
+            if abandoned_on.iter().any(|(name, domain)| {
+                self.upstreams.availability(name, domain) == Availability::Open
+            }) {
+                state.next_attempt_ms = now_ms();
+            }
+            let recorded_state = self
+                .spool
+                .update_state(id, |current| {
+                    merge_attempt(current, &message.state, &state, recorded)
+                })
+                .await;
+            match recorded_state {
+                Ok(Some(())) => {}
+                Ok(None) => {
+                    tracing::info!(queue_id = %id, "delivery: message left the spool during the attempt (operator)")
+                }
+                Err(err) => {
+                    tracing::error!(queue_id = %id, error = %err, "delivery: cannot record attempt; it will be repeated")
+                }
+            }
+        } else if let Some(until) = parked_until {
+            let _ = self.spool.park(id, until).await;
+        }
+        // A flush may have raced with parking: re-check now-open upstreams.
+        for (name, domain) in parked_on {
+            if self.upstreams.availability(&name, &domain) == Availability::Open {
+                self.flush(&self.upstreams.take_parked(&name)).await;
+            }
+        }
+    }
+
+    /// One transaction for one upstream: per-recipient outcomes with the relay
+    /// used, and whether the upstream could not be reached at all.
+    pub(super) async fn attempt(
+        self: &Arc<Self>,
+        domain: &str,
+        route: &route::Route,
+        envelope: &Envelope,
+        indexes: &[usize],
+        message: &Outbound,
+        via: Option<&str>,
+    ) -> (Vec<(usize, Outcome, String)>, Reach) {
+        let name = route.upstream.as_str();
+        let all = |outcome: Outcome, relay: &str| {
+            indexes
+                .iter()
+                .map(|i| (*i, outcome.clone(), relay.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let resolved = match via {
+            Some(hosts) => self.router.targets_via(hosts).await,
+            None => self.router.targets(domain).await,
+        };
+        let targets = match resolved {
+            Ok(targets) => targets,
+            Err(RouteError::Permanent(why)) => {
+                return (all(Outcome::Failed(why), "none"), Reach::Reached)
+            }
+            Err(RouteError::Temporary(why)) => {
+                return (all(Outcome::Deferred(why), "none"), Reach::Reached)
+            }
+        };
+        let tx = Transaction {
+            envelope,
+            recipients: indexes
+                .iter()
+                .map(|i| (*i, &envelope.recipients[*i]))
+                .collect(),
+            prefix: &message.prefix,
+            body: &message.body,
+            tls: route.tls,
+        };
+        let mut last_error = String::new();
+        let mut all_unreachable = true;
+        let mut transitions = self.upstreams.transitions(name, domain);
+        transitions.mark_unchanged();
+        for target in &targets {
+            // An attempt under way when the upstream is declared down or
+            // comes back is abandoned (its connection may be one that went
+            // silent): deferred now and tried again, instead of waiting out
+            // `command_timeout` on a dead connection.
+            let delivered = tokio::select! {
+                delivered = self.transport.deliver(target, &tx) => delivered,
+                _ = transitions.changed() => {
+                    tracing::info!(upstream = name, target = %target.addr, "delivery: attempt abandoned: the upstream changed state while it ran");
+                    self.transport.clear_pool();
+                    let reply = "4.4.2 attempt abandoned: the upstream went down or came back while it ran".to_string();
+                    return (all(Outcome::Deferred(reply), "none"), Reach::Abandoned);
+                }
+            };
+            match delivered {
+                Ok(report) => {
+                    let flushed = self.upstreams.record_success(name, domain);
+                    self.flush(&flushed).await;
+                    let relay = format!(
+                        "{}[{}]{}",
+                        target.host,
+                        target.addr,
+                        report.tls.map(|t| format!(" ({t})")).unwrap_or_default()
+                    );
+                    if let Some(throttle) = report.outcomes.iter().find_map(|(_, o)| match o {
+                        Outcome::Deferred(reply) if client::is_throttle(reply) => Some(reply),
+                        _ => None,
+                    }) {
+                        let pause = self
+                            .retry
+                            .first()
+                            .copied()
+                            .unwrap_or(Duration::from_secs(60));
+                        tracing::info!(upstream = name, reply = %throttle, "throttled by upstream");
+                        self.upstreams
+                            .throttle(name, domain, now_ms() + pause.as_millis() as u64);
+                    }
+                    let outcomes = report
+                        .outcomes
+                        .into_iter()
+                        .map(|(i, o)| (i, o, relay.clone()));
+                    return (outcomes.collect(), Reach::Reached);
+                }
+                Err(SessionFailure::Unreachable(why)) => last_error = why,
+                Err(SessionFailure::Broken(why)) => {
+                    all_unreachable = false;
+                    last_error = why;
+                }
+            }
+        }
+        if all_unreachable && self.upstreams.record_failure(name, domain, &last_error) {
+            self.transport.clear_pool();
+            tokio::spawn(self.clone().probe(name.to_string()));
+        }
+        let reply = if last_error.starts_with('4') || last_error.contains(" 4.") {
+            last_error
+        } else {
+            format!("4.4.1 {last_error}")
+        };
+        let reach = if all_unreachable {
+            Reach::Unreachable
+        } else {
+            Reach::Reached
+        };
+        (all(Outcome::Deferred(reply), "none"), reach)
+    }
+
+    pub(super) fn record(
+        &self,
+        id: QueueId,
+        envelope: &Envelope,
+        state: &mut MessageState,
+        index: usize,
+        outcome: Outcome,
+        relay: &str,
+    ) {
+        let rcpt = &mut state.recipients[index];
+        rcpt.attempts += 1;
+        let (status, reply, word) = match outcome {
+            Outcome::Delivered(reply) => (RecipientStatus::Delivered, reply, "sent"),
+            Outcome::Deferred(reply) => (RecipientStatus::Deferred, reply, "deferred"),
+            Outcome::Failed(reply) => (RecipientStatus::Failed, reply, "bounced"),
+        };
+        rcpt.status = status;
+        crate::metrics::get().delivery(word);
+        let delay = now_ms().saturating_sub(envelope.received_at_ms) as f64 / 1000.0;
+        tracing::info!(
+            queue_id = %id,
+            to = %envelope.recipients[index].address,
+            relay,
+            delay = format!("{delay:.1}"),
+            attempts = rcpt.attempts,
+            status = word,
+            reply = %reply,
+            "delivery"
+        );
+        state.history.push(crate::envelope::Attempt {
+            ts_ms: now_ms(),
+            recipient: index,
+            outcome: word.to_string(),
+            relay: relay.to_string(),
+            reply: reply.clone(),
+        });
+        let excess = state
+            .history
+            .len()
+            .saturating_sub(crate::envelope::MAX_HISTORY);
+        state.history.drain(..excess);
+        state.recipients[index].last_reply = Some(reply);
+    }
+
+    pub(super) fn backoff(&self, state: &MessageState) -> u64 {
+        let attempts = state
+            .recipients
+            .iter()
+            .filter(|r| !r.status.is_final())
+            .map(|r| r.attempts)
+            .min()
+            .unwrap_or(1)
+            .max(1) as usize;
+        let base = self.retry[(attempts - 1).min(self.retry.len() - 1)];
+        let jitter = 0.8 + fastrand::f64() * 0.4;
+        (base.as_millis() as f64 * jitter) as u64
+    }
+}
+
+/// Whether one attempt got an answer from its upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reach {
+    Reached,
+    /// No target took a connection.
+    Unreachable,
+    /// Given up because the upstream was declared down or came back meanwhile.
+    Abandoned,
+}
+
+/// Apply what one attempt changed (`before` → `after`) to the state as it
+/// is now (`current`), which an operator may have changed meanwhile. The
+/// attempt owns the recipients' outcomes, its history entries (`recorded`
+/// of them, the newest of `after`) and retention; the operator owns hold,
+/// route and rescheduling: a hold, release, retry or requeue made during
+/// the attempt is never undone by its result.
+pub(super) fn merge_attempt(
+    current: &mut MessageState,
+    before: &MessageState,
+    after: &MessageState,
+    recorded: usize,
+) {
+    let operator_changed = current.operator_changes != before.operator_changes;
+    for (index, outcome) in after.recipients.iter().enumerate() {
+        if before.recipients.get(index) != Some(outcome) {
+            if let Some(slot) = current.recipients.get_mut(index) {
+                *slot = outcome.clone();
+            }
+        }
+    }
+    let added = recorded.min(after.history.len());
+    current
+        .history
+        .extend_from_slice(&after.history[after.history.len() - added..]);
+    let excess = current
+        .history
+        .len()
+        .saturating_sub(crate::envelope::MAX_HISTORY);
+    current.history.drain(..excess);
+    if after.retain_until_ms != before.retain_until_ms {
+        current.retain_until_ms = after.retain_until_ms;
+    }
+    if !operator_changed {
+        current.next_attempt_ms = after.next_attempt_ms;
+    }
+}
+
+/// The message as it leaves: our intake verdicts on top (Exchange Online
+/// transport rules can act on them), and any `Authentication-Results` that
+/// claims to be ours but came from outside removed (RFC 8601 5).
+pub(super) fn with_intake_verdicts(
+    mut body: Vec<u8>,
+    envelope: &Envelope,
+    hostname: &str,
+) -> Outbound {
+    crate::trust::auth::strip_forged_results(&mut body, hostname);
+    let mut prefix = String::new();
+    if let Some(verdict) = envelope.lure.as_ref().filter(|v| v.score > 0) {
+        prefix.push_str(&format!(
+            "X-Breakwater-Lure: {}\r\n",
+            verdict.header_value()
+        ));
+    }
+    if let Some(auth) = &envelope.auth {
+        prefix.push_str(&auth.header());
+    }
+    Outbound {
+        prefix: prefix.into_bytes(),
+        body,
+    }
+}
+
+/// A message as it goes upstream: the header fields intake's verdicts add,
+/// then the stored bytes. Kept apart so that adding two header lines never
+/// copies a 50 MB body (delivery holds one copy of each body in flight).
+pub(super) struct Outbound {
+    prefix: Vec<u8>,
+    body: Vec<u8>,
+}

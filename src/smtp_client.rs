@@ -1,0 +1,799 @@
+//! The one outbound SMTP client, for every part of Breakwater that talks
+//! SMTP to another server: delivery (through its connection pool), recipient
+//! callouts, upstream probes (delivery's circuit and the alert monitor), the
+//! deployment self-check, alert mail and the drill's probe message.
+//!
+//! Why one: connect and command timeouts, the STARTTLS policy (never /
+//! opportunistic / verified, never a silent fall back to cleartext when TLS
+//! is demanded), the trust roots (webpki plus `[delivery] extra_ca_file`),
+//! how addresses go on the wire (`address::path`) and how replies are
+//! written in logs were five times written and five times different.
+//!
+//! Built on mail-send's low-level calls (`SmtpClient::cmd`, `read`, `ehlo`,
+//! `write_message`): its high-level `send()` stops at the first refused
+//! recipient, and delivery needs an answer per recipient.
+//!
+//! Shared service: imports `config` (types), `envelope` and `address`, no stage.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use mail_send::SmtpClient;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use smtp_proto::{
+    EhloResponse, Response, EXT_8BIT_MIME, EXT_CHUNKING, EXT_DSN, EXT_ENHANCED_STATUS_CODES,
+    EXT_PIPELINING, EXT_REQUIRE_TLS, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::envelope::{
+    DsnRet, Envelope, Recipient, NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER, NOTIFY_SUCCESS,
+};
+
+/// What STARTTLS must achieve before mail may be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsPolicy {
+    /// Stay in cleartext (tests, a loopback relay).
+    Never,
+    /// Encrypt when offered, without authenticating the server (RFC 7435);
+    /// cleartext when STARTTLS is not offered or refused.
+    Opportunistic,
+    /// A certificate valid for the host name, or no session at all.
+    Verified,
+}
+
+/// The connection did not get as far as a transaction.
+#[derive(Debug, Clone)]
+pub enum SessionFailure {
+    /// Could not connect or was not greeted: counts against upstream health.
+    Unreachable(String),
+    /// Connected, but the session broke or policy (TLS) forbade sending.
+    Broken(String),
+}
+
+impl std::fmt::Display for SessionFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionFailure::Unreachable(why) | SessionFailure::Broken(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The rustls client configurations: one that verifies (webpki roots plus
+/// an operator's extra CA file) and one that only encrypts.
+pub struct TlsClients {
+    verified: TlsConnector,
+    unverified: TlsConnector,
+}
+
+impl TlsClients {
+    pub fn new(extra_ca_file: Option<&Path>) -> Result<TlsClients, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(file) = extra_ca_file {
+            let certs = CertificateDer::pem_file_iter(file)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("{}: {e}", file.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+            }
+        }
+        let verified = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let unverified = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+            .with_no_client_auth();
+        Ok(TlsClients {
+            verified: TlsConnector::from(Arc::new(verified)),
+            unverified: TlsConnector::from(Arc::new(unverified)),
+        })
+    }
+}
+
+/// How to open sessions: our EHLO name, the timeouts, the TLS clients.
+#[derive(Clone)]
+pub struct Dialer {
+    helo: String,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    tls: Arc<TlsClients>,
+}
+
+/// An open SMTP session, greeted and past EHLO (and STARTTLS if it was done).
+pub struct Session {
+    pub client: SmtpClient<ClientStream>,
+    pub ehlo: EhloResponse<String>,
+    /// "TLSv1_3 TLS13_AES_256_GCM_SHA384 verified", or None in cleartext.
+    pub tls: Option<String>,
+    /// "host[address]", for replies and logs.
+    peer: String,
+}
+
+/// Why STARTTLS did not give an encrypted session.
+#[derive(Debug, Clone)]
+pub enum StartTlsError {
+    NotOffered,
+    Refused(String),
+    /// The handshake failed (for a verified one: the certificate).
+    Handshake(String),
+    /// The session broke around it.
+    Broken(String),
+}
+
+impl std::fmt::Display for StartTlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartTlsError::NotOffered => f.write_str("STARTTLS not offered"),
+            StartTlsError::Refused(reply) => write!(f, "STARTTLS refused: {reply}"),
+            StartTlsError::Handshake(why) => write!(f, "TLS handshake: {why}"),
+            StartTlsError::Broken(why) => f.write_str(why),
+        }
+    }
+}
+
+impl Dialer {
+    pub fn new(
+        helo: &str,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+        tls: Arc<TlsClients>,
+    ) -> Dialer {
+        Dialer {
+            helo: helo.to_string(),
+            connect_timeout,
+            command_timeout,
+            tls,
+        }
+    }
+
+    /// TCP connect, the 220 greeting and EHLO; no TLS yet. `host` is the
+    /// name the certificate must carry (and what replies are tagged with).
+    pub async fn connect(&self, host: &str, addr: SocketAddr) -> Result<Session, SessionFailure> {
+        let peer = format!("{host}[{addr}]");
+        let unreachable = |why: String| SessionFailure::Unreachable(format!("{peer}: {why}"));
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| unreachable("connect timed out".into()))?
+            .map_err(|e| unreachable(format!("connect: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let mut client = SmtpClient {
+            stream: ClientStream::Plain(tcp),
+            timeout: self.command_timeout,
+        };
+        let greeting = client
+            .read()
+            .await
+            .map_err(|e| unreachable(format!("greeting: {e}")))?;
+        if greeting.code != 220 {
+            return Err(unreachable(format!("greeting: {}", reply_text(&greeting))));
+        }
+        let ehlo = client
+            .ehlo(&self.helo)
+            .await
+            .map_err(|e| SessionFailure::Broken(format!("{peer}: EHLO: {e}")))?;
+        Ok(Session {
+            client,
+            ehlo,
+            tls: None,
+            peer,
+        })
+    }
+
+    /// Like [`Dialer::connect`] for a `host` name and port: every address
+    /// it resolves to is tried in turn.
+    pub async fn connect_named(&self, host: &str, port: u16) -> Result<Session, SessionFailure> {
+        let addrs =
+            tokio::time::timeout(self.connect_timeout, tokio::net::lookup_host((host, port)))
+                .await
+                .map_err(|_| SessionFailure::Unreachable(format!("{host}: name lookup timed out")))?
+                .map_err(|e| SessionFailure::Unreachable(format!("{host}: {e}")))?;
+        let mut last = SessionFailure::Unreachable(format!("{host}: no address"));
+        for addr in addrs {
+            match self.connect(host, addr).await {
+                Ok(session) => return Ok(session),
+                Err(err) => last = err,
+            }
+        }
+        Err(last)
+    }
+
+    /// A session that meets `policy`: connect, then STARTTLS as it demands.
+    /// A verified policy never ends in cleartext.
+    pub async fn open(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+        policy: TlsPolicy,
+    ) -> Result<Session, SessionFailure> {
+        let session = self.connect(host, addr).await?;
+        if policy == TlsPolicy::Never {
+            return Ok(session);
+        }
+        let peer = session.peer.clone();
+        let broken = |why: String| SessionFailure::Broken(format!("{peer}: {why}"));
+        match session.starttls(self, policy == TlsPolicy::Verified).await {
+            Ok(session) => Ok(session),
+            Err((Some(plain), StartTlsError::NotOffered | StartTlsError::Refused(_)))
+                if policy == TlsPolicy::Opportunistic =>
+            {
+                Ok(plain)
+            }
+            Err((_, StartTlsError::NotOffered)) => Err(broken(
+                // Never fall back to cleartext when TLS is required.
+                "4.7.5 TLS required but STARTTLS not offered".into(),
+            )),
+            Err((_, err)) => Err(broken(err.to_string())),
+        }
+    }
+
+    /// Connect + EHLO (+ STARTTLS as `policy` demands) + QUIT: is the
+    /// server taking connections?
+    pub async fn probe(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+        policy: TlsPolicy,
+    ) -> Result<(), SessionFailure> {
+        self.open(host, addr, policy).await?.quit().await;
+        Ok(())
+    }
+}
+
+impl Session {
+    /// Does the server offer this extension (`smtp_proto::EXT_*`)?
+    pub fn offers(&self, extension: u32) -> bool {
+        self.ehlo.has_capability(extension)
+    }
+
+    /// The extensions offered, by name (for the self-check's report).
+    pub fn extension_names(&self) -> Vec<&'static str> {
+        [
+            (EXT_START_TLS, "STARTTLS"),
+            (EXT_SIZE, "SIZE"),
+            (EXT_CHUNKING, "CHUNKING"),
+            (EXT_PIPELINING, "PIPELINING"),
+            (EXT_8BIT_MIME, "8BITMIME"),
+            (EXT_SMTP_UTF8, "SMTPUTF8"),
+            (EXT_DSN, "DSN"),
+            (EXT_ENHANCED_STATUS_CODES, "ENHANCEDSTATUSCODES"),
+            (EXT_REQUIRE_TLS, "REQUIRETLS"),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| self.offers(*bit))
+        .map(|(_, name)| name)
+        .collect()
+    }
+
+    /// The SIZE limit the server announced (0 = none).
+    pub fn max_size(&self) -> usize {
+        self.ehlo.size
+    }
+
+    /// "host[address]".
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// STARTTLS, the handshake (verifying the certificate against the host
+    /// name when `verified`) and EHLO again. On failure the session comes
+    /// back too when it is still usable in cleartext (not offered, refused).
+    pub async fn starttls(
+        mut self,
+        dialer: &Dialer,
+        verified: bool,
+    ) -> Result<Session, (Option<Session>, StartTlsError)> {
+        if !self.offers(EXT_START_TLS) {
+            return Err((Some(self), StartTlsError::NotOffered));
+        }
+        let reply = match self.client.cmd(b"STARTTLS\r\n").await {
+            Ok(reply) => reply,
+            Err(e) => return Err((None, StartTlsError::Broken(format!("STARTTLS: {e}")))),
+        };
+        if reply.code != 220 {
+            return Err((Some(self), StartTlsError::Refused(reply_text(&reply))));
+        }
+        let ClientStream::Plain(tcp) = self.client.stream else {
+            return Err((None, StartTlsError::Broken("STARTTLS twice".into())));
+        };
+        let host = self.peer.split('[').next().unwrap_or_default().to_string();
+        let name = ServerName::try_from(host)
+            .map_err(|e| (None, StartTlsError::Handshake(format!("TLS name: {e}"))))?;
+        let connector = if verified {
+            &dialer.tls.verified
+        } else {
+            &dialer.tls.unverified
+        };
+        let stream = tokio::time::timeout(dialer.command_timeout, connector.connect(name, tcp))
+            .await
+            .map_err(|_| (None, StartTlsError::Handshake("timed out".into())))?
+            .map_err(|e| (None, StartTlsError::Handshake(e.to_string())))?;
+        let (_, tls) = stream.get_ref();
+        let description = format!(
+            "{} {}{}",
+            tls.protocol_version()
+                .and_then(|v| v.as_str())
+                .unwrap_or("TLS"),
+            tls.negotiated_cipher_suite()
+                .and_then(|c| c.suite().as_str())
+                .unwrap_or("?"),
+            if verified { " verified" } else { " unverified" }
+        );
+        let mut client = SmtpClient {
+            stream: ClientStream::Tls(Box::new(stream)),
+            timeout: dialer.command_timeout,
+        };
+        let ehlo = client.ehlo(&dialer.helo).await.map_err(|e| {
+            (
+                None,
+                StartTlsError::Broken(format!("EHLO after STARTTLS: {e}")),
+            )
+        })?;
+        Ok(Session {
+            client,
+            ehlo,
+            tls: Some(description),
+            peer: self.peer,
+        })
+    }
+
+    /// Days until the server's certificate expires (None in cleartext or
+    /// when it cannot be read).
+    pub fn certificate_days_left(&self) -> Option<i64> {
+        let ClientStream::Tls(stream) = &self.client.stream else {
+            return None;
+        };
+        let der = stream.get_ref().1.peer_certificates()?.first()?;
+        let params = rcgen::CertificateParams::from_ca_cert_der(der).ok()?;
+        Some((params.not_after - time::OffsetDateTime::now_utc()).whole_days())
+    }
+
+    /// One command; the reply, or why there was none.
+    pub async fn command(&mut self, line: &str) -> Result<Response<String>, String> {
+        self.client
+            .cmd(line.as_bytes())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Say goodbye, briefly: a server that does not answer QUIT costs 5 s.
+    pub async fn quit(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.client.cmd(b"QUIT\r\n")).await;
+    }
+
+    /// Run one mail transaction: MAIL (with SIZE, BODY, SMTPUTF8,
+    /// REQUIRETLS and DSN parameters as the envelope and the server allow),
+    /// one RCPT per recipient, then BDAT (when offered) or DATA. Returns one
+    /// answer per recipient, by its index in `tx.recipients`.
+    pub async fn transaction(
+        &mut self,
+        tx: &Transaction<'_>,
+        data_timeout: Duration,
+    ) -> Result<Vec<(usize, Reply)>, TransactionError> {
+        let caps = self.ehlo.capabilities;
+        let max_size = self.ehlo.size;
+        let client = &mut self.client;
+        let env = tx.envelope;
+        let every = |reply: Reply| {
+            tx.recipients
+                .iter()
+                .map(|(i, _)| (*i, reply.clone()))
+                .collect::<Vec<_>>()
+        };
+
+        if caps & EXT_SIZE != 0 && max_size > 0 && tx.wire_len() > max_size {
+            let why = format!(
+                "5.3.4 message size {} exceeds upstream limit {max_size}",
+                tx.wire_len()
+            );
+            return Ok(every(Reply::Permanent(why)));
+        }
+        let non_ascii =
+            !env.sender.is_ascii() || tx.recipients.iter().any(|(_, r)| !r.address.is_ascii());
+        if non_ascii && caps & EXT_SMTP_UTF8 == 0 {
+            let why = "5.6.7 upstream does not support SMTPUTF8 for non-ASCII addresses";
+            return Ok(every(Reply::Permanent(why.into())));
+        }
+        if env.requiretls && (self.tls.is_none() || caps & EXT_REQUIRE_TLS == 0) {
+            let host = self.peer.split('[').next().unwrap_or_default();
+            let why = format!("5.7.30 REQUIRETLS not supported by {host}");
+            return Ok(every(Reply::Permanent(why)));
+        }
+
+        // Addresses go on the wire only through `address::path`: a quoted local
+        // part stays quoted, and one that cannot be represented is not sent.
+        let reverse_path = match crate::address::path(&env.sender) {
+            Ok(path) => path,
+            Err(why) => {
+                let why = format!("5.1.7 sender address cannot be relayed: {why}");
+                return Ok(every(Reply::Permanent(why)));
+            }
+        };
+        let mut mail = format!("MAIL FROM:{reverse_path}");
+        if caps & EXT_SIZE != 0 {
+            mail.push_str(&format!(" SIZE={}", tx.wire_len()));
+        }
+        if env.body_8bitmime && caps & EXT_8BIT_MIME != 0 {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if non_ascii {
+            mail.push_str(" SMTPUTF8");
+        }
+        if env.requiretls {
+            mail.push_str(" REQUIRETLS");
+        }
+        if caps & EXT_DSN != 0 {
+            match env.dsn_ret {
+                Some(DsnRet::Full) => mail.push_str(" RET=FULL"),
+                Some(DsnRet::Hdrs) => mail.push_str(" RET=HDRS"),
+                None => {}
+            }
+            if let Some(envid) = &env.dsn_envid {
+                mail.push_str(&format!(" ENVID={}", xtext(envid)));
+            }
+        }
+        mail.push_str("\r\n");
+        let reply = client
+            .cmd(mail.as_bytes())
+            .await
+            .map_err(|e| TransactionError::BeforeMail(format!("MAIL FROM: {e}")))?;
+        if !(200..300).contains(&reply.code) {
+            let answer = Reply::classify(&reply);
+            let _ = client.cmd(b"RSET\r\n").await;
+            return Ok(every(answer));
+        }
+
+        let mut answers = Vec::with_capacity(tx.recipients.len());
+        let mut accepted = Vec::new();
+        for (index, rcpt) in &tx.recipients {
+            let forward_path = match crate::address::path(&rcpt.address) {
+                Ok(path) => path,
+                Err(why) => {
+                    let why = format!("5.1.3 recipient address cannot be relayed: {why}");
+                    answers.push((*index, Reply::Permanent(why)));
+                    continue;
+                }
+            };
+            let mut line = format!("RCPT TO:{forward_path}");
+            if caps & EXT_DSN != 0 {
+                push_dsn_parameters(&mut line, rcpt);
+            }
+            line.push_str("\r\n");
+            match client.cmd(line.as_bytes()).await {
+                Ok(reply) if (200..300).contains(&reply.code) => accepted.push(*index),
+                Ok(reply) => answers.push((*index, Reply::classify(&reply))),
+                Err(e) => {
+                    let why = format!("4.4.2 connection lost at RCPT: {e}");
+                    return Err(TransactionError::Broken(every(Reply::Transient(why))));
+                }
+            }
+        }
+        if accepted.is_empty() {
+            let _ = client.cmd(b"RSET\r\n").await;
+            return Ok(answers);
+        }
+
+        let final_reply = if caps & EXT_CHUNKING != 0 {
+            tokio::time::timeout(data_timeout, async {
+                client
+                    .stream
+                    .write_all(format!("BDAT {} LAST\r\n", tx.wire_len()).as_bytes())
+                    .await?;
+                client.stream.write_all(tx.prefix).await?;
+                client.stream.write_all(tx.body).await?;
+                client.stream.flush().await?;
+                client
+                    .read()
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            })
+            .await
+        } else {
+            tokio::time::timeout(data_timeout, async {
+                let go = client
+                    .cmd(b"DATA\r\n")
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                if go.code != 354 {
+                    return Ok(go);
+                }
+                // write_message appends CRLF.CRLF itself; the message
+                // already ends with CRLF, so strip it to send the exact bytes.
+                let body = tx.body.strip_suffix(b"\r\n").unwrap_or(tx.body);
+                client.stream.write_all(tx.prefix).await?;
+                // write_message stuffs a dot only after a line break, so the
+                // body's first line (after the prefix's CRLF, or the start of
+                // the data) gets its stuffing dot here.
+                if body.first() == Some(&b'.') {
+                    client.stream.write_all(b".").await?;
+                }
+                client.write_message(body).await?;
+                client
+                    .read()
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            })
+            .await
+        };
+        let lost = |why: String| {
+            let mut answers = answers.clone();
+            answers.extend(accepted.iter().map(|i| (*i, Reply::Transient(why.clone()))));
+            TransactionError::Broken(answers)
+        };
+        let reply = match final_reply {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => return Err(lost(format!("4.4.2 connection lost during data: {e}"))),
+            Err(_) => return Err(lost("4.4.2 timeout during data".to_string())),
+        };
+        let answer = Reply::classify(&reply);
+        answers.extend(accepted.into_iter().map(|i| (i, answer.clone())));
+        answers.sort_by_key(|(i, _)| *i);
+        Ok(answers)
+    }
+}
+
+/// RFC 3461 NOTIFY and ORCPT on a RCPT line.
+fn push_dsn_parameters(line: &mut String, rcpt: &Recipient) {
+    if rcpt.notify != 0 {
+        let mut words = Vec::new();
+        if rcpt.notify & NOTIFY_NEVER != 0 {
+            words.push("NEVER");
+        } else {
+            for (flag, word) in [
+                (NOTIFY_SUCCESS, "SUCCESS"),
+                (NOTIFY_FAILURE, "FAILURE"),
+                (NOTIFY_DELAY, "DELAY"),
+            ] {
+                if rcpt.notify & flag != 0 {
+                    words.push(word);
+                }
+            }
+        }
+        line.push_str(&format!(" NOTIFY={}", words.join(",")));
+    }
+    if let Some(orcpt) = &rcpt.orcpt {
+        if let Some((kind, addr)) = orcpt.split_once(';') {
+            line.push_str(&format!(" ORCPT={kind};{}", xtext(addr)));
+        }
+    }
+}
+
+/// What is sent in one transaction.
+pub struct Transaction<'a> {
+    pub envelope: &'a Envelope,
+    /// (index, recipient): the index comes back with the recipient's answer.
+    pub recipients: Vec<(usize, &'a Recipient)>,
+    /// Header fields added in front of the stored message (whole CRLF
+    /// lines, none starting with "."), sent before `body` without a copy.
+    pub prefix: &'a [u8],
+    /// The message, ending with CRLF.
+    pub body: &'a [u8],
+}
+
+impl Transaction<'_> {
+    /// The message's size on the wire (before dot-stuffing), for SIZE= and BDAT.
+    pub fn wire_len(&self) -> usize {
+        self.prefix.len() + self.body.len()
+    }
+}
+
+/// The server's answer for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// 2xx: the server took the message for this recipient.
+    Accepted(String),
+    /// 4xx, or no answer: try again later.
+    Transient(String),
+    /// 5xx: do not try again.
+    Permanent(String),
+}
+
+impl Reply {
+    fn classify(reply: &Response<String>) -> Reply {
+        let text = reply_text(reply);
+        match reply.code {
+            200..=299 => Reply::Accepted(text),
+            500..=599 => Reply::Permanent(text),
+            _ => Reply::Transient(text),
+        }
+    }
+}
+
+pub enum TransactionError {
+    /// Failed before the server saw a transaction (e.g. a stale pooled
+    /// connection): nothing was sent, start over on a fresh one.
+    BeforeMail(String),
+    /// The session broke mid-transaction: answers so far, the rest transient.
+    Broken(Vec<(usize, Reply)>),
+}
+
+/// A reply as logs and DSNs show it: "550 5.1.1 no such user".
+pub fn reply_text(reply: &Response<String>) -> String {
+    let message = reply.message.replace('\n', " ");
+    if reply.esc[0] != 0 {
+        format!(
+            "{} {}.{}.{} {}",
+            reply.code, reply.esc[0], reply.esc[1], reply.esc[2], message
+        )
+    } else {
+        format!("{} {}", reply.code, message)
+    }
+}
+
+/// Where `submit` sends: the host name (for TLS), its address, the policy.
+pub struct Relay<'a> {
+    pub host: &'a str,
+    pub addr: SocketAddr,
+    pub policy: TlsPolicy,
+}
+
+/// Send one message Breakwater wrote itself (an alert, the drill's probe)
+/// to one recipient through `relay`, within `limit`: the final reply
+/// ("250 2.0.0 Ok: queued as …"), or why it was not accepted.
+pub async fn submit(
+    dialer: &Dialer,
+    relay: &Relay<'_>,
+    from: &str,
+    to: &str,
+    message: &[u8],
+    limit: Duration,
+) -> Result<String, String> {
+    let exchange = async {
+        let mut session = dialer
+            .open(relay.host, relay.addr, relay.policy)
+            .await
+            .map_err(|e| e.to_string())?;
+        let envelope = Envelope::local(from, to, &dialer.helo);
+        let tx = Transaction {
+            envelope: &envelope,
+            recipients: vec![(0, &envelope.recipients[0])],
+            prefix: b"",
+            body: message,
+        };
+        let answers = match session.transaction(&tx, limit).await {
+            Ok(answers) => answers,
+            Err(TransactionError::BeforeMail(why)) => return Err(why),
+            Err(TransactionError::Broken(answers)) => answers,
+        };
+        session.quit().await;
+        match answers.into_iter().next() {
+            Some((_, Reply::Accepted(text))) => Ok(text),
+            Some((_, Reply::Transient(text) | Reply::Permanent(text))) => Err(text),
+            None => Err("no answer".into()),
+        }
+    };
+    tokio::time::timeout(limit, exchange).await.map_err(|_| {
+        format!(
+            "{} did not answer within {}",
+            relay.addr,
+            humantime::format_duration(limit)
+        )
+    })?
+}
+
+/// RFC 3461 4: xtext encoding for ENVID/ORCPT values.
+fn xtext(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if (b'!'..=b'~').contains(&byte) && byte != b'+' && byte != b'=' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("+{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Opportunistic TLS (RFC 7435): encrypt, without authenticating the server,
+/// but still check the handshake signatures properly.
+#[derive(Debug)]
+struct EncryptOnly(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A plain or TLS connection behind one type, so one `SmtpClient` type can
+/// live in delivery's pool either way.
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
