@@ -15,8 +15,16 @@ use serde::{Deserialize, Serialize};
 pub struct QueueId(pub ulid::Ulid);
 
 impl QueueId {
+    /// A new ID, larger than every ID this process made before (within one
+    /// millisecond the random part counts up), so queue IDs sort in the
+    /// order messages began to arrive. Access to a message never depends on
+    /// its ID being hard to guess.
     pub fn generate() -> QueueId {
-        QueueId(ulid::Ulid::new())
+        static GENERATOR: std::sync::Mutex<ulid::Generator> =
+            std::sync::Mutex::new(ulid::Generator::new());
+        let next = GENERATOR.lock().expect("queue id generator").generate();
+        // Err only when 2^80 IDs were made in one millisecond.
+        QueueId(next.unwrap_or_else(|_| ulid::Ulid::new()))
     }
 
     pub fn to_bytes(self) -> [u8; 16] {

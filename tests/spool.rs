@@ -667,3 +667,166 @@ async fn records_hidden_in_a_message_body_are_never_replayed() {
         spool.close().await;
     }
 }
+
+// The store contract (src/spool/store.rs, "The Spool API" in
+// docs/ARCHITECTURE.md), checked through `Spool::new(store)`: a cluster
+// store gets its own opener and must pass the same checks.
+
+/// Opens the store under test in `dir` (today: the segment store).
+fn open_store(dir: &Path) -> Spool {
+    let (store, _) = SegmentStore::open(&config(dir)).unwrap();
+    Spool::new(std::sync::Arc::new(store))
+}
+
+/// Close the spool and open the store again from what is durable.
+async fn reopen(spool: Spool, dir: &Path) -> Spool {
+    spool.close().await;
+    drop(spool);
+    open_store(dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_changes_of_one_message_are_atomic_and_durable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_store(tmp.path());
+    let id = put(&spool, b"Subject: c\r\n\r\nx\r\n", &["a@example.com"]).await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let spool = spool.clone();
+        tasks.push(tokio::spawn(async move {
+            spool
+                .update_state(id, |state| state.recipients[0].attempts += 1)
+                .await
+                .unwrap()
+                .expect("spooled")
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let attempts =
+        |m: Option<breakwater::spool::SpooledMessage>| m.unwrap().state.recipients[0].attempts;
+    assert_eq!(attempts(spool.get(id).await.unwrap()), 50, "no change lost");
+    let spool = reopen(spool, tmp.path()).await;
+    assert_eq!(
+        attempts(spool.get(id).await.unwrap()),
+        50,
+        "every change durable"
+    );
+    spool.close().await;
+}
+
+#[tokio::test]
+async fn contract_an_unchanged_state_writes_nothing_and_a_missing_message_is_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_store(tmp.path());
+    let id = put(&spool, b"Subject: u\r\n\r\nx\r\n", &["a@example.com"]).await;
+    let records = || {
+        spool
+            .stats()
+            .fsync_records
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = records();
+    assert_eq!(
+        spool.update_state(id, |s| s.held).await.unwrap(),
+        Some(false)
+    );
+    assert_eq!(records(), before, "nothing written for an unchanged state");
+    let stranger = QueueId::generate();
+    assert_eq!(spool.update_state(stranger, |_| ()).await.unwrap(), None);
+    assert!(spool.get(stranger).await.unwrap().is_none());
+    assert!(matches!(
+        spool
+            .set_state(
+                stranger,
+                MessageState::new_for(&envelope(&["x@example.com"]))
+            )
+            .await,
+        Err(SpoolError::NotFound(_))
+    ));
+    spool.close().await;
+}
+
+#[tokio::test]
+async fn contract_a_removal_is_final_and_durable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_store(tmp.path());
+    let id = put(&spool, b"Subject: r\r\n\r\nx\r\n", &["a@example.com"]).await;
+    let kept = put(&spool, b"Subject: k\r\n\r\nx\r\n", &["a@example.com"]).await;
+    assert!(spool.remove(id, "delivered").await.unwrap());
+    assert!(
+        !spool.remove(id, "delivered").await.unwrap(),
+        "already gone"
+    );
+    assert_eq!(spool.removal_reason(id).as_deref(), Some("delivered"));
+    assert!(spool.get(id).await.unwrap().is_none());
+    assert!(matches!(
+        spool.read_body(id).await,
+        Err(SpoolError::NotFound(_))
+    ));
+    let spool = reopen(spool, tmp.path()).await;
+    assert!(spool.get(id).await.unwrap().is_none(), "never comes back");
+    assert_eq!(
+        spool.ids_for_recipient("A@example.com").await.unwrap(),
+        [kept]
+    );
+    spool.close().await;
+}
+
+#[tokio::test]
+async fn contract_parking_is_forgotten_at_restart_and_holds_are_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_store(tmp.path());
+    let id = put(&spool, b"Subject: p\r\n\r\nx\r\n", &["a@example.com"]).await;
+    assert_eq!(spool.due(now_ms(), 10).await.unwrap(), [id]);
+    assert!(spool.park(id, now_ms() + 3_600_000).await.unwrap());
+    assert!(spool.due(now_ms(), 10).await.unwrap().is_empty());
+    spool
+        .set_upstream_held("tenant.example:25", true)
+        .await
+        .unwrap();
+    let spool = reopen(spool, tmp.path()).await;
+    assert_eq!(
+        spool.due(now_ms(), 10).await.unwrap(),
+        [id],
+        "a park is not durable: due again after a restart"
+    );
+    assert!(spool
+        .held_upstreams()
+        .await
+        .unwrap()
+        .contains("tenant.example:25"));
+    spool.close().await;
+}
+
+#[tokio::test]
+async fn contract_paging_is_stable_while_mail_arrives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_store(tmp.path());
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            put(
+                &spool,
+                format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(),
+                &["a@example.com"],
+            )
+            .await,
+        );
+    }
+    let (first, cursor) = spool.page(None, 3, |_| true).await.unwrap();
+    assert_eq!(first.iter().map(|m| m.id).collect::<Vec<_>>(), ids[..3]);
+    let late = put(&spool, b"Subject: late\r\n\r\nx\r\n", &["a@example.com"]).await;
+    let (rest, end) = spool.page(cursor, 10, |_| true).await.unwrap();
+    let mut expected = ids[3..].to_vec();
+    expected.push(late);
+    assert_eq!(rest.iter().map(|m| m.id).collect::<Vec<_>>(), expected);
+    assert!(end.is_none());
+    let (odd, _) = spool
+        .page(None, 10, |m| m.id == ids[1] || m.id == late)
+        .await
+        .unwrap();
+    assert_eq!(odd.iter().map(|m| m.id).collect::<Vec<_>>(), [ids[1], late]);
+    spool.close().await;
+}

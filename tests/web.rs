@@ -130,13 +130,7 @@ fn every_route_needs_a_session() {
     }
     // The message is untouched by the anonymous POSTs.
     let id = w.alice_jp.parse().unwrap();
-    assert!(
-        !common::block(w.server.spool.get(id))
-            .unwrap()
-            .unwrap()
-            .state
-            .held
-    );
+    assert!(!held(&w.server, id));
     // A plain user gets 403 on every admin page.
     let mut alice = w.client();
     alice.login_fully("alice@example.com", None);
@@ -249,13 +243,7 @@ fn csrf_is_enforced_on_every_post() {
         &[("Sec-Fetch-Site", "cross-site")],
     );
     assert_eq!(cross.status, 403, "cross-site fetch");
-    assert!(
-        !common::block(w.server.spool.get(id))
-            .unwrap()
-            .unwrap()
-            .state
-            .held
-    );
+    assert!(!held(&w.server, id));
     assert_eq!(admin.post("/logout", &[("csrf", "nope")]).status, 403);
     // The login form itself: without the double-submit cookie it is refused.
     let mut fresh = w.client();
@@ -272,13 +260,7 @@ fn csrf_is_enforced_on_every_post() {
     // With the token it works.
     let ok = admin.post(&path, &[("action", "hold"), ("csrf", &csrf)]);
     assert_eq!(ok.status, 303);
-    assert!(
-        common::block(w.server.spool.get(id))
-            .unwrap()
-            .unwrap()
-            .state
-            .held
-    );
+    assert!(held(&w.server, id));
 }
 
 #[test]
@@ -549,13 +531,7 @@ fn admin_pages_steer_the_spool_and_are_audited() {
             .status,
         303
     );
-    assert!(
-        common::block(w.server.spool.get(id))
-            .unwrap()
-            .unwrap()
-            .state
-            .held
-    );
+    assert!(held(&w.server, id));
     assert!(admin.get("/admin?status=held").text().contains(&w.bob_msg));
     assert_eq!(
         admin
@@ -563,13 +539,7 @@ fn admin_pages_steer_the_spool_and_are_audited() {
             .status,
         303
     );
-    assert!(
-        !common::block(w.server.spool.get(id))
-            .unwrap()
-            .unwrap()
-            .state
-            .held
-    );
+    assert!(!held(&w.server, id));
     // Reading someone else's mail as admin is possible and audited as such.
     let view = admin.get(&format!("/mail/{}", w.bob_msg));
     assert!(view.text().contains("salary details"));
@@ -923,4 +893,13 @@ fn web_connections_are_capped_and_served_again_when_one_closes() {
     let _ = late.read_to_end(&mut answer);
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 "), "{answer:?}");
+}
+
+/// Is the spooled message `id` on hold (it must still be spooled)?
+fn held(server: &breakwater::server::Server, id: breakwater::envelope::QueueId) -> bool {
+    common::block(server.spool.get(id))
+        .unwrap()
+        .expect("still spooled")
+        .state
+        .held
 }

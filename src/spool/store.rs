@@ -100,14 +100,16 @@ pub trait SpoolStore: Send + Sync + 'static {
     /// other holds and releases.
     async fn set_upstream_held(&self, upstream: &str, held: bool) -> Result<(), SpoolError>;
 
-    /// Every message, in arrival order. Bounded only by the spool; pages
+    /// Every message, in queue-ID order. Bounded only by the spool; pages
     /// should use [`SpoolStore::page`].
     async fn list(&self) -> Result<Vec<SpooledMessage>, SpoolError>;
 
-    /// Up to `limit` messages in arrival order after the cursor `after`
+    /// Up to `limit` messages in queue-ID order after the cursor `after`
     /// that `keep` accepts, and the cursor for the next page (`None` at the
-    /// end). Stable while mail arrives: a new message sorts after every
-    /// existing one.
+    /// end). Queue IDs grow in the order messages began to arrive
+    /// (`QueueId::generate`), so paging is stable while mail arrives: a
+    /// message shows up on a later page unless its receipt began before the
+    /// cursor's message did (a slow upload finishing after the page was read).
     async fn page(
         &self,
         after: Option<QueueId>,
