@@ -450,88 +450,166 @@ impl Session {
             }
         }
         mail.push_str("\r\n");
-        let reply = client
-            .cmd(mail.as_bytes())
-            .await
-            .map_err(|e| TransactionError::BeforeMail(format!("MAIL FROM: {e}")))?;
-        if !(200..300).contains(&reply.code) {
-            let answer = Reply::classify(&reply);
-            let _ = client.cmd(b"RSET\r\n").await;
-            return Ok(every(answer));
-        }
 
         let mut answers = Vec::with_capacity(tx.recipients.len());
-        let mut accepted = Vec::new();
+        let mut rcpt_lines = Vec::with_capacity(tx.recipients.len());
         for (index, rcpt) in &tx.recipients {
-            let forward_path = match crate::address::path(&rcpt.address) {
-                Ok(path) => path,
+            match crate::address::path(&rcpt.address) {
+                Ok(forward_path) => {
+                    let mut line = format!("RCPT TO:{forward_path}");
+                    if caps & EXT_DSN != 0 {
+                        push_dsn_parameters(&mut line, rcpt);
+                    }
+                    line.push_str("\r\n");
+                    rcpt_lines.push((*index, line));
+                }
                 Err(why) => {
                     let why = format!("5.1.3 recipient address cannot be relayed: {why}");
                     answers.push((*index, Reply::Permanent(why)));
-                    continue;
                 }
-            };
-            let mut line = format!("RCPT TO:{forward_path}");
-            if caps & EXT_DSN != 0 {
-                push_dsn_parameters(&mut line, rcpt);
             }
-            line.push_str("\r\n");
-            match client.cmd(line.as_bytes()).await {
-                Ok(reply) if (200..300).contains(&reply.code) => accepted.push(*index),
-                Ok(reply) => answers.push((*index, Reply::classify(&reply))),
-                Err(e) => {
-                    let why = format!("4.4.2 connection lost at RCPT: {e}");
-                    return Err(TransactionError::Broken(every(Reply::Transient(why))));
+        }
+
+        // RFC 2920: with PIPELINING, MAIL and every RCPT go out in one
+        // write, followed by DATA, or by a small message's whole BDAT
+        // (RFC 3030 allows BDAT in a pipeline): one round trip per message
+        // instead of two plus one per recipient. A large body waits for the
+        // recipients' answers, so a refused message costs no upload.
+        let pipelining = caps & EXT_PIPELINING != 0;
+        let chunking = caps & EXT_CHUNKING != 0;
+        let data_step = if !pipelining {
+            DataStep::AfterAnswers
+        } else if !chunking {
+            DataStep::DataInBatch
+        } else if tx.wire_len() <= PIPELINED_BODY_MAX {
+            DataStep::BodyInBatch
+        } else {
+            DataStep::AfterAnswers
+        };
+        // The answer to a pipelined DATA (354) or BDAT (the final reply).
+        let mut data_reply = None;
+        let (mail_reply, rcpt_replies) = if pipelining {
+            let mut batch = mail.into_bytes();
+            for (_, line) in &rcpt_lines {
+                batch.extend_from_slice(line.as_bytes());
+            }
+            match data_step {
+                DataStep::DataInBatch => batch.extend_from_slice(b"DATA\r\n"),
+                DataStep::BodyInBatch => {
+                    batch.extend_from_slice(format!("BDAT {} LAST\r\n", tx.wire_len()).as_bytes())
+                }
+                DataStep::AfterAnswers => {}
+            }
+            let body = (data_step == DataStep::BodyInBatch).then_some(tx);
+            write_batch(client, &batch, body)
+                .await
+                .map_err(|e| TransactionError::BeforeMail(format!("MAIL FROM: {e}")))?;
+            // All answers at once: `read` would drop the bytes of any
+            // answer that arrived in the same segment as the first.
+            let expected = 1 + rcpt_lines.len() + usize::from(data_step != DataStep::AfterAnswers);
+            let limit = match data_step {
+                DataStep::BodyInBatch => data_timeout,
+                _ => client.timeout,
+            };
+            // The commands are out: a session that breaks now defers
+            // every recipient (the message may have arrived: a duplicate
+            // is possible, a loss is not).
+            let during = match data_step {
+                DataStep::BodyInBatch => "during data",
+                _ => "at MAIL/RCPT",
+            };
+            let lost = |why: String| {
+                TransactionError::Broken(every(Reply::Transient(format!(
+                    "4.4.2 connection lost {during}: {why}"
+                ))))
+            };
+            let mut replies = match tokio::time::timeout(limit, client.read_many(expected)).await {
+                Ok(Ok(replies)) if replies.len() == expected => replies.into_iter(),
+                Ok(Ok(_)) => return Err(lost("short pipelined answer".into())),
+                Ok(Err(e)) => return Err(lost(e.to_string())),
+                Err(_) => return Err(lost("timed out".into())),
+            };
+            let mail_reply = replies.next().expect("counted");
+            let rcpt_replies: Vec<_> = rcpt_lines
+                .iter()
+                .map(|(index, _)| (*index, replies.next().expect("counted")))
+                .collect();
+            data_reply = replies.next();
+            (mail_reply, rcpt_replies)
+        } else {
+            let mail_reply = client
+                .cmd(mail.as_bytes())
+                .await
+                .map_err(|e| TransactionError::BeforeMail(format!("MAIL FROM: {e}")))?;
+            let mut replies = Vec::with_capacity(rcpt_lines.len());
+            if (200..300).contains(&mail_reply.code) {
+                for (index, line) in &rcpt_lines {
+                    match client.cmd(line.as_bytes()).await {
+                        Ok(reply) => replies.push((*index, reply)),
+                        Err(e) => {
+                            let why = format!("4.4.2 connection lost at RCPT: {e}");
+                            return Err(TransactionError::Broken(every(Reply::Transient(why))));
+                        }
+                    }
+                }
+            }
+            (mail_reply, replies)
+        };
+
+        let mut accepted = Vec::new();
+        if (200..300).contains(&mail_reply.code) {
+            for (index, reply) in rcpt_replies {
+                if (200..300).contains(&reply.code) {
+                    accepted.push(index);
+                } else {
+                    answers.push((index, Reply::classify(&reply)));
                 }
             }
         }
         if accepted.is_empty() {
+            // Nothing to send. A server that still said 354 to a pipelined
+            // DATA gets an empty end of data, then everything is reset.
+            if data_reply.as_ref().is_some_and(|reply| reply.code == 354) {
+                let _ = client.stream.write_all(b".\r\n").await;
+                let _ = client.read().await;
+            }
             let _ = client.cmd(b"RSET\r\n").await;
+            if !(200..300).contains(&mail_reply.code) {
+                return Ok(every(Reply::classify(&mail_reply)));
+            }
             return Ok(answers);
         }
 
-        let final_reply = if caps & EXT_CHUNKING != 0 {
-            tokio::time::timeout(data_timeout, async {
-                client
-                    .stream
-                    .write_all(format!("BDAT {} LAST\r\n", tx.wire_len()).as_bytes())
-                    .await?;
-                client.stream.write_all(tx.prefix).await?;
-                client.stream.write_all(tx.body).await?;
-                client.stream.flush().await?;
-                client
-                    .read()
-                    .await
-                    .map_err(|e| std::io::Error::other(e.to_string()))
-            })
-            .await
-        } else {
-            tokio::time::timeout(data_timeout, async {
-                let go = client
-                    .cmd(b"DATA\r\n")
-                    .await
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                if go.code != 354 {
-                    return Ok(go);
+        let final_reply = tokio::time::timeout(data_timeout, async {
+            match (data_step, data_reply) {
+                (DataStep::BodyInBatch, Some(reply)) => return Ok(reply),
+                (DataStep::DataInBatch, Some(go)) => {
+                    if go.code != 354 {
+                        return Ok(go);
+                    }
+                    write_data_body(client, tx).await?;
                 }
-                // write_message appends CRLF.CRLF itself; the message
-                // already ends with CRLF, so strip it to send the exact bytes.
-                let body = tx.body.strip_suffix(b"\r\n").unwrap_or(tx.body);
-                client.stream.write_all(tx.prefix).await?;
-                // write_message stuffs a dot only after a line break, so the
-                // body's first line (after the prefix's CRLF, or the start of
-                // the data) gets its stuffing dot here.
-                if body.first() == Some(&b'.') {
-                    client.stream.write_all(b".").await?;
+                // Not reached: `expected` counted the DATA or BDAT answer.
+                (DataStep::BodyInBatch | DataStep::DataInBatch, None) => {
+                    return Err(std::io::Error::other("no answer to the pipelined data"));
                 }
-                client.write_message(body).await?;
-                client
-                    .read()
-                    .await
-                    .map_err(|e| std::io::Error::other(e.to_string()))
-            })
-            .await
-        };
+                (DataStep::AfterAnswers, _) if chunking => {
+                    write_batch(client, b"", Some(tx)).await?
+                }
+                (DataStep::AfterAnswers, _) => {
+                    let go = client
+                        .cmd(b"DATA\r\n")
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    if go.code != 354 {
+                        return Ok(go);
+                    }
+                    write_data_body(client, tx).await?;
+                }
+            }
+            client.read().await.map_err(std::io::Error::other)
+        })
+        .await;
         let lost = |why: String| {
             let mut answers = answers.clone();
             answers.extend(accepted.iter().map(|i| (*i, Reply::Transient(why.clone()))));
@@ -547,6 +625,58 @@ impl Session {
         answers.sort_by_key(|(i, _)| *i);
         Ok(answers)
     }
+}
+
+/// Messages up to this size travel in the same write as MAIL and RCPT
+/// when the server pipelines and takes BDAT.
+const PIPELINED_BODY_MAX: usize = 128 * 1024;
+
+/// When the message itself goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataStep {
+    /// `DATA` in the pipelined batch; the body after its 354.
+    DataInBatch,
+    /// `BDAT <size> LAST` and the body in the pipelined batch.
+    BodyInBatch,
+    /// After MAIL and RCPT were answered (no PIPELINING, or a large body).
+    AfterAnswers,
+}
+
+/// Write `commands`, then (when given) `BDAT <size> LAST` unless it is
+/// already among the commands, the prefix and the body; flush.
+async fn write_batch(
+    client: &mut SmtpClient<ClientStream>,
+    commands: &[u8],
+    body: Option<&Transaction<'_>>,
+) -> std::io::Result<()> {
+    client.stream.write_all(commands).await?;
+    if let Some(tx) = body {
+        if commands.is_empty() {
+            let bdat = format!("BDAT {} LAST\r\n", tx.wire_len());
+            client.stream.write_all(bdat.as_bytes()).await?;
+        }
+        client.stream.write_all(tx.prefix).await?;
+        client.stream.write_all(tx.body).await?;
+    }
+    client.stream.flush().await
+}
+
+/// The message after DATA's 354: dot-stuffed, ending with CRLF.CRLF.
+async fn write_data_body(
+    client: &mut SmtpClient<ClientStream>,
+    tx: &Transaction<'_>,
+) -> std::io::Result<()> {
+    // write_message appends CRLF.CRLF itself; the message already ends
+    // with CRLF, so strip it to send the exact bytes.
+    let body = tx.body.strip_suffix(b"\r\n").unwrap_or(tx.body);
+    client.stream.write_all(tx.prefix).await?;
+    // write_message stuffs a dot only after a line break, so the body's
+    // first line (after the prefix's CRLF, or the start of the data) gets
+    // its stuffing dot here.
+    if body.first() == Some(&b'.') {
+        client.stream.write_all(b".").await?;
+    }
+    client.write_message(body).await
 }
 
 /// RFC 3461 NOTIFY and ORCPT on a RCPT line.

@@ -150,6 +150,10 @@ fn delivers_the_spooled_bytes_exactly_with_bdat_and_data() {
     assert_eq!(got[0].data, spooled, "BDAT delivery is byte-for-byte");
     assert_eq!(got[0].rcpts(), ["ok@example.com"]);
     assert!(got[0].mail_line.contains("SIZE="), "{}", got[0].mail_line);
+    assert!(
+        got[0].pipelined,
+        "PIPELINING offered: MAIL, RCPT and a small BDAT in one write"
+    );
 
     // Without CHUNKING (the second domain's upstream): DATA with
     // dot-stuffing, still exactly the spooled bytes.
@@ -167,6 +171,7 @@ fn delivers_the_spooled_bytes_exactly_with_bdat_and_data() {
         got[0].data, spooled,
         "DATA delivery is byte-for-byte (no doubled CRLF)"
     );
+    assert!(got[0].pipelined, "MAIL, RCPT and DATA in one write");
     s.rt.block_on(server.shutdown());
 }
 

@@ -18,6 +18,17 @@ pub struct Delivered {
     pub data: Vec<u8>,
     pub bdat: bool,
     pub tls: bool,
+    /// The client's RCPT commands had already arrived when its MAIL was
+    /// read (RFC 2920 pipelining).
+    pub pipelined: bool,
+}
+
+/// The transaction being received in one session.
+#[derive(Default)]
+struct Txn {
+    mail_line: String,
+    rcpt_lines: Vec<String>,
+    pipelined: bool,
 }
 
 impl Delivered {
@@ -185,8 +196,7 @@ async fn session(
     io.get_mut()
         .write_all(b"220 sink.test ESMTP test sink\r\n")
         .await?;
-    let mut mail_line = String::new();
-    let mut rcpt_lines: Vec<String> = Vec::new();
+    let mut txn = Txn::default();
     let mut bdat_data = Vec::new();
     loop {
         let mut line = String::new();
@@ -231,8 +241,11 @@ async fn session(
             tls = true;
             continue;
         } else if upper.starts_with("MAIL") {
-            mail_line = line.trim_end().to_string();
-            rcpt_lines.clear();
+            txn = Txn {
+                mail_line: line.trim_end().to_string(),
+                rcpt_lines: Vec::new(),
+                pipelined: !io.buffer().is_empty(),
+            };
             bdat_data.clear();
             "250 2.1.0 ok\r\n".into()
         } else if upper.starts_with("RCPT") {
@@ -255,9 +268,11 @@ async fn session(
                 })
                 .unwrap_or_else(|| "250 2.1.5 ok".into());
             if reply.starts_with('2') {
-                rcpt_lines.push(line.trim_end().to_string());
+                txn.rcpt_lines.push(line.trim_end().to_string());
             }
             reply + "\r\n"
+        } else if upper.starts_with("DATA") && txn.rcpt_lines.is_empty() {
+            "554 5.5.1 no valid recipients\r\n".into()
         } else if upper.starts_with("DATA") {
             io.get_mut().write_all(b"354 go\r\n").await?;
             let mut data = Vec::new();
@@ -279,16 +294,7 @@ async fn session(
                 };
                 data.extend_from_slice(&l);
             }
-            finish(
-                &received,
-                &script_now,
-                &mail_line,
-                &rcpt_lines,
-                data,
-                false,
-                tls,
-            )
-            .await
+            finish(&received, &script_now, &txn, data, false, tls).await
         } else if upper.starts_with("BDAT") {
             let mut words = upper.split_whitespace().skip(1);
             let size: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
@@ -300,17 +306,12 @@ async fn session(
             }
             io.read_exact(&mut chunk).await?;
             bdat_data.extend_from_slice(&chunk);
-            if last {
-                finish(
-                    &received,
-                    &script_now,
-                    &mail_line,
-                    &rcpt_lines,
-                    std::mem::take(&mut bdat_data),
-                    true,
-                    tls,
-                )
-                .await
+            if last && txn.rcpt_lines.is_empty() {
+                bdat_data.clear();
+                "554 5.5.1 no valid recipients\r\n".into()
+            } else if last {
+                let data = std::mem::take(&mut bdat_data);
+                finish(&received, &script_now, &txn, data, true, tls).await
             } else {
                 "250 2.0.0 chunk ok\r\n".into()
             }
@@ -329,8 +330,7 @@ async fn session(
 async fn finish(
     received: &Arc<Mutex<Vec<Delivered>>>,
     script: &Script,
-    mail_line: &str,
-    rcpt_lines: &[String],
+    txn: &Txn,
     data: Vec<u8>,
     bdat: bool,
     tls: bool,
@@ -342,11 +342,12 @@ async fn finish(
     tokio::time::sleep(script.data_delay).await;
     if script.data_reply.starts_with('2') {
         received.lock().unwrap().push(Delivered {
-            mail_line: mail_line.to_string(),
-            rcpt_lines: rcpt_lines.to_vec(),
+            mail_line: txn.mail_line.clone(),
+            rcpt_lines: txn.rcpt_lines.clone(),
             data,
             bdat,
             tls,
+            pipelined: txn.pipelined,
         });
     }
     format!("{}\r\n", script.data_reply)
