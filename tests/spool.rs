@@ -52,6 +52,16 @@ async fn put(spool: &Spool, content: &[u8], rcpts: &[&str]) -> QueueId {
     spool.enqueue(body, envelope(rcpts)).await.unwrap()
 }
 
+/// `count` small messages for a@example.com, Subject 0, 1, …, in order.
+async fn put_numbered(spool: &Spool, count: usize) -> Vec<QueueId> {
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        let content = format!("Subject: {i}\r\n\r\nx\r\n");
+        ids.push(put(spool, content.as_bytes(), &["a@example.com"]).await);
+    }
+    ids
+}
+
 fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir.join("spool/segments"))
         .unwrap()
@@ -472,17 +482,7 @@ async fn a_segment_is_not_reclaimed_while_its_enqueue_is_still_returning() {
 async fn clean_restart_needs_no_rebuild_and_a_crash_repairs_only_what_is_missing() {
     let tmp = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(&config(tmp.path())).unwrap();
-    let mut ids = Vec::new();
-    for i in 0..60 {
-        ids.push(
-            put(
-                &spool,
-                format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(),
-                &["a@example.com"],
-            )
-            .await,
-        );
-    }
+    let ids = put_numbered(&spool, 60).await;
     for (i, id) in ids.iter().enumerate() {
         match i % 4 {
             0 => {
@@ -804,17 +804,7 @@ async fn contract_parking_is_forgotten_at_restart_and_holds_are_not() {
 async fn contract_paging_is_stable_while_mail_arrives() {
     let tmp = tempfile::tempdir().unwrap();
     let spool = open_store(tmp.path());
-    let mut ids = Vec::new();
-    for i in 0..5 {
-        ids.push(
-            put(
-                &spool,
-                format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(),
-                &["a@example.com"],
-            )
-            .await,
-        );
-    }
+    let ids = put_numbered(&spool, 5).await;
     let (first, cursor) = spool.page(None, 3, |_| true).await.unwrap();
     assert_eq!(first.iter().map(|m| m.id).collect::<Vec<_>>(), ids[..3]);
     let late = put(&spool, b"Subject: late\r\n\r\nx\r\n", &["a@example.com"]).await;
