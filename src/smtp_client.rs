@@ -123,6 +123,8 @@ pub struct Session {
     pub ehlo: EhloResponse<String>,
     /// "TLSv1_3 TLS13_AES_256_GCM_SHA384 verified", or None in cleartext.
     pub tls: Option<String>,
+    /// The name the certificate must carry (and replies name).
+    host: String,
     /// "host[address]", for replies and logs.
     peer: String,
 }
@@ -193,6 +195,7 @@ impl Dialer {
             client,
             ehlo,
             tls: None,
+            host: host.to_string(),
             peer,
         })
     }
@@ -287,11 +290,6 @@ impl Session {
         self.ehlo.size
     }
 
-    /// "host[address]".
-    pub fn peer(&self) -> &str {
-        &self.peer
-    }
-
     /// STARTTLS, the handshake (verifying the certificate against the host
     /// name when `verified`) and EHLO again. On failure the session comes
     /// back too when it is still usable in cleartext (not offered, refused).
@@ -313,8 +311,7 @@ impl Session {
         let ClientStream::Plain(tcp) = self.client.stream else {
             return Err((None, StartTlsError::Broken("STARTTLS twice".into())));
         };
-        let host = self.peer.split('[').next().unwrap_or_default().to_string();
-        let name = ServerName::try_from(host)
+        let name = ServerName::try_from(self.host.clone())
             .map_err(|e| (None, StartTlsError::Handshake(format!("TLS name: {e}"))))?;
         let connector = if verified {
             &dialer.tls.verified
@@ -350,6 +347,7 @@ impl Session {
             client,
             ehlo,
             tls: Some(description),
+            host: self.host,
             peer: self.peer,
         })
     }
@@ -412,8 +410,7 @@ impl Session {
             return Ok(every(Reply::Permanent(why.into())));
         }
         if env.requiretls && (self.tls.is_none() || caps & EXT_REQUIRE_TLS == 0) {
-            let host = self.peer.split('[').next().unwrap_or_default();
-            let why = format!("5.7.30 REQUIRETLS not supported by {host}");
+            let why = format!("5.7.30 REQUIRETLS not supported by {}", self.host);
             return Ok(every(Reply::Permanent(why)));
         }
 
@@ -495,9 +492,7 @@ impl Session {
             }
             match data_step {
                 DataStep::DataInBatch => batch.extend_from_slice(b"DATA\r\n"),
-                DataStep::BodyInBatch => {
-                    batch.extend_from_slice(format!("BDAT {} LAST\r\n", tx.wire_len()).as_bytes())
-                }
+                DataStep::BodyInBatch => batch.extend_from_slice(bdat_command(tx).as_bytes()),
                 DataStep::AfterAnswers => {}
             }
             let body = (data_step == DataStep::BodyInBatch).then_some(tx);
@@ -594,7 +589,7 @@ impl Session {
                     return Err(std::io::Error::other("no answer to the pipelined data"));
                 }
                 (DataStep::AfterAnswers, _) if chunking => {
-                    write_batch(client, b"", Some(tx)).await?
+                    write_batch(client, bdat_command(tx).as_bytes(), Some(tx)).await?
                 }
                 (DataStep::AfterAnswers, _) => {
                     let go = client
@@ -642,8 +637,13 @@ enum DataStep {
     AfterAnswers,
 }
 
-/// Write `commands`, then (when given) `BDAT <size> LAST` unless it is
-/// already among the commands, the prefix and the body; flush.
+/// The one BDAT chunk that carries the whole message.
+fn bdat_command(tx: &Transaction<'_>) -> String {
+    format!("BDAT {} LAST\r\n", tx.wire_len())
+}
+
+/// Write `commands`, then (when given, after a BDAT command) the message's
+/// prefix and body; flush.
 async fn write_batch(
     client: &mut SmtpClient<ClientStream>,
     commands: &[u8],
@@ -651,10 +651,6 @@ async fn write_batch(
 ) -> std::io::Result<()> {
     client.stream.write_all(commands).await?;
     if let Some(tx) = body {
-        if commands.is_empty() {
-            let bdat = format!("BDAT {} LAST\r\n", tx.wire_len());
-            client.stream.write_all(bdat.as_bytes()).await?;
-        }
         client.stream.write_all(tx.prefix).await?;
         client.stream.write_all(tx.body).await?;
     }

@@ -77,11 +77,10 @@ impl Transaction<'_> {
     /// The TLS the upstream must give: the domain's setting, raised to
     /// verified when the sender asked for REQUIRETLS (RFC 8689).
     fn policy(&self) -> TlsPolicy {
-        match self.tls {
-            _ if self.envelope.requiretls => TlsPolicy::Verified,
-            UpstreamTls::Required => TlsPolicy::Verified,
-            UpstreamTls::Opportunistic => TlsPolicy::Opportunistic,
-            UpstreamTls::None => TlsPolicy::Never,
+        if self.envelope.requiretls {
+            TlsPolicy::Verified
+        } else {
+            policy_for(self.tls)
         }
     }
 
@@ -99,6 +98,15 @@ impl Transaction<'_> {
 pub struct AttemptReport {
     pub outcomes: Vec<(usize, Outcome)>,
     pub tls: Option<String>,
+}
+
+/// A domain's `tls` setting as the SMTP client's policy.
+fn policy_for(tls: UpstreamTls) -> TlsPolicy {
+    match tls {
+        UpstreamTls::Required => TlsPolicy::Verified,
+        UpstreamTls::Opportunistic => TlsPolicy::Opportunistic,
+        UpstreamTls::None => TlsPolicy::Never,
+    }
 }
 
 /// Answers per recipient, as delivery outcomes.
@@ -161,18 +169,6 @@ impl Transport {
             }
         }
         let mut session = self.dialer.open(&target.host, target.addr, key.1).await?;
-        if tx.envelope.requiretls && !session.offers(EXT_REQUIRE_TLS) {
-            // RFC 8689 5: not relayed; the session is not pooled either.
-            let reply = format!("5.7.30 REQUIRETLS not supported by {}", target.host);
-            return Ok(AttemptReport {
-                outcomes: tx
-                    .recipients
-                    .iter()
-                    .map(|(i, _)| (*i, Outcome::Failed(reply.clone())))
-                    .collect(),
-                tls: session.tls,
-            });
-        }
         match session.transaction(&wire, self.data_timeout).await {
             Ok(answers) => {
                 let tls = session.tls.clone();
@@ -192,12 +188,9 @@ impl Transport {
 
     /// Connect + EHLO (+ STARTTLS) + QUIT: is the upstream taking connections?
     pub async fn probe(&self, target: &Target, tls: UpstreamTls) -> Result<(), SessionFailure> {
-        let policy = match tls {
-            UpstreamTls::Required => TlsPolicy::Verified,
-            UpstreamTls::Opportunistic => TlsPolicy::Opportunistic,
-            UpstreamTls::None => TlsPolicy::Never,
-        };
-        self.dialer.probe(&target.host, target.addr, policy).await
+        self.dialer
+            .probe(&target.host, target.addr, policy_for(tls))
+            .await
     }
 
     /// A pooled connection that still answers `RSET` within the reuse
