@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
 pub struct Delivered {
@@ -95,7 +95,13 @@ pub struct Sink {
     pub received: Arc<Mutex<Vec<Delivered>>>,
     pub script: Arc<Mutex<Script>>,
     pub connections: Arc<Mutex<usize>>,
-    task: Option<JoinHandle<()>>,
+    /// Tells the accept loop to close its listener, and hears that it has.
+    serving: Option<(watch::Sender<bool>, std::sync::mpsc::Receiver<()>)>,
+    /// While stopped: a socket bound to `addr` but not listening, so
+    /// connections are refused *and* the port cannot be handed to another
+    /// test's `bind(0)` (which once took it, and the "refused" upstream's
+    /// mail went to a stranger's sink).
+    reserved: Option<TcpSocket>,
 }
 
 impl Sink {
@@ -107,7 +113,8 @@ impl Sink {
             received: Arc::default(),
             script: Arc::new(Mutex::new(script)),
             connections: Arc::default(),
-            task: None,
+            serving: None,
+            reserved: None,
         };
         sink.serve(listener);
         sink
@@ -119,39 +126,55 @@ impl Sink {
             self.script.clone(),
             self.connections.clone(),
         );
-        self.task = Some(tokio::spawn(async move {
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+        tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = stop_rx.changed() => break,
                 };
+                let Ok((stream, _)) = accepted else { break };
                 *connections.lock().unwrap() += 1;
                 let (received, script) = (received.clone(), script.clone());
                 tokio::spawn(async move {
                     let _ = session(stream, received, script).await;
                 });
             }
-        }));
+            drop(listener);
+            let _ = closed_tx.send(());
+        });
+        self.serving = Some((stop_tx, closed_rx));
     }
 
-    /// Stop listening: connections are refused until `resume`.
+    /// Stop listening: connections are refused until `resume`, and the
+    /// port stays this sink's. Call from outside the runtime (it waits for
+    /// the accept loop to close its listener).
     pub fn stop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
+        let Some((stop, closed)) = self.serving.take() else {
+            return;
+        };
+        let _ = stop.send(true);
+        closed
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the sink's accept loop closes its listener");
+        let socket = if self.addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
         }
+        .expect("socket");
+        // Open sessions still hold the port; SO_REUSEADDR lets a
+        // non-listening socket share it with them.
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket.bind(self.addr).expect("keep the sink's port while stopped");
+        self.reserved = Some(socket);
     }
 
     pub async fn resume(&mut self) {
-        let mut tries = 0;
-        let listener = loop {
-            match TcpListener::bind(self.addr).await {
-                Ok(l) => break l,
-                Err(e) if tries < 50 => {
-                    tries += 1;
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("rebind sink: {e}"),
-            }
+        let listener = match self.reserved.take() {
+            Some(socket) => socket.listen(1024).expect("listen again"),
+            None => TcpListener::bind(self.addr).await.expect("rebind sink"),
         };
         self.serve(listener);
     }
@@ -176,7 +199,10 @@ impl Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        self.stop();
+        // Without waiting: a sink may be dropped inside the runtime.
+        if let Some((stop, _)) = self.serving.take() {
+            let _ = stop.send(true);
+        }
     }
 }
 
