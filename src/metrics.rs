@@ -37,6 +37,7 @@ pub struct Metrics {
     /// parenting not implemented" for mis-nested tables): counted, not
     /// logged, since any sender could otherwise add log lines per view.
     pub html_parser_warnings: Counter,
+    pub compacted_messages: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -69,6 +70,7 @@ impl Metrics {
             alerts: Family::default(),
             alerts_active: Family::default(),
             html_parser_warnings: Counter::default(),
+            compacted_messages: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -130,6 +132,11 @@ impl Metrics {
             "alert_active",
             "1 while an alert (upstream down, queue depth, queue age) lasts",
             metrics.alerts_active.clone(),
+        );
+        registry.register(
+            "spool_compacted_messages",
+            "Live messages copied forward by segment compaction so their old segment could go",
+            metrics.compacted_messages.clone(),
         );
         registry.register(
             "html_parser_warnings",

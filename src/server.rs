@@ -52,6 +52,8 @@ pub struct Server {
     admin_task: Option<JoinHandle<()>>,
     web_task: Option<JoinHandle<()>>,
     delivery: Option<DeliveryEngine>,
+    /// Spool upkeep (compaction), stopped before the spool closes.
+    maintenance: JoinHandle<()>,
 }
 
 impl Server {
@@ -120,6 +122,14 @@ impl Server {
                 shutdown_rx.clone(),
             ));
         }
+        let maintenance = tokio::spawn({
+            let (spool, every, stop) = (
+                spool.clone(),
+                config.spool.compact_interval,
+                shutdown_rx.clone(),
+            );
+            async move { spool.maintain_until(every, stop).await }
+        });
         let smtp_task = tokio::spawn(async move {
             smtp.run(shutdown_rx).await;
             let _ = smtp_up.send(false);
@@ -137,6 +147,7 @@ impl Server {
             admin_task,
             web_task,
             delivery,
+            maintenance,
         })
     }
 
@@ -197,6 +208,7 @@ impl Server {
         if let Some(delivery) = self.delivery {
             delivery.join(self.config.smtp.shutdown_grace).await;
         }
+        let _ = self.maintenance.await;
         self.spool.close().await;
         tracing::info!("shutdown complete");
     }

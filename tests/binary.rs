@@ -396,3 +396,121 @@ fn kill_9_during_delivery_delivers_everything_after_restart() {
         common::block(spool.list()).unwrap().len()
     );
 }
+
+/// `kill -9` while the server compacts the spool, again and again: after
+/// every crash each message that was live is there with its exact bytes and
+/// each removed one stays removed; compaction picks up where it stopped and
+/// the pinned segments end up reclaimed.
+#[test]
+fn kill_9_during_compaction_loses_nothing_and_resurrects_nothing() {
+    let mut fixture = Fixture::new();
+    fixture.config.spool.segment_size = 32 * 1024;
+    fixture.config.spool.large_message_threshold = 20_000;
+    fixture.config.spool.compact_interval = Duration::from_millis(10);
+    let config_path = fixture.write_config();
+    let seed = printed_seed("compaction crash test");
+    let mut rng = Rng(seed);
+
+    // 1,200 messages over ~60 segments; every fourth stays (plus a few
+    // large ones), so every segment is sparse and pinned.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut live: HashMap<breakwater::envelope::QueueId, Vec<u8>> = HashMap::new();
+    let mut removed = Vec::new();
+    rt.block_on(async {
+        let (spool, _) = Spool::open(&fixture.config.spool).unwrap();
+        for i in 0..1200usize {
+            let size = if i % 200 == 7 { 30_000 } else { 1200 };
+            let content: Vec<u8> = format!("Subject: m{i}\r\n\r\n")
+                .into_bytes()
+                .into_iter()
+                .chain((0..size).map(|j| b'a' + ((i + j) % 26) as u8))
+                .collect();
+            let mut body = spool.new_body();
+            body.write(&content).unwrap();
+            let id = spool
+                .enqueue(
+                    body,
+                    breakwater::envelope::Envelope::local("s@remote.test", "a@example.com", "t"),
+                )
+                .await
+                .unwrap();
+            if i % 4 == 0 || size > 1200 {
+                live.insert(id, content);
+            } else {
+                removed.push(id);
+            }
+        }
+        for id in &removed {
+            spool.remove(*id, "delivered").await.unwrap();
+        }
+        spool.close().await;
+    });
+    let segments = |fixture: &Fixture| {
+        std::fs::read_dir(fixture.config.spool.dir.join("segments"))
+            .unwrap()
+            .count()
+    };
+    let pinned = segments(&fixture);
+    assert!(pinned >= 40, "{pinned} segments");
+
+    let check = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            let (spool, _) = Spool::open(&fixture.config.spool).unwrap();
+            assert_eq!(spool.len(), live.len(), "seed {seed}");
+            for (id, content) in &live {
+                let body = spool.read_body(*id).await.unwrap_or_else(|err| {
+                    panic!("{id} unreadable after a crash ({err}); seed {seed}")
+                });
+                assert!(body == *content, "{id} changed; seed {seed}");
+            }
+            for id in &removed {
+                assert!(
+                    spool.get(*id).await.unwrap().is_none(),
+                    "{id} resurrected; seed {seed}"
+                );
+            }
+            spool.close().await;
+        })
+    };
+    let mut progress = vec![pinned];
+    for _ in 0..8 {
+        let server = BinaryServer::start(&config_path);
+        std::thread::sleep(Duration::from_millis(rng.below(400)));
+        server.kill9();
+        check(&rt);
+        progress.push(segments(&fixture));
+    }
+    let interrupted = progress.windows(2).filter(|w| w[1] < w[0]).count();
+    eprintln!("segments after each crash: {progress:?}");
+    assert!(
+        interrupted >= 2,
+        "compaction should span several of the killed runs: {progress:?}"
+    );
+    // Left alone, it finishes: the live mail takes what it needs, not the
+    // pinned segments' worth.
+    let server = BinaryServer::start(&config_path);
+    // Bodies over the large threshold live in large/, not in segments.
+    let live_bytes: usize = live
+        .values()
+        .map(|c| if c.len() > 20_000 { 600 } else { c.len() + 600 })
+        .sum();
+    let on_disk = |fixture: &Fixture| -> u64 {
+        std::fs::read_dir(fixture.config.spool.dir.join("segments"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let bound = (live_bytes as f64 * 1.3) as u64 + 2 * 32 * 1024;
+    assert!(
+        wait_for(Duration::from_secs(30), || on_disk(&fixture) <= bound),
+        "compaction finishes: {} bytes in {} segments for {live_bytes} live",
+        on_disk(&fixture),
+        segments(&fixture)
+    );
+    server.terminate(Duration::from_secs(20));
+    check(&rt);
+}

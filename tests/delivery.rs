@@ -947,3 +947,72 @@ fn nothing_stays_stuck_on_a_connection_that_went_silent() {
     }
     s.rt.block_on(server.shutdown());
 }
+
+/// A message deferred for days no longer pins the spool: while mail flows
+/// past it, compaction copies it forward and the segments behind it are
+/// reclaimed; when the upstream finally takes it, it gets exactly the bytes
+/// that were spooled, once.
+#[test]
+fn a_long_deferred_message_is_compacted_forward_and_delivered_byte_for_byte() {
+    let (s, server) = setup(base_zone(), |config, _| {
+        config.spool.segment_size = 16 * 1024;
+        config.spool.compact_interval = Duration::from_millis(50);
+        config.delivery.retry = vec![Duration::from_secs(600).into()];
+    });
+    s.upstream
+        .rcpt_reply("late@example.com", "451 4.2.0 mailbox busy, try later");
+    let mut body = b"Subject: late\r\n\r\n".to_vec();
+    for line in 0..60 {
+        body.extend(format!("line {line}: .dots. and 8bit \u{3042}\r\n").as_bytes());
+    }
+    let late = submit(&server, "s@remote.test", &["late@example.com"], &body);
+    let segments_dir = server.config().spool.dir.join("segments");
+    let segments = || {
+        let mut names: Vec<String> = std::fs::read_dir(&segments_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let first = segments()[0].clone(); // the segment `late` is in
+    let spooled = common::block(server.spool.read_body(late)).unwrap();
+    assert!(wait_for(WAIT, || common::block(server.spool.get(late))
+        .unwrap()
+        .is_some_and(|m| m.state.recipients[0].attempts >= 1)));
+    let filler = "x".repeat(70) + "\r\n";
+    let filler = format!("Subject: f\r\n\r\n{}", filler.repeat(20));
+    for i in 0..60 {
+        submit(
+            &server,
+            "s@remote.test",
+            &[&format!("ok{i}@example.com")],
+            filler.as_bytes(),
+        );
+    }
+    assert!(wait_for(WAIT, || server.spool.len() == 1));
+    assert!(
+        wait_for(Duration::from_secs(10), || segments().len() <= 2
+            && !segments().contains(&first)),
+        "pinned segments reclaimed: {:?}",
+        segments()
+    );
+    assert_eq!(
+        common::block(server.spool.read_body(late)).unwrap(),
+        spooled
+    );
+
+    s.upstream.set(|script| script.rcpt.clear());
+    let delivery = server.delivery().unwrap();
+    common::block(delivery.flush_upstream(&delivery.upstream_for("example.com"))).unwrap();
+    wait_empty(&server);
+    let got: Vec<_> = s
+        .upstream
+        .delivered()
+        .into_iter()
+        .filter(|d| d.rcpts() == ["late@example.com"])
+        .collect();
+    assert_eq!(got.len(), 1, "delivered once");
+    assert!(got[0].data == spooled, "byte for byte after compaction");
+    s.rt.block_on(server.shutdown());
+}

@@ -820,3 +820,144 @@ async fn contract_paging_is_stable_while_mail_arrives() {
     assert_eq!(odd.iter().map(|m| m.id).collect::<Vec<_>>(), [ids[1], late]);
     spool.close().await;
 }
+
+/// One long-deferred message no longer pins every segment after it:
+/// compaction copies it (and a large one) forward with their state, the
+/// segments behind go, the bodies read back byte for byte, also after a
+/// restart, and nothing removed comes back. A spool whose segments are all
+/// live is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_frees_segments_pinned_by_a_deferred_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let (spool, _) = Spool::open(&cfg).unwrap();
+    let mut stuck_body = b"Subject: stuck\r\n\r\n".to_vec();
+    stuck_body.extend((0..1500u32).map(|i| b'a' + (i % 26) as u8));
+    let stuck = put(&spool, &stuck_body, &["late@example.com"]).await;
+    let big: Vec<u8> = (0..100_000u32).map(|i| b'A' + (i % 26) as u8).collect();
+    let large = put(&spool, &big, &["late@example.com"]).await;
+    spool
+        .update_state(stuck, |state| {
+            state.recipients[0].attempts = 3;
+            state.recipients[0].last_reply = Some("451 4.7.1 try later".into());
+        })
+        .await
+        .unwrap();
+    let filler = vec![b'x'; 1500];
+    let mut fillers = Vec::new();
+    for _ in 0..40 {
+        fillers.push(put(&spool, &filler, &["x@example.com"]).await);
+    }
+    assert_eq!(
+        spool.maintain().await.unwrap().messages_moved,
+        0,
+        "nothing to compact while every segment is live"
+    );
+    for id in &fillers {
+        spool.remove(*id, "delivered").await.unwrap();
+    }
+    let pinned = segment_files(tmp.path());
+    assert!(pinned.len() >= 10, "{pinned:?}");
+    assert!(
+        pinned.iter().all(|f| f.exists()),
+        "in-order reclamation alone frees nothing"
+    );
+    let state_before = spool.get(stuck).await.unwrap().unwrap().state;
+
+    let mut moved = 0;
+    for _ in 0..100 {
+        let done = spool.maintain().await.unwrap();
+        if done == Default::default() {
+            break;
+        }
+        moved += done.messages_moved;
+    }
+    assert_eq!(moved, 2, "the two live messages were copied once each");
+    let left = segment_files(tmp.path());
+    assert!(left.len() <= 2, "pinned segments reclaimed: {left:?}");
+    assert!(!pinned[0].exists());
+    let on_disk: u64 = left.iter().map(|f| f.metadata().unwrap().len()).sum();
+    assert!(on_disk < 8192, "{on_disk} bytes of segments for 2 messages");
+    assert_eq!(spool.read_body(stuck).await.unwrap(), stuck_body);
+    assert_eq!(spool.read_body(large).await.unwrap(), big);
+    assert_eq!(spool.get(stuck).await.unwrap().unwrap().state, state_before);
+    spool.close().await;
+    drop(spool);
+
+    let (spool, report) = Spool::open(&cfg).unwrap();
+    assert_eq!(
+        report.index_rebuilt, None,
+        "the index's new locations are the ones replay finds"
+    );
+    assert_eq!(spool.len(), 2);
+    assert_eq!(spool.read_body(stuck).await.unwrap(), stuck_body);
+    assert_eq!(spool.read_body(large).await.unwrap(), big);
+    assert_eq!(spool.get(stuck).await.unwrap().unwrap().state, state_before);
+    for id in &fillers {
+        assert!(spool.get(*id).await.unwrap().is_none(), "resurrected {id}");
+    }
+    spool.close().await;
+    drop(spool);
+}
+
+/// Compaction racing state changes and removals of the very messages it
+/// copies: no change is lost and no removed message comes back, before and
+/// after a restart (each copy is made under its message's lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_racing_changes_and_removals_loses_neither() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let (spool, _) = Spool::open(&cfg).unwrap();
+    let ids = put_numbered(&spool, 240).await;
+    for id in ids.iter().skip(1).step_by(2) {
+        spool.remove(*id, "delivered").await.unwrap();
+    }
+    let live: Vec<QueueId> = ids.iter().step_by(2).copied().collect();
+    let (kept, doomed) = live.split_at(90);
+    // Each round's changes are in flight (waiting on their fsync) while a
+    // compaction pass reads the same messages' states.
+    let mut moved = 0;
+    for round in 0..ROUNDS {
+        let updates = futures_util::future::join_all(
+            kept.iter()
+                .map(|id| spool.update_state(*id, |state| state.recipients[0].attempts += 1)),
+        );
+        let removals = futures_util::future::join_all(
+            doomed
+                .iter()
+                .filter(|_| round == 2)
+                .map(|id| spool.remove(*id, "delivered")),
+        );
+        let (updated, removed, compacted) = tokio::join!(updates, removals, spool.maintain());
+        for result in updated {
+            result.unwrap();
+        }
+        for result in removed {
+            result.unwrap();
+        }
+        moved += compacted.unwrap().messages_moved;
+    }
+    assert!(moved > 0, "compaction ran while the changes did");
+    let gone: Vec<QueueId> = doomed
+        .iter()
+        .chain(ids.iter().skip(1).step_by(2))
+        .copied()
+        .collect();
+    check_after_races(&spool, kept, &gone).await;
+    let spool = reopen(spool, tmp.path()).await;
+    check_after_races(&spool, kept, &gone).await;
+    spool.close().await;
+}
+
+const ROUNDS: u32 = 20;
+
+async fn check_after_races(spool: &Spool, kept: &[QueueId], gone: &[QueueId]) {
+    for id in kept {
+        let message = spool.get(*id).await.unwrap().expect("kept message");
+        assert_eq!(message.state.recipients[0].attempts, ROUNDS, "{id}");
+    }
+    for id in gone {
+        assert!(spool.get(*id).await.unwrap().is_none(), "resurrected {id}");
+    }
+    assert_eq!(spool.len(), kept.len());
+}

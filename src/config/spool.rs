@@ -23,6 +23,10 @@ pub struct SpoolConfig {
     /// 452 4.3.1, so the disk never fills up under acknowledged mail and
     /// delivery always has room for its small state records.
     pub min_free: bytesize::ByteSize,
+    /// How often to look for a segment worth compacting (its live messages
+    /// copied forward so it can be deleted).
+    #[serde(with = "humantime_serde")]
+    pub compact_interval: std::time::Duration,
 }
 
 impl Default for SpoolConfig {
@@ -33,12 +37,17 @@ impl Default for SpoolConfig {
             large_message_threshold: 1024 * 1024,
             max_bytes: None,
             min_free: bytesize::ByteSize::gb(1),
+            compact_interval: std::time::Duration::from_secs(30),
         }
     }
 }
 
 impl SpoolConfig {
     pub(super) fn validate(&self, invalid: &Invalid) -> Result<(), ConfigError> {
-        nonzero(invalid, &[("spool.segment_size", self.segment_size)])
+        nonzero(invalid, &[("spool.segment_size", self.segment_size)])?;
+        super::nonzero_durations(
+            invalid,
+            &[("spool.compact_interval", self.compact_interval)],
+        )
     }
 }

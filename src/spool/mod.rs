@@ -29,7 +29,7 @@ use serde::Serialize;
 pub use body::MessageBody;
 pub use segments::{OpenReport, SegmentStore};
 pub use space::{is_storage_full, Shortage};
-pub use store::{SpoolStore, StateUpdate};
+pub use store::{Maintenance, SpoolStore, StateUpdate};
 
 use crate::config::SpoolConfig;
 use crate::envelope::{Envelope, MessageState, QueueId};
@@ -308,6 +308,44 @@ impl Spool {
 
     pub fn stats(&self) -> &Stats {
         self.store.stats()
+    }
+
+    /// Background upkeep of the store ([`SpoolStore::maintain`]).
+    pub async fn maintain(&self) -> Result<Maintenance, SpoolError> {
+        self.store.maintain().await
+    }
+
+    /// Run [`Spool::maintain`] every `every` until `shutdown`; while it
+    /// finds work (one segment per call) again after at most a second, so a
+    /// backlog of pinned segments goes in minutes without compaction
+    /// taking the disk from intake, and an idle spool costs one check per
+    /// interval.
+    pub async fn maintain_until(
+        &self,
+        every: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            let worked = match self.maintain().await {
+                Ok(done) => done.messages_moved > 0 || done.segments_reclaimed > 0,
+                Err(err) => {
+                    tracing::warn!(error = %err, "spool: maintenance failed; trying again later");
+                    false
+                }
+            };
+            if *shutdown.borrow() {
+                return;
+            }
+            let pause = if worked {
+                every.min(Duration::from_secs(1))
+            } else {
+                every
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 
     /// Finish pending writes and stop the store. Further writes fail with

@@ -33,6 +33,15 @@ pub enum StateUpdate {
     Written,
 }
 
+/// What one [`SpoolStore::maintain`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Live messages rewritten elsewhere so their old storage can go.
+    pub messages_moved: usize,
+    pub segments_reclaimed: usize,
+    pub bytes_reclaimed: u64,
+}
+
 /// A place messages are spooled. See the module doc for the words.
 #[async_trait]
 pub trait SpoolStore: Send + Sync + 'static {
@@ -148,6 +157,14 @@ pub trait SpoolStore: Send + Sync + 'static {
 
     /// Durable-commit counters (for metrics and benchmarks).
     fn stats(&self) -> &Stats;
+
+    /// Background upkeep (the segment store compacts its oldest segment when
+    /// most of it is dead weight). Called periodically, concurrently with
+    /// every other call; it changes where messages are kept, never what a
+    /// call returns, and a crash in the middle loses and resurrects nothing.
+    async fn maintain(&self) -> Result<Maintenance, SpoolError> {
+        Ok(Maintenance::default())
+    }
 
     /// Finish pending writes and stop; later writes fail with
     /// [`SpoolError::Closed`].

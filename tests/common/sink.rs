@@ -167,7 +167,9 @@ impl Sink {
         // Open sessions still hold the port; SO_REUSEADDR lets a
         // non-listening socket share it with them.
         socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-        socket.bind(self.addr).expect("keep the sink's port while stopped");
+        socket
+            .bind(self.addr)
+            .expect("keep the sink's port while stopped");
         self.reserved = Some(socket);
     }
 

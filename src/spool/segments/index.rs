@@ -259,6 +259,25 @@ impl Index {
         Ok(Some(entry))
     }
 
+    /// Point an entry at a new record of the same message (compaction):
+    /// its state and its place in the schedule (parking included) stay.
+    pub fn relocate(&self, id: QueueId, location: Location) -> IndexResult<bool> {
+        self.heal();
+        let _schedule = self.schedule.lock().expect("schedule lock");
+        let mut pending = self.pending.lock().expect("pending lock");
+        if let Some(entry) = pending.get_mut(&id) {
+            entry.location = location;
+            return Ok(true);
+        }
+        drop(pending);
+        let Some(mut entry) = self.get(id)? else {
+            return Ok(false);
+        };
+        entry.location = location;
+        self.messages.insert(id.to_bytes(), encode(&entry))?;
+        Ok(true)
+    }
+
     /// Move a message in the schedule without touching its durable state.
     pub fn park(&self, id: QueueId, until_ms: u64) -> IndexResult<bool> {
         let mut schedule = self.schedule.lock().expect("schedule lock");

@@ -21,6 +21,7 @@
 //! in-order reclamation is what lets a `remove` record never outlive the
 //! message record it cancels (see docs/ARCHITECTURE.md).
 
+mod compaction;
 mod index;
 mod record;
 mod recovery;
@@ -41,7 +42,7 @@ use record::{Kind, MessageMeta, RemoveMeta, StateMeta};
 use writer::{AppendOp, Op, SegmentWriter};
 
 use super::space::{self, Shortage};
-use super::{MessageBody, SpoolError, SpoolStore, SpooledMessage, StateUpdate, Stats};
+use super::{Maintenance, MessageBody, SpoolError, SpoolStore, SpooledMessage, StateUpdate, Stats};
 use crate::config::SpoolConfig;
 use crate::envelope::{Envelope, MessageState, QueueId};
 
@@ -75,6 +76,8 @@ pub struct SegmentStore {
     large_dir: PathBuf,
     tmp_dir: PathBuf,
     large_threshold: u64,
+    /// Where the writer seals a segment (compaction's slack).
+    segment_size: u64,
     index: index::Index,
     tx: Mutex<Option<mpsc::Sender<Op>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -95,7 +98,8 @@ pub struct SegmentStore {
     _lock: std::fs::File,
 }
 
-/// Live message count per segment, and the oldest segment still on disk.
+/// Live message count (and bytes of their records) per segment, and the
+/// oldest segment still on disk.
 ///
 /// The writer thread raises a segment's count for each message record in
 /// the same step that makes it durable, before anyone learns where the
@@ -105,6 +109,8 @@ pub struct SegmentStore {
 /// deleted a live message (found by the 30-minute chaos soak).
 pub(crate) struct Reclaim {
     live: HashMap<u64, usize>,
+    /// Bytes of the live message records per segment (for compaction).
+    live_bytes: HashMap<u64, u64>,
     oldest: u64,
     /// Finished segments whose deletion failed, tried again next time.
     retry: Vec<u64>,
@@ -117,15 +123,28 @@ impl Reclaim {
         let mut finished = std::mem::take(&mut self.retry);
         while self.oldest < current && self.live.get(&self.oldest).copied().unwrap_or(0) == 0 {
             self.live.remove(&self.oldest);
+            self.live_bytes.remove(&self.oldest);
             finished.push(self.oldest);
             self.oldest += 1;
         }
         finished
     }
 
-    pub(crate) fn count_new_messages(&mut self, segment: u64, messages: usize) {
+    pub(crate) fn count_new_messages(&mut self, segment: u64, messages: usize, bytes: u64) {
         if messages > 0 {
             *self.live.entry(segment).or_insert(0) += messages;
+            *self.live_bytes.entry(segment).or_insert(0) += bytes;
+        }
+    }
+
+    /// The message record at `location` is no longer its message's record
+    /// (the message was removed, or compaction copied it forward).
+    fn finish(&mut self, location: &Location) {
+        if let Some(count) = self.live.get_mut(&location.segment) {
+            *count = count.saturating_sub(1);
+        }
+        if let Some(bytes) = self.live_bytes.get_mut(&location.segment) {
+            *bytes = bytes.saturating_sub(location.record_len());
         }
     }
 }
@@ -192,8 +211,10 @@ impl SegmentStore {
         }
 
         let mut live = HashMap::new();
+        let mut live_bytes = HashMap::new();
         for entry in replay.live.values() {
             *live.entry(entry.location.segment).or_insert(0) += 1;
+            *live_bytes.entry(entry.location.segment).or_insert(0) += entry.location.record_len();
         }
         // Always append to a fresh segment after a restart (never after a
         // possibly torn region), but reuse the newest one if it is empty.
@@ -229,6 +250,7 @@ impl SegmentStore {
         let current_segment = Arc::new(AtomicU64::new(next_segment));
         let reclaim = Arc::new(Mutex::new(Reclaim {
             live,
+            live_bytes,
             oldest,
             retry: Vec::new(),
         }));
@@ -255,6 +277,7 @@ impl SegmentStore {
             large_dir,
             tmp_dir,
             large_threshold: config.large_message_threshold,
+            segment_size: config.segment_size,
             index,
             tx: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
@@ -281,23 +304,39 @@ impl SegmentStore {
 
     /// Up to `limit` bytes of a message's stored body, from its segment or
     /// its large file, with where it lives (for the checksum).
+    ///
+    /// Looked up twice at most: compaction may copy the message forward and
+    /// delete its old segment between the index lookup and the open.
     fn read_stored(&self, id: QueueId, limit: usize) -> Result<(Vec<u8>, Location), SpoolError> {
-        use std::io::Read;
-        use std::os::unix::fs::FileExt;
-        let entry = self.index.get(id)?.ok_or(SpoolError::NotFound(id))?;
-        let location = entry.location;
-        if location.external {
-            let mut data = Vec::with_capacity(limit.min(entry.envelope.size as usize));
-            std::fs::File::open(self.large_path(id))?
-                .take(limit as u64)
-                .read_to_end(&mut data)?;
-            return Ok((data, location));
+        let mut tries = 0;
+        loop {
+            let entry = self.index.get(id)?.ok_or(SpoolError::NotFound(id))?;
+            let location = entry.location;
+            let read = if location.external {
+                use std::io::Read;
+                let mut data = Vec::with_capacity(limit.min(entry.envelope.size as usize));
+                std::fs::File::open(self.large_path(id))
+                    .and_then(|file| file.take(limit as u64).read_to_end(&mut data))
+                    .map(|_| data)
+            } else {
+                self.read_at(&location, limit)
+            };
+            match read {
+                Ok(data) => return Ok((data, location)),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound && tries == 0 => tries += 1,
+                Err(err) => return Err(err.into()),
+            }
         }
+    }
+
+    /// Up to `limit` bytes of the body stored inline at `location`.
+    fn read_at(&self, location: &Location, limit: usize) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
         let file = std::fs::File::open(writer::segment_path(&self.segments_dir, location.segment))?;
         let mut data = vec![0u8; (location.body_len as usize).min(limit)];
         let start = location.offset + u64::from(location.header_len) + u64::from(location.meta_len);
         file.read_exact_at(&mut data, start)?;
-        Ok((data, location))
+        Ok(data)
     }
 
     /// One page of [`SpoolStore::page`], read from the index.
@@ -376,7 +415,8 @@ impl SegmentStore {
     /// released: the writer thread takes the same lock after every group
     /// commit, and unlinking a large segment can take milliseconds. A segment
     /// behind `oldest` is never written again, so deleting it unlocked is safe.
-    fn reclaim(&self) {
+    /// Returns how many segments went, and their bytes.
+    fn reclaim(&self) -> (usize, u64) {
         let current = self.current_segment.load(Ordering::SeqCst);
         let finished = self
             .reclaim
@@ -384,12 +424,15 @@ impl SegmentStore {
             .expect("reclaim lock")
             .take_finished(current);
         let mut undeleted = Vec::new();
+        let (mut deleted, mut freed) = (0, 0);
         for segment in finished {
             let path = writer::segment_path(&self.segments_dir, segment);
             let size = std::fs::metadata(&path).map_or(0, |m| m.len());
             match std::fs::remove_file(&path) {
                 Ok(()) => {
                     self.space.sub(size);
+                    deleted += 1;
+                    freed += size;
                     tracing::debug!(segment, "spool: segment reclaimed")
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
@@ -406,6 +449,7 @@ impl SegmentStore {
                 .retry
                 .extend(undeleted);
         }
+        (deleted, freed)
     }
 }
 
@@ -573,15 +617,10 @@ impl SpoolStore for SegmentStore {
         if entry.location.external && std::fs::remove_file(self.large_path(id)).is_ok() {
             self.space.sub(entry.envelope.size);
         }
-        if let Some(count) = self
-            .reclaim
+        self.reclaim
             .lock()
             .expect("reclaim lock")
-            .live
-            .get_mut(&entry.location.segment)
-        {
-            *count = count.saturating_sub(1);
-        }
+            .finish(&entry.location);
         self.reclaim();
         Ok(true)
     }
@@ -664,6 +703,11 @@ impl SpoolStore for SegmentStore {
         &self.stats
     }
 
+    /// Compaction of the oldest segment, when it is worth it (`compaction`).
+    async fn maintain(&self) -> Result<Maintenance, SpoolError> {
+        self.compact_if_worthwhile().await
+    }
+
     /// Finish pending appends, stop the writer and flush the index.
     async fn close(&self) {
         let tx = self.tx.lock().expect("tx lock").take();
@@ -739,6 +783,7 @@ mod reclaim_tests {
     fn finished_segments_are_taken_oldest_first_and_never_the_current_one() {
         let mut reclaim = Reclaim {
             live: HashMap::from([(1, 0), (2, 1), (3, 0)]),
+            live_bytes: HashMap::new(),
             oldest: 1,
             retry: Vec::new(),
         };

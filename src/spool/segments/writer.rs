@@ -176,8 +176,17 @@ impl SegmentWriter {
                 // Counted before any caller learns the location: see `Reclaim`.
                 {
                     let mut reclaim = self.shared.reclaim.lock().expect("reclaim lock");
-                    let messages = batch.iter().filter(|op| op.kind == Kind::Message);
-                    reclaim.count_new_messages(self.current, messages.count());
+                    let (mut messages, mut bytes) = (0, 0);
+                    for location in batch
+                        .iter()
+                        .zip(&locations)
+                        .filter(|(op, _)| op.kind == Kind::Message)
+                        .map(|(_, location)| location)
+                    {
+                        messages += 1;
+                        bytes += location.record_len();
+                    }
+                    reclaim.count_new_messages(self.current, messages, bytes);
                 }
                 for (op, location) in batch.drain(..).zip(locations) {
                     let _ = op.done.send(Ok(location));
