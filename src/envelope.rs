@@ -271,7 +271,34 @@ impl MessageState {
     pub fn is_finished(&self) -> bool {
         self.recipients.iter().all(|r| r.status.is_final())
     }
+
+    /// The operator-facing status (one of [`STATUSES`]).
+    pub fn status(&self) -> &'static str {
+        if self.retain_until_ms.is_some() {
+            // Finished and kept only for the web reader.
+            "delivered"
+        } else if self.held {
+            "held"
+        } else if self
+            .recipients
+            .iter()
+            .any(|r| r.status == RecipientStatus::Failed)
+        {
+            "failed"
+        } else if self
+            .recipients
+            .iter()
+            .any(|r| r.attempts > 0 && !r.status.is_final())
+        {
+            "deferred"
+        } else {
+            "queued"
+        }
+    }
 }
+
+/// Every value of [`MessageState::status`].
+pub const STATUSES: [&str; 5] = ["queued", "deferred", "held", "failed", "delivered"];
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {

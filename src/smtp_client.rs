@@ -643,7 +643,7 @@ fn bdat_command(tx: &Transaction<'_>) -> String {
 }
 
 /// Write `commands`, then (when given, after a BDAT command) the message's
-/// prefix and body; flush.
+/// prefix, body and tail; flush.
 async fn write_batch(
     client: &mut SmtpClient<ClientStream>,
     commands: &[u8],
@@ -653,26 +653,95 @@ async fn write_batch(
     if let Some(tx) = body {
         client.stream.write_all(tx.prefix).await?;
         client.stream.write_all(tx.body).await?;
+        if let Some(tail) = tx.tail {
+            let mut chunk = Vec::new();
+            let mut offset = 0;
+            while tail.read_chunk(&mut offset, &mut chunk)? {
+                client.stream.write_all(&chunk).await?;
+            }
+        }
     }
     client.stream.flush().await
 }
 
-/// The message after DATA's 354: dot-stuffed, ending with CRLF.CRLF.
+/// The message after DATA's 354: dot-stuffed (RFC 5321 4.5.2), then the
+/// end of data, so that the server stores exactly the spooled bytes.
 async fn write_data_body(
     client: &mut SmtpClient<ClientStream>,
     tx: &Transaction<'_>,
 ) -> std::io::Result<()> {
-    // write_message appends CRLF.CRLF itself; the message already ends
-    // with CRLF, so strip it to send the exact bytes.
-    let body = tx.body.strip_suffix(b"\r\n").unwrap_or(tx.body);
-    client.stream.write_all(tx.prefix).await?;
-    // write_message stuffs a dot only after a line break, so the body's
-    // first line (after the prefix's CRLF, or the start of the data) gets
-    // its stuffing dot here.
-    if body.first() == Some(&b'.') {
-        client.stream.write_all(b".").await?;
+    let mut stuffer = DotStuffer::default();
+    let mut out = Vec::with_capacity(STREAM_CHUNK + STREAM_CHUNK / 8);
+    stuffer.stuff(tx.prefix, &mut out);
+    stuffer.stuff(tx.body, &mut out);
+    client.stream.write_all(&out).await?;
+    if let Some(tail) = tx.tail {
+        let mut chunk = Vec::new();
+        let mut offset = 0;
+        while tail.read_chunk(&mut offset, &mut chunk)? {
+            out.clear();
+            stuffer.stuff(&chunk, &mut out);
+            client.stream.write_all(&out).await?;
+        }
     }
-    client.write_message(body).await
+    let end: &[u8] = if stuffer.after_crlf() {
+        b".\r\n"
+    } else {
+        b"\r\n.\r\n"
+    };
+    client.stream.write_all(end).await?;
+    client.stream.flush().await
+}
+
+/// How much of a file tail is read and sent at a time.
+const STREAM_CHUNK: usize = 256 * 1024;
+
+/// DATA transparency across chunks: a line that starts with "." gets one
+/// more (a line starts after any LF, as mail-send's `write_message` has it).
+struct DotStuffer {
+    line_start: bool,
+    /// The last two bytes seen, for the end of data.
+    last: [u8; 2],
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer {
+            line_start: true,
+            last: [0, 0],
+        }
+    }
+}
+
+impl DotStuffer {
+    fn stuff(&mut self, mut chunk: &[u8], out: &mut Vec<u8>) {
+        if let Some(&[a, b]) = chunk.get(chunk.len().saturating_sub(2)..) {
+            self.last = [a, b];
+        } else if let Some(&b) = chunk.first() {
+            self.last = [self.last[1], b];
+        }
+        while !chunk.is_empty() {
+            if self.line_start && chunk[0] == b'.' {
+                out.push(b'.');
+            }
+            match memchr::memchr(b'\n', chunk) {
+                Some(at) => {
+                    out.extend_from_slice(&chunk[..=at]);
+                    chunk = &chunk[at + 1..];
+                    self.line_start = true;
+                }
+                None => {
+                    out.extend_from_slice(chunk);
+                    self.line_start = false;
+                    chunk = &[];
+                }
+            }
+        }
+    }
+
+    fn after_crlf(&self) -> bool {
+        self.last == *b"\r\n"
+    }
 }
 
 /// RFC 3461 NOTIFY and ORCPT on a RCPT line.
@@ -701,6 +770,32 @@ fn push_dsn_parameters(line: &mut String, rcpt: &Recipient) {
     }
 }
 
+/// The rest of a large message, left in its spool file and read as it is
+/// sent, so a 50 MB body in flight costs a chunk of memory, not 50 MB.
+pub struct FileTail {
+    pub file: Arc<std::fs::File>,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl FileTail {
+    /// The next chunk after `*sent` bytes of the tail into `chunk`; false
+    /// when all was read. A file shorter than promised is an error (the
+    /// message would go out truncated).
+    fn read_chunk(&self, sent: &mut u64, chunk: &mut Vec<u8>) -> std::io::Result<bool> {
+        use std::os::unix::fs::FileExt;
+        let want = (self.len - *sent).min(STREAM_CHUNK as u64) as usize;
+        if want == 0 {
+            return Ok(false);
+        }
+        chunk.resize(want, 0);
+        let at = self.offset + *sent;
+        crate::fsutil::run_blocking(|| self.file.read_exact_at(chunk, at))?;
+        *sent += want as u64;
+        Ok(true)
+    }
+}
+
 /// What is sent in one transaction.
 pub struct Transaction<'a> {
     pub envelope: &'a Envelope,
@@ -709,14 +804,16 @@ pub struct Transaction<'a> {
     /// Header fields added in front of the stored message (whole CRLF
     /// lines, none starting with "."), sent before `body` without a copy.
     pub prefix: &'a [u8],
-    /// The message, ending with CRLF.
+    /// The message (with `tail`, if any), ending with CRLF.
     pub body: &'a [u8],
+    /// The rest of the message, still in its file.
+    pub tail: Option<&'a FileTail>,
 }
 
 impl Transaction<'_> {
     /// The message's size on the wire (before dot-stuffing), for SIZE= and BDAT.
     pub fn wire_len(&self) -> usize {
-        self.prefix.len() + self.body.len()
+        self.prefix.len() + self.body.len() + self.tail.map_or(0, |t| t.len as usize)
     }
 }
 
@@ -792,6 +889,7 @@ pub async fn submit(
             recipients: vec![(0, &envelope.recipients[0])],
             prefix: b"",
             body: message,
+            tail: None,
         };
         let answers = match session.transaction(&tx, limit).await {
             Ok(answers) => answers,

@@ -1016,3 +1016,56 @@ fn a_long_deferred_message_is_compacted_forward_and_delivered_byte_for_byte() {
     assert!(got[0].data == spooled, "byte for byte after compaction");
     s.rt.block_on(server.shutdown());
 }
+
+/// A large message (its body in its own file) is streamed from that file,
+/// in chunks, exactly: with BDAT, and with DATA where every line starts
+/// with a dot so that a line beginning on a chunk boundary must be stuffed
+/// and a line crossing one must not be.
+#[test]
+fn large_bodies_are_streamed_from_the_spool_byte_for_byte() {
+    let (s, server) = setup(base_zone(), |config, _| {
+        config.spool.large_message_threshold = 64 * 1024;
+    });
+    // 64-byte lines: every chunk boundary of the tail is a line start.
+    let line = format!(".{}\r\n", "d".repeat(61));
+    let body = format!("Subject: streamed\r\n\r\n{}", line.repeat(50_000));
+    let mut spooled_copies = Vec::new();
+    for (domain, rcpt) in [
+        ("example.com", "big@example.com"),
+        (LISTED_DOMAIN, "alice@listed.example"),
+    ] {
+        let delivery = server.delivery().unwrap();
+        let upstream = delivery.upstream_for(domain);
+        common::block(delivery.hold(&upstream)).unwrap();
+        // `submit` sends raw bytes: stuff them as a client must.
+        let wire = body.replace("\r\n.", "\r\n..");
+        let id = submit(&server, "s@remote.test", &[rcpt], wire.as_bytes());
+        let spooled = common::block(server.spool.read_body(id)).unwrap();
+        assert!(
+            common::without_trace_header(&spooled) == body.as_bytes(),
+            "spooled with its leading dots"
+        );
+        let large_file = server.config().spool.dir.join(format!("large/{id}.eml"));
+        assert!(
+            large_file.exists(),
+            "{} holds the body",
+            large_file.display()
+        );
+        spooled_copies.push(spooled);
+        common::block(delivery.release(&upstream)).unwrap();
+        wait_empty(&server);
+    }
+    let bdat = s.upstream.delivered();
+    let data = s.data_only.as_ref().unwrap().delivered();
+    assert!(bdat[0].bdat && !data[0].bdat);
+    for (got, spooled) in [&bdat[0], &data[0]].into_iter().zip(&spooled_copies) {
+        assert!(
+            got.data == *spooled,
+            "{} of {} bytes, intact: {}",
+            got.data.len(),
+            spooled.len(),
+            got.data == *spooled
+        );
+    }
+    s.rt.block_on(server.shutdown());
+}

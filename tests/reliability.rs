@@ -574,3 +574,97 @@ fn a_slowloris_crowd_of_1000_does_not_stop_real_mail() {
     let r = try_send(addr, "after", 2000);
     assert_eq!(r.code, 250);
 }
+
+/// Delivery streams large bodies from the spool instead of holding them:
+/// 20 messages of 50 MB in flight at once (the upstream sits on each end of
+/// data for a while) raise the server's peak RSS by far less than one
+/// message each, and every one arrives whole (byte-for-byte streaming is
+/// checked in tests/delivery.rs).
+#[test]
+fn twenty_50_mb_messages_in_flight_are_streamed_not_held_in_memory() {
+    const COUNT: usize = 20;
+    const SIZE: usize = 50 * 1024 * 1024;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sink = rt.block_on(Sink::start(
+        "127.0.0.1:0",
+        Script {
+            keep_data: false,
+            data_delay: Duration::from_secs(4),
+            ..Script::default()
+        },
+    ));
+    let mut fixture = Fixture::new();
+    fixture.config.delivery.enabled = true;
+    fixture.config.delivery.concurrency = COUNT;
+    fixture.config.delivery.per_upstream = COUNT;
+    fixture.config.domains[0].upstream = sink.addr.to_string();
+    fixture.config.domains[0].tls = UpstreamTls::None;
+    let server = BinaryServer::start(&fixture.write_config());
+    assert_eq!(try_send(server.addr, "warm", 200_000).code, 250);
+    assert!(wait_for(Duration::from_secs(10), || sink.delivered().len() == 1));
+    let pid = server.child.id();
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    let (_, rss_before) = memory_kb(pid);
+
+    let line = b"0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\r\n";
+    let chunk: Vec<u8> = line
+        .iter()
+        .copied()
+        .cycle()
+        .take(line.len() * 13_000)
+        .collect();
+    let senders: Vec<_> = (0..COUNT)
+        .map(|i| {
+            let (addr, chunk) = (server.addr, chunk.clone());
+            std::thread::spawn(move || {
+                let mut c = RawClient::greeted(addr);
+                c.expect("EHLO big.test", 250);
+                c.expect(&format!("MAIL FROM:<s@remote.test> SIZE={SIZE}"), 250);
+                c.expect(&format!("RCPT TO:<big{i}@{DOMAIN}>"), 250);
+                c.expect("DATA", 354);
+                let head = format!("Subject: big {i}\r\n\r\n").into_bytes();
+                c.send(&head);
+                let mut sent = head.len();
+                while sent + chunk.len() < SIZE {
+                    c.send(&chunk);
+                    sent += chunk.len();
+                }
+                c.send(b".\r\n");
+                let r = c.reply();
+                assert_eq!(r.code, 250, "{r:?}");
+                sent
+            })
+        })
+        .collect();
+    let sent: Vec<usize> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(
+        wait_for(Duration::from_secs(120), || sink.delivered().len()
+            == COUNT + 1),
+        "{} of {COUNT} delivered",
+        sink.delivered().len() - 1
+    );
+    let (peak, rss_after) = memory_kb(pid);
+    let extra_mb = peak.saturating_sub(rss_before) / 1024;
+    println!(
+        "{COUNT} x 50 MB delivered: RSS before {rss_before} kB, peak {peak} kB (+{extra_mb} MB), after {rss_after} kB"
+    );
+    for delivered in sink.delivered().iter().skip(1) {
+        let stored_len = delivered.data_len;
+        // Our Received header comes first; the client's bytes follow.
+        assert!(
+            sent.iter()
+                .any(|len| stored_len > *len && stored_len < len + 2048),
+            "length {stored_len}"
+        );
+    }
+    assert!(
+        peak / 1024 <= 300 && extra_mb < 150,
+        "{COUNT} messages of 50 MB in flight: peak RSS {} MB (+{extra_mb} MB)",
+        peak / 1024
+    );
+    drop(server);
+}

@@ -961,3 +961,73 @@ async fn check_after_races(spool: &Spool, kept: &[QueueId], gone: &[QueueId]) {
     }
     assert_eq!(spool.len(), kept.len());
 }
+
+/// The running counts behind `/metrics` equal a count of the whole spool
+/// after every kind of change: arrivals, holds, retries, a route override,
+/// a recipient delivered or failed, retention, removals, compaction and a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn census_matches_a_full_count_after_every_kind_of_change() {
+    use breakwater::spool::Census;
+    async fn assert_census(spool: &Spool, step: &str) {
+        let list = spool.list().await.unwrap();
+        let counted = Census::of(list.iter().map(|m| (&m.envelope, &m.state))).snapshot();
+        assert_eq!(spool.census(), counted, "after {step}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(&config(tmp.path())).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let rcpts: &[&str] = match i % 3 {
+            0 => &["a@one.test"],
+            1 => &["a@one.test", "b@two.test"],
+            _ => &["c@Two.Test", "d@two.test"],
+        };
+        ids.push(
+            put(
+                &spool,
+                format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(),
+                rcpts,
+            )
+            .await,
+        );
+    }
+    assert_census(&spool, "arrivals").await;
+    assert_eq!(spool.census().by_status.get("queued"), Some(&40));
+    type Change = (&'static str, fn(&mut MessageState));
+    let changes: [Change; 6] = [
+        ("a hold", |s| s.held = true),
+        ("a retry", |s| s.recipients[0].attempts += 1),
+        ("a route override", |s| {
+            s.route = Some("127.0.0.1:2525".into())
+        }),
+        ("a delivered recipient", |s| {
+            s.recipients[0].status = RecipientStatus::Delivered
+        }),
+        ("a failed recipient", |s| {
+            let last = s.recipients.len() - 1;
+            s.recipients[last].status = RecipientStatus::Failed
+        }),
+        ("retention", |s| {
+            for r in &mut s.recipients {
+                r.status = RecipientStatus::Delivered;
+            }
+            s.retain_until_ms = Some(now_ms() + 60_000)
+        }),
+    ];
+    for (n, (step, change)) in changes.iter().enumerate() {
+        for id in ids.iter().skip(n).step_by(6) {
+            spool.update_state(*id, change).await.unwrap();
+        }
+        assert_census(&spool, step).await;
+    }
+    for id in ids.iter().step_by(4) {
+        spool.remove(*id, "delivered").await.unwrap();
+    }
+    assert_census(&spool, "removals").await;
+    while spool.maintain().await.unwrap() != Default::default() {}
+    assert_census(&spool, "compaction").await;
+    let spool = reopen(spool, tmp.path()).await;
+    assert_census(&spool, "a restart").await;
+    spool.close().await;
+}

@@ -14,6 +14,7 @@ use super::{AdminState, ApiError, Caller};
 use crate::control::apply_action;
 use crate::control::filter::{self, status_of, Filter, HEADER_SCAN};
 use crate::envelope::{now_ms, QueueId};
+use crate::spool::Destination;
 use crate::spool::SpooledMessage;
 
 const DEFAULT_PAGE: usize = 100;
@@ -380,32 +381,38 @@ pub async fn audit(
     Ok(Json(json!({ "entries": entries })))
 }
 
-/// Gauges describing the spool, computed at scrape time.
+/// Gauges describing the spool, from the spool's running counts (no scan:
+/// a scrape costs the same at a million messages as at ten).
 pub async fn refresh_gauges(state: &AdminState) {
     let metrics = crate::metrics::get();
-    let mut counts: BTreeMap<&str, i64> = filter::STATUSES.iter().map(|s| (*s, 0)).collect();
-    let mut oldest = None;
-    let list = state.spool.list().await.unwrap_or_default();
-    for message in &list {
-        *counts.entry(status_of(message)).or_default() += 1;
-        oldest = Some(oldest.map_or(message.envelope.received_at_ms, |o: u64| {
-            o.min(message.envelope.received_at_ms)
-        }));
+    let census = state.spool.census();
+    for status in filter::STATUSES {
+        metrics.set_queue(status, census.by_status.get(status).copied().unwrap_or(0));
     }
-    for (status, count) in counts {
-        metrics.set_queue(status, count);
-    }
-    metrics
-        .oldest_message_age
-        .set(oldest.map_or(0.0, |o| now_ms().saturating_sub(o) as f64 / 1000.0));
+    metrics.oldest_message_age.set(
+        census
+            .oldest_received_ms
+            .map_or(0.0, |o| now_ms().saturating_sub(o) as f64 / 1000.0),
+    );
     if let Some(delivery) = &state.delivery {
+        let mut depth: BTreeMap<String, i64> = BTreeMap::new();
         for upstream in delivery.status() {
             metrics.set_upstream(&upstream.name, upstream.state == "up");
+            // Upstreams with nothing queued read 0, not their last value.
+            depth.insert(upstream.name, 0);
         }
-        let mut depth: BTreeMap<String, i64> = BTreeMap::new();
-        for message in &list {
-            for name in delivery.upstreams_of(message) {
-                *depth.entry(name).or_default() += 1;
+        for (destinations, count) in &census.by_destinations {
+            let mut names: Vec<String> = destinations
+                .iter()
+                .map(|destination| match destination {
+                    Destination::Route(route) => route.clone(),
+                    Destination::Domain(domain) => delivery.upstream_for(domain),
+                })
+                .collect();
+            names.sort();
+            names.dedup();
+            for name in names {
+                *depth.entry(name).or_default() += count;
             }
         }
         for (name, count) in depth {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::delivery::DeliveryHandle;
-use crate::envelope::{now_ms, QueueId, RecipientStatus};
+use crate::envelope::{now_ms, QueueId};
 use crate::spool::{Spool, SpoolError, SpooledMessage};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -29,31 +29,11 @@ pub struct Filter {
     pub subject: Option<String>,
 }
 
-pub const STATUSES: [&str; 5] = ["queued", "deferred", "held", "failed", "delivered"];
+pub use crate::envelope::STATUSES;
 
 /// The operator-facing status of a message.
 pub fn status_of(message: &SpooledMessage) -> &'static str {
-    let state = &message.state;
-    if state.retain_until_ms.is_some() {
-        // Finished and kept only for the web reader.
-        "delivered"
-    } else if state.held {
-        "held"
-    } else if state
-        .recipients
-        .iter()
-        .any(|r| r.status == RecipientStatus::Failed)
-    {
-        "failed"
-    } else if state
-        .recipients
-        .iter()
-        .any(|r| r.attempts > 0 && !r.status.is_final())
-    {
-        "deferred"
-    } else {
-        "queued"
-    }
+    message.state.status()
 }
 
 /// A filter with its durations parsed and its values checked.

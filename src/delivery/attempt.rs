@@ -12,6 +12,8 @@ use super::route::{self, RouteError};
 use super::upstream::Availability;
 use super::*;
 use crate::envelope::{now_ms, Envelope, MessageState, QueueId, RecipientStatus};
+use crate::smtp_client::FileTail;
+use crate::spool::StoredBody;
 
 impl Engine {
     /// The upstream name for a recipient domain, honouring a per-message
@@ -36,8 +38,8 @@ impl Engine {
             // Held by an operator after it was picked from the schedule.
             return;
         }
-        let body = match self.spool.read_body(id).await {
-            Ok(body) => body,
+        let stored = match self.spool.open_body(id).await {
+            Ok(stored) => stored,
             Err(crate::spool::SpoolError::NotFound(_)) => return,
             Err(err) => {
                 // Damaged on disk: keep it for an operator, never drop it.
@@ -49,7 +51,14 @@ impl Engine {
         let mut state = message.state.clone();
         let mut recorded = 0;
         let envelope = &message.envelope;
-        let body = with_intake_verdicts(body, envelope, &self.hostname);
+        let body = match with_intake_verdicts(stored, envelope, &self.hostname) {
+            Ok(body) => body,
+            Err(err) => {
+                tracing::error!(queue_id = %id, error = %err, "delivery: message body unreadable; parked for an operator");
+                let _ = self.spool.park(id, PARKED_INDEFINITELY_MS).await;
+                return;
+            }
+        };
 
         // Pending recipients, grouped by upstream (one transaction each).
         let mut groups: BTreeMap<String, (route::Route, String, Vec<usize>)> = BTreeMap::new();
@@ -119,7 +128,11 @@ impl Engine {
         }
 
         self.expire(id, envelope, &mut state);
-        let bounced = self.bounce_failures(&message, &mut state, &body.body).await;
+        // A large message's DSN returns its header section only (like
+        // Postfix's bounce_size_limit).
+        let bounced = self
+            .bounce_failures(&message, &mut state, &body.head, body.tail.is_none())
+            .await;
         if state.is_finished() && bounced {
             if self.retain(id, &message.state, &mut state, recorded).await {
                 return;
@@ -220,7 +233,8 @@ impl Engine {
                 .map(|i| (*i, &envelope.recipients[*i]))
                 .collect(),
             prefix: &message.prefix,
-            body: &message.body,
+            body: &message.head,
+            tail: message.tail.as_ref(),
             tls: route.tls,
         };
         let mut last_error = String::new();
@@ -402,13 +416,32 @@ pub(super) fn merge_attempt(
 
 /// The message as it leaves: our intake verdicts on top (Exchange Online
 /// transport rules can act on them), and any `Authentication-Results` that
-/// claims to be ours but came from outside removed (RFC 8601 5).
+/// claims to be ours but came from outside removed (RFC 8601 5). A large
+/// body's header section (at most `HEAD_MAX` bytes) is read for that; the
+/// rest stays in its file and is read as it is sent.
 pub(super) fn with_intake_verdicts(
-    mut body: Vec<u8>,
+    stored: StoredBody,
     envelope: &Envelope,
     hostname: &str,
-) -> Outbound {
-    crate::trust::auth::strip_forged_results(&mut body, hostname);
+) -> std::io::Result<Outbound> {
+    let (mut head, tail) = match stored {
+        StoredBody::Memory(body) => (body, None),
+        StoredBody::File { file, len } => {
+            use std::os::unix::fs::FileExt;
+            let mut start = vec![0u8; len.min(HEAD_MAX) as usize];
+            crate::fsutil::run_blocking(|| file.read_exact_at(&mut start, 0))?;
+            let header_end =
+                memchr::memmem::find(&start, b"\r\n\r\n").map_or(start.len(), |at| at + 4);
+            start.truncate(header_end);
+            let tail = FileTail {
+                file,
+                offset: header_end as u64,
+                len: len - header_end as u64,
+            };
+            (start, Some(tail))
+        }
+    };
+    crate::trust::auth::strip_forged_results(&mut head, hostname);
     let mut prefix = String::new();
     if let Some(verdict) = envelope.lure.as_ref().filter(|v| v.score > 0) {
         prefix.push_str(&format!(
@@ -419,16 +452,23 @@ pub(super) fn with_intake_verdicts(
     if let Some(auth) = &envelope.auth {
         prefix.push_str(&auth.header());
     }
-    Outbound {
+    Ok(Outbound {
         prefix: prefix.into_bytes(),
-        body,
-    }
+        head,
+        tail,
+    })
 }
 
+/// How much of a large message is read to find its header section.
+const HEAD_MAX: u64 = 1024 * 1024;
+
 /// A message as it goes upstream: the header fields intake's verdicts add,
-/// then the stored bytes. Kept apart so that adding two header lines never
-/// copies a 50 MB body (delivery holds one copy of each body in flight).
+/// then the stored bytes: all of them (`tail` = None), or a large body's
+/// header section with the rest still in its file. Kept apart so that adding
+/// two header lines never copies a body, and a 50 MB body in flight costs a
+/// read buffer, not 50 MB.
 pub(super) struct Outbound {
     prefix: Vec<u8>,
-    body: Vec<u8>,
+    head: Vec<u8>,
+    tail: Option<FileTail>,
 }

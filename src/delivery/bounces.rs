@@ -36,6 +36,7 @@ impl Engine {
         message: &SpooledMessage,
         state: &mut MessageState,
         body: &[u8],
+        body_complete: bool,
     ) -> bool {
         let envelope = &message.envelope;
         let pending: Vec<usize> = (0..state.recipients.len())
@@ -59,7 +60,14 @@ impl Engine {
             .collect();
         // Never bounce a bounce.
         if !failed.is_empty() && !envelope.sender.is_empty() {
-            let report = dsn::build(&self.hostname, message.id, envelope, &failed, body);
+            let report = dsn::build(
+                &self.hostname,
+                message.id,
+                envelope,
+                &failed,
+                body,
+                body_complete,
+            );
             let mut dsn_body = self.spool.new_body();
             let written = dsn_body.write(&report);
             let dsn_envelope = Envelope::local("", &envelope.sender, &self.hostname);

@@ -70,6 +70,8 @@ pub struct Transaction<'a> {
     /// lines, none starting with "."), sent before `body` without a copy.
     pub prefix: &'a [u8],
     pub body: &'a [u8],
+    /// The rest of a large message, still in its file.
+    pub tail: Option<&'a crate::smtp_client::FileTail>,
     pub tls: UpstreamTls,
 }
 
@@ -90,6 +92,7 @@ impl Transaction<'_> {
             recipients: self.recipients.clone(),
             prefix: self.prefix,
             body: self.body,
+            tail: self.tail,
         }
     }
 }

@@ -35,13 +35,16 @@ fn status_of(diagnostic: &str) -> String {
         .to_string()
 }
 
-/// Build the DSN message (CRLF line endings, ready to spool).
+/// Build the DSN message (CRLF line endings, ready to spool). `original`
+/// is the message, or only its start when `complete` is false (a large
+/// message): then only its header section goes back, whatever RET asked.
 pub fn build(
     hostname: &str,
     id: QueueId,
     envelope: &Envelope,
     failed: &[FailedRecipient<'_>],
     original: &[u8],
+    complete: bool,
 ) -> Vec<u8> {
     let now = time::OffsetDateTime::now_utc()
         .format(&Rfc2822)
@@ -112,7 +115,7 @@ pub fn build(
     }
     out.push_str("\r\n");
 
-    let headers_only = envelope.dsn_ret == Some(DsnRet::Hdrs);
+    let headers_only = envelope.dsn_ret == Some(DsnRet::Hdrs) || !complete;
     let mut bytes = out.into_bytes();
     if headers_only {
         bytes.extend_from_slice(

@@ -248,7 +248,10 @@ impl DeliveryHandle {
             rcpt.status = RecipientStatus::Failed;
             rcpt.last_reply = Some(format!("5.0.0 {reason}"));
         }
-        if !engine.bounce_failures(&message, &mut state, &body).await {
+        if !engine
+            .bounce_failures(&message, &mut state, &body, true)
+            .await
+        {
             return Err(DeliveryError::Setup("could not queue the DSN".into()));
         }
         engine.spool.remove(id, "bounced by administrator").await?;

@@ -8,6 +8,17 @@ use std::path::PathBuf;
 
 use crate::envelope::QueueId;
 
+/// A spooled message to send: small ones in memory; a large one as its
+/// open file (checksum verified when opened), read as it goes out, so a
+/// drain of large messages does not hold them whole in memory.
+pub enum StoredBody {
+    Memory(Vec<u8>),
+    File {
+        file: std::sync::Arc<File>,
+        len: u64,
+    },
+}
+
 pub struct MessageBody {
     pub(crate) id: QueueId,
     pub(crate) memory: Vec<u8>,

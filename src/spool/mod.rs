@@ -15,6 +15,7 @@
 //! made the message durable; the SMTP layer answers 250 only after that.
 
 mod body;
+mod census;
 mod segments;
 mod space;
 mod store;
@@ -26,7 +27,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use body::MessageBody;
+pub use body::{MessageBody, StoredBody};
+pub use census::{Census, CensusSnapshot, Destination};
 pub use segments::{OpenReport, SegmentStore};
 pub use space::{is_storage_full, Shortage};
 pub use store::{Maintenance, SpoolStore, StateUpdate};
@@ -132,6 +134,11 @@ impl Spool {
     /// The message exactly as spooled (our Received header first), checksum-verified.
     pub async fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
         self.store.read_body(id).await
+    }
+
+    /// The message for sending ([`SpoolStore::open_body`]).
+    pub async fn open_body(&self, id: QueueId) -> Result<StoredBody, SpoolError> {
+        self.store.open_body(id).await
     }
 
     /// The first `limit` bytes of a message, for list views and filters
@@ -308,6 +315,11 @@ impl Spool {
 
     pub fn stats(&self) -> &Stats {
         self.store.stats()
+    }
+
+    /// Counts of what the spool holds ([`SpoolStore::census`]).
+    pub fn census(&self) -> CensusSnapshot {
+        self.store.census()
     }
 
     /// Background upkeep of the store ([`SpoolStore::maintain`]).

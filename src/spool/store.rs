@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 
-use super::{MessageBody, Shortage, SpoolError, SpooledMessage, Stats};
+use super::{CensusSnapshot, MessageBody, Shortage, SpoolError, SpooledMessage, Stats, StoredBody};
 use crate::envelope::{Envelope, MessageState, QueueId};
 
 /// What [`SpoolStore::update_state`] did.
@@ -64,6 +64,13 @@ pub trait SpoolStore: Send + Sync + 'static {
     /// The whole message as spooled, verified against its checksum
     /// ([`SpoolError::Corrupt`] otherwise). For delivery, export, display.
     async fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError>;
+
+    /// The same bytes as `read_body`, verified the same way, but a store may
+    /// hand a large body over as an open file to be read as it is sent
+    /// (delivery). The file's content does not change while it is open.
+    async fn open_body(&self, id: QueueId) -> Result<StoredBody, SpoolError> {
+        self.read_body(id).await.map(StoredBody::Memory)
+    }
 
     /// At most `limit` bytes from the start of the message, not verified:
     /// for list views and filters only.
@@ -157,6 +164,12 @@ pub trait SpoolStore: Send + Sync + 'static {
 
     /// Durable-commit counters (for metrics and benchmarks).
     fn stats(&self) -> &Stats;
+
+    /// Messages by status, by the destinations they wait for, and the
+    /// oldest arrival: a **hint**, kept as messages change (never a scan),
+    /// equal to counting the messages `list` returns whenever no change is
+    /// under way.
+    fn census(&self) -> CensusSnapshot;
 
     /// Background upkeep (the segment store compacts its oldest segment when
     /// most of it is dead weight). Called periodically, concurrently with

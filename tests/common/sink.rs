@@ -15,7 +15,10 @@ use tokio::sync::watch;
 pub struct Delivered {
     pub mail_line: String,
     pub rcpt_lines: Vec<String>,
+    /// Empty when the script does not keep data (`keep_data`).
     pub data: Vec<u8>,
+    pub data_len: usize,
+    pub data_crc: u32,
     pub bdat: bool,
     pub tls: bool,
     /// The client's RCPT commands had already arrived when its MAIL was
@@ -70,6 +73,9 @@ pub struct Script {
     /// at the banner) stops answering for good while its TCP connection
     /// stays open, as an upstream that hangs in an outage.
     pub stall: bool,
+    /// Keep each message's data (else only its length and CRC-32, for
+    /// tests that move gigabytes).
+    pub keep_data: bool,
 }
 
 impl Default for Script {
@@ -86,6 +92,7 @@ impl Default for Script {
             data_started: Arc::default(),
             data_seen: Arc::default(),
             stall: false,
+            keep_data: true,
         }
     }
 }
@@ -315,7 +322,9 @@ async fn session(
                 if script_now.drop_mid_data && data.len() > 10 {
                     return Ok(());
                 }
-                let l = if l.starts_with(b"..") {
+                // RFC 5321 4.5.2: a leading period is removed (a client
+                // that forgot to stuff one loses it, as with a real server).
+                let l = if l.starts_with(b".") {
                     l[1..].to_vec()
                 } else {
                     l
@@ -363,7 +372,11 @@ async fn finish(
     bdat: bool,
     tls: bool,
 ) -> String {
-    script.data_seen.lock().unwrap().push(data.clone());
+    let (data_len, data_crc) = (data.len(), crc32fast::hash(&data));
+    let data = if script.keep_data { data } else { Vec::new() };
+    if script.keep_data {
+        script.data_seen.lock().unwrap().push(data.clone());
+    }
     script
         .data_started
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -373,6 +386,8 @@ async fn finish(
             mail_line: txn.mail_line.clone(),
             rcpt_lines: txn.rcpt_lines.clone(),
             data,
+            data_len,
+            data_crc,
             bdat,
             tls,
             pipelined: txn.pipelined,

@@ -123,10 +123,17 @@ fn decode(id: QueueId, raw: &[u8]) -> IndexResult<IndexEntry> {
         .map_err(|err| sled::Error::Unsupported(format!("undecodable index entry {id}: {err}")))
 }
 
+/// sled's own cache of index pages.
+const INDEX_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl Index {
     pub fn open(dir: &Path) -> IndexResult<Index> {
+        // sled's page cache defaults to 1 GiB, which a large spool's index
+        // fills (start-up reconciliation reads every entry): RSS then grows
+        // with the spool. The index is read through the OS page cache anyway.
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(INDEX_CACHE_BYTES)
             .flush_every_ms(Some(1000))
             .open()?;
         // sled never syncs the directory it creates its files in; without

@@ -42,7 +42,10 @@ use record::{Kind, MessageMeta, RemoveMeta, StateMeta};
 use writer::{AppendOp, Op, SegmentWriter};
 
 use super::space::{self, Shortage};
-use super::{Maintenance, MessageBody, SpoolError, SpoolStore, SpooledMessage, StateUpdate, Stats};
+use super::{
+    Census, CensusSnapshot, Maintenance, MessageBody, SpoolError, SpoolStore, SpooledMessage,
+    StateUpdate, Stats, StoredBody,
+};
 use crate::config::SpoolConfig;
 use crate::envelope::{Envelope, MessageState, QueueId};
 
@@ -91,6 +94,9 @@ pub struct SegmentStore {
     /// changes it and writes it back under its message's lock, so an
     /// operator's hold and a delivery's outcome never overwrite each other.
     message_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Counts for the gauges, changed with every enqueue, state change and
+    /// removal (under the message's lock, after the record is durable).
+    census: Mutex<Census>,
     /// The last writability probe and when it ran.
     writable_probe: Arc<Mutex<Option<WritableProbe>>>,
     /// Held for the life of the spool: two processes on one spool would
@@ -239,6 +245,12 @@ impl SegmentStore {
             index_repairs: reconciled.repairs,
         };
 
+        let census = Census::of(
+            replay
+                .live
+                .values()
+                .map(|entry| (&entry.envelope, &entry.state)),
+        );
         let stats = Arc::new(Stats::default());
         let used = space::dir_bytes(&segments_dir)? + space::dir_bytes(&large_dir)?;
         let space = Arc::new(space::Space::new(
@@ -288,10 +300,13 @@ impl SegmentStore {
             holds_path: root.join("upstream-holds.json"),
             holds_lock: Mutex::new(()),
             message_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            census: Mutex::new(census),
             writable_probe: Arc::new(Mutex::new(None)),
             _lock: lock,
         };
         store.reclaim();
+        drop(replay);
+        release_freed_memory();
         Ok((store, report))
     }
 
@@ -506,6 +521,10 @@ impl SpoolStore for SegmentStore {
                 return Err(err);
             }
         };
+        self.census
+            .lock()
+            .expect("census lock")
+            .add(&envelope, &state);
         let entry = IndexEntry {
             location,
             envelope,
@@ -534,6 +553,40 @@ impl SpoolStore for SegmentStore {
             return Err(SpoolError::Corrupt(id, "body checksum mismatch".into()));
         }
         Ok(data)
+    }
+
+    /// A large body as its open file, its CRC checked by one streaming read
+    /// (an open file stays readable if the message is removed meanwhile).
+    async fn open_body(&self, id: QueueId) -> Result<StoredBody, SpoolError> {
+        let entry = self.index.get(id)?.ok_or(SpoolError::NotFound(id))?;
+        if !entry.location.external {
+            return self.read_body(id).await.map(StoredBody::Memory);
+        }
+        let path = self.large_path(id);
+        crate::fsutil::run_blocking(|| {
+            use std::io::Read;
+            let mut file = std::fs::File::open(&path).map_err(|err| match err.kind() {
+                std::io::ErrorKind::NotFound => SpoolError::NotFound(id),
+                _ => err.into(),
+            })?;
+            let (mut crc, mut len) = (crc32fast::Hasher::new(), 0u64);
+            let mut chunk = vec![0u8; 256 * 1024];
+            loop {
+                let n = file.read(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                crc.update(&chunk[..n]);
+                len += n as u64;
+            }
+            if crc.finalize() != entry.location.body_crc {
+                return Err(SpoolError::Corrupt(id, "body checksum mismatch".into()));
+            }
+            Ok(StoredBody::File {
+                file: Arc::new(file),
+                len,
+            })
+        })
     }
 
     async fn read_head(&self, id: QueueId, limit: usize) -> Result<Vec<u8>, SpoolError> {
@@ -569,6 +622,10 @@ impl SpoolStore for SegmentStore {
         })
         .expect("state metadata serialises");
         self.append(Kind::State, meta, Vec::new(), None).await?;
+        self.census
+            .lock()
+            .expect("census lock")
+            .change(&entry.envelope, &entry.state, &state);
         self.index.update(id, |entry| entry.state = state)?;
         Ok(StateUpdate::Written)
     }
@@ -614,6 +671,10 @@ impl SpoolStore for SegmentStore {
         let Some(entry) = self.index.remove(id)? else {
             return Ok(false);
         };
+        self.census
+            .lock()
+            .expect("census lock")
+            .remove(&entry.envelope, &entry.state);
         if entry.location.external && std::fs::remove_file(self.large_path(id)).is_ok() {
             self.space.sub(entry.envelope.size);
         }
@@ -703,6 +764,10 @@ impl SpoolStore for SegmentStore {
         &self.stats
     }
 
+    fn census(&self) -> CensusSnapshot {
+        self.census.lock().expect("census lock").snapshot()
+    }
+
     /// Compaction of the oldest segment, when it is worth it (`compaction`).
     async fn maintain(&self) -> Result<Maintenance, SpoolError> {
         self.compact_if_worthwhile().await
@@ -731,6 +796,17 @@ impl SpoolStore for SegmentStore {
             fsync_ms = stats.fsync_micros.load(Ordering::Relaxed) / 1000,
             "spool closed"
         );
+    }
+}
+
+/// Recovery held every live entry in memory at once; hand the freed heap
+/// back to the system, or the process keeps that peak as its RSS for good
+/// (glibc keeps freed memory in its arenas).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
