@@ -67,14 +67,14 @@ impl SegmentStore {
         let (head, head_live, total_live) = {
             let reclaim = self.reclaim.lock().expect("reclaim lock");
             let head = reclaim.oldest;
-            if reclaim.live.get(&head).copied().unwrap_or(0) == 0 {
+            let Some(live) = reclaim.live.get(&head).filter(|live| live.messages > 0) else {
                 // Finished already: reclamation, not compaction.
                 return Ok(None);
-            }
+            };
             (
                 head,
-                reclaim.live_bytes.get(&head).copied().unwrap_or(0),
-                reclaim.live_bytes.values().sum::<u64>(),
+                live.bytes,
+                reclaim.live.values().map(|live| live.bytes).sum::<u64>(),
             )
         };
         if head >= current {

@@ -114,22 +114,31 @@ pub struct SegmentStore {
 /// one in the same segment, and `reclaim` then saw the segment at zero and
 /// deleted a live message (found by the 30-minute chaos soak).
 pub(crate) struct Reclaim {
-    live: HashMap<u64, usize>,
-    /// Bytes of the live message records per segment (for compaction).
-    live_bytes: HashMap<u64, u64>,
+    live: HashMap<u64, LiveRecords>,
     oldest: u64,
     /// Finished segments whose deletion failed, tried again next time.
     retry: Vec<u64>,
 }
 
+/// The live message records of one segment.
+#[derive(Debug, Default, Clone, Copy)]
+struct LiveRecords {
+    messages: usize,
+    /// Their bytes (header, metadata, inline body): compaction's measure.
+    bytes: u64,
+}
+
 impl Reclaim {
+    fn live_messages(&self, segment: u64) -> usize {
+        self.live.get(&segment).map_or(0, |live| live.messages)
+    }
+
     /// Advance past every finished segment older than `current` and hand
     /// them (and earlier failed deletions) to the caller to delete.
     fn take_finished(&mut self, current: u64) -> Vec<u64> {
         let mut finished = std::mem::take(&mut self.retry);
-        while self.oldest < current && self.live.get(&self.oldest).copied().unwrap_or(0) == 0 {
+        while self.oldest < current && self.live_messages(self.oldest) == 0 {
             self.live.remove(&self.oldest);
-            self.live_bytes.remove(&self.oldest);
             finished.push(self.oldest);
             self.oldest += 1;
         }
@@ -138,19 +147,18 @@ impl Reclaim {
 
     pub(crate) fn count_new_messages(&mut self, segment: u64, messages: usize, bytes: u64) {
         if messages > 0 {
-            *self.live.entry(segment).or_insert(0) += messages;
-            *self.live_bytes.entry(segment).or_insert(0) += bytes;
+            let live = self.live.entry(segment).or_default();
+            live.messages += messages;
+            live.bytes += bytes;
         }
     }
 
     /// The message record at `location` is no longer its message's record
     /// (the message was removed, or compaction copied it forward).
     fn finish(&mut self, location: &Location) {
-        if let Some(count) = self.live.get_mut(&location.segment) {
-            *count = count.saturating_sub(1);
-        }
-        if let Some(bytes) = self.live_bytes.get_mut(&location.segment) {
-            *bytes = bytes.saturating_sub(location.record_len());
+        if let Some(live) = self.live.get_mut(&location.segment) {
+            live.messages = live.messages.saturating_sub(1);
+            live.bytes = live.bytes.saturating_sub(location.record_len());
         }
     }
 }
@@ -216,12 +224,6 @@ impl SegmentStore {
             ),
         }
 
-        let mut live = HashMap::new();
-        let mut live_bytes = HashMap::new();
-        for entry in replay.live.values() {
-            *live.entry(entry.location.segment).or_insert(0) += 1;
-            *live_bytes.entry(entry.location.segment).or_insert(0) += entry.location.record_len();
-        }
         // Always append to a fresh segment after a restart (never after a
         // possibly torn region), but reuse the newest one if it is empty.
         let next_segment = match replay.segments.last() {
@@ -260,12 +262,15 @@ impl SegmentStore {
             used,
         ));
         let current_segment = Arc::new(AtomicU64::new(next_segment));
-        let reclaim = Arc::new(Mutex::new(Reclaim {
-            live,
-            live_bytes,
+        let mut reclaim = Reclaim {
+            live: HashMap::new(),
             oldest,
             retry: Vec::new(),
-        }));
+        };
+        for entry in replay.live.values() {
+            reclaim.count_new_messages(entry.location.segment, 1, entry.location.record_len());
+        }
+        let reclaim = Arc::new(Mutex::new(reclaim));
         let writer = SegmentWriter::open(
             segments_dir.clone(),
             large_dir.clone(),
@@ -852,20 +857,22 @@ fn quarantine_orphan_large_files(
 
 #[cfg(test)]
 mod reclaim_tests {
-    use super::Reclaim;
+    use super::{LiveRecords, Reclaim};
     use std::collections::HashMap;
 
     #[test]
     fn finished_segments_are_taken_oldest_first_and_never_the_current_one() {
         let mut reclaim = Reclaim {
-            live: HashMap::from([(1, 0), (2, 1), (3, 0)]),
-            live_bytes: HashMap::new(),
+            live: HashMap::from(
+                [(1, 0), (2, 1), (3, 0)]
+                    .map(|(segment, messages)| (segment, LiveRecords { messages, bytes: 0 })),
+            ),
             oldest: 1,
             retry: Vec::new(),
         };
         assert_eq!(reclaim.take_finished(4), vec![1]);
         assert_eq!(reclaim.take_finished(4), Vec::<u64>::new());
-        *reclaim.live.get_mut(&2).unwrap() = 0;
+        reclaim.live.get_mut(&2).unwrap().messages = 0;
         // 4 is being written: never handed out, even with no live messages.
         assert_eq!(reclaim.take_finished(4), vec![2, 3]);
         assert_eq!(reclaim.oldest, 4);
