@@ -3,6 +3,7 @@
 # same run, both relaying to Postfix's smtp-sink on loopback.
 #
 #   bench/relay.sh [ROUNDS]     (default 1; needs root for Postfix)
+#   CASES="D" bench/relay.sh 3  (only some of the cases)
 #
 # Cases (smtp-source: one connection + EHLO per message):
 #   A: 50 sessions, 10000 messages, 10 KiB     end-to-end (until the sink has all)
@@ -13,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-1}
+CASES=${CASES:-A B D}
 BW_PORT=25250 PF_PORT=25260 UP_PORT=25270
 cargo build --release --quiet
 RUN=$PWD/bench/results/relay-$(date -u +%Y%m%dT%H%M%SZ)
@@ -45,6 +47,7 @@ pf_setup
 for round in $(seq "$ROUNDS"); do
     for case in "A 50 10000 10240" "B 20 2000 102400"; do
         set -- $case
+        [[ " $CASES " == *" $1 "* ]] || continue
         label="$1: $2 x $3 x $(( $4 / 1024 )) KiB"
         # Breakwater
         sink_start; bw_start "$BW_DELIVERY"
@@ -62,6 +65,7 @@ for round in $(seq "$ROUNDS"); do
         row "$label" postfix "$round" "$(rate "$3" "$t0" "$t1")" "$(rate "$3" "$t0" "$t2")" - - "$(echo "$t2 - $t0" | bc -l)" "$(cpu_pct "$b0" "$b1" "$c0" "$c1")"
     done
 
+    [[ " $CASES " == *" D "* ]] || continue
     N=20000
     label="D: drain $N x 10 KiB"
     # Breakwater: upstream down while accepting; it marks the upstream down,

@@ -223,7 +223,8 @@ fn open_spool(config: &Config) -> Result<Spool, StartError> {
     tracing::info!(
         messages = report.messages,
         segments = report.segments,
-        records = report.records,
+        records_replayed = report.records,
+        from_checkpoint = report.from_checkpoint,
         dir = %config.spool.dir.display(),
         "spool open"
     );

@@ -230,9 +230,21 @@ fn sigterm_drains_sessions_and_exits_cleanly() {
         std::net::TcpStream::connect(server.addr).is_err(),
         "still accepting after shutdown"
     );
+    // The clean exit left its checkpoint, and the index it describes agrees
+    // with a full replay of the segments too (the first open consumed it).
+    let checkpoint = fixture.config.spool.dir.join("clean-shutdown");
+    assert!(
+        checkpoint.exists(),
+        "SIGTERM writes the clean-shutdown checkpoint"
+    );
+    let (spool, report) = Spool::open(&fixture.config.spool).unwrap();
+    assert!(report.from_checkpoint, "{report:?}");
+    assert!(common::block(spool.get(id)).unwrap().is_some());
+    drop(spool);
+    assert!(!checkpoint.exists(), "a checkpoint is used once");
     let (spool, report) = Spool::open(&fixture.config.spool).unwrap();
     assert!(
-        report.index_rebuilt.is_none(),
+        report.index_rebuilt.is_none() && !report.from_checkpoint,
         "clean shutdown leaves a consistent index: {report:?}"
     );
     assert!(common::block(spool.get(id)).unwrap().is_some());

@@ -9,19 +9,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::envelope::{Envelope, MessageState};
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{Envelope, MessageState, STATUSES};
 
 /// Where a message's pending recipients go, before routing: an operator's
 /// route override, or the recipient domain (which delivery maps to its
 /// upstream at scrape time; the mapping can change on reload).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Destination {
     Route(String),
     Domain(String),
 }
 
 /// Running counts of the spool's messages.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Census {
     by_status: HashMap<&'static str, i64>,
     /// Messages by the set of destinations they still wait for (sorted,
@@ -81,6 +83,45 @@ impl Census {
         }
     }
 
+    /// How many messages are counted (every message has one status).
+    pub fn messages(&self) -> usize {
+        self.by_status.values().sum::<i64>().max(0) as usize
+    }
+
+    /// The counts as plain data, to be saved at a clean shutdown
+    /// (`segments::checkpoint`); `arrivals` go separately, they are many.
+    pub fn to_parts(&self) -> (CensusCounts, Vec<(u64, usize)>) {
+        let counts = CensusCounts {
+            by_status: self
+                .by_status
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            by_destinations: self
+                .by_destinations
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        };
+        let arrivals = self.arrivals.iter().map(|(k, v)| (*k, *v)).collect();
+        (counts, arrivals)
+    }
+
+    /// The census saved by `to_parts`; `None` when it names a status this
+    /// version does not know.
+    pub fn from_parts(counts: CensusCounts, arrivals: Vec<(u64, usize)>) -> Option<Census> {
+        let mut by_status = HashMap::new();
+        for (status, count) in counts.by_status {
+            let known = STATUSES.iter().find(|s| **s == status)?;
+            by_status.insert(*known, count);
+        }
+        Some(Census {
+            by_status,
+            by_destinations: counts.by_destinations.into_iter().collect(),
+            arrivals: arrivals.into_iter().collect(),
+        })
+    }
+
     /// The counts of these messages, from scratch (start-up, and the check
     /// that the running counts are right).
     pub fn of<'m>(messages: impl IntoIterator<Item = (&'m Envelope, &'m MessageState)>) -> Census {
@@ -90,6 +131,13 @@ impl Census {
         }
         census
     }
+}
+
+/// The counts of a [`Census`] as plain data (see `Census::to_parts`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CensusCounts {
+    by_status: Vec<(String, i64)>,
+    by_destinations: Vec<(Vec<Destination>, i64)>,
 }
 
 /// Adjust a count; a key that reaches zero is dropped, so snapshots of the

@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use body::{MessageBody, StoredBody};
-pub use census::{Census, CensusSnapshot, Destination};
+pub use census::{Census, CensusCounts, CensusSnapshot, Destination};
 pub use segments::{OpenReport, SegmentStore};
 pub use space::{is_storage_full, Shortage};
 pub use store::{Maintenance, SpoolStore, StateUpdate};

@@ -14,11 +14,12 @@
 //! parked entry or rebuilt the whole index because the parking differed.
 //!
 //! Every change to an entry and its schedule place happens under one lock
-//! (`update`), and an insert or removal touches `messages` and `by_recipient`
-//! in one sled transaction, so a reader never finds a schedule key for a
-//! removed message or a message without its recipient keys; `due` still
-//! drops a key whose message is gone (self-healing, instead of returning it
-//! every 10 ms until a restart).
+//! (`update`). An insert writes `messages` and `by_recipient` in one sled
+//! transaction, so a reader never finds a message without its recipient
+//! keys; a removal drops the entry first and then its keys, without a
+//! transaction (see `remove`). `due` still drops a schedule key whose
+//! message is gone (self-healing, instead of returning it every 10 ms until
+//! a restart).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -48,29 +49,41 @@ pub(crate) fn is_scheduled(state: &MessageState) -> bool {
 #[derive(Default)]
 struct Schedule {
     order: BTreeSet<(u64, QueueId)>,
-    due_of: HashMap<QueueId, u64>,
+    /// Each scheduled message's place in `order` and its durable due time
+    /// (they differ while it is parked).
+    due_of: HashMap<QueueId, Place>,
     /// Volatile parking by the delivery engine (overrides the durable time).
     parked: HashMap<QueueId, u64>,
 }
 
+#[derive(Clone, Copy)]
+struct Place {
+    due: u64,
+    durable: u64,
+}
+
 impl Schedule {
     fn place(&mut self, id: QueueId, state: Option<&MessageState>) {
-        if let Some(old) = self.due_of.remove(&id) {
-            self.order.remove(&(old, id));
-        }
         match state.filter(|s| is_scheduled(s)) {
-            Some(state) => {
-                let due = self
-                    .parked
-                    .get(&id)
-                    .copied()
-                    .unwrap_or(state.next_attempt_ms);
-                self.order.insert((due, id));
-                self.due_of.insert(id, due);
-            }
+            Some(state) => self.put(id, state.next_attempt_ms),
             None => {
+                self.unplace(id);
                 self.parked.remove(&id);
             }
+        }
+    }
+
+    /// Schedule `id` at its durable due time `durable` (or where it is parked).
+    fn put(&mut self, id: QueueId, durable: u64) {
+        self.unplace(id);
+        let due = self.parked.get(&id).copied().unwrap_or(durable);
+        self.order.insert((due, id));
+        self.due_of.insert(id, Place { due, durable });
+    }
+
+    fn unplace(&mut self, id: QueueId) {
+        if let Some(old) = self.due_of.remove(&id) {
+            self.order.remove(&(old.due, id));
         }
     }
 }
@@ -123,6 +136,9 @@ fn decode(id: QueueId, raw: &[u8]) -> IndexResult<IndexEntry> {
         .map_err(|err| sled::Error::Unsupported(format!("undecodable index entry {id}: {err}")))
 }
 
+/// Key (in sled's default tree) of the mark shared with the checkpoint.
+const CHECKPOINT_MARK: &[u8] = b"checkpoint-mark";
+
 /// sled's own cache of index pages.
 const INDEX_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -155,6 +171,22 @@ impl Index {
         })
     }
 
+    /// Tag this index with the mark of the checkpoint about to be written,
+    /// durably: a checkpoint is used only with the index it was written
+    /// with (not a fresh, deleted or restored one).
+    pub fn mark_checkpoint(&self, mark: u64) -> IndexResult<()> {
+        self.db.insert(CHECKPOINT_MARK, &mark.to_le_bytes())?;
+        self.flush()
+    }
+
+    pub fn checkpoint_mark(&self) -> IndexResult<Option<u64>> {
+        Ok(self
+            .db
+            .get(CHECKPOINT_MARK)?
+            .and_then(|raw| raw.as_ref().try_into().ok())
+            .map(u64::from_le_bytes))
+    }
+
     /// Build the in-memory schedule from the entries (at open, after
     /// reconciliation).
     pub fn load_schedule(&self) -> IndexResult<()> {
@@ -165,6 +197,33 @@ impl Index {
             schedule.place(id, Some(&entry.state));
         }
         Ok(())
+    }
+
+    /// The schedule saved at a clean shutdown (`checkpoint`): every scheduled
+    /// message at its durable due time (parking is forgotten at a restart).
+    pub fn restore_schedule(&self, places: &[(QueueId, u64)]) {
+        let mut schedule = self.schedule.lock().expect("schedule lock");
+        *schedule = Schedule::default();
+        for &(id, durable) in places {
+            schedule.put(id, durable);
+        }
+    }
+
+    /// Every scheduled message with its durable due time, for the
+    /// checkpoint; `None` while an acknowledged message is still missing
+    /// from sled (only a replay would find it after a restart).
+    pub fn durable_schedule(&self) -> Option<Vec<(QueueId, u64)>> {
+        if !self.heal() {
+            return None;
+        }
+        let schedule = self.schedule.lock().expect("schedule lock");
+        Some(
+            schedule
+                .due_of
+                .iter()
+                .map(|(id, place)| (*id, place.durable))
+                .collect(),
+        )
     }
 
     /// A new message: entry and recipient keys in one transaction, then its
@@ -285,18 +344,17 @@ impl Index {
         Ok(true)
     }
 
-    /// Move a message in the schedule without touching its durable state.
+    /// Move a message in the schedule without touching its durable state;
+    /// false when it is not scheduled. The schedule alone decides (places
+    /// change only with their entries, under this lock): no entry is read,
+    /// which matters when a flush parks a whole backlog at once.
     pub fn park(&self, id: QueueId, until_ms: u64) -> IndexResult<bool> {
         let mut schedule = self.schedule.lock().expect("schedule lock");
-        let Some(entry) = self.get(id)? else {
-            schedule.place(id, None);
+        let Some(place) = schedule.due_of.get(&id).copied() else {
             return Ok(false);
         };
-        if !is_scheduled(&entry.state) {
-            return Ok(true);
-        }
         schedule.parked.insert(id, until_ms);
-        schedule.place(id, Some(&entry.state));
+        schedule.put(id, place.durable);
         Ok(true)
     }
 
@@ -307,16 +365,16 @@ impl Index {
             schedule.place(id, None);
             return Ok(None);
         };
-        let keys = recipient_keys_of(&entry, id);
-        (&self.messages, &self.by_recipient)
-            .transaction(|(messages, by_recipient)| {
-                messages.remove(&id.to_bytes())?;
-                for key in &keys {
-                    by_recipient.remove(key.as_slice())?;
-                }
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(storage_error)?;
+        // Entry first, then its recipient keys, without a transaction (the
+        // most expensive part of a delivered message's removal): a reader
+        // may meanwhile find a key whose message is gone, which every reader
+        // of recipient keys already skips (a message can go between its
+        // listing and its reading); sled applies writes in order, so a crash
+        // in between leaves only stale keys, which start-up removes.
+        self.messages.remove(id.to_bytes())?;
+        for key in recipient_keys_of(&entry, id) {
+            self.by_recipient.remove(key)?;
+        }
         self.pending.lock().expect("pending lock").remove(&id);
         schedule.place(id, None);
         Ok(Some(entry))
@@ -395,10 +453,6 @@ impl Index {
                 let id = QueueId::from_bytes(key.as_ref().try_into().unwrap_or([0; 16]));
                 Ok((id, decode(id, &value)?))
             })
-    }
-
-    pub fn len(&self) -> usize {
-        self.messages.len() + self.pending.lock().expect("pending lock").len()
     }
 
     /// Recipient keys: (lower-cased address, queue ID), for reconciliation.
@@ -543,7 +597,8 @@ mod tests {
             thread.join().unwrap();
         }
         let schedule = index.schedule.lock().unwrap();
-        for (id, due) in &schedule.due_of {
+        for (id, place) in &schedule.due_of {
+            let due = &place.due;
             let entry = index.get(*id).unwrap().expect("scheduled message exists");
             assert!(is_scheduled(&entry.state), "{id} scheduled but held");
             assert!(schedule.order.contains(&(*due, *id)));

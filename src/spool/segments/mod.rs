@@ -21,6 +21,7 @@
 //! in-order reclamation is what lets a `remove` record never outlive the
 //! message record it cancels (see docs/ARCHITECTURE.md).
 
+mod checkpoint;
 mod compaction;
 mod index;
 mod record;
@@ -174,6 +175,110 @@ pub struct OpenReport {
     pub index_rebuilt: Option<String>,
     /// Index entries written or removed to match the segments.
     pub index_repairs: usize,
+    /// Resumed from the clean-shutdown checkpoint: nothing was replayed.
+    pub from_checkpoint: bool,
+}
+
+/// The store's in-memory state as recovered at open.
+struct Recovered {
+    /// Segment IDs on disk, oldest first.
+    segments: Vec<u64>,
+    census: Census,
+    reclaim: Reclaim,
+    report: OpenReport,
+}
+
+impl Recovered {
+    /// After a clean shutdown: the checkpoint's state, trusted as it is (see
+    /// `checkpoint` for why that is safe); nothing replayed or compared.
+    fn from_checkpoint(checkpoint: checkpoint::Checkpoint, index: &index::Index) -> Recovered {
+        index.restore_schedule(&checkpoint.schedule);
+        let mut reclaim = Reclaim {
+            live: HashMap::new(),
+            oldest: checkpoint.oldest_segment,
+            retry: checkpoint.undeleted,
+        };
+        for (segment, messages, bytes) in checkpoint.live {
+            reclaim.count_new_messages(segment, messages, bytes);
+        }
+        let messages = checkpoint.census.messages();
+        tracing::info!(
+            messages,
+            "spool: resumed from the clean-shutdown checkpoint (no replay)"
+        );
+        Recovered {
+            segments: checkpoint.segments.iter().map(|(id, _)| *id).collect(),
+            census: checkpoint.census,
+            reclaim,
+            report: OpenReport {
+                messages,
+                segments: checkpoint.segments.len(),
+                records: 0,
+                index_rebuilt: None,
+                index_repairs: 0,
+                from_checkpoint: true,
+            },
+        }
+    }
+
+    /// After a crash (or without a usable checkpoint): replay every segment
+    /// and make the index agree with it.
+    fn by_replay(
+        root: &Path,
+        segments_dir: &Path,
+        large_dir: &Path,
+        key: &record::RecordKey,
+        index: &index::Index,
+    ) -> Result<Recovered, SpoolError> {
+        let quarantine_dir = root.join("quarantine");
+        let replay = recovery::replay(segments_dir, key, &quarantine_dir)?;
+        quarantine_orphan_large_files(large_dir, &quarantine_dir, &replay.live)?;
+        let reconciled = recovery::reconcile(index, &replay)?;
+        index.load_schedule()?;
+        let index_rebuilt = match (&reconciled.unreadable, reconciled.repairs) {
+            (Some(reason), _) => Some(reason.clone()),
+            (None, 0) => None,
+            (None, repairs) => Some(format!(
+                "{repairs} index entries repaired to match the spool files"
+            )),
+        };
+        match &index_rebuilt {
+            Some(reason) => {
+                tracing::warn!(messages = replay.live.len(), repairs = reconciled.repairs, %reason, "spool: index reconciled with the spool files")
+            }
+            None => tracing::info!(
+                messages = replay.live.len(),
+                "spool: index verified against spool files"
+            ),
+        }
+        let census = Census::of(
+            replay
+                .live
+                .values()
+                .map(|entry| (&entry.envelope, &entry.state)),
+        );
+        let mut reclaim = Reclaim {
+            live: HashMap::new(),
+            oldest: replay.segments.first().copied().unwrap_or(0),
+            retry: Vec::new(),
+        };
+        for entry in replay.live.values() {
+            reclaim.count_new_messages(entry.location.segment, 1, entry.location.record_len());
+        }
+        Ok(Recovered {
+            report: OpenReport {
+                messages: replay.live.len(),
+                segments: replay.segments.len(),
+                records: replay.records,
+                index_rebuilt,
+                index_repairs: reconciled.repairs,
+                from_checkpoint: false,
+            },
+            segments: replay.segments,
+            census,
+            reclaim,
+        })
+    }
 }
 
 impl SegmentStore {
@@ -193,40 +298,44 @@ impl SegmentStore {
         }
 
         let key = Arc::new(record::RecordKey::load_or_create(&root.join("record.key"))?);
-        let quarantine_dir = root.join("quarantine");
-        let replay = recovery::replay(&segments_dir, &key, &quarantine_dir)?;
-        quarantine_orphan_large_files(&large_dir, &quarantine_dir, &replay.live)?;
-
-        let index = match index::Index::open(&index_dir) {
-            Ok(index) => index,
+        let found = checkpoint::take(root, &segments_dir).unwrap_or_else(|err| {
+            checkpoint::Found::Unusable(format!("cannot read or delete it: {err}"))
+        });
+        let (index, index_recreated) = match index::Index::open(&index_dir) {
+            Ok(index) => (index, false),
             Err(err) => {
                 tracing::error!(error = %err, "spool: index does not open; rebuilding it from the spool files");
                 std::fs::remove_dir_all(&index_dir)?;
-                index::Index::open(&index_dir)?
+                (index::Index::open(&index_dir)?, true)
             }
         };
-        let reconciled = recovery::reconcile(&index, &replay)?;
-        index.load_schedule()?;
-        let index_rebuilt = match (&reconciled.unreadable, reconciled.repairs) {
-            (Some(reason), _) => Some(reason.clone()),
-            (None, 0) => None,
-            (None, repairs) => Some(format!(
-                "{repairs} index entries repaired to match the spool files"
-            )),
-        };
-        match &index_rebuilt {
-            Some(reason) => {
-                tracing::warn!(messages = replay.live.len(), repairs = reconciled.repairs, %reason, "spool: index reconciled with the spool files")
+        let recovered = match found {
+            checkpoint::Found::Usable(checkpoint)
+                if !index_recreated
+                    && index.checkpoint_mark().ok().flatten() == Some(checkpoint.index_mark) =>
+            {
+                Recovered::from_checkpoint(*checkpoint, &index)
             }
-            None => tracing::info!(
-                messages = replay.live.len(),
-                "spool: index verified against spool files"
-            ),
-        }
+            found => {
+                if let checkpoint::Found::Usable(_) = found {
+                    tracing::warn!("spool: clean-shutdown checkpoint not used: the index is not the one it was written with; replaying the segments");
+                }
+                if let checkpoint::Found::Unusable(why) = found {
+                    tracing::warn!(reason = %why, "spool: clean-shutdown checkpoint not used; replaying the segments");
+                }
+                Recovered::by_replay(root, &segments_dir, &large_dir, &key, &index)?
+            }
+        };
+        let Recovered {
+            segments,
+            census,
+            mut reclaim,
+            report,
+        } = recovered;
 
         // Always append to a fresh segment after a restart (never after a
         // possibly torn region), but reuse the newest one if it is empty.
-        let next_segment = match replay.segments.last() {
+        let next_segment = match segments.last() {
             None => 1,
             Some(&last) => {
                 let empty = std::fs::metadata(writer::segment_path(&segments_dir, last))
@@ -238,21 +347,9 @@ impl SegmentStore {
                 }
             }
         };
-        let oldest = replay.segments.first().copied().unwrap_or(next_segment);
-        let report = OpenReport {
-            messages: replay.live.len(),
-            segments: replay.segments.len(),
-            records: replay.records,
-            index_rebuilt,
-            index_repairs: reconciled.repairs,
-        };
-
-        let census = Census::of(
-            replay
-                .live
-                .values()
-                .map(|entry| (&entry.envelope, &entry.state)),
-        );
+        if segments.is_empty() {
+            reclaim.oldest = next_segment;
+        }
         let stats = Arc::new(Stats::default());
         let used = space::dir_bytes(&segments_dir)? + space::dir_bytes(&large_dir)?;
         let space = Arc::new(space::Space::new(
@@ -262,14 +359,6 @@ impl SegmentStore {
             used,
         ));
         let current_segment = Arc::new(AtomicU64::new(next_segment));
-        let mut reclaim = Reclaim {
-            live: HashMap::new(),
-            oldest,
-            retry: Vec::new(),
-        };
-        for entry in replay.live.values() {
-            reclaim.count_new_messages(entry.location.segment, 1, entry.location.record_len());
-        }
         let reclaim = Arc::new(Mutex::new(reclaim));
         let writer = SegmentWriter::open(
             segments_dir.clone(),
@@ -310,9 +399,50 @@ impl SegmentStore {
             _lock: lock,
         };
         store.reclaim();
-        drop(replay);
         release_freed_memory();
         Ok((store, report))
+    }
+
+    /// Save the clean-shutdown checkpoint (`checkpoint`): called by `close`
+    /// once the writer has stopped and the index is flushed. Without it the
+    /// next start replays every segment, which is slower, never wrong.
+    fn save_checkpoint(&self) {
+        let Some(schedule) = self.index.durable_schedule() else {
+            tracing::warn!("spool: an index entry is still unwritten; no clean-shutdown checkpoint (the next start replays the segments)");
+            return;
+        };
+        let root = self
+            .segments_dir
+            .parent()
+            .expect("segments/ is inside the spool directory");
+        let index_mark = fastrand::u64(..);
+        let saved = (|| {
+            self.index
+                .mark_checkpoint(index_mark)
+                .map_err(std::io::Error::other)?;
+            // The reclaim lock keeps segment deletion out while the files are listed.
+            let reclaim = self.reclaim.lock().expect("reclaim lock");
+            let checkpoint = checkpoint::Checkpoint {
+                index_mark,
+                segments: checkpoint::segment_files(&self.segments_dir)?,
+                live: reclaim
+                    .live
+                    .iter()
+                    .map(|(segment, live)| (*segment, live.messages, live.bytes))
+                    .collect(),
+                oldest_segment: reclaim.oldest,
+                undeleted: reclaim.retry.clone(),
+                census: self.census.lock().expect("census lock").clone(),
+                schedule,
+            };
+            checkpoint::save(root, &checkpoint)
+        })();
+        match saved {
+            Ok(()) => tracing::info!("spool: clean-shutdown checkpoint written"),
+            Err(err) => {
+                tracing::warn!(error = %err, "spool: cannot write the clean-shutdown checkpoint (the next start replays the segments)")
+            }
+        }
     }
 
     /// Fault injection for tests: the next `count` index inserts fail as if
@@ -722,7 +852,8 @@ impl SpoolStore for SegmentStore {
     }
 
     fn len(&self) -> usize {
-        self.index.len()
+        // The census, not sled: sled counts its entries by walking them.
+        self.census.lock().expect("census lock").messages()
     }
 
     fn scheduled(&self) -> usize {
@@ -791,8 +922,11 @@ impl SpoolStore for SegmentStore {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-        if let Err(err) = self.index.flush() {
-            tracing::warn!(error = %err, "spool: index flush at shutdown failed (it will be verified at start-up)");
+        match self.index.flush() {
+            Ok(()) => self.save_checkpoint(),
+            Err(err) => {
+                tracing::warn!(error = %err, "spool: index flush at shutdown failed (it will be verified at start-up)")
+            }
         }
         let stats = &self.stats;
         tracing::info!(
