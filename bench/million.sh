@@ -9,6 +9,9 @@
 # Postfix is bench/accept.sh.
 #
 #   bench/million.sh [MESSAGES]        (default 1000000; ~8 GB of disk)
+#   REUSE=bench/results/million-… bench/million.sh [MESSAGES]
+#        measures again on the spool an earlier run filled (no new fill; its
+#        first start is then a restart after that run's clean shutdown)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
@@ -32,17 +35,9 @@ audit_log = \"$dir/audit.log\"
 [web]
 listen = \"127.0.0.1:$WEB_PORT\"
 users_file = \"$dir/users.json\""
-bw_start "enabled = false" "$SECTIONS"
-trap 'kill -TERM $BW_PID 2>/dev/null || true' EXIT
-PASSWORD="bench password 123"
-echo "$PASSWORD" | "$BIN" user add heavy@example.com --password-stdin --config "$dir/breakwater.toml" >/dev/null
-"$BIN" token create --name bench --role admin --save --config "$dir/breakwater.toml" >/dev/null 2>&1
-TOKEN=$(cat "$dir/admin.token")
-API="http://127.0.0.1:$ADMIN_PORT/api/v1"
-
 rss_mb() { awk '/VmRSS/{printf "%.0f", $2/1024}' "/proc/$1/status"; }
 ms() { printf %.0f "$(echo "($2 - $1) * 1000" | bc -l)"; }
-ready_after() { # restart the server; sets READY_S
+ready_after() { # (re)start the server; sets READY_S
     local s before; s=$(now)
     before=$(grep -c "breakwater ready" "$dir/log" || true)
     "$BIN" serve --config "$dir/breakwater.toml" >/dev/null 2>> "$dir/log" &
@@ -53,15 +48,27 @@ ready_after() { # restart the server; sets READY_S
 percentiles() { # label: reads seconds on stdin, prints a table row in ms
     sort -n | awk -v label="$1" '{a[NR]=$1} END {printf "| %s | %d | %.1f | %.1f | %.1f |\n", label, NR, a[int(NR*0.5)+0]*1000, a[int(NR*0.95)]*1000, a[NR]*1000}'
 }
-
-t0=$(now)
-"$LOAD" "127.0.0.1:$BW_PORT" "$N" 40 | tee "$RUN/load.log"
-t1=$(now)
+PASSWORD="bench password 123"
+if [ -n "${REUSE:-}" ]; then
+    dir=$(cd "$REUSE" && pwd)/bw
+    cp "$REUSE/load.log" "$RUN/load.log"
+    ready_after; FIRST_START_S=$READY_S
+else
+    bw_start "enabled = false" "$SECTIONS"
+    echo "$PASSWORD" | "$BIN" user add heavy@example.com --password-stdin --config "$dir/breakwater.toml" >/dev/null
+    "$BIN" token create --name bench --role admin --save --config "$dir/breakwater.toml" >/dev/null 2>&1
+    FIRST_START_S=-
+    "$LOAD" "127.0.0.1:$BW_PORT" "$N" 40 | tee "$RUN/load.log"
+fi
+trap 'kill -TERM $BW_PID 2>/dev/null || true' EXIT
+TOKEN=$(cat "$dir/admin.token")
+API="http://127.0.0.1:$ADMIN_PORT/api/v1"
 FIRST=$(grep -m1 '^progress' "$RUN/load.log" | awk '{print $4}')
 LAST=$(grep '^progress' "$RUN/load.log" | tail -1 | awk '{print $4}')
 RSS_FILLED=$(rss_mb "$BW_PID")
-SPOOL_BYTES=$(du -sb "$dir/spool/segments" "$dir/spool/large" | awk '{s+=$1} END {print s}')
-MESSAGE_BYTES=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^breakwater_messages_accepted_bytes_total /{printf "%d", $2}')
+SPOOL_BYTES=$(du -sb "$dir/spool/segments" "$dir/spool/large" | awk '{s+=$1} END {printf "%.0f", s}')
+INDEX_BYTES=$(du -sb "$dir/spool/index" | awk '{printf "%.0f", $1}')
+MESSAGE_BYTES=$("$LOAD" --bytes "$N")
 
 metrics_ms=$(for _ in 1 2 3 4 5; do curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$ADMIN_PORT/metrics"; done | sort -n | awk '{a[NR]=$1} END {printf "%.1f", a[3]*1000}')
 
@@ -84,10 +91,10 @@ list_row() { # label query-suffix
 exec > >(tee "$OUT")
 {
     echo "## A million messages: run $(date -u +%FT%TZ)"; echo; machine_facts; echo
-    echo "- $N messages spooled by \`examples/smtp_load\` (40 sessions) in $(printf %.0f "$(echo "$t1 - $t0" | bc -l)") s: $(tail -1 "$RUN/load.log")"
+    echo "- $N messages spooled by \`examples/smtp_load\` (40 sessions): $(tail -1 "$RUN/load.log")${REUSE:+ (the fill of $REUSE; this run started on its spool in $FIRST_START_S s)}"
     echo "- acceptance: first 5 % of the run $FIRST msg/s, last 5 % $LAST msg/s (ratio $(printf %.2f "$(echo "$LAST / $FIRST" | bc -l)"))"
-    echo "- disk: segments + large files $((SPOOL_BYTES / 1048576)) MiB for $((MESSAGE_BYTES / 1048576)) MiB of messages (ratio $(printf %.2f "$(echo "$SPOOL_BYTES / $MESSAGE_BYTES" | bc -l)")); index $(du -sh "$dir/spool/index" | cut -f1)"
-    echo "- RSS after spooling: $RSS_FILLED MB"
+    echo "- disk: segments + large files $((SPOOL_BYTES / 1048576)) MiB for $((MESSAGE_BYTES / 1048576)) MiB of messages as sent (ratio $(printf %.2f "$(echo "$SPOOL_BYTES / $MESSAGE_BYTES" | bc -l)")); with the sled index ($((INDEX_BYTES / 1048576)) MiB): $(printf %.2f "$(echo "($SPOOL_BYTES + $INDEX_BYTES) / $MESSAGE_BYTES" | bc -l)")"
+    echo "- RSS $([ -n "${REUSE:-}" ] && echo "after starting on the filled spool" || echo "after spooling"): $RSS_FILLED MB"
     echo "- \`/metrics\`: $metrics_ms ms (median of 5)"
     echo
     echo "| admin request (page of 100) | requests | p50 ms | p95 ms | max ms |"

@@ -4,7 +4,11 @@
 //!
 //! ```text
 //! cargo run --release --example smtp_load -- ADDR MESSAGES [SESSIONS]
+//! cargo run --release --example smtp_load -- --bytes MESSAGES
 //! ```
+//!
+//! `--bytes` prints how many bytes of message content a run of MESSAGES
+//! sends (the end-of-data dot not counted), to compare the spool's size with.
 //!
 //! Message `i` goes to `heavy@example.com` when `i % 50 == 0` (20,000 of a
 //! million), else to one of `user0..user9999@example.com`. Sizes: 90 % of
@@ -130,6 +134,12 @@ async fn session(
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--bytes") {
+        let total: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let bytes: usize = (0..total).map(|i| message(i).len() - 3).sum();
+        println!("{bytes}");
+        return;
+    }
     let (Some(addr), Some(total)) = (args.get(1), args.get(2).and_then(|n| n.parse().ok())) else {
         eprintln!("usage: smtp_load ADDR MESSAGES [SESSIONS]");
         std::process::exit(2);

@@ -32,6 +32,10 @@ pub struct Census {
     by_destinations: HashMap<Vec<Destination>, i64>,
     /// Arrival time → messages, for the oldest one.
     arrivals: BTreeMap<u64, usize>,
+    /// Messages by the minute they arrived, and by pending recipient domain
+    /// and that minute: the age histogram of `queue shape`.
+    by_minute: HashMap<u64, i64>,
+    by_domain_minute: HashMap<(String, u64), i64>,
 }
 
 /// A copy of the counts.
@@ -40,16 +44,22 @@ pub struct CensusSnapshot {
     pub by_status: BTreeMap<&'static str, i64>,
     pub by_destinations: BTreeMap<Vec<Destination>, i64>,
     pub oldest_received_ms: Option<u64>,
+    /// Arrival minute (ms since the epoch / 60,000) → messages.
+    pub by_minute: BTreeMap<u64, i64>,
+    /// (pending recipient domain, lower-cased; arrival minute) → messages.
+    pub by_domain_minute: BTreeMap<(String, u64), i64>,
 }
 
 impl Census {
     pub fn add(&mut self, envelope: &Envelope, state: &MessageState) {
         self.count(envelope, state, 1);
         *self.arrivals.entry(envelope.received_at_ms).or_default() += 1;
+        bump(&mut self.by_minute, arrival_minute(envelope), 1);
     }
 
     pub fn remove(&mut self, envelope: &Envelope, state: &MessageState) {
         self.count(envelope, state, -1);
+        bump(&mut self.by_minute, arrival_minute(envelope), -1);
         if let Some(count) = self.arrivals.get_mut(&envelope.received_at_ms) {
             *count -= 1;
             if *count == 0 {
@@ -69,6 +79,10 @@ impl Census {
         if !destinations.is_empty() {
             bump(&mut self.by_destinations, destinations, by);
         }
+        let minute = arrival_minute(envelope);
+        for domain in pending_domains(envelope, state) {
+            bump(&mut self.by_domain_minute, (domain, minute), by);
+        }
     }
 
     pub fn snapshot(&self) -> CensusSnapshot {
@@ -80,6 +94,12 @@ impl Census {
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
             oldest_received_ms: self.arrivals.keys().next().copied(),
+            by_minute: self.by_minute.iter().map(|(k, v)| (*k, *v)).collect(),
+            by_domain_minute: self
+                .by_domain_minute
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
         }
     }
 
@@ -92,6 +112,12 @@ impl Census {
     /// (`segments::checkpoint`); `arrivals` go separately, they are many.
     pub fn to_parts(&self) -> (CensusCounts, Vec<(u64, usize)>) {
         let counts = CensusCounts {
+            by_minute: self.by_minute.iter().map(|(k, v)| (*k, *v)).collect(),
+            by_domain_minute: self
+                .by_domain_minute
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
             by_status: self
                 .by_status
                 .iter()
@@ -119,6 +145,8 @@ impl Census {
             by_status,
             by_destinations: counts.by_destinations.into_iter().collect(),
             arrivals: arrivals.into_iter().collect(),
+            by_minute: counts.by_minute.into_iter().collect(),
+            by_domain_minute: counts.by_domain_minute.into_iter().collect(),
         })
     }
 
@@ -138,6 +166,8 @@ impl Census {
 pub struct CensusCounts {
     by_status: Vec<(String, i64)>,
     by_destinations: Vec<(Vec<Destination>, i64)>,
+    by_minute: Vec<(u64, i64)>,
+    by_domain_minute: Vec<((String, u64), i64)>,
 }
 
 /// Adjust a count; a key that reaches zero is dropped, so snapshots of the
@@ -155,6 +185,25 @@ fn bump<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, i64>, key: K, by: i64) 
             entry.insert(by);
         }
     }
+}
+
+fn arrival_minute(envelope: &Envelope) -> u64 {
+    envelope.received_at_ms / 60_000
+}
+
+/// The recipient domains a message still waits for (lower-cased, once each;
+/// an operator's route override does not change them).
+fn pending_domains(envelope: &Envelope, state: &MessageState) -> Vec<String> {
+    let mut out: Vec<String> = envelope
+        .recipients
+        .iter()
+        .zip(&state.recipients)
+        .filter(|(_, r)| !r.status.is_final())
+        .map(|(recipient, _)| recipient.domain().to_ascii_lowercase())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The destinations a message still waits for (recipients not yet final).

@@ -20,7 +20,7 @@
 //! Deleting the checkpoint (`clean-shutdown` in the spool directory) forces
 //! the full replay and verification at the next start.
 //!
-//! Format (little-endian): `BWCKPT01`, u32 length of a JSON header, the
+//! Format (little-endian): `BWCKPT02`, u32 length of a JSON header, the
 //! header, then `schedule_len` × (16-byte queue ID, u64 durable due time),
 //! then `arrivals_len` × (u64 arrival ms, u64 messages), then a CRC32 of
 //! everything before it.
@@ -33,7 +33,7 @@ use crate::envelope::QueueId;
 use crate::spool::{Census, CensusCounts};
 
 pub(crate) const FILE_NAME: &str = "clean-shutdown";
-const MAGIC: &[u8; 8] = b"BWCKPT01";
+const MAGIC: &[u8; 8] = b"BWCKPT02";
 
 /// The store's in-memory state at a clean shutdown.
 pub(crate) struct Checkpoint {

@@ -127,11 +127,11 @@ fn storage_error(err: TransactionError<()>) -> sled::Error {
     }
 }
 
-fn encode(entry: &IndexEntry) -> Vec<u8> {
+pub(crate) fn encode(entry: &IndexEntry) -> Vec<u8> {
     serde_json::to_vec(entry).expect("index entry serialises")
 }
 
-fn decode(id: QueueId, raw: &[u8]) -> IndexResult<IndexEntry> {
+pub(crate) fn decode(id: QueueId, raw: &[u8]) -> IndexResult<IndexEntry> {
     serde_json::from_slice(raw)
         .map_err(|err| sled::Error::Unsupported(format!("undecodable index entry {id}: {err}")))
 }
@@ -187,16 +187,18 @@ impl Index {
             .map(u64::from_le_bytes))
     }
 
-    /// Build the in-memory schedule from the entries (at open, after
-    /// reconciliation).
-    pub fn load_schedule(&self) -> IndexResult<()> {
+    /// Build the in-memory schedule from the spool's messages (at open, from
+    /// the replay the index was just reconciled with: reading the index back
+    /// would decode every entry once more).
+    pub fn build_schedule<'e>(
+        &self,
+        entries: impl IntoIterator<Item = (&'e QueueId, &'e IndexEntry)>,
+    ) {
         let mut schedule = self.schedule.lock().expect("schedule lock");
         *schedule = Schedule::default();
-        for item in self.all() {
-            let (id, entry) = item?;
-            schedule.place(id, Some(&entry.state));
+        for (id, entry) in entries {
+            schedule.place(*id, Some(&entry.state));
         }
-        Ok(())
     }
 
     /// The schedule saved at a clean shutdown (`checkpoint`): every scheduled
@@ -453,6 +455,15 @@ impl Index {
                 let id = QueueId::from_bytes(key.as_ref().try_into().unwrap_or([0; 16]));
                 Ok((id, decode(id, &value)?))
             })
+    }
+
+    /// Every entry as stored (not decoded), for reconciliation.
+    pub fn all_raw(&self) -> impl Iterator<Item = IndexResult<(QueueId, sled::IVec)>> + '_ {
+        self.messages.iter().map(|item| {
+            let (key, value) = item?;
+            let id = QueueId::from_bytes(key.as_ref().try_into().unwrap_or([0; 16]));
+            Ok((id, value))
+        })
     }
 
     /// Recipient keys: (lower-cased address, queue ID), for reconciliation.

@@ -231,10 +231,19 @@ impl Recovered {
         index: &index::Index,
     ) -> Result<Recovered, SpoolError> {
         let quarantine_dir = root.join("quarantine");
+        let started = std::time::Instant::now();
         let replay = recovery::replay(segments_dir, key, &quarantine_dir)?;
+        let replayed = started.elapsed();
         quarantine_orphan_large_files(large_dir, &quarantine_dir, &replay.live)?;
         let reconciled = recovery::reconcile(index, &replay)?;
-        index.load_schedule()?;
+        let verified = started.elapsed();
+        index.build_schedule(&replay.live);
+        tracing::info!(
+            replay_ms = replayed.as_millis() as u64,
+            verify_ms = (verified - replayed).as_millis() as u64,
+            schedule_ms = (started.elapsed() - verified).as_millis() as u64,
+            "spool: recovery by replay"
+        );
         let index_rebuilt = match (&reconciled.unreadable, reconciled.repairs) {
             (Some(reason), _) => Some(reason.clone()),
             (None, 0) => None,

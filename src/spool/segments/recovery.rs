@@ -7,7 +7,7 @@
 //! are checked too and the file is cut at the first bad record. Nothing in a
 //! torn batch had been acknowledged, because acknowledgement waits for fsync.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -320,21 +320,57 @@ pub(crate) fn reconcile(index: &Index, replay: &Replay) -> Result<Reconciled, sl
     }
 }
 
+/// The recipient keys `entry` must have: lower-cased addresses, once each.
+fn key_addresses(entry: &IndexEntry) -> Vec<String> {
+    let mut addresses: Vec<String> = entry
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| r.address.to_lowercase())
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses
+}
+
+/// Does a stored recipient key (`address` as in the key) belong to `entry`?
+fn has_key_address(entry: &IndexEntry, address: &[u8]) -> bool {
+    entry.envelope.recipients.iter().any(|r| {
+        if r.address.is_ascii() {
+            r.address.as_bytes().eq_ignore_ascii_case(address)
+        } else {
+            r.address.to_lowercase().as_bytes() == address
+        }
+    })
+}
+
+/// Compare the index with the replay and write what differs. Both the
+/// `messages` tree and the replay are in queue-ID order, so the entries are
+/// compared in one merge (no set of a million IDs), and recipient keys are
+/// counted per replayed message by its position (found by binary search).
 fn repair(index: &Index, replay: &Replay) -> Result<usize, sled::Error> {
     let mut repairs = 0;
-    let mut indexed = HashSet::with_capacity(replay.live.len());
+    let live: Vec<(&QueueId, &IndexEntry)> = replay.live.iter().collect();
+    // Per replayed message: is its entry right, and how many of its
+    // recipient keys were found.
+    let mut entry_ok = vec![false; live.len()];
+    let mut keys_found = vec![0u32; live.len()];
     let mut stale = Vec::new();
-    let mut differing = HashSet::new();
-    for item in index.all() {
-        let (id, entry) = item?;
-        match replay.live.get(&id) {
-            Some(live) if *live == entry => {
-                indexed.insert(id);
+    let mut position = 0;
+    for item in index.all_raw() {
+        let (id, raw) = item?;
+        while position < live.len() && *live[position].0 < id {
+            position += 1;
+        }
+        match live.get(position) {
+            Some((live_id, live_entry)) if **live_id == id => {
+                // Encoding is cheaper than decoding, and an entry this
+                // version wrote encodes to the same bytes; one written by an
+                // older version (fields it lacked) is compared decoded.
+                entry_ok[position] = super::index::encode(live_entry) == raw.as_ref()
+                    || super::index::decode(id, &raw).is_ok_and(|entry| entry == **live_entry);
             }
-            Some(_) => {
-                differing.insert(id);
-            }
-            None => stale.push(id),
+            _ => stale.push(id),
         }
     }
     for id in stale {
@@ -343,39 +379,26 @@ fn repair(index: &Index, replay: &Replay) -> Result<usize, sled::Error> {
     }
     // Recipient keys: each must belong to a live message that has that
     // recipient; count them to find messages missing some.
-    let mut keys_found: HashMap<QueueId, usize> = HashMap::new();
     let mut stale_keys = Vec::new();
     for item in index.recipient_keys() {
         let (address, id) = item?;
-        let belongs = replay.live.get(&id).is_some_and(|entry| {
-            entry
-                .envelope
-                .recipients
-                .iter()
-                .any(|r| r.address.to_lowercase().as_bytes() == address.as_slice())
-        });
-        if belongs {
-            *keys_found.entry(id).or_default() += 1;
-        } else {
-            stale_keys.push((address, id));
+        let found = live.binary_search_by(|(live_id, _)| (**live_id).cmp(&id));
+        match found {
+            Ok(at) if has_key_address(live[at].1, &address) => keys_found[at] += 1,
+            _ => stale_keys.push((address, id)),
         }
     }
     for (address, id) in stale_keys {
         index.repair_remove_recipient_key(&address, id)?;
         repairs += 1;
     }
-    for (id, entry) in &replay.live {
-        let mut addresses: Vec<String> = entry
-            .envelope
-            .recipients
-            .iter()
-            .map(|r| r.address.to_lowercase())
-            .collect();
-        addresses.sort_unstable();
-        addresses.dedup();
-        let complete = keys_found.get(id).copied().unwrap_or(0) == addresses.len();
-        if !indexed.contains(id) || !complete || differing.contains(id) {
-            index.repair_put(*id, entry)?;
+    for (at, (id, entry)) in live.iter().enumerate() {
+        let wanted = match entry.envelope.recipients.len() {
+            1 => 1,
+            _ => key_addresses(entry).len(),
+        };
+        if !entry_ok[at] || keys_found[at] as usize != wanted {
+            index.repair_put(**id, entry)?;
             repairs += 1;
         }
     }
