@@ -1062,6 +1062,44 @@ async fn census_matches_a_full_count_after_every_kind_of_change() {
     spool.close().await;
 }
 
+/// An enqueue abandoned while the writer commits its record (a session cut
+/// at the shutdown deadline) leaves a durable message the index never got:
+/// the close must then write no checkpoint, so that the next start replays
+/// the segments and finds it. With the checkpoint written anyway, the
+/// message was in the segments but invisible (never delivered) until a
+/// later crash.
+#[tokio::test]
+async fn a_change_abandoned_half_way_means_the_next_start_replays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(&config(tmp.path())).unwrap();
+    let kept = put(&spool, b"Subject: kept\r\n\r\nx\r\n", &["a@example.com"]).await;
+    let mut body = spool.new_body();
+    body.write(b"Subject: abandoned\r\n\r\nx\r\n").unwrap();
+    let abandoned = body.id();
+    // Polled once: the record goes to the writer, then the caller is gone.
+    use futures_util::FutureExt;
+    let enqueue = spool.enqueue(body, envelope(&["a@example.com"]));
+    assert!(
+        enqueue.now_or_never().is_none(),
+        "still waiting for its fsync"
+    );
+    spool.close().await;
+    drop(spool);
+    assert!(
+        !tmp.path().join("spool/clean-shutdown").exists(),
+        "no checkpoint after an abandoned change"
+    );
+    let (spool, report) = Spool::open(&config(tmp.path())).unwrap();
+    assert!(!report.from_checkpoint);
+    assert!(spool.get(kept).await.unwrap().is_some());
+    assert!(
+        spool.get(abandoned).await.unwrap().is_some(),
+        "the durable record is found by the replay"
+    );
+    assert_eq!(spool.due(now_ms(), 10).await.unwrap().len(), 2);
+    spool.close().await;
+}
+
 /// The scale test, in bounded time: 100,000 small messages for
 /// 1,000 recipients through the spool API. A clean stop and start resumes
 /// from the checkpoint (nothing replayed, nothing repaired, the same

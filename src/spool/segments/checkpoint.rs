@@ -4,8 +4,9 @@
 //! every index entry with it.
 //!
 //! Why it is safe to trust: it is written only after the writer has stopped
-//! (nothing more can be appended), the index has been flushed (sled fsyncs)
-//! and every acknowledged message is in sled; it names every segment file
+//! (nothing more can be appended), every committed change has reached the
+//! index and the counts (none was abandoned half-way: `Changes`), the index
+//! has been flushed (sled fsyncs) and every acknowledged message is in sled; it names every segment file
 //! with its length, and is used only when the files on disk are exactly
 //! those and the index carries the checkpoint's mark (a deleted, fresh or
 //! restored index does not). It is deleted (durably) at the start that reads it, before anything

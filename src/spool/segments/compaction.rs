@@ -165,9 +165,12 @@ impl SegmentStore {
             state: entry.state,
         })
         .expect("message metadata serialises");
-        let new = self
+        let mut change = self.changes.begin();
+        let appended = self
             .append(Kind::Message, meta, body, external_body_crc)
-            .await?;
+            .await;
+        change.finish_if_closed(&appended);
+        let new = appended?;
         if let Err(err) = self.index.relocate(id, new) {
             // The copy is durable and replay will find it; until then the
             // index points at the original, which therefore stays.
@@ -175,6 +178,7 @@ impl SegmentStore {
             return Ok(Copy::Kept);
         }
         self.reclaim.lock().expect("reclaim lock").finish(&old);
+        change.finish();
         Ok(Copy::Moved)
     }
 }

@@ -30,7 +30,7 @@ mod writer;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -100,6 +100,8 @@ pub struct SegmentStore {
     census: Mutex<Census>,
     /// The last writability probe and when it ran.
     writable_probe: Arc<Mutex<Option<WritableProbe>>>,
+    /// Changes between their append and their index and census update.
+    changes: Changes,
     /// Held for the life of the spool: two processes on one spool would
     /// interleave appends and delete each other's index.
     _lock: std::fs::File,
@@ -161,6 +163,57 @@ impl Reclaim {
             live.messages = live.messages.saturating_sub(1);
             live.bytes = live.bytes.saturating_sub(location.record_len());
         }
+    }
+}
+
+/// Changes whose record may be durable before the index entry, census and
+/// schedule follow it. `close` waits for them before it saves the
+/// clean-shutdown checkpoint, and one abandoned half-way (its caller's
+/// future dropped while the writer still committed the record) means no
+/// checkpoint: the next start replays the segments, which finds the record.
+#[derive(Default)]
+struct Changes {
+    under_way: AtomicUsize,
+    abandoned: AtomicBool,
+}
+
+/// One change under way; dropped without [`Change::finish`], it marks the
+/// store's in-memory state as possibly behind its segments.
+struct Change<'a> {
+    changes: &'a Changes,
+    finished: bool,
+}
+
+impl Changes {
+    fn begin(&self) -> Change<'_> {
+        self.under_way.fetch_add(1, Ordering::SeqCst);
+        Change {
+            changes: self,
+            finished: false,
+        }
+    }
+}
+
+impl Change<'_> {
+    fn finish(mut self) {
+        self.finished = true;
+    }
+
+    /// Finished already when the append failed because the spool is closed
+    /// (nothing was written); any other failure leaves it unfinished.
+    fn finish_if_closed<T>(&mut self, appended: &Result<T, SpoolError>) {
+        if matches!(appended, Err(SpoolError::Closed)) {
+            self.finished = true;
+        }
+    }
+}
+
+impl Drop for Change<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.changes.abandoned.store(true, Ordering::SeqCst);
+        }
+        self.changes.under_way.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -405,6 +458,7 @@ impl SegmentStore {
             message_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             census: Mutex::new(census),
             writable_probe: Arc::new(Mutex::new(None)),
+            changes: Changes::default(),
             _lock: lock,
         };
         store.reclaim();
@@ -652,9 +706,11 @@ impl SpoolStore for SegmentStore {
             None => (std::mem::take(&mut body.memory), None),
         };
 
+        let mut change = self.changes.begin();
         let appended = self
             .append(Kind::Message, meta, content, external_body_crc)
             .await;
+        change.finish_if_closed(&appended);
         let location = match appended {
             Ok(location) => location,
             Err(err) => {
@@ -680,6 +736,7 @@ impl SpoolStore for SegmentStore {
             // on its next change; start-up reconciliation is the last resort.
             tracing::error!(queue_id = %id, error = %err, "spool: index insert failed; message is safe on disk and kept in memory");
         }
+        change.finish();
         Ok(id)
     }
 
@@ -765,12 +822,16 @@ impl SpoolStore for SegmentStore {
             state: state.clone(),
         })
         .expect("state metadata serialises");
-        self.append(Kind::State, meta, Vec::new(), None).await?;
+        let mut change = self.changes.begin();
+        let appended = self.append(Kind::State, meta, Vec::new(), None).await;
+        change.finish_if_closed(&appended);
+        appended?;
         self.census
             .lock()
             .expect("census lock")
             .change(&entry.envelope, &entry.state, &state);
         self.index.update(id, |entry| entry.state = state)?;
+        change.finish();
         Ok(StateUpdate::Written)
     }
 
@@ -811,8 +872,12 @@ impl SpoolStore for SegmentStore {
             reason: reason.to_string(),
         })
         .expect("remove metadata serialises");
-        self.append(Kind::Remove, meta, Vec::new(), None).await?;
+        let mut change = self.changes.begin();
+        let appended = self.append(Kind::Remove, meta, Vec::new(), None).await;
+        change.finish_if_closed(&appended);
+        appended?;
         let Some(entry) = self.index.remove(id)? else {
+            change.finish();
             return Ok(false);
         };
         self.census
@@ -826,6 +891,7 @@ impl SpoolStore for SegmentStore {
             .lock()
             .expect("reclaim lock")
             .finish(&entry.location);
+        change.finish();
         self.reclaim();
         Ok(true)
     }
@@ -931,8 +997,21 @@ impl SpoolStore for SegmentStore {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        // Changes whose records the writer committed before it stopped may
+        // still be updating the index and the counts.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.changes.under_way.load(Ordering::SeqCst) > 0
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let consistent = self.changes.under_way.load(Ordering::SeqCst) == 0
+            && !self.changes.abandoned.load(Ordering::SeqCst);
         match self.index.flush() {
-            Ok(()) => self.save_checkpoint(),
+            Ok(()) if consistent => self.save_checkpoint(),
+            Ok(()) => tracing::warn!(
+                "spool: a change was interrupted between its record and its index entry; no clean-shutdown checkpoint (the next start replays the segments)"
+            ),
             Err(err) => {
                 tracing::warn!(error = %err, "spool: index flush at shutdown failed (it will be verified at start-up)")
             }
