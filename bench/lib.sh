@@ -44,6 +44,21 @@ dns_start() {
 }
 dns_stop() { kill "$DNS_PID" 2>/dev/null; wait "$DNS_PID" 2>/dev/null || true; BW_TRUST=$BW_NO_AUTH; }
 
+# admin_web_sections DIR: the [admin] and [web] sections (ADMIN_PORT,
+# WEB_PORT) for bw_start's second argument, with their files under DIR.
+admin_web_sections() {
+    cat <<EOT
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+tokens_file = "$1/tokens.json"
+cli_token_file = "$1/admin.token"
+audit_log = "$1/audit.log"
+[web]
+listen = "127.0.0.1:$WEB_PORT"
+users_file = "$1/users.json"
+EOT
+}
+
 # bw_start [extra TOML for [delivery]] [extra TOML sections]
 bw_start() {
     local dir=$RUN/bw

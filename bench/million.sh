@@ -27,14 +27,7 @@ cp "$BIN" "$RUN/breakwater"
 BIN=$RUN/breakwater
 dir=$RUN/bw
 
-SECTIONS="[admin]
-listen = \"127.0.0.1:$ADMIN_PORT\"
-tokens_file = \"$dir/tokens.json\"
-cli_token_file = \"$dir/admin.token\"
-audit_log = \"$dir/audit.log\"
-[web]
-listen = \"127.0.0.1:$WEB_PORT\"
-users_file = \"$dir/users.json\""
+SECTIONS=$(admin_web_sections "$dir")
 rss_mb() { awk '/VmRSS/{printf "%.0f", $2/1024}' "/proc/$1/status"; }
 ms() { printf %.0f "$(echo "($2 - $1) * 1000" | bc -l)"; }
 ready_after() { # (re)start the server; sets READY_S

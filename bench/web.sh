@@ -16,17 +16,7 @@ OUT=$RUN/results.md
 source bench/lib.sh
 
 dir=$RUN/bw
-SECTIONS="[admin]
-listen = \"127.0.0.1:$ADMIN_PORT\"
-tokens_file = \"$dir/tokens.json\"
-cli_token_file = \"$dir/admin.token\"
-audit_log = \"$dir/audit.log\"
-[web]
-listen = \"127.0.0.1:$WEB_PORT\"
-users_file = \"$dir/users.json\"
-[smtp.x]"
-# (the [smtp.x] line is removed below: bw_start appends sections after [delivery])
-SECTIONS=${SECTIONS%\[smtp.x\]}
+SECTIONS=$(admin_web_sections "$dir")
 bw_start "enabled = false" "$SECTIONS"
 trap bw_stop EXIT
 PASSWORD="bench password 123"

@@ -248,34 +248,13 @@ pub fn subject_of(body: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
     use crate::config::SpoolConfig;
-    use crate::envelope::{ClientInfo, Envelope, Recipient};
+    use crate::envelope::Envelope;
 
     async fn put(spool: &Spool, subject: &str, to: &str) -> QueueId {
         let mut body = spool.new_body();
         body.write(format!("Subject: {subject}\r\n\r\nx\r\n").as_bytes())
             .unwrap();
-        let envelope = Envelope {
-            sender: "s@remote.test".into(),
-            recipients: vec![Recipient {
-                address: to.into(),
-                orcpt: None,
-                notify: 0,
-            }],
-            dsn_ret: None,
-            dsn_envid: None,
-            smtputf8: false,
-            body_8bitmime: false,
-            requiretls: false,
-            client: ClientInfo {
-                ip: "127.0.0.1".parse().unwrap(),
-                helo: "t".into(),
-                tls: None,
-            },
-            received_at_ms: now_ms(),
-            size: 0,
-            lure: None,
-            auth: None,
-        };
+        let envelope = Envelope::local("s@remote.test", to, "t");
         spool.enqueue(body, envelope).await.unwrap()
     }
 

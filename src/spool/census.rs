@@ -87,19 +87,11 @@ impl Census {
 
     pub fn snapshot(&self) -> CensusSnapshot {
         CensusSnapshot {
-            by_status: self.by_status.iter().map(|(k, v)| (*k, *v)).collect(),
-            by_destinations: self
-                .by_destinations
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
+            by_status: pairs(&self.by_status).collect(),
+            by_destinations: pairs(&self.by_destinations).collect(),
             oldest_received_ms: self.arrivals.keys().next().copied(),
-            by_minute: self.by_minute.iter().map(|(k, v)| (*k, *v)).collect(),
-            by_domain_minute: self
-                .by_domain_minute
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
+            by_minute: pairs(&self.by_minute).collect(),
+            by_domain_minute: pairs(&self.by_domain_minute).collect(),
         }
     }
 
@@ -112,22 +104,14 @@ impl Census {
     /// (`segments::checkpoint`); `arrivals` go separately, they are many.
     pub fn to_parts(&self) -> (CensusCounts, Vec<(u64, usize)>) {
         let counts = CensusCounts {
-            by_minute: self.by_minute.iter().map(|(k, v)| (*k, *v)).collect(),
-            by_domain_minute: self
-                .by_domain_minute
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
+            by_minute: pairs(&self.by_minute).collect(),
+            by_domain_minute: pairs(&self.by_domain_minute).collect(),
             by_status: self
                 .by_status
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
-            by_destinations: self
-                .by_destinations
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
+            by_destinations: pairs(&self.by_destinations).collect(),
         };
         let arrivals = self.arrivals.iter().map(|(k, v)| (*k, *v)).collect();
         (counts, arrivals)
@@ -168,6 +152,11 @@ pub struct CensusCounts {
     by_destinations: Vec<(Vec<Destination>, i64)>,
     by_minute: Vec<(u64, i64)>,
     by_domain_minute: Vec<((String, u64), i64)>,
+}
+
+/// A map's entries as owned pairs (for snapshots and the checkpoint).
+fn pairs<K: Clone, V: Copy>(map: &HashMap<K, V>) -> impl Iterator<Item = (K, V)> + '_ {
+    map.iter().map(|(k, v)| (k.clone(), *v))
 }
 
 /// Adjust a count; a key that reaches zero is dropped, so snapshots of the

@@ -516,31 +516,11 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{ClientInfo, Recipient};
 
     fn entry(held: bool) -> IndexEntry {
-        let envelope = Envelope {
-            sender: "s@example.org".into(),
-            recipients: vec![Recipient {
-                address: "a@example.com".into(),
-                orcpt: None,
-                notify: 0,
-            }],
-            dsn_ret: None,
-            dsn_envid: None,
-            smtputf8: false,
-            body_8bitmime: false,
-            requiretls: false,
-            client: ClientInfo {
-                ip: "127.0.0.1".parse().unwrap(),
-                helo: "t".into(),
-                tls: None,
-            },
-            received_at_ms: 1,
-            size: 1,
-            lure: None,
-            auth: None,
-        };
+        let mut envelope = Envelope::local("s@example.org", "a@example.com", "t");
+        envelope.received_at_ms = 1;
+        envelope.size = 1;
         let mut state = MessageState::new_for(&envelope);
         state.held = held;
         IndexEntry {
