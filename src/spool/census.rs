@@ -75,12 +75,13 @@ impl Census {
 
     fn count(&mut self, envelope: &Envelope, state: &MessageState, by: i64) {
         bump(&mut self.by_status, state.status(), by);
-        let destinations = destinations(envelope, state);
-        if !destinations.is_empty() {
-            bump(&mut self.by_destinations, destinations, by);
+        // One walk over the recipients for both counts.
+        let domains = pending_domains(envelope, state);
+        if !domains.is_empty() {
+            bump(&mut self.by_destinations, destinations(state, &domains), by);
         }
         let minute = arrival_minute(envelope);
-        for domain in pending_domains(envelope, state) {
+        for domain in domains {
             bump(&mut self.by_domain_minute, (domain, minute), by);
         }
     }
@@ -195,19 +196,14 @@ fn pending_domains(envelope: &Envelope, state: &MessageState) -> Vec<String> {
     out
 }
 
-/// The destinations a message still waits for (recipients not yet final).
-pub fn destinations(envelope: &Envelope, state: &MessageState) -> Vec<Destination> {
-    let mut out: Vec<Destination> = envelope
-        .recipients
-        .iter()
-        .zip(&state.recipients)
-        .filter(|(_, r)| !r.status.is_final())
-        .map(|(recipient, _)| match &state.route {
-            Some(route) => Destination::Route(route.clone()),
-            None => Destination::Domain(recipient.domain().to_ascii_lowercase()),
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
+/// The destinations a message with these pending recipient domains waits
+/// for: its operator's route override, or the domains themselves.
+fn destinations(state: &MessageState, pending_domains: &[String]) -> Vec<Destination> {
+    match &state.route {
+        Some(route) => vec![Destination::Route(route.clone())],
+        None => pending_domains
+            .iter()
+            .map(|domain| Destination::Domain(domain.clone()))
+            .collect(),
+    }
 }

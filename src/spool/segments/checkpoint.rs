@@ -38,6 +38,15 @@ const MAGIC: &[u8; 8] = b"BWCKPT02";
 
 /// The store's in-memory state at a clean shutdown.
 pub(crate) struct Checkpoint {
+    pub files: SegmentFiles,
+    pub census: Census,
+    /// Every scheduled message with its durable due time.
+    pub schedule: Vec<(QueueId, u64)>,
+}
+
+/// The segment files a checkpoint describes, and their live records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SegmentFiles {
     /// Also stored in the index it was written with (`Index::mark_checkpoint`).
     pub index_mark: u64,
     /// Every segment file (ID, length), oldest first.
@@ -47,18 +56,11 @@ pub(crate) struct Checkpoint {
     pub oldest_segment: u64,
     /// Finished segments whose deletion had failed.
     pub undeleted: Vec<u64>,
-    pub census: Census,
-    /// Every scheduled message with its durable due time.
-    pub schedule: Vec<(QueueId, u64)>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Header {
-    index_mark: u64,
-    segments: Vec<(u64, u64)>,
-    live: Vec<(u64, usize, u64)>,
-    oldest_segment: u64,
-    undeleted: Vec<u64>,
+    files: SegmentFiles,
     census: CensusCounts,
     schedule_len: u64,
     arrivals_len: u64,
@@ -79,11 +81,7 @@ pub(crate) fn segment_files(segments_dir: &Path) -> std::io::Result<Vec<(u64, u6
 pub(crate) fn save(root: &Path, checkpoint: &Checkpoint) -> std::io::Result<()> {
     let (counts, arrivals) = checkpoint.census.to_parts();
     let header = Header {
-        index_mark: checkpoint.index_mark,
-        segments: checkpoint.segments.clone(),
-        live: checkpoint.live.clone(),
-        oldest_segment: checkpoint.oldest_segment,
-        undeleted: checkpoint.undeleted.clone(),
+        files: checkpoint.files.clone(),
         census: counts,
         schedule_len: checkpoint.schedule.len() as u64,
         arrivals_len: arrivals.len() as u64,
@@ -136,11 +134,11 @@ pub(crate) fn take(root: &Path, segments_dir: &Path) -> std::io::Result<Found> {
         Err(why) => return Ok(Found::Unusable(why)),
     };
     let on_disk = segment_files(segments_dir)?;
-    if on_disk != checkpoint.segments {
+    if on_disk != checkpoint.files.segments {
         return Ok(Found::Unusable(format!(
             "the segment files changed since it was written ({} on disk, {} in the checkpoint)",
             on_disk.len(),
-            checkpoint.segments.len()
+            checkpoint.files.segments.len()
         )));
     }
     Ok(Found::Usable(Box::new(checkpoint)))
@@ -192,11 +190,7 @@ fn decode(data: &[u8]) -> Result<Checkpoint, String> {
     let census =
         Census::from_parts(header.census, arrivals).ok_or("the census names an unknown status")?;
     Ok(Checkpoint {
-        index_mark: header.index_mark,
-        segments: header.segments,
-        live: header.live,
-        oldest_segment: header.oldest_segment,
-        undeleted: header.undeleted,
+        files: header.files,
         census,
         schedule,
     })
@@ -208,11 +202,13 @@ mod tests {
 
     fn sample() -> Checkpoint {
         Checkpoint {
-            index_mark: 7,
-            segments: vec![(3, 100), (4, 0)],
-            live: vec![(3, 2, 90)],
-            oldest_segment: 3,
-            undeleted: vec![2],
+            files: SegmentFiles {
+                index_mark: 7,
+                segments: vec![(3, 100), (4, 0)],
+                live: vec![(3, 2, 90)],
+                oldest_segment: 3,
+                undeleted: vec![2],
+            },
             census: Census::default(),
             schedule: vec![(QueueId::generate(), 17), (QueueId::generate(), u64::MAX)],
         }
@@ -231,8 +227,7 @@ mod tests {
             panic!("usable");
         };
         assert_eq!(read.schedule, checkpoint.schedule);
-        assert_eq!(read.live, checkpoint.live);
-        assert_eq!(read.undeleted, [2]);
+        assert_eq!(read.files, checkpoint.files);
         assert!(matches!(take(dir.path(), &segments).unwrap(), Found::None));
 
         // A segment that grew after the checkpoint makes it unusable.

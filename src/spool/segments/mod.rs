@@ -248,10 +248,10 @@ impl Recovered {
         index.restore_schedule(&checkpoint.schedule);
         let mut reclaim = Reclaim {
             live: HashMap::new(),
-            oldest: checkpoint.oldest_segment,
-            retry: checkpoint.undeleted,
+            oldest: checkpoint.files.oldest_segment,
+            retry: checkpoint.files.undeleted,
         };
-        for (segment, messages, bytes) in checkpoint.live {
+        for (segment, messages, bytes) in checkpoint.files.live {
             reclaim.count_new_messages(segment, messages, bytes);
         }
         let messages = checkpoint.census.messages();
@@ -260,12 +260,17 @@ impl Recovered {
             "spool: resumed from the clean-shutdown checkpoint (no replay)"
         );
         Recovered {
-            segments: checkpoint.segments.iter().map(|(id, _)| *id).collect(),
+            segments: checkpoint
+                .files
+                .segments
+                .iter()
+                .map(|(id, _)| *id)
+                .collect(),
             census: checkpoint.census,
             reclaim,
             report: OpenReport {
                 messages,
-                segments: checkpoint.segments.len(),
+                segments: checkpoint.files.segments.len(),
                 records: 0,
                 index_rebuilt: None,
                 index_repairs: 0,
@@ -374,7 +379,8 @@ impl SegmentStore {
         let recovered = match found {
             checkpoint::Found::Usable(checkpoint)
                 if !index_recreated
-                    && index.checkpoint_mark().ok().flatten() == Some(checkpoint.index_mark) =>
+                    && index.checkpoint_mark().ok().flatten()
+                        == Some(checkpoint.files.index_mark) =>
             {
                 Recovered::from_checkpoint(*checkpoint, &index)
             }
@@ -486,15 +492,17 @@ impl SegmentStore {
             // The reclaim lock keeps segment deletion out while the files are listed.
             let reclaim = self.reclaim.lock().expect("reclaim lock");
             let checkpoint = checkpoint::Checkpoint {
-                index_mark,
-                segments: checkpoint::segment_files(&self.segments_dir)?,
-                live: reclaim
-                    .live
-                    .iter()
-                    .map(|(segment, live)| (*segment, live.messages, live.bytes))
-                    .collect(),
-                oldest_segment: reclaim.oldest,
-                undeleted: reclaim.retry.clone(),
+                files: checkpoint::SegmentFiles {
+                    index_mark,
+                    segments: checkpoint::segment_files(&self.segments_dir)?,
+                    live: reclaim
+                        .live
+                        .iter()
+                        .map(|(segment, live)| (*segment, live.messages, live.bytes))
+                        .collect(),
+                    oldest_segment: reclaim.oldest,
+                    undeleted: reclaim.retry.clone(),
+                },
                 census: self.census.lock().expect("census lock").clone(),
                 schedule,
             };
