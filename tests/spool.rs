@@ -70,6 +70,30 @@ fn as_after_a_crash(dir: &Path) {
     std::fs::remove_file(checkpoint).unwrap();
 }
 
+/// What a crash can cost the index on top: the changes of the last moment
+/// before it, here the entries of `lost`. The index watermark is then at
+/// most the segment of the earliest lost one (it moves only past changes
+/// that are durable in sled), so it is set back as the crash would have.
+fn as_after_a_crash_losing(dir: &Path, lost: &[QueueId]) {
+    as_after_a_crash(dir);
+    let db = sled::open(dir.join("spool/index")).unwrap();
+    let messages = db.open_tree("messages").unwrap();
+    let mut earliest = u64::MAX;
+    for id in lost {
+        let raw = messages.remove(id.to_bytes()).unwrap().expect("entry");
+        let entry: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        earliest = earliest.min(entry["location"]["segment"].as_u64().unwrap());
+    }
+    let watermark = db
+        .get("durable-below")
+        .unwrap()
+        .map(|raw| u64::from_le_bytes(raw.as_ref().try_into().unwrap()))
+        .expect("an index watermark");
+    db.insert("durable-below", &watermark.min(earliest).to_le_bytes())
+        .unwrap();
+    db.flush().unwrap();
+}
+
 fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir.join("spool/segments"))
         .unwrap()
@@ -548,14 +572,7 @@ async fn clean_restart_needs_no_rebuild_and_a_crash_repairs_only_what_is_missing
 
     // Lose two messages from the index (as a crash between an append and the
     // index's next flush can): only those two are written back.
-    as_after_a_crash(tmp.path());
-    let db = sled::open(tmp.path().join("spool/index")).unwrap();
-    let messages = db.open_tree("messages").unwrap();
-    messages.remove(ids[5].to_bytes()).unwrap();
-    messages.remove(ids[6].to_bytes()).unwrap();
-    db.flush().unwrap();
-    drop(messages);
-    drop(db);
+    as_after_a_crash_losing(tmp.path(), &[ids[5], ids[6]]);
     let (spool, report) = Spool::open(&config(tmp.path())).unwrap();
     assert_eq!(report.index_repairs, 2, "{report:?}");
     assert!(spool.get(ids[5]).await.unwrap().is_some());
@@ -1100,6 +1117,58 @@ async fn a_change_abandoned_half_way_means_the_next_start_replays() {
     spool.close().await;
 }
 
+/// Segments are deleted only below the index watermark, and a change
+/// abandoned half-way stops the watermark: the segments of messages removed
+/// afterwards stay (their removals might not be in the index if the process
+/// crashed now) until the next start has compared them with the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_abandoned_change_finished_segments_wait_for_the_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.segment_size = 64; // a segment per batch
+    let (spool, _) = Spool::open(&cfg).unwrap();
+    // Within the watermark's first second: it is still at segment 1.
+    let mut removed = Vec::new();
+    for i in 0..5 {
+        let content = format!("Subject: {i}\r\n\r\nx\r\n");
+        removed.push(put(&spool, content.as_bytes(), &["b@example.com"]).await);
+    }
+    let mut body = spool.new_body();
+    body.write(b"Subject: abandoned\r\n\r\nx\r\n").unwrap();
+    let abandoned = body.id();
+    use futures_util::FutureExt;
+    assert!(spool
+        .enqueue(body, envelope(&["a@example.com"]))
+        .now_or_never()
+        .is_none());
+    let before = segment_files(tmp.path());
+    for id in &removed {
+        assert!(spool.remove(*id, "delivered").await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    spool.maintain().await.unwrap();
+    let after = segment_files(tmp.path());
+    assert!(
+        before.iter().all(|file| after.contains(file)),
+        "finished segments deleted while the watermark is stopped: {before:?} -> {after:?}"
+    );
+    spool.close().await;
+    drop(spool);
+
+    let (spool, report) = Spool::open(&cfg).unwrap();
+    assert!(!report.from_checkpoint);
+    assert!(spool.get(abandoned).await.unwrap().is_some());
+    for id in &removed {
+        assert!(spool.get(*id).await.unwrap().is_none());
+    }
+    let left = segment_files(tmp.path());
+    assert!(
+        before[..5].iter().all(|file| !left.contains(file)),
+        "the finished segments go once compared: {before:?} -> {left:?}"
+    );
+    spool.close().await;
+}
+
 /// The scale test, in bounded time: 100,000 small messages for
 /// 1,000 recipients through the spool API. A clean stop and start resumes
 /// from the checkpoint (nothing replayed, nothing repaired, the same
@@ -1175,30 +1244,50 @@ async fn a_hundred_thousand_messages_restart_without_replay_and_a_crash_repairs_
     spool.close().await;
     drop(spool);
 
-    // A crash: no checkpoint, and the index lost one entry it had not
-    // flushed yet.
-    as_after_a_crash(tmp.path());
-    let dropped = ids[12_345];
-    {
-        let db = sled::open(tmp.path().join("spool/index")).unwrap();
-        let messages = db.open_tree("messages").unwrap();
-        assert!(messages.remove(dropped.to_bytes()).unwrap().is_some());
-        db.flush().unwrap();
-    }
+    // A crash: no checkpoint, and the index lost a change of the last
+    // moment. Only the entries from the index watermark on are compared.
+    let dropped = ids[MESSAGES - 345];
+    as_after_a_crash_losing(tmp.path(), &[dropped]);
     let replayed = std::time::Instant::now();
     let (spool, report) = Spool::open(&cfg).unwrap();
     let by_replay = replayed.elapsed();
     assert!(!report.from_checkpoint);
     assert_eq!(report.index_repairs, 1, "{report:?}");
+    assert!(
+        report.index_compared > 0 && report.index_compared < MESSAGES / 4,
+        "only the tail is compared: {report:?}"
+    );
     assert_eq!(spool.len(), live);
     assert_eq!(spool.census(), census);
     assert_eq!(spool.scheduled(), scheduled);
     assert!(spool.get(dropped).await.unwrap().is_some());
     assert!(spool
-        .ids_for_recipient("user345@example.com")
+        .ids_for_recipient("user655@example.com")
         .await
         .unwrap()
         .contains(&dropped));
+    spool.close().await;
+    drop(spool);
+
+    // An index without a watermark (written by an older version, or
+    // restored) is compared whole, and an old entry it lacks is found.
+    as_after_a_crash(tmp.path());
+    let old = ids[12_345];
+    {
+        let db = sled::open(tmp.path().join("spool/index")).unwrap();
+        assert!(db.remove("durable-below").unwrap().is_some());
+        let messages = db.open_tree("messages").unwrap();
+        assert!(messages.remove(old.to_bytes()).unwrap().is_some());
+        db.flush().unwrap();
+    }
+    let (spool, report) = Spool::open(&cfg).unwrap();
+    assert_eq!(report.index_repairs, 1, "{report:?}");
+    assert_eq!(report.index_compared, live, "{report:?}");
+    assert!(spool
+        .ids_for_recipient("user345@example.com")
+        .await
+        .unwrap()
+        .contains(&old));
     eprintln!(
         "{MESSAGES} messages: filled in {filled:?}; open from the checkpoint {from_checkpoint:?}, by replay {by_replay:?}"
     );

@@ -117,6 +117,9 @@ impl SegmentStore {
         crate::metrics::get()
             .compacted_messages
             .inc_by(moved as u64);
+        // The copies' index changes must be durable before the segment
+        // they leave is deleted.
+        self.advance_watermark().await;
         let (segments_reclaimed, bytes_reclaimed) = self.reclaim();
         tracing::info!(
             segment,

@@ -138,6 +138,8 @@ pub(crate) fn decode(id: QueueId, raw: &[u8]) -> IndexResult<IndexEntry> {
 
 /// Key (in sled's default tree) of the mark shared with the checkpoint.
 const CHECKPOINT_MARK: &[u8] = b"checkpoint-mark";
+/// Key (in sled's default tree) of the index watermark (`watermark`).
+const DURABLE_BELOW: &[u8] = b"durable-below";
 
 /// sled's own cache of index pages.
 const INDEX_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -180,11 +182,40 @@ impl Index {
     }
 
     pub fn checkpoint_mark(&self) -> IndexResult<Option<u64>> {
+        self.read_u64(CHECKPOINT_MARK)
+    }
+
+    /// Record the index watermark: every record in a segment below it has
+    /// its change in this index, durably (the caller flushed first). It
+    /// becomes durable itself with the next flush; until then recovery uses
+    /// the previous one, which is also true.
+    pub fn set_durable_below(&self, segment: u64) -> IndexResult<()> {
+        self.db.insert(DURABLE_BELOW, &segment.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// The index watermark, if this index has one (a fresh, rebuilt or
+    /// older index has none: recovery then compares every entry).
+    pub fn durable_below(&self) -> IndexResult<Option<u64>> {
+        self.read_u64(DURABLE_BELOW)
+    }
+
+    fn read_u64(&self, key: &[u8]) -> IndexResult<Option<u64>> {
         Ok(self
             .db
-            .get(CHECKPOINT_MARK)?
+            .get(key)?
             .and_then(|raw| raw.as_ref().try_into().ok())
             .map(u64::from_le_bytes))
+    }
+
+    /// The stored bytes of one entry (recovery compares them).
+    pub fn get_raw(&self, id: QueueId) -> IndexResult<Option<sled::IVec>> {
+        self.messages.get(id.to_bytes())
+    }
+
+    /// Is this recipient key present?
+    pub fn has_recipient_key(&self, address: &str, id: QueueId) -> IndexResult<bool> {
+        self.by_recipient.contains_key(recipient_key(address, id))
     }
 
     /// Build the in-memory schedule from the spool's messages (at open, from
@@ -367,16 +398,17 @@ impl Index {
             schedule.place(id, None);
             return Ok(None);
         };
-        // Entry first, then its recipient keys, without a transaction (the
-        // most expensive part of a delivered message's removal): a reader
-        // may meanwhile find a key whose message is gone, which every reader
-        // of recipient keys already skips (a message can go between its
-        // listing and its reading); sled applies writes in order, so a crash
-        // in between leaves only stale keys, which start-up removes.
-        self.messages.remove(id.to_bytes())?;
+        // Recipient keys first, then the entry, without a transaction (the
+        // most expensive part of a delivered message's removal): sled
+        // applies writes in order, so a crash in between leaves an entry
+        // with some keys gone, which recovery finds from the remove record
+        // and finishes; keys left without their entry could not be found
+        // that way. Meanwhile a reader listing by recipient may miss a
+        // message that is being removed anyway.
         for key in recipient_keys_of(&entry, id) {
             self.by_recipient.remove(key)?;
         }
+        self.messages.remove(id.to_bytes())?;
         self.pending.lock().expect("pending lock").remove(&id);
         schedule.place(id, None);
         Ok(Some(entry))
@@ -495,6 +527,17 @@ impl Index {
     pub fn repair_remove(&self, id: QueueId) -> IndexResult<()> {
         self.messages.remove(id.to_bytes())?;
         Ok(())
+    }
+
+    /// Reconciliation's removal of an entry the segments say is gone,
+    /// together with its recipient keys (when it can still be decoded).
+    pub fn repair_remove_with_keys(&self, id: QueueId, raw: &[u8]) -> IndexResult<()> {
+        if let Ok(entry) = decode(id, raw) {
+            for key in recipient_keys_of(&entry, id) {
+                self.by_recipient.remove(key)?;
+            }
+        }
+        self.repair_remove(id)
     }
 
     pub fn clear(&self) -> IndexResult<()> {

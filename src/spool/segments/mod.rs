@@ -26,11 +26,12 @@ mod compaction;
 mod index;
 mod record;
 mod recovery;
+mod watermark;
 mod writer;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ use tokio::sync::oneshot;
 
 use index::IndexEntry;
 use record::{Kind, MessageMeta, RemoveMeta, StateMeta};
+use watermark::{Advance, Changes, Watermark};
 use writer::{AppendOp, Op, SegmentWriter};
 
 use super::space::{self, Shortage};
@@ -82,7 +84,7 @@ pub struct SegmentStore {
     large_threshold: u64,
     /// Where the writer seals a segment (compaction's slack).
     segment_size: u64,
-    index: index::Index,
+    index: Arc<index::Index>,
     tx: Mutex<Option<mpsc::Sender<Op>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     current_segment: Arc<AtomicU64>,
@@ -101,7 +103,12 @@ pub struct SegmentStore {
     /// The last writability probe and when it ran.
     writable_probe: Arc<Mutex<Option<WritableProbe>>>,
     /// Changes between their append and their index and census update.
-    changes: Changes,
+    changes: Arc<Changes>,
+    /// Below it, every record's index change is durable (`watermark`);
+    /// segments are deleted only below it.
+    watermark: Arc<Watermark>,
+    /// Moves the watermark about once a second; stopped by `close`.
+    watermark_thread: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     /// Held for the life of the spool: two processes on one spool would
     /// interleave appends and delete each other's index.
     _lock: std::fs::File,
@@ -166,57 +173,6 @@ impl Reclaim {
     }
 }
 
-/// Changes whose record may be durable before the index entry, census and
-/// schedule follow it. `close` waits for them before it saves the
-/// clean-shutdown checkpoint, and one abandoned half-way (its caller's
-/// future dropped while the writer still committed the record) means no
-/// checkpoint: the next start replays the segments, which finds the record.
-#[derive(Default)]
-struct Changes {
-    under_way: AtomicUsize,
-    abandoned: AtomicBool,
-}
-
-/// One change under way; dropped without [`Change::finish`], it marks the
-/// store's in-memory state as possibly behind its segments.
-struct Change<'a> {
-    changes: &'a Changes,
-    finished: bool,
-}
-
-impl Changes {
-    fn begin(&self) -> Change<'_> {
-        self.under_way.fetch_add(1, Ordering::SeqCst);
-        Change {
-            changes: self,
-            finished: false,
-        }
-    }
-}
-
-impl Change<'_> {
-    fn finish(mut self) {
-        self.finished = true;
-    }
-
-    /// Finished already when the append failed because the spool is closed
-    /// (nothing was written); any other failure leaves it unfinished.
-    fn finish_if_closed<T>(&mut self, appended: &Result<T, SpoolError>) {
-        if matches!(appended, Err(SpoolError::Closed)) {
-            self.finished = true;
-        }
-    }
-}
-
-impl Drop for Change<'_> {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.changes.abandoned.store(true, Ordering::SeqCst);
-        }
-        self.changes.under_way.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// What `Spool::open` found, for the start-up log line and for tests.
 #[derive(Debug, Clone)]
 pub struct OpenReport {
@@ -230,6 +186,9 @@ pub struct OpenReport {
     pub index_repairs: usize,
     /// Resumed from the clean-shutdown checkpoint: nothing was replayed.
     pub from_checkpoint: bool,
+    /// Index entries compared with the replay: every one without an index
+    /// watermark (or after damage), else only those from the watermark on.
+    pub index_compared: usize,
 }
 
 /// The store's in-memory state as recovered at open.
@@ -275,6 +234,7 @@ impl Recovered {
                 index_rebuilt: None,
                 index_repairs: 0,
                 from_checkpoint: true,
+                index_compared: 0,
             },
         }
     }
@@ -290,16 +250,25 @@ impl Recovered {
     ) -> Result<Recovered, SpoolError> {
         let quarantine_dir = root.join("quarantine");
         let started = std::time::Instant::now();
-        let replay = recovery::replay(segments_dir, key, &quarantine_dir)?;
+        let tail_from = index.durable_below().unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "spool: index watermark unreadable; comparing the whole index");
+            None
+        });
+        let mut replay = recovery::replay(segments_dir, key, &quarantine_dir, tail_from)?;
         let replayed = started.elapsed();
         quarantine_orphan_large_files(large_dir, &quarantine_dir, &replay.live)?;
-        let reconciled = recovery::reconcile(index, &replay)?;
+        let (reconciled, compared) = match tail_from {
+            Some(_) => recovery::reconcile_tail(index, &mut replay)?,
+            None => (recovery::reconcile(index, &replay)?, replay.live.len()),
+        };
         let verified = started.elapsed();
         index.build_schedule(&replay.live);
         tracing::info!(
             replay_ms = replayed.as_millis() as u64,
             verify_ms = (verified - replayed).as_millis() as u64,
             schedule_ms = (started.elapsed() - verified).as_millis() as u64,
+            index_watermark = tail_from,
+            compared,
             "spool: recovery by replay"
         );
         let index_rebuilt = match (&reconciled.unreadable, reconciled.repairs) {
@@ -340,6 +309,7 @@ impl Recovered {
                 index_rebuilt,
                 index_repairs: reconciled.repairs,
                 from_checkpoint: false,
+                index_compared: compared,
             },
             segments: replay.segments,
             census,
@@ -418,6 +388,12 @@ impl SegmentStore {
         if segments.is_empty() {
             reclaim.oldest = next_segment;
         }
+        // Recovery left the index equal to every segment on disk.
+        index.set_durable_below(next_segment)?;
+        index.flush()?;
+        let index = Arc::new(index);
+        let watermark = Arc::new(Watermark::new(next_segment));
+        let changes = Arc::new(Changes::default());
         let stats = Arc::new(Stats::default());
         let used = space::dir_bytes(&segments_dir)? + space::dir_bytes(&large_dir)?;
         let space = Arc::new(space::Space::new(
@@ -445,6 +421,12 @@ impl SegmentStore {
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || writer.run(rx))?;
+        let watermark_thread = spawn_watermark_thread(
+            index.clone(),
+            changes.clone(),
+            current_segment.clone(),
+            watermark.clone(),
+        )?;
 
         let store = SegmentStore {
             segments_dir,
@@ -464,7 +446,9 @@ impl SegmentStore {
             message_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             census: Mutex::new(census),
             writable_probe: Arc::new(Mutex::new(None)),
-            changes: Changes::default(),
+            changes,
+            watermark,
+            watermark_thread: Mutex::new(Some(watermark_thread)),
             _lock: lock,
         };
         store.reclaim();
@@ -630,6 +614,38 @@ impl SegmentStore {
         self.large_dir.join(format!("{id}.eml"))
     }
 
+    /// Is the oldest segment finished but not yet below the watermark?
+    fn reclaim_waits_for_watermark(&self) -> bool {
+        let current = self.current_segment.load(Ordering::SeqCst);
+        let reclaim = self.reclaim.lock().expect("reclaim lock");
+        reclaim.oldest < current
+            && reclaim.live_messages(reclaim.oldest) == 0
+            && reclaim.oldest >= self.watermark.durable_below()
+    }
+
+    /// Move the watermark up to the segment being written now, waiting for
+    /// the changes begun before (bounded); false when it could not.
+    pub(super) async fn advance_watermark(&self) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let step = crate::fsutil::run_blocking(|| {
+                self.watermark
+                    .advance(&self.changes, &self.current_segment, &self.index)
+            });
+            match step {
+                Ok(Advance::Moved(_)) => return true,
+                Ok(Advance::Waiting) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(1)).await
+                }
+                Ok(_) => return false,
+                Err(err) => {
+                    tracing::warn!(error = %err, "spool: index flush failed; the index watermark stays");
+                    return false;
+                }
+            }
+        }
+    }
+
     /// Delete segments, oldest first, while every message in them is finished.
     ///
     /// The segments are chosen under the reclaim lock but deleted after it is
@@ -638,7 +654,12 @@ impl SegmentStore {
     /// behind `oldest` is never written again, so deleting it unlocked is safe.
     /// Returns how many segments went, and their bytes.
     fn reclaim(&self) -> (usize, u64) {
-        let current = self.current_segment.load(Ordering::SeqCst);
+        // Never at or past the watermark: recovery would not find the
+        // records whose index changes a crash may still cost.
+        let current = self
+            .current_segment
+            .load(Ordering::SeqCst)
+            .min(self.watermark.durable_below());
         let finished = self
             .reclaim
             .lock()
@@ -871,7 +892,7 @@ impl SpoolStore for SegmentStore {
     /// A remove record, fsync'd, under the message's lock; its segment is
     /// reclaimed once every message in it is finished.
     async fn remove(&self, id: QueueId, reason: &str) -> Result<bool, SpoolError> {
-        let _guard = self.lock_message(id).await;
+        let guard = self.lock_message(id).await;
         if self.index.get(id)?.is_none() {
             return Ok(false);
         }
@@ -900,6 +921,11 @@ impl SpoolStore for SegmentStore {
             .expect("reclaim lock")
             .finish(&entry.location);
         change.finish();
+        drop(guard);
+        if self.reclaim_waits_for_watermark() {
+            // Once per segment: the space is freed now, not a second later.
+            self.advance_watermark().await;
+        }
         self.reclaim();
         Ok(true)
     }
@@ -989,7 +1015,13 @@ impl SpoolStore for SegmentStore {
 
     /// Compaction of the oldest segment, when it is worth it (`compaction`).
     async fn maintain(&self) -> Result<Maintenance, SpoolError> {
-        self.compact_if_worthwhile().await
+        // Segments finished since the last removal (it may have found them
+        // above the watermark then).
+        let (segments, bytes) = self.reclaim();
+        let mut done = self.compact_if_worthwhile().await?;
+        done.segments_reclaimed += segments;
+        done.bytes_reclaimed += bytes;
+        Ok(done)
     }
 
     /// Finish pending appends, stop the writer and flush the index.
@@ -1005,16 +1037,18 @@ impl SpoolStore for SegmentStore {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        let watermark_thread = self.watermark_thread.lock().expect("thread lock").take();
+        if let Some((stop, thread)) = watermark_thread {
+            drop(stop);
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         // Changes whose records the writer committed before it stopped may
         // still be updating the index and the counts.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while self.changes.under_way.load(Ordering::SeqCst) > 0
-            && std::time::Instant::now() < deadline
-        {
+        while self.changes.under_way() > 0 && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let consistent = self.changes.under_way.load(Ordering::SeqCst) == 0
-            && !self.changes.abandoned.load(Ordering::SeqCst);
+        let consistent = self.changes.under_way() == 0 && !self.changes.abandoned();
         match self.index.flush() {
             Ok(()) if consistent => self.save_checkpoint(),
             Ok(()) => tracing::warn!(
@@ -1032,6 +1066,55 @@ impl SpoolStore for SegmentStore {
             "spool closed"
         );
     }
+}
+
+impl Drop for SegmentStore {
+    /// Without `close` (a test, a failed start): stop the watermark thread
+    /// before the index closes, or its handle would keep sled open and a
+    /// new open of this spool would find the index locked.
+    fn drop(&mut self) {
+        let watermark_thread = self.watermark_thread.lock().expect("thread lock").take();
+        if let Some((stop, thread)) = watermark_thread {
+            drop(stop);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The thread that moves the index watermark: a round about every second
+/// (each costs one sled flush when it moves), sooner while one waits for
+/// changes to finish. It ends when `stop` is dropped.
+fn spawn_watermark_thread(
+    index: Arc<index::Index>,
+    changes: Arc<Changes>,
+    current_segment: Arc<AtomicU64>,
+    watermark: Arc<Watermark>,
+) -> std::io::Result<(mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("spool-watermark".into())
+        .spawn(move || {
+            let mut pause = Duration::from_secs(1);
+            let mut told = false;
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(pause) {
+                pause = match watermark.advance(&changes, &current_segment, &index) {
+                    Ok(Advance::Waiting) => Duration::from_millis(5),
+                    Ok(Advance::Moved(_)) => Duration::from_secs(1),
+                    Ok(Advance::Stopped(why)) => {
+                        if !told && changes.abandoned() {
+                            told = true;
+                            tracing::warn!(reason = why, "spool: index watermark stopped until the next start (finished segments are kept until then)");
+                        }
+                        Duration::from_secs(1)
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "spool: index flush failed; the index watermark stays");
+                        Duration::from_secs(1)
+                    }
+                };
+            }
+        })?;
+    Ok((stop, thread))
 }
 
 /// Recovery held every live entry in memory at once; hand the freed heap

@@ -25,6 +25,13 @@ pub(crate) struct Replay {
     /// Segment IDs present on disk, oldest first.
     pub segments: Vec<u64>,
     pub records: u64,
+    /// IDs with a record at or after the index watermark (when replayed
+    /// with one), in no order and possibly repeated: the only messages
+    /// whose index entries a crash can have left behind.
+    pub tail: Vec<QueueId>,
+    /// Set when damage (or a torn tail) was found: records may have been
+    /// lost anywhere, so the whole index is compared.
+    pub damaged: bool,
 }
 
 pub(crate) fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
@@ -43,23 +50,44 @@ pub(crate) fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(ids)
 }
 
+/// Replay every segment; with `tail_from` (the index watermark), also note
+/// the IDs of records in segments from there on.
 pub(crate) fn replay(
     segments_dir: &Path,
     key: &RecordKey,
     quarantine_dir: &Path,
+    tail_from: Option<u64>,
 ) -> std::io::Result<Replay> {
     let segments = list_segments(segments_dir)?;
     let mut replay = Replay {
         live: BTreeMap::new(),
         segments: segments.clone(),
         records: 0,
+        tail: Vec::new(),
+        damaged: false,
     };
     for (i, &segment) in segments.iter().enumerate() {
         let is_newest = i + 1 == segments.len();
         let path = super::writer::segment_path(segments_dir, segment);
-        replay_segment(&path, segment, is_newest, key, quarantine_dir, &mut replay)?;
+        let in_tail = tail_from.is_some_and(|from| segment >= from);
+        let place = Place {
+            segment,
+            is_newest,
+            in_tail,
+        };
+        replay_segment(&path, place, key, quarantine_dir, &mut replay)?;
     }
     Ok(replay)
+}
+
+/// Which segment is being replayed, and what that means for it.
+#[derive(Clone, Copy)]
+struct Place {
+    segment: u64,
+    /// Its bodies are checked too, and a torn end is cut off.
+    is_newest: bool,
+    /// At or after the index watermark.
+    in_tail: bool,
 }
 
 /// Where damage was found in a segment, and how far it reaches.
@@ -74,12 +102,14 @@ struct Damage {
 
 fn replay_segment(
     path: &PathBuf,
-    segment: u64,
-    is_newest: bool,
+    place: Place,
     key: &RecordKey,
     quarantine_dir: &Path,
     replay: &mut Replay,
 ) -> std::io::Result<()> {
+    let Place {
+        segment, is_newest, ..
+    } = place;
     let file = File::open(path)?;
     let file_len = file.metadata()?.len();
     let mut reader = BufReader::with_capacity(256 * 1024, file);
@@ -140,7 +170,7 @@ fn replay_segment(
                     .seek_relative(header.body_len as i64)
                     .map_err(|e| bad(&e.to_string()))?;
             }
-            apply(&header, &meta, segment, offset, replay).map_err(|e| bad(&e))?;
+            apply(&header, &meta, place, offset, replay).map_err(|e| bad(&e))?;
             Ok(header.total_len())
         })();
         let damage = match outcome {
@@ -174,9 +204,14 @@ fn replay_segment(
                 let file = std::fs::OpenOptions::new().write(true).open(path)?;
                 file.set_len(at)?;
                 file.sync_all()?;
+                // Unacknowledged by the rules; but if the disk broke them
+                // (a lost fsync, damage), entries for the records cut off
+                // may be anywhere in the index.
+                replay.damaged = true;
                 return Ok(());
             }
             None => {
+                replay.damaged = true;
                 tracing::error!(segment, offset = at, reason = %why, "spool: damaged record at the end of a sealed segment (copy kept in quarantine/)");
                 return Ok(());
             }
@@ -186,6 +221,7 @@ fn replay_segment(
             // next header with a valid MAC, so one bad sector costs the
             // records in it, not everything after it.
             Some(next) => {
+                replay.damaged = true;
                 tracing::error!(segment, offset = at, resume_at = next, reason = %why, "spool: damaged record; resuming at the next intact record (copy kept in quarantine/)");
                 reader.seek(SeekFrom::Start(next))?;
                 offset = next;
@@ -248,15 +284,18 @@ fn find_next_header(
 fn apply(
     header: &Header,
     meta: &[u8],
-    segment: u64,
+    place: Place,
     offset: u64,
     replay: &mut Replay,
 ) -> Result<(), String> {
     match header.kind {
         Kind::Message => {
             let meta: MessageMeta = serde_json::from_slice(meta).map_err(|e| e.to_string())?;
+            if place.in_tail {
+                replay.tail.push(meta.id);
+            }
             let location = Location {
-                segment,
+                segment: place.segment,
                 offset,
                 meta_len: header.meta_len,
                 body_len: header.body_len,
@@ -275,12 +314,18 @@ fn apply(
         }
         Kind::State => {
             let meta: StateMeta = serde_json::from_slice(meta).map_err(|e| e.to_string())?;
+            if place.in_tail {
+                replay.tail.push(meta.id);
+            }
             if let Some(entry) = replay.live.get_mut(&meta.id) {
                 entry.state = meta.state;
             }
         }
         Kind::Remove => {
             let meta: RemoveMeta = serde_json::from_slice(meta).map_err(|e| e.to_string())?;
+            if place.in_tail {
+                replay.tail.push(meta.id);
+            }
             replay.live.remove(&meta.id);
         }
     }
@@ -318,6 +363,72 @@ pub(crate) fn reconcile(index: &Index, replay: &Replay) -> Result<Reconciled, sl
             })
         }
     }
+}
+
+/// After a crash with an index watermark: compare only the entries of the
+/// messages with a record at or after it (`Replay::tail`), the only ones
+/// whose index changes the crash can have cost (`watermark`). Damage found
+/// by the replay, or an index that cannot be read, means the whole index is
+/// compared ([`reconcile`]) instead. Returns how many were compared.
+pub(crate) fn reconcile_tail(
+    index: &Index,
+    replay: &mut Replay,
+) -> Result<(Reconciled, usize), sled::Error> {
+    if replay.damaged {
+        return reconcile(index, replay).map(|done| (done, replay.live.len()));
+    }
+    replay.tail.sort_unstable();
+    replay.tail.dedup();
+    match repair_tail(index, replay) {
+        Ok(repairs) => Ok((
+            Reconciled {
+                repairs,
+                unreadable: None,
+            },
+            replay.tail.len(),
+        )),
+        Err(err) => {
+            tracing::warn!(error = %err, "spool: index unreadable where the crash left it; comparing all of it");
+            reconcile(index, replay).map(|done| (done, replay.live.len()))
+        }
+    }
+}
+
+fn repair_tail(index: &Index, replay: &Replay) -> Result<usize, sled::Error> {
+    let mut repairs = 0;
+    for &id in &replay.tail {
+        let stored = index.get_raw(id)?;
+        match (replay.live.get(&id), stored) {
+            (Some(entry), stored) => {
+                let entry_ok = stored.is_some_and(|raw| {
+                    super::index::encode(entry) == raw.as_ref()
+                        || super::index::decode(id, &raw).is_ok_and(|found| found == *entry)
+                });
+                let mut keys_ok = entry_ok;
+                if entry_ok {
+                    for address in key_addresses(entry) {
+                        if !index.has_recipient_key(&address, id)? {
+                            keys_ok = false;
+                            break;
+                        }
+                    }
+                }
+                if !keys_ok {
+                    index.repair_put(id, entry)?;
+                    repairs += 1;
+                }
+            }
+            (None, Some(raw)) => {
+                index.repair_remove_with_keys(id, &raw)?;
+                repairs += 1;
+            }
+            (None, None) => {}
+        }
+    }
+    if repairs > 0 {
+        index.flush()?;
+    }
+    Ok(repairs)
 }
 
 /// The recipient keys `entry` must have: lower-cased addresses, once each.
