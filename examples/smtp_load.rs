@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 const PER_CONNECTION: usize = 100;
 
 fn recipient(i: usize) -> String {
-    if i % 50 == 0 {
+    if i.is_multiple_of(50) {
         "heavy@example.com".to_string()
     } else {
         format!("user{}@example.com", (i * 7919) % 10_000)

@@ -104,6 +104,7 @@ impl Server {
             handle.clone(),
             audit,
             Some(drills),
+            &config.web.search_index_dir(&config.spool),
         );
         let (web_addr, web_task) = start_web(&config, web, &shutdown_rx).await?;
         if config.alerts.enabled {

@@ -903,3 +903,89 @@ fn held(server: &breakwater::server::Server, id: breakwater::envelope::QueueId) 
         .state
         .held
 }
+
+/// Search is answered by the persistent index once it has caught up with
+/// the spool: a new message is found within seconds of arriving (the
+/// spool's feed), by a word's beginning and by Japanese character pairs,
+/// but not by a piece inside a word (which only the slow scan would find:
+/// that is how this test knows the index answered); a removed message is
+/// gone; and an index deleted while the server was down is built again
+/// from the spool at the next start.
+#[test]
+fn mailbox_search_is_answered_by_an_index_that_follows_the_spool() {
+    let World {
+        fixture,
+        _rt: rt,
+        server,
+        ..
+    } = world();
+    let web = server.web_addr.unwrap();
+    let signed_in = || {
+        let mut alice = WebClient::new(web);
+        assert_eq!(alice.login("alice@example.com", PASSWORD).status, 303);
+        alice
+    };
+    let mut alice = signed_in();
+    assert!(
+        wait_for(Duration::from_secs(20), || !alice
+            .get("/mail?q=widgets")
+            .text()
+            .contains("search-building")),
+        "the index never caught up"
+    );
+    let invoice = send(
+        &server,
+        "alice@example.com",
+        &plain_message(
+            "alice@example.com",
+            "Invoice 2026-03",
+            "請求書を添付します。ご確認ください。",
+        ),
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || alice
+            .get("/mail?q=invo")
+            .text()
+            .contains("Invoice 2026-03")),
+        "a new message is searchable within seconds"
+    );
+    let found = alice.get("/mail?q=%E8%AB%8B%E6%B1%82%E6%9B%B8").text(); // 請求書
+    assert!(
+        found.contains("Invoice 2026-03") && found.contains("1 message"),
+        "{found}"
+    );
+    let inside = alice.get("/mail?q=voice").text();
+    assert!(
+        !inside.contains("Invoice 2026-03") && !inside.contains("search-building"),
+        "answered by the index, not by a substring scan: {inside}"
+    );
+    assert!(alice.get("/mail?q=widgets").text().contains("Order 7781"));
+    let id: breakwater::envelope::QueueId = invoice.parse().unwrap();
+    assert!(rt.block_on(server.spool.remove(id, "deleted")).unwrap());
+    assert!(!alice.get("/mail?q=invo").text().contains("Invoice 2026-03"));
+    rt.block_on(server.shutdown());
+
+    let search_dir = fixture.config.spool.dir.join("search");
+    assert!(
+        search_dir.join("meta.json").exists(),
+        "the index is persisted"
+    );
+    std::fs::remove_dir_all(&search_dir).unwrap();
+    let (rt, server) = start_in_process(&fixture);
+    let mut alice = WebClient::new(server.web_addr.unwrap());
+    assert_eq!(alice.login("alice@example.com", PASSWORD).status, 303);
+    assert!(
+        wait_for(Duration::from_secs(20), || !alice
+            .get("/mail?q=widgets")
+            .text()
+            .contains("search-building")),
+        "the index was never rebuilt"
+    );
+    assert!(alice.get("/mail?q=widgets").text().contains("Order 7781"));
+    assert!(alice
+        .get("/mail?q=%E4%BC%9A%E8%AD%B0") // 会議
+        .text()
+        .contains("障害のお知らせ"));
+    assert!(!alice.get("/mail?q=invo").text().contains("Invoice 2026-03"));
+    rt.block_on(server.shutdown());
+}

@@ -59,6 +59,18 @@ pub struct WebConfig {
     pub default_language: String,
     /// UTC offset used for dates before the browser reformats them in its own zone, e.g. "+09:00".
     pub utc_offset: String,
+    /// The mailbox search index (rebuilt from the spool when missing);
+    /// absent = `search` under `[spool] dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_index: Option<PathBuf>,
+}
+
+impl WebConfig {
+    pub fn search_index_dir(&self, spool: &super::SpoolConfig) -> PathBuf {
+        self.search_index
+            .clone()
+            .unwrap_or_else(|| spool.dir.join("search"))
+    }
 }
 
 impl Default for WebConfig {
@@ -85,6 +97,7 @@ impl Default for WebConfig {
             upstream_label: "Exchange Online".to_string(),
             default_language: "en".to_string(),
             utc_offset: "+00:00".to_string(),
+            search_index: None,
         }
     }
 }

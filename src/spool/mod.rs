@@ -88,7 +88,19 @@ pub struct Spool {
     /// Why recent messages left the spool (delivered, bounced, deleted…),
     /// for drill reports; in memory only, bounded.
     removed: Arc<Mutex<HashMap<QueueId, String>>>,
+    /// Arrivals and removals, for followers such as the web's search index.
+    events: tokio::sync::broadcast::Sender<SpoolEvent>,
 }
+
+/// A message came into or left the spool (see [`Spool::subscribe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolEvent {
+    Arrived(QueueId),
+    Removed(QueueId),
+}
+
+/// Events a follower may fall behind by before it is told it lagged.
+const EVENTS_BUFFERED: usize = 65_536;
 
 /// How many removal reasons are remembered before the memory starts over.
 const REMEMBERED_REMOVALS: usize = 100_000;
@@ -107,7 +119,15 @@ impl Spool {
             store,
             work: Arc::new(tokio::sync::Notify::new()),
             removed: Arc::new(Mutex::new(HashMap::new())),
+            events: tokio::sync::broadcast::channel(EVENTS_BUFFERED).0,
         }
+    }
+
+    /// Every later arrival and removal, in the order they became durable.
+    /// A follower that falls behind by more than the buffer gets
+    /// `RecvError::Lagged` and must look at the spool itself.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SpoolEvent> {
+        self.events.subscribe()
     }
 
     /// Start receiving a new message (see [`SpoolStore::new_body`]).
@@ -124,6 +144,8 @@ impl Spool {
     ) -> Result<QueueId, SpoolError> {
         let id = self.store.enqueue(body, envelope).await?;
         self.work.notify_one();
+        // No follower is not an error.
+        let _ = self.events.send(SpoolEvent::Arrived(id));
         Ok(id)
     }
 
@@ -232,6 +254,8 @@ impl Spool {
                 reasons.clear();
             }
             reasons.insert(id, reason.to_string());
+            drop(reasons);
+            let _ = self.events.send(SpoolEvent::Removed(id));
         }
         Ok(removed)
     }

@@ -6,7 +6,7 @@
 //! message, and each such view is audited as an admin view. Anything else
 //! answers 404, exactly like an ID that does not exist, so IDs cannot be probed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue};
@@ -17,6 +17,7 @@ use serde::Deserialize;
 use super::i18n::Lang;
 use super::pages::{self, fill, page, size, time};
 use super::render;
+use super::search;
 use super::{Shared, Viewer, WebState};
 use crate::envelope::{QueueId, RecipientStatus};
 use crate::spool::SpooledMessage;
@@ -70,6 +71,39 @@ fn badge(
     }
 }
 
+/// The viewer's messages holding every term of `needle`, from the search
+/// index, and the arrivals not in it yet (to be checked one by one); None when it cannot answer (not built yet, unusable, or a query
+/// of punctuation only), and the mailbox is scanned instead.
+fn indexed_search(
+    state: &WebState,
+    viewer: &Viewer,
+    needle: &str,
+) -> Option<(HashSet<QueueId>, HashSet<QueueId>)> {
+    let index = state.search.as_ref().filter(|index| index.is_caught_up())?;
+    let addresses: Vec<String> = viewer.account.addresses().map(str::to_string).collect();
+    // Taken first: an arrival committed in between is then in both.
+    let waiting = index.waiting();
+    match crate::fsutil::run_blocking(|| index.search(&addresses, needle)) {
+        Ok(found) => found.map(|found| (found, waiting)),
+        Err(err) => {
+            tracing::warn!(error = %err, "web: search index failed; scanning the mailbox");
+            None
+        }
+    }
+}
+
+/// The slow way: every message's summary, decoded on first use.
+async fn scan_search(state: &WebState, ids: Vec<QueueId>, needle: &str) -> Vec<QueueId> {
+    let mut matching = Vec::new();
+    for id in ids {
+        let summary = state.summaries.get(&state.spool, id).await;
+        if summary.is_some_and(|s| s.search_text.contains(needle)) {
+            matching.push(id);
+        }
+    }
+    matching
+}
+
 pub async fn list(
     State(state): State<Shared>,
     viewer: Viewer,
@@ -80,17 +114,31 @@ pub async fn list(
     let page_size = state.config.page_size;
     let result = async {
         let ids = mailbox_ids(&state, &viewer).await?;
+        let mut scanned = false;
         let matching: Vec<QueueId> = if needle.is_empty() {
             ids
         } else {
-            let mut matching = Vec::new();
-            for id in ids {
-                let summary = state.summaries.get(&state.spool, id).await;
-                if summary.is_some_and(|s| s.search_text.contains(&needle)) {
-                    matching.push(id);
+            match indexed_search(&state, &viewer, &needle) {
+                Some((found, waiting)) => {
+                    let mut matching = Vec::new();
+                    for id in ids {
+                        if found.contains(&id) {
+                            matching.push(id);
+                        } else if waiting.contains(&id) {
+                            // Arrived a moment ago, not in the index yet.
+                            let summary = state.summaries.get(&state.spool, id).await;
+                            if summary.is_some_and(|s| search::matches(&s.search_text, &needle)) {
+                                matching.push(id);
+                            }
+                        }
+                    }
+                    matching
+                }
+                None => {
+                    scanned = true;
+                    scan_search(&state, ids, &needle).await
                 }
             }
-            matching
         };
         let total = matching.len();
         let mut rows = Vec::new();
@@ -102,10 +150,10 @@ pub async fn list(
                 rows.push((message, summary));
             }
         }
-        Ok::<_, crate::spool::SpoolError>((total, rows))
+        Ok::<_, crate::spool::SpoolError>((total, rows, scanned))
     }
     .await;
-    let (total, rows) = match result {
+    let (total, rows, scanned) = match result {
         Ok(found) => found,
         Err(err) => return pages::internal_error(lang, err),
     };
@@ -130,6 +178,9 @@ pub async fn list(
             button type="submit" { (lang.t("mailbox.search_button")) }
         }
         p.count { (fill(lang.t("mailbox.count"), &[&total.to_string()])) }
+        @if scanned && state.search.as_ref().is_some_and(|index| !index.is_caught_up()) {
+            p.note.search-building { (lang.t("mailbox.search_building")) }
+        }
         @if rows.is_empty() {
             p.empty { (lang.t("mailbox.empty")) }
         } @else {

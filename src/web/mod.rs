@@ -28,6 +28,7 @@ mod mailbox;
 mod pages;
 mod redirect;
 pub mod render;
+mod search;
 pub mod session;
 mod summaries;
 
@@ -65,6 +66,9 @@ pub struct WebState {
     /// Failover drills (banner, admin pages), when the server runs them.
     pub drills: Option<Arc<crate::drill::Drills>>,
     summaries: summaries::SummaryCache,
+    /// The mailbox search index; None when it could not be opened (searches
+    /// then scan the mailbox).
+    search: Option<Arc<search::SearchIndex>>,
     offset: time::UtcOffset,
 }
 
@@ -75,8 +79,17 @@ impl WebState {
         delivery: Option<DeliveryHandle>,
         audit: Arc<AuditLog>,
         drills: Option<Arc<crate::drill::Drills>>,
+        search_dir: &std::path::Path,
     ) -> WebState {
+        let search = match search::SearchIndex::open(search_dir) {
+            Ok(index) => Some(Arc::new(index)),
+            Err(err) => {
+                tracing::error!(dir = %search_dir.display(), error = %err, "web: no search index; searches scan each mailbox");
+                None
+            }
+        };
         WebState {
+            search,
             accounts: Accounts::new(&config.users_file),
             sessions: Sessions::new(config.session_idle, config.session_max),
             throttle: Throttle::new(
@@ -221,8 +234,15 @@ pub async fn serve(
         _ => None,
     };
     let max_connections = config.max_connections;
+    let follower = state.search.as_ref().map(|index| {
+        tokio::spawn(search::follow(
+            index.clone(),
+            state.spool.clone(),
+            shutdown.clone(),
+        ))
+    });
     let app = router(state);
-    let task = tokio::spawn(crate::http_listener::serve(
+    let listener = tokio::spawn(crate::http_listener::serve(
         "web",
         listener,
         tls,
@@ -230,6 +250,14 @@ pub async fn serve(
         max_connections,
         shutdown,
     ));
+    // Done when both are: the follower's last commit (and its index
+    // writer's lock) belongs to this run, not to the next start.
+    let task = tokio::spawn(async move {
+        let _ = listener.await;
+        if let Some(follower) = follower {
+            let _ = follower.await;
+        }
+    });
     Ok((addr, task))
 }
 

@@ -20,6 +20,15 @@ const MAX_ENTRIES: usize = 200_000;
 /// Bytes of a message read to summarise it (headers, preview, early parts).
 const SUMMARY_SCAN: usize = 2 * 1024 * 1024;
 
+/// Read and decode a message's summary (not cached). None when it is no
+/// longer in the spool.
+pub async fn summarize(spool: &Spool, id: QueueId) -> Option<Summary> {
+    // The head is enough for subject, sender, date, preview and which
+    // attachments start early; a huge message is never read whole here.
+    let raw = spool.read_head(id, SUMMARY_SCAN).await.ok()?;
+    Some(crate::fsutil::run_blocking(|| render::summarize(&raw)))
+}
+
 pub struct SummaryCache {
     /// [`MAX_BYTES`] except in tests.
     max_bytes: usize,
@@ -61,10 +70,7 @@ impl SummaryCache {
         if let Some(summary) = self.map.lock().expect("summary lock").get(&id) {
             return Some(summary.clone());
         }
-        // The head is enough for subject, sender, date, preview and which
-        // attachments start early; a huge message is never read whole here.
-        let raw = spool.read_head(id, SUMMARY_SCAN).await.ok()?;
-        let summary = Arc::new(crate::fsutil::run_blocking(|| render::summarize(&raw)));
+        let summary = Arc::new(summarize(spool, id).await?);
         use std::sync::atomic::Ordering;
         let mut map = self.map.lock().expect("summary lock");
         let size = summary_bytes(&summary);
