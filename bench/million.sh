@@ -104,6 +104,19 @@ exec > >(tee "$OUT")
     s=$(now); BREAKWATER_TOKEN=$TOKEN "$BIN" queue shape --config "$dir/breakwater.toml" > /dev/null; e=$(now)
     echo "- \`breakwater queue shape\`: $(ms "$s" "$e") ms"
     echo
+    # The search index follows the spool; each time it falls behind the
+    # spool's feed it makes one more full pass. Wait until the last pass is
+    # done (searches scan the mailbox until the first one is).
+    s=$(now)
+    while :; do
+        behind=$(grep -c "fell behind the spool" "$dir/log" || true)
+        passes=$(grep -c "search index follows the spool" "$dir/log" || true)
+        [ "$passes" -gt "$behind" ] && break
+        sleep 1
+    done
+    SEARCH_BYTES=$(du -sb "$dir/spool/search" | awk '{printf "%.0f", $1}')
+    echo "- search index: waited $(ms "$s" "$(now)") ms after the measurements above for its pass to finish; full passes so far $passes (falling behind the feed $behind times); last pass: $(grep "search index follows the spool" "$dir/log" | tail -1 | grep -o 'added=[0-9]* deleted=[0-9]* took_ms=[0-9]*'); on disk $((SEARCH_BYTES / 1048576)) MiB ($(printf %.2f "$(echo "$SEARCH_BYTES / $MESSAGE_BYTES" | bc -l)") of the message bytes)"
+    echo
     echo "| web request (heavy@example.com, 20,000 messages) | requests | p50 ms | p95 ms | max ms |"
     echo "|---|---|---|---|---|"
     python3 bench/web_client.py "http://127.0.0.1:$WEB_PORT" heavy@example.com "$PASSWORD" - "負荷試験,load,zzzznothing"
@@ -118,6 +131,6 @@ exec > >(tee "$OUT")
     echo "- RSS before the restarts: $RSS_BEFORE MB"
     echo "- restart to ready after SIGTERM: $TERM_S s (RSS then $TERM_RSS MB); after kill -9: $KILL_S s ($KILL_RSS MB); after SIGTERM again: $TERM2_S s ($TERM2_RSS MB)"
     echo "- start-up log lines:"
-    grep -E "spool open|spool: (resumed|index)" "$dir/log" | sed 's/^/    /'
+    grep -E "spool open|spool: (resumed|index|recovery)" "$dir/log" | sed 's/^/    /'
 }
 echo "results: $OUT"

@@ -40,6 +40,7 @@ pub mod dns;
 pub mod drill;
 pub mod envelope;
 pub mod fsutil;
+pub mod heap;
 pub mod http_listener;
 pub mod logging;
 pub mod metrics;

@@ -15,6 +15,7 @@ pub fn run(config_path: &Path, log_format: LogFormat) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
+    crate::heap::limit_arenas();
     logging::init(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

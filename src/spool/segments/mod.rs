@@ -452,7 +452,8 @@ impl SegmentStore {
             _lock: lock,
         };
         store.reclaim();
-        release_freed_memory();
+        // Recovery held every live entry in memory at once.
+        crate::heap::release_freed_memory();
         Ok((store, report))
     }
 
@@ -1115,17 +1116,6 @@ fn spawn_watermark_thread(
             }
         })?;
     Ok((stop, thread))
-}
-
-/// Recovery held every live entry in memory at once; hand the freed heap
-/// back to the system, or the process keeps that peak as its RSS for good
-/// (glibc keeps freed memory in its arenas).
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 fn lock_spool(root: &Path) -> Result<std::fs::File, SpoolError> {

@@ -275,8 +275,10 @@ impl SearchIndex {
         self.caught_up.load(Ordering::SeqCst)
     }
 
-    pub fn set_caught_up(&self) {
-        self.caught_up.store(true, Ordering::SeqCst);
+    /// Whether every spooled message is in the index (or waiting to be
+    /// committed); searches scan the mailbox while it is not.
+    pub fn set_caught_up(&self, caught_up: bool) {
+        self.caught_up.store(caught_up, Ordering::SeqCst);
     }
 
     /// Is this message in the committed index?
@@ -303,6 +305,11 @@ impl SearchIndex {
         for id in ids {
             waiting.remove(id);
         }
+    }
+
+    /// A full pass is starting: what waited is found by it.
+    pub fn forget_waiting(&self) {
+        self.waiting.lock().expect("waiting lock").clear();
     }
 
     /// Arrivals not committed yet.
