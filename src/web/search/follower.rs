@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::{Indexed, SearchIndex};
 use crate::envelope::QueueId;
-use crate::spool::{Spool, SpoolEvent};
+use crate::spool::{Spool, SpoolEvent, SpooledMessage};
 
 /// Arrivals are committed (made searchable) at least this often.
 const COMMIT_EVERY: Duration = Duration::from_secs(2);
@@ -99,13 +99,7 @@ async fn full_pass(
             }
         }
         for message in &missing {
-            let recipients = message
-                .envelope
-                .recipients
-                .iter()
-                .map(|r| r.address.clone())
-                .collect();
-            added += add(index, spool, message.id, recipients).await? as usize;
+            added += add(index, spool, message).await? as usize;
         }
         if !missing.is_empty() {
             index.commit()?;
@@ -136,15 +130,19 @@ async fn full_pass(
 async fn add(
     index: &SearchIndex,
     spool: &Spool,
-    id: QueueId,
-    recipients: Vec<String>,
+    message: &SpooledMessage,
 ) -> Result<bool, super::SearchError> {
-    let Some(summary) = super::super::summaries::summarize(spool, id).await else {
+    let Some(summary) = super::super::summaries::summarize(spool, message.id).await else {
         return Ok(false);
     };
     index.add(&Indexed {
-        id,
-        recipients,
+        id: message.id,
+        recipients: message
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.clone())
+            .collect(),
         text: &summary.search_text,
     })?;
     Ok(true)
@@ -188,13 +186,7 @@ async fn follow_feed(
             let Ok(Some(message)) = spool.get(id).await else {
                 continue;
             };
-            let recipients = message
-                .envelope
-                .recipients
-                .iter()
-                .map(|r| r.address.clone())
-                .collect();
-            match add(index, spool, id, recipients).await {
+            match add(index, spool, &message).await {
                 Ok(added) => dirty |= added,
                 Err(err) => {
                     tracing::warn!(queue_id = %id, error = %err, "web: cannot index a message; the next full pass tries again");
