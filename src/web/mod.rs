@@ -81,9 +81,14 @@ impl WebState {
         drills: Option<Arc<crate::drill::Drills>>,
         search_dir: &std::path::Path,
     ) -> WebState {
-        let search = match search::SearchIndex::open(search_dir) {
-            Ok(index) => Some(Arc::new(index)),
-            Err(err) => {
+        // Without the web reader nobody searches: no index, no follower.
+        let search = match config
+            .enabled
+            .then(|| search::SearchIndex::open(search_dir))
+        {
+            None => None,
+            Some(Ok(index)) => Some(Arc::new(index)),
+            Some(Err(err)) => {
                 tracing::error!(dir = %search_dir.display(), error = %err, "web: no search index; searches scan each mailbox");
                 None
             }
