@@ -17,16 +17,24 @@ pub fn release_freed_memory() {
 }
 
 /// Heap arenas for the whole process: two, instead of glibc's default of
-/// eight per core. Every thread that allocates gets an arena up to that
-/// limit, and freed memory stays in the arena it came from: with the tokio
-/// workers, sled's and tantivy's threads, a search index pass over a million
-/// messages took RSS from 225 MB to 720-870 MB; with two arenas it stayed
-/// at 320 MB (docs/BENCHMARKS.md). Call before any thread is started.
+/// eight per core, unless the operator set `MALLOC_ARENA_MAX` (glibc reads
+/// it itself; that choice wins). Every thread that allocates gets an arena
+/// up to that limit, and freed memory stays in the arena it came from: with
+/// the tokio workers, sled's and tantivy's threads, a search index pass over
+/// a million messages took RSS from 225 MB to 720-870 MB; with two arenas it
+/// stayed at 320 MB (docs/BENCHMARKS.md). Call before any thread is started.
 pub fn limit_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; called before other
     // threads exist.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, DEFAULT_ARENAS);
     }
 }
+
+/// See [`limit_arenas`].
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const DEFAULT_ARENAS: libc::c_int = 2;

@@ -21,7 +21,9 @@ pub struct DeliveryConfig {
     /// A recipient still deferred this long after arrival fails (DSN).
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
-    /// How often a down upstream is probed (connect + EHLO + QUIT).
+    /// How often a down upstream is probed (connect + EHLO + QUIT). It
+    /// bounds how long the backlog waits once the upstream is back: one
+    /// cheap connection a second to the organisation's own mail host.
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
     /// Consecutive connection failures before an upstream is marked down.
@@ -65,7 +67,7 @@ impl Default for DeliveryConfig {
             max_age: Duration::from_secs(5 * 24 * 3600),
             // Worst-case delay before the flush starts once the upstream is
             // back; 3 s keeps it under the 5 s target with margin.
-            probe_interval: Duration::from_secs(3),
+            probe_interval: Duration::from_secs(1),
             down_after_failures: 3,
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(300),
