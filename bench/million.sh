@@ -126,10 +126,17 @@ exec > >(tee "$OUT")
     ready_after; TERM_S=$READY_S; sleep 2; TERM_RSS=$(rss_mb "$BW_PID")
     kill -9 "$BW_PID"; wait "$BW_PID" 2>/dev/null || true
     ready_after; KILL_S=$READY_S; sleep 2; KILL_RSS=$(rss_mb "$BW_PID")
+    # The same crash with a cold page cache (a rebooted host): every file
+    # the start reads comes from the disk.
+    kill -9 "$BW_PID"; wait "$BW_PID" 2>/dev/null || true
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    ready_after; COLD_S=$READY_S; sleep 2; COLD_RSS=$(rss_mb "$BW_PID")
     kill -TERM "$BW_PID"; wait "$BW_PID" || true
     ready_after; TERM2_S=$READY_S; sleep 2; TERM2_RSS=$(rss_mb "$BW_PID")
     echo "- RSS before the restarts: $RSS_BEFORE MB"
-    echo "- restart to ready after SIGTERM: $TERM_S s (RSS then $TERM_RSS MB); after kill -9: $KILL_S s ($KILL_RSS MB); after SIGTERM again: $TERM2_S s ($TERM2_RSS MB)"
+    echo "- restart to ready after SIGTERM: $TERM_S s (RSS then $TERM_RSS MB); after kill -9: $KILL_S s ($KILL_RSS MB); after kill -9 with a cold page cache: $COLD_S s ($COLD_RSS MB); after SIGTERM again: $TERM2_S s ($TERM2_RSS MB)"
+    DIGEST_BYTES=$(find "$dir/spool/segments" -name '*.digest' -printf '%s\n' | awk '{s+=$1} END {printf "%.0f", s}')
+    echo "- segment digests: $(find "$dir/spool/segments" -name '*.digest' | wc -l) of $(find "$dir/spool/segments" -name '*.seg' | wc -l) segments, $((DIGEST_BYTES / 1048576)) MiB (counted in the disk figures above)"
     echo "- start-up log lines:"
     grep -E "spool open|spool: (resumed|index|recovery)" "$dir/log" | sed 's/^/    /'
 }

@@ -464,6 +464,13 @@ fn kill_9_during_compaction_loses_nothing_and_resurrects_nothing() {
     let segments = |fixture: &Fixture| {
         std::fs::read_dir(fixture.config.spool.dir.join("segments"))
             .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|ext| ext == "seg")
+            })
             .count()
     };
     let pinned = segments(&fixture);

@@ -971,6 +971,7 @@ fn a_long_deferred_message_is_compacted_forward_and_delivered_byte_for_byte() {
         let mut names: Vec<String> = std::fs::read_dir(&segments_dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".seg"))
             .collect();
         names.sort();
         names

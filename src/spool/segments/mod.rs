@@ -23,6 +23,7 @@
 
 mod checkpoint;
 mod compaction;
+mod digest;
 mod index;
 mod record;
 mod recovery;
@@ -189,6 +190,8 @@ pub struct OpenReport {
     /// Index entries compared with the replay: every one without an index
     /// watermark (or after damage), else only those from the watermark on.
     pub index_compared: usize,
+    /// Finished segments replayed from their digests, not read.
+    pub segments_from_digest: usize,
 }
 
 /// The store's in-memory state as recovered at open.
@@ -235,6 +238,7 @@ impl Recovered {
                 index_repairs: 0,
                 from_checkpoint: true,
                 index_compared: 0,
+                segments_from_digest: 0,
             },
         }
     }
@@ -269,6 +273,7 @@ impl Recovered {
             schedule_ms = (started.elapsed() - verified).as_millis() as u64,
             index_watermark = tail_from,
             compared,
+            segments_from_digest = replay.from_digests,
             "spool: recovery by replay"
         );
         let index_rebuilt = match (&reconciled.unreadable, reconciled.repairs) {
@@ -310,6 +315,7 @@ impl Recovered {
                 index_repairs: reconciled.repairs,
                 from_checkpoint: false,
                 index_compared: compared,
+                segments_from_digest: replay.from_digests,
             },
             segments: replay.segments,
             census,
@@ -671,6 +677,7 @@ impl SegmentStore {
         for segment in finished {
             let path = writer::segment_path(&self.segments_dir, segment);
             let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+            digest::remove(&self.segments_dir, segment);
             match std::fs::remove_file(&path) {
                 Ok(()) => {
                     self.space.sub(size);

@@ -32,6 +32,9 @@ pub(crate) struct Replay {
     /// Set when damage (or a torn tail) was found: records may have been
     /// lost anywhere, so the whole index is compared.
     pub damaged: bool,
+    /// Finished segments replayed from their digests (`super::digest`)
+    /// instead of being read.
+    pub from_digests: usize,
 }
 
 pub(crate) fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
@@ -65,7 +68,9 @@ pub(crate) fn replay(
         records: 0,
         tail: Vec::new(),
         damaged: false,
+        from_digests: 0,
     };
+    super::digest::remove_orphans(segments_dir, &segments)?;
     for (i, &segment) in segments.iter().enumerate() {
         let is_newest = i + 1 == segments.len();
         let path = super::writer::segment_path(segments_dir, segment);
@@ -75,9 +80,40 @@ pub(crate) fn replay(
             is_newest,
             in_tail,
         };
+        if !is_newest {
+            let len = std::fs::metadata(&path)?.len();
+            if let Some(digest) = super::digest::load(segments_dir, segment, len) {
+                match replay_digest(&digest, place, &mut replay) {
+                    Ok(()) => {
+                        replay.from_digests += 1;
+                        continue;
+                    }
+                    // Reading the segment applies the same records again
+                    // from its start, which leaves the same result (each
+                    // record sets, not adds), and handles the damage.
+                    Err(why) => {
+                        tracing::warn!(segment, reason = %why, "spool: segment digest does not replay; reading the segment")
+                    }
+                }
+            }
+        }
         replay_segment(&path, place, key, quarantine_dir, &mut replay)?;
     }
     Ok(replay)
+}
+
+/// Replay a finished segment from its verified digest.
+fn replay_digest(
+    digest: &super::digest::Digest,
+    place: Place,
+    replay: &mut Replay,
+) -> Result<(), String> {
+    for record in digest.records() {
+        let record = record.map_err(str::to_string)?;
+        apply(&record.header, record.meta, place, record.offset, replay)?;
+        replay.records += 1;
+    }
+    Ok(())
 }
 
 /// Which segment is being replayed, and what that means for it.
@@ -117,8 +153,21 @@ fn replay_segment(
     let mut header_buf = [0u8; HEADER_LEN_V2];
     let mut meta = Vec::new();
     let mut body = Vec::new();
+    // Headers and metadata for the segment's digest: it is finished after
+    // this start (appends go to a new segment), so the next recovery need
+    // not read it again. Not kept after damage (it is read again then) or
+    // when it would not be much smaller than the segment.
+    let mut digest = Some(Vec::new());
     loop {
         if offset == file_len {
+            if let Some(records) = digest.filter(|_| file_len > 0) {
+                super::digest::save(
+                    path.parent().expect("segment dir"),
+                    segment,
+                    file_len,
+                    &records,
+                );
+            }
             return Ok(());
         }
         let outcome: Result<u64, Damage> = (|| {
@@ -171,6 +220,13 @@ fn replay_segment(
                     .map_err(|e| bad(&e.to_string()))?;
             }
             apply(&header, &meta, place, offset, replay).map_err(|e| bad(&e))?;
+            if let Some(records) = digest.as_mut() {
+                records.extend_from_slice(&header_buf[..header_len]);
+                records.extend_from_slice(&meta);
+                if records.len() as u64 > file_len / 8 {
+                    digest = None;
+                }
+            }
             Ok(header.total_len())
         })();
         let damage = match outcome {
@@ -186,6 +242,7 @@ fn replay_segment(
             why,
             record_end,
         } = damage;
+        digest = None;
         let resume = match record_end {
             Some(end) => Some(end),
             None => find_next_header(path, at + 1, file_len, key)?,

@@ -46,6 +46,10 @@ pub(crate) struct SegmentWriter {
     len: u64,
     key: Arc<record::RecordKey>,
     shared: Shared,
+    /// Headers and metadata of the records in the current segment, for its
+    /// digest (`super::digest`); `None` once that would not be much smaller
+    /// than the segment (mostly small state and remove records).
+    digest: Option<Vec<u8>>,
 }
 
 /// What the writer thread shares with the [`super::SegmentStore`].
@@ -82,6 +86,7 @@ impl SegmentWriter {
             len: 0,
             key,
             shared,
+            digest: Some(Vec::new()),
         })
     }
 
@@ -109,7 +114,11 @@ impl SegmentWriter {
                 self.commit(&mut batch, &mut buf);
             }
             if let Some(ack) = shutdown {
-                let _ = self.file.sync_all();
+                // Nothing is appended to this segment again (the next start
+                // begins a new one), so it gets its digest now.
+                if self.file.sync_all().is_ok() {
+                    self.save_digest();
+                }
                 let _ = ack.send(());
                 return;
             }
@@ -188,6 +197,7 @@ impl SegmentWriter {
                     }
                     reclaim.count_new_messages(self.current, messages, bytes);
                 }
+                self.collect_digest(buf, start, &locations);
                 for (op, location) in batch.drain(..).zip(locations) {
                     let _ = op.done.send(Ok(location));
                 }
@@ -212,10 +222,36 @@ impl SegmentWriter {
         }
     }
 
+    /// Add the headers and metadata of the records just made durable.
+    fn collect_digest(&mut self, buf: &[u8], start: u64, locations: &[Location]) {
+        let Some(digest) = self.digest.as_mut() else {
+            return;
+        };
+        for location in locations {
+            let at = (location.offset - start) as usize;
+            let end = at + location.header_len as usize + location.meta_len as usize;
+            digest.extend_from_slice(&buf[at..end]);
+        }
+        if digest.len() as u64 > self.segment_size / 8 {
+            self.digest = None;
+        }
+    }
+
+    fn save_digest(&mut self) {
+        if let Some(digest) = self.digest.take() {
+            if self.len > 0 {
+                super::digest::save(&self.segments_dir, self.current, self.len, &digest);
+            }
+        }
+    }
+
     fn roll(&mut self) -> std::io::Result<()> {
         let next = self.current + 1;
         let file = create_segment(&self.segments_dir, next)?;
-        let _ = self.file.sync_all();
+        if self.file.sync_all().is_ok() {
+            self.save_digest();
+        }
+        self.digest = Some(Vec::new());
         self.file = file;
         self.current = next;
         self.len = 0;
@@ -233,6 +269,8 @@ fn fail_all(batch: &mut Vec<AppendOp>, err: &std::io::Error) {
 }
 
 fn create_segment(dir: &Path, id: u64) -> std::io::Result<File> {
+    // A digest left under this number describes no segment that will exist.
+    super::digest::remove(dir, id);
     let file = OpenOptions::new()
         .create(true)
         .truncate(true)
