@@ -38,6 +38,7 @@ pub struct Metrics {
     /// logged, since any sender could otherwise add log lines per view.
     pub html_parser_warnings: Counter,
     pub compacted_messages: Counter,
+    pub bounce_guard_trips: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -71,6 +72,7 @@ impl Metrics {
             alerts_active: Family::default(),
             html_parser_warnings: Counter::default(),
             compacted_messages: Counter::default(),
+            bounce_guard_trips: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -137,6 +139,11 @@ impl Metrics {
             "spool_compacted_messages",
             "Live messages copied forward by segment compaction so their old segment could go",
             metrics.compacted_messages.clone(),
+        );
+        registry.register(
+            "bounce_guard_trips",
+            "Upstreams held by the bounce guard (the same permanent reply for many recipients)",
+            metrics.bounce_guard_trips.clone(),
         );
         registry.register(
             "html_parser_warnings",

@@ -31,7 +31,8 @@ use crate::spool::Spool;
 #[derive(Debug, Clone, Serialize)]
 pub struct Notice {
     /// upstream-down | upstream-still-down | upstream-recovered |
-    /// queue-depth | queue-depth-recovered | queue-age | queue-age-recovered
+    /// queue-depth | queue-depth-recovered | queue-age | queue-age-recovered |
+    /// bounce-guard | bounce-guard-recovered
     pub event: String,
     /// The upstream name, or "queue".
     pub subject: String,
@@ -196,9 +197,14 @@ async fn round(
                 .map(|m| now.saturating_sub(m.envelope.received_at_ms))
         })
         .unwrap_or(0);
-    let engine: HashMap<String, (String, Option<u64>, Option<String>)> = delivery
-        .map(|d| {
-            d.status()
+    let status = delivery.map(|d| d.status()).unwrap_or_default();
+    let guarded: Vec<(String, Option<crate::delivery::bounce_guard::Trip>)> = status
+        .iter()
+        .map(|s| (s.name.clone(), s.bounce_guard.clone()))
+        .collect();
+    let engine: HashMap<String, (String, Option<u64>, Option<String>)> = Some(status)
+        .map(|status| {
+            status
                 .into_iter()
                 .map(|s| {
                     (
@@ -259,6 +265,30 @@ async fn round(
         .await;
         if !was_down && watch.active.contains_key(&key) {
             started.push(name);
+        }
+    }
+    // The bounce guard held an upstream: someone must look at its
+    // connector before the held mail can go (or be bounced).
+    for (name, trip) in guarded {
+        let problem = trip.map(|trip| {
+            format!(
+                "upstream {name} refused {} recipients alike ({}); it is held and its mail kept, not bounced. Fix the connector, then `breakwater upstream release {name}` (or bounce those messages)",
+                trip.recipients, trip.reply
+            )
+        });
+        let key = format!("bounce-guard:{name}");
+        if problem.is_some() || watch.active.contains_key(&key) {
+            update(
+                config,
+                watch,
+                &key,
+                &name,
+                problem,
+                depth,
+                oldest_age_ms,
+                "bounce-guard",
+            )
+            .await;
         }
     }
     let limit = config.alerts.queue_depth;

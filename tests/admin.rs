@@ -621,6 +621,31 @@ fn upstream_hold_release_flush_and_bounce_over_the_api() {
     let (status, body) = api.post(&path("flush"), &admin, json!({}));
     assert_eq!((status, body["flushed"].as_u64()), (200, Some(0)));
     assert_eq!(api.post(&path("explode"), &admin, json!({})).0, 400);
+    // soft_bounce: readable by a viewer, switched only by an admin, audited.
+    assert_eq!(
+        api.get("/api/v1/soft-bounce", Some(&viewer)),
+        (200, json!({"soft_bounce": false}))
+    );
+    assert_eq!(
+        api.post("/api/v1/soft-bounce", &viewer, json!({"on": true}))
+            .0,
+        403
+    );
+    assert_eq!(
+        api.post("/api/v1/soft-bounce", &admin, json!({"on": "yes"}))
+            .0
+            / 100,
+        4
+    );
+    assert_eq!(
+        api.post("/api/v1/soft-bounce", &admin, json!({"on": true})),
+        (200, json!({"soft_bounce": true}))
+    );
+    assert!(server.delivery().unwrap().soft_bounce());
+    assert_eq!(
+        api.get("/api/v1/soft-bounce", Some(&admin)).1,
+        json!({"soft_bounce": true})
+    );
     let (_, audit) = api.get("/api/v1/audit?actor=ops", Some(&admin));
     let actions: Vec<&str> = audit["entries"]
         .as_array()
@@ -634,7 +659,8 @@ fn upstream_hold_release_flush_and_bounce_over_the_api() {
             "upstream-hold",
             "bounce",
             "upstream-release",
-            "upstream-flush"
+            "upstream-flush",
+            "soft-bounce"
         ]
     );
     rt.block_on(server.shutdown());

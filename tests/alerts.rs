@@ -325,3 +325,83 @@ fn silent_upstream_is_alerted_by_the_probe_timeout() {
     assert!(detail.contains("no greeting within"), "{detail}");
     rt.block_on(server.shutdown());
 }
+
+/// The bounce guard holding an upstream is an alert with the upstream's
+/// reply in it, and releasing the upstream ends it.
+#[test]
+fn a_bounce_guard_trip_is_alerted_with_the_reply_and_ends_at_release() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream = rt.block_on(Sink::start(
+        "127.0.0.1:0",
+        Script {
+            data_reply: "550 5.7.51 TenantInboundAttribution; Rejecting".into(),
+            ..Script::default()
+        },
+    ));
+    let (url, hook) = webhook_receiver();
+    let mut fixture = Fixture::new();
+    fixture.config.alerts.enabled = true;
+    fixture.config.alerts.check_interval = Duration::from_millis(200);
+    fixture.config.delivery.enabled = true;
+    fixture.config.delivery.bounce_guard_failures = 3;
+    fixture.config.domains[0].upstream = upstream.addr.to_string();
+    fixture.config.domains[0].tls = UpstreamTls::None;
+    fixture.config.domains.truncate(1);
+    fixture.config.alert_targets = vec![AlertTarget {
+        kind: AlertKind::Webhook,
+        url: Some(url),
+        format: WebhookFormat::Json,
+        to: None,
+        route: None,
+    }];
+    let server = rt.block_on(fixture.start());
+    let mut c = RawClient::greeted(server.smtp_addrs[0]);
+    c.expect("EHLO client.test", 250);
+    for i in 0..6 {
+        // The null sender: no DSNs to route anywhere in this test.
+        let reply = c.send_mail(
+            "",
+            &[&format!("u{i}@example.com")],
+            b"Subject: g\r\n\r\nx\r\n",
+        );
+        assert_eq!(reply.code, 250);
+    }
+    assert!(
+        wait_for(Duration::from_secs(15), || events(&hook)
+            .contains(&"bounce-guard".to_string())),
+        "no bounce-guard alert: {:?}",
+        events(&hook)
+    );
+    let alert = hook
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, v)| v.clone())
+        .find(|v| v["event"] == "bounce-guard")
+        .unwrap();
+    let detail = alert["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("550 5.7.51 TenantInboundAttribution"),
+        "{detail}"
+    );
+    assert!(detail.contains("upstream release"), "{detail}");
+    assert_eq!(alert["subject"], upstream.addr.to_string());
+    let delivery = server.delivery().unwrap().clone();
+    upstream.set(|script| script.data_reply = "250 2.0.0 Ok".into());
+    rt.block_on(delivery.release(&upstream.addr.to_string()))
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(15), || events(&hook)
+            .contains(&"bounce-guard-recovered".to_string())),
+        "{:?}",
+        events(&hook)
+    );
+    assert!(wait_for(Duration::from_secs(15), || server
+        .spool
+        .is_empty()));
+    rt.block_on(server.shutdown());
+}

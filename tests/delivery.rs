@@ -1070,3 +1070,135 @@ fn large_bodies_are_streamed_from_the_spool_byte_for_byte() {
     }
     s.rt.block_on(server.shutdown());
 }
+
+/// A connector that starts refusing everything alike after an outage (here
+/// `550 5.7.51`, Exchange Online's attribution refusal) must not bounce the
+/// backlog: the bounce guard trips after `bounce_guard_failures` alike
+/// refusals outnumbering the acceptances since, holds the upstream, keeps
+/// the rest deferred; released once fixed, everything is delivered.
+#[test]
+fn an_upstream_refusing_everything_alike_is_held_not_mass_bounced() {
+    const FAILURES: usize = 5;
+    let (s, server) = setup(base_zone(), |config, _| {
+        config.delivery.bounce_guard_failures = FAILURES as u32;
+        config.delivery.per_upstream = 3;
+        // Nothing is retried by its schedule in this test: after the
+        // release, only the release's flush can deliver the held mail.
+        config.delivery.retry = vec![Duration::from_secs(3600).into()];
+    });
+    let delivery = server.delivery().unwrap().clone();
+    let upstream = delivery.upstream_for("example.com");
+    for i in 0..10 {
+        let rcpt = format!("first{i}@example.com");
+        submit(
+            &server,
+            "s@remote.test",
+            &[&rcpt],
+            b"Subject: ok\r\n\r\nx\r\n",
+        );
+    }
+    wait_empty(&server);
+    assert_eq!(s.upstream.delivered().len(), 10);
+
+    s.upstream.set(|script| {
+        script.data_reply = "550 5.7.51 TenantInboundAttribution; Rejecting the message".into()
+    });
+    const BACKLOG: usize = 40;
+    for i in 0..BACKLOG {
+        let rcpt = format!("backlog{i}@example.com");
+        submit(
+            &server,
+            "s@remote.test",
+            &[&rcpt],
+            b"Subject: b\r\n\r\nx\r\n",
+        );
+    }
+    let status = || {
+        delivery
+            .status()
+            .into_iter()
+            .find(|u| u.name == upstream)
+            .unwrap()
+    };
+    assert!(
+        wait_for(WAIT, || status().bounce_guard.is_some()),
+        "guard never tripped: {:?}",
+        status()
+    );
+    let held = status();
+    assert_eq!(held.state, "held");
+    let trip = held.bounce_guard.unwrap();
+    assert!(trip.reply.contains("5.7.51"), "{trip:?}");
+    // Let anything still in flight come back, then count.
+    std::thread::sleep(Duration::from_millis(1500));
+    let dsns = s.mx_sink.delivered().len();
+    assert_eq!(dsns, FAILURES - 1, "bounced before the guard tripped");
+    let spooled = common::block(server.spool.list()).unwrap();
+    assert_eq!(spooled.len(), BACKLOG - (FAILURES - 1));
+    for message in &spooled {
+        let rcpt = &message.state.recipients[0];
+        assert!(!rcpt.status.is_final(), "{:?}", message.state);
+        if rcpt.attempts > 0 {
+            let reply = rcpt.last_reply.as_deref().unwrap_or("");
+            assert!(
+                reply.contains("bounce guard") && reply.contains("5.7.51"),
+                "{reply}"
+            );
+        }
+    }
+    // The hold is durable (it survives a restart like an operator's).
+    let holds = common::block(server.spool.held_upstreams()).unwrap();
+    assert!(holds.contains(&upstream), "{holds:?}");
+
+    // The connector is fixed; the operator releases the upstream.
+    s.upstream
+        .set(|script| script.data_reply = "250 2.0.0 Ok".into());
+    s.rt.block_on(delivery.release(&upstream)).unwrap();
+    wait_empty(&server);
+    assert_eq!(s.upstream.delivered().len(), 10 + BACKLOG - (FAILURES - 1));
+    assert_eq!(
+        s.mx_sink.delivered().len(),
+        dsns,
+        "no bounce after the trip"
+    );
+    assert!(status().bounce_guard.is_none());
+    s.rt.block_on(server.shutdown());
+}
+
+/// `soft_bounce` (Postfix's emergency switch), switched at run time: while
+/// on, a permanent refusal is retried, never bounced; switched off, the
+/// next refusal bounces as usual.
+#[test]
+fn soft_bounce_keeps_permanent_refusals_deferred_while_it_is_on() {
+    let (s, server) = setup(base_zone(), |_, _| {});
+    let delivery = server.delivery().unwrap().clone();
+    delivery.set_soft_bounce(true);
+    s.upstream
+        .set(|script| script.data_reply = "554 5.7.1 relay access denied".into());
+    let id = submit(
+        &server,
+        "s@remote.test",
+        &["soft@example.com"],
+        b"Subject: s\r\n\r\nx\r\n",
+    );
+    let attempts = || {
+        common::block(server.spool.get(id)).unwrap().map(|m| {
+            (
+                m.state.recipients[0].attempts,
+                m.state.recipients[0].last_reply.clone(),
+            )
+        })
+    };
+    assert!(
+        wait_for(WAIT, || attempts().is_some_and(|(n, _)| n >= 2)),
+        "retried while soft_bounce is on: {:?}",
+        attempts()
+    );
+    let (_, reply) = attempts().unwrap();
+    assert!(reply.unwrap().contains("soft_bounce"));
+    assert!(s.mx_sink.delivered().is_empty(), "nothing bounced");
+    delivery.set_soft_bounce(false);
+    wait_empty(&server);
+    assert_eq!(s.mx_sink.delivered().len(), 1, "bounced once it is off");
+    s.rt.block_on(server.shutdown());
+}

@@ -134,6 +134,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/queue/actions"),
     ("get", "/api/v1/upstreams"),
     ("post", "/api/v1/upstreams/{name}/{action}"),
+    ("get", "/api/v1/soft-bounce"),
+    ("post", "/api/v1/soft-bounce"),
     ("get", "/api/v1/audit"),
     ("post", "/api/v1/drills/start"),
     ("get", "/api/v1/drills/current"),
@@ -156,6 +158,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route(
             "/api/v1/upstreams/{name}/{action}",
             post(queue::upstream_action),
+        )
+        .route(
+            "/api/v1/soft-bounce",
+            get(queue::soft_bounce).post(queue::set_soft_bounce),
         )
         .route("/api/v1/audit", get(queue::audit))
         .route("/api/v1/drills/start", post(drill::start))

@@ -349,6 +349,44 @@ pub async fn upstream_action(
     Ok(Json(result))
 }
 
+/// Postfix's `soft_bounce`, switched at run time (until restart; the
+/// config key `[delivery] soft_bounce` is the value at start).
+pub async fn soft_bounce(
+    State(state): State<Arc<AdminState>>,
+    _caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    let delivery = state
+        .delivery
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("delivery is disabled"))?;
+    Ok(Json(json!({ "soft_bounce": delivery.soft_bounce() })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoftBounceBody {
+    on: bool,
+}
+
+pub async fn set_soft_bounce(
+    State(state): State<Arc<AdminState>>,
+    caller: Caller,
+    Json(body): Json<SoftBounceBody>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let delivery = state
+        .delivery
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("delivery is disabled"))?;
+    delivery.set_soft_bounce(body.on);
+    let word = if body.on { "on" } else { "off" };
+    state
+        .audit
+        .record(&caller.name, &caller.ip, "soft-bounce", word, "ok")
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "soft_bounce": body.on })))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {

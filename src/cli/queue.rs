@@ -121,8 +121,14 @@ pub enum UpstreamCommand {
     List,
     /// Stop delivering to an upstream (everything spools); survives restarts.
     Hold { name: String },
-    /// Resume delivery and flush.
+    /// Resume delivery and flush (also after the bounce guard held it).
     Release { name: String },
+    /// Postfix's soft_bounce: while on, permanent refusals are retried, not
+    /// bounced. Without an argument: show it. Lasts until restart.
+    SoftBounce {
+        #[arg(value_parser = ["on", "off"])]
+        state: Option<String>,
+    },
 }
 
 fn fail(message: String) -> ExitCode {
@@ -176,16 +182,35 @@ pub fn run_upstream(config: &Config, command: UpstreamCommand) -> ExitCode {
                 "UPSTREAM", "STATE", "QUEUE", "PARKED"
             );
             for u in v["upstreams"].as_array().into_iter().flatten() {
+                // Numbers as numbers: a JSON value ignores the width.
+                let number = |key: &str| u[key].as_u64().unwrap_or(0);
+                let detail = match u["bounce_guard"]["reply"].as_str() {
+                    Some(reply) => format!("held by the bounce guard: {reply}"),
+                    None => u["last_error"].as_str().unwrap_or("-").to_string(),
+                };
                 println!(
                     "{:<40} {:<6} {:>6} {:>7}  {}",
                     u["name"].as_str().unwrap_or(""),
                     u["state"].as_str().unwrap_or(""),
-                    u["queue_depth"],
-                    u["parked_messages"],
-                    u["last_error"].as_str().unwrap_or("-")
+                    number("queue_depth"),
+                    number("parked_messages"),
+                    detail
                 );
             }
         }),
+        UpstreamCommand::SoftBounce { state: None } => client.get("/api/v1/soft-bounce").map(|v| {
+            println!(
+                "soft_bounce: {}",
+                if v["soft_bounce"] == json!(true) {
+                    "on"
+                } else {
+                    "off"
+                }
+            )
+        }),
+        UpstreamCommand::SoftBounce { state: Some(state) } => client
+            .post("/api/v1/soft-bounce", &json!({ "on": state == "on" }))
+            .map(|_| println!("soft_bounce: {state}")),
         UpstreamCommand::Hold { name } => client
             .post(
                 &format!("/api/v1/upstreams/{}/hold", encode(&name)),

@@ -42,6 +42,15 @@ pub struct DeliveryConfig {
     pub connection_idle: Duration,
     /// Port used for MX-routed delivery (25; other values only for labs and tests).
     pub mx_port: u16,
+    /// Postfix's emergency switch: every permanent reply from an upstream
+    /// is kept as a deferral and retried (also switchable at run time).
+    pub soft_bounce: bool,
+    /// The bounce guard: this many recipients refused by one upstream with
+    /// the same permanent reply within `bounce_guard_window` hold the
+    /// upstream instead of bouncing (0 = off).
+    pub bounce_guard_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub bounce_guard_window: Duration,
     /// Extra trusted CA certificates (PEM) besides the Mozilla roots, e.g. a
     /// private CA in front of the upstream, or a test CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,7 +75,7 @@ impl Default for DeliveryConfig {
                 .collect(),
             max_age: Duration::from_secs(5 * 24 * 3600),
             // Worst-case delay before the flush starts once the upstream is
-            // back; 3 s keeps it under the 5 s target with margin.
+            // back (the drain's first delivery waits for it).
             probe_interval: Duration::from_secs(1),
             down_after_failures: 3,
             connect_timeout: Duration::from_secs(30),
@@ -74,6 +83,11 @@ impl Default for DeliveryConfig {
             data_timeout: Duration::from_secs(600),
             connection_idle: Duration::from_secs(30),
             mx_port: 25,
+            soft_bounce: false,
+            // Ten recipients refused alike in ten minutes: far more than a
+            // few unknown users after an outage, far fewer than a backlog.
+            bounce_guard_failures: 10,
+            bounce_guard_window: Duration::from_secs(600),
             extra_ca_file: None,
         }
     }
@@ -108,6 +122,7 @@ impl DeliveryConfig {
                 ("delivery.connect_timeout", self.connect_timeout),
                 ("delivery.command_timeout", self.command_timeout),
                 ("delivery.data_timeout", self.data_timeout),
+                ("delivery.bounce_guard_window", self.bounce_guard_window),
             ],
         )
     }

@@ -114,8 +114,15 @@ impl Engine {
                 )
                 .await;
             for (index, outcome, relay) in outcomes {
+                let outcome = self.guard_bounce(id, &name, outcome, &relay).await;
                 self.record(id, envelope, &mut state, index, outcome, &relay);
                 recorded += 1;
+            }
+            if self.bounce_guard.holds(&name) {
+                // Kept for the operator: flushed the moment they release
+                // the upstream, not at the next retry.
+                waiting_on.push((name, domain));
+                continue;
             }
             if reach != Reach::Reached {
                 // Keeps its retry schedule, but is flushed with the rest the
@@ -306,6 +313,49 @@ impl Engine {
             Reach::Reached
         };
         (all(Outcome::Deferred(reply), "none"), reach)
+    }
+
+    /// A permanent reply from the upstream goes past the bounce guard (and
+    /// `soft_bounce`) before it becomes a bounce; the guard also counts what
+    /// the upstream accepts. Replies made up here
+    /// (relay "none": no MX, a bad route) are verdicts of our own and pass.
+    async fn guard_bounce(
+        &self,
+        id: QueueId,
+        upstream: &str,
+        outcome: Outcome,
+        relay: &str,
+    ) -> Outcome {
+        if relay == "none" {
+            return outcome;
+        }
+        let reply = match outcome {
+            Outcome::Failed(reply) => reply,
+            Outcome::Delivered(_) => {
+                self.bounce_guard.accepted(upstream, now_ms());
+                return outcome;
+            }
+            Outcome::Deferred(_) => return outcome,
+        };
+        match self.bounce_guard.judge(upstream, &reply, now_ms()) {
+            super::bounce_guard::Judgement::Bounce => Outcome::Failed(reply),
+            super::bounce_guard::Judgement::Defer(held) => Outcome::Deferred(held),
+            super::bounce_guard::Judgement::Tripped(held, trip) => {
+                tracing::error!(
+                    queue_id = %id,
+                    upstream,
+                    recipients = trip.recipients,
+                    reply = %trip.reply,
+                    "bounce guard: the upstream refuses every recipient alike; holding it instead of bouncing its mail (release it to retry, or bounce the messages)"
+                );
+                crate::metrics::get().bounce_guard_trips.inc();
+                if let Err(err) = self.spool.set_upstream_held(upstream, true).await {
+                    tracing::error!(upstream, error = %err, "bounce guard: cannot store the hold durably; held until restart");
+                }
+                self.upstreams.set_held(upstream, true);
+                Outcome::Deferred(held)
+            }
+        }
     }
 
     pub(super) fn record(

@@ -9,6 +9,8 @@
 //! - `route`: static hosts or MX (hickory), self-MX protection;
 //! - `client`: delivery's use of `smtp_client` (TLS policy, pool);
 //! - `upstream`: per-upstream circuit, holds, throttling, parked messages;
+//! - `bounce_guard`: the same permanent reply for many recipients holds
+//!   the upstream instead of bouncing its backlog; `soft_bounce`;
 //! - `dsn`: RFC 3464 bounces.
 //!
 //! The scheduler reads only the spool's `schedule` index (never a full scan),
@@ -19,6 +21,7 @@
 //! restart: duplicates are possible, loss is not.
 
 mod attempt;
+pub mod bounce_guard;
 mod bounces;
 pub mod client;
 pub mod dsn;
@@ -52,6 +55,7 @@ struct Engine {
     router: Router,
     transport: Transport,
     upstreams: Upstreams,
+    bounce_guard: bounce_guard::BounceGuard,
     config: DeliveryConfig,
     hostname: String,
     retry: Vec<Duration>,
@@ -102,6 +106,11 @@ impl DeliveryEngine {
                 held,
                 config.delivery.down_after_failures,
                 config.delivery.per_upstream,
+            ),
+            bounce_guard: bounce_guard::BounceGuard::new(
+                config.delivery.bounce_guard_failures,
+                config.delivery.bounce_guard_window,
+                config.delivery.soft_bounce,
             ),
             retry: config.delivery.retry_schedule(),
             retain_delivered_ms: config.web.retain_delivered.as_millis() as u64,
@@ -155,6 +164,7 @@ impl DeliveryHandle {
     pub async fn release(&self, upstream: &str) -> Result<(), DeliveryError> {
         self.engine.spool.set_upstream_held(upstream, false).await?;
         self.engine.upstreams.set_held(upstream, false);
+        self.engine.bounce_guard.clear(upstream);
         let parked = self.engine.upstreams.take_parked(upstream);
         tracing::info!(
             upstream,
@@ -171,7 +181,23 @@ impl DeliveryHandle {
     }
 
     pub fn status(&self) -> Vec<UpstreamStatus> {
-        self.engine.upstreams.status()
+        let trips = self.engine.bounce_guard.trips();
+        let mut status = self.engine.upstreams.status();
+        for upstream in &mut status {
+            upstream.bounce_guard = trips.get(&upstream.name).cloned();
+        }
+        status
+    }
+
+    /// Postfix's `soft_bounce`: while on, permanent replies are deferrals.
+    /// Starts as `[delivery] soft_bounce`; a change here lasts until restart.
+    pub fn soft_bounce(&self) -> bool {
+        self.engine.bounce_guard.soft_bounce()
+    }
+
+    pub fn set_soft_bounce(&self, on: bool) {
+        self.engine.bounce_guard.set_soft_bounce(on);
+        tracing::warn!(on, "delivery: soft_bounce switched");
     }
 
     /// Make every pending message for an upstream due now.

@@ -39,6 +39,8 @@ pub struct UpstreamStatus {
     pub connections_allowed: usize,
     /// Paused by a throttling reply until this time (ms), if in the future.
     pub throttled_until_ms: Option<u64>,
+    /// Held by the bounce guard, and why (`super::bounce_guard`).
+    pub bounce_guard: Option<super::bounce_guard::Trip>,
 }
 
 struct State {
@@ -239,6 +241,7 @@ impl Upstreams {
                     parked_messages: s.map_or(0, |s| s.parked.len()),
                     connections_allowed: s.map_or(self.per_upstream, |s| s.allowed),
                     throttled_until_ms: s.map(|s| s.throttled_until_ms).filter(|t| *t > now_ms()),
+                    bounce_guard: None,
                     name,
                 }
             })

@@ -19,9 +19,10 @@
 //! power loss fails its CRC or is missing, and costs only the slower read.
 //! What a digest does not show, like a sealed segment read without its
 //! bodies: a body damaged in place (found when the message is read, by its
-//! CRC) — and, unlike reading the segment, a damaged header in the segment
-//! itself (also found when that message is read, since every read checks the
-//! record it lands on).
+//! CRC) — and, unlike reading the segment, a header damaged in place in
+//! the segment (harmless to reading: the body is found by its location and
+//! checked against its CRC; compaction, or a recovery that reads the
+//! segment, reports it).
 //!
 //! Format (little-endian): `BWDIGE01`, u64 segment ID, u64 segment length,
 //! then each record's header and metadata exactly as in the segment, in
