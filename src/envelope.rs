@@ -232,6 +232,10 @@ pub struct RecipientState {
     /// not wanted): never bounce the same recipient twice.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dsn_done: bool,
+    /// The sender has been told this recipient is delayed (`[delivery]
+    /// delay_warning`): once per recipient.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delay_notified: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -1202,3 +1202,94 @@ fn soft_bounce_keeps_permanent_refusals_deferred_while_it_is_on() {
     assert_eq!(s.mx_sink.delivered().len(), 1, "bounced once it is off");
     s.rt.block_on(server.shutdown());
 }
+
+/// `delay_warning` (Postfix's delay_warning_time): mail waiting for an
+/// upstream that is not taking it (here held, so it is not even attempted,
+/// as during an outage) gets one RFC 3464 "delayed" notice per recipient
+/// whose sender asked for NOTIFY=DELAY or gave no NOTIFY; NOTIFY=FAILURE
+/// and `<>` get none; the message stays spooled and is delivered later.
+#[test]
+fn delayed_mail_gets_one_delay_notice_and_is_still_delivered() {
+    let (s, server) = setup(base_zone(), |config, _| {
+        config.delivery.delay_warning = Duration::from_millis(800);
+    });
+    let delivery = server.delivery().unwrap().clone();
+    let upstream = delivery.upstream_for("example.com");
+    common::block(delivery.hold(&upstream)).unwrap();
+    let mut c = RawClient::greeted(server.smtp_addrs[0]);
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<s@remote.test>", 250);
+    c.expect("RCPT TO:<asked@example.com> NOTIFY=DELAY,FAILURE", 250);
+    c.expect("RCPT TO:<failure-only@example.com> NOTIFY=FAILURE", 250);
+    c.expect("RCPT TO:<default@example.com>", 250);
+    c.expect("DATA", 354);
+    c.send(b"Subject: waiting\r\nMessage-ID: <w1@remote.test>\r\n\r\nbody line\r\n.\r\n");
+    assert_eq!(c.reply().code, 250);
+    submit(
+        &server,
+        "",
+        &["null@example.com"],
+        b"Subject: from <>\r\n\r\nx\r\n",
+    );
+
+    assert!(
+        wait_for(WAIT, || !s.mx_sink.delivered().is_empty()),
+        "no delay notice"
+    );
+    // Several more sweep rounds: still exactly one.
+    std::thread::sleep(Duration::from_millis(1500));
+    let notices = s.mx_sink.delivered();
+    assert_eq!(
+        notices.len(),
+        1,
+        "one notice, to the one sender that may get it"
+    );
+    assert!(
+        notices[0].mail_line.starts_with("MAIL FROM:<> "),
+        "{}",
+        notices[0].mail_line
+    );
+    assert_eq!(notices[0].rcpts(), ["s@remote.test"]);
+    let message = mail_parser::MessageParser::default()
+        .parse(&notices[0].data)
+        .unwrap();
+    assert_eq!(
+        message.subject(),
+        Some("Delayed Mail (still being retried)")
+    );
+    let status = dsn_report(&notices[0].data);
+    let per_recipient: Vec<&str> = status
+        .split("\r\n\r\n")
+        .skip(1)
+        .filter(|f| !f.trim().is_empty())
+        .collect();
+    assert_eq!(per_recipient.len(), 2, "{status}");
+    for (field, who) in per_recipient
+        .iter()
+        .zip(["asked@example.com", "default@example.com"])
+    {
+        assert!(
+            field.contains(&format!("Final-Recipient: rfc822; {who}")),
+            "{field}"
+        );
+        assert!(field.contains("Action: delayed"), "{field}");
+        assert!(field.contains("Status: 4."), "{field}");
+        assert!(field.contains("Will-Retry-Until: "), "{field}");
+    }
+    assert!(!status.contains("failure-only@"), "{status}");
+    // Only the headers go back with a delay notice.
+    let text = String::from_utf8_lossy(&notices[0].data);
+    assert!(text.contains("text/rfc822-headers") && text.contains("Message-ID: <w1@remote.test>"));
+    assert!(!text.contains("body line"), "the body is not returned");
+    assert_eq!(
+        server.spool.len(),
+        2,
+        "both held messages are still spooled (the notice went)"
+    );
+
+    common::block(delivery.release(&upstream)).unwrap();
+    wait_empty(&server);
+    assert_eq!(s.upstream.delivered().len(), 2);
+    assert_eq!(s.mx_sink.delivered().len(), 1, "no other notice");
+    s.rt.block_on(server.shutdown());
+}

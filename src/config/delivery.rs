@@ -42,6 +42,10 @@ pub struct DeliveryConfig {
     pub connection_idle: Duration,
     /// Port used for MX-routed delivery (25; other values only for labs and tests).
     pub mx_port: u16,
+    /// Postfix's delay_warning_time: a sender whose mail has waited this
+    /// long for a recipient gets one "delayed, still trying" notice (0 = off).
+    #[serde(with = "humantime_serde")]
+    pub delay_warning: Duration,
     /// Postfix's emergency switch: every permanent reply from an upstream
     /// is kept as a deferral and retried (also switchable at run time).
     pub soft_bounce: bool,
@@ -83,6 +87,7 @@ impl Default for DeliveryConfig {
             data_timeout: Duration::from_secs(600),
             connection_idle: Duration::from_secs(30),
             mx_port: 25,
+            delay_warning: Duration::ZERO,
             soft_bounce: false,
             // Ten recipients refused alike in ten minutes: far more than a
             // few unknown users after an outage, far fewer than a backlog.

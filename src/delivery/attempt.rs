@@ -443,7 +443,10 @@ pub(super) fn merge_attempt(
     for (index, outcome) in after.recipients.iter().enumerate() {
         if before.recipients.get(index) != Some(outcome) {
             if let Some(slot) = current.recipients.get_mut(index) {
+                // A delay notice sent while the attempt ran stays sent.
+                let notified = slot.delay_notified;
                 *slot = outcome.clone();
+                slot.delay_notified |= notified;
             }
         }
     }
@@ -521,4 +524,12 @@ pub(super) struct Outbound {
     prefix: Vec<u8>,
     head: Vec<u8>,
     tail: Option<FileTail>,
+}
+
+impl Outbound {
+    /// The stored message's start (all of it when small, else at least its
+    /// header section).
+    pub(super) fn head(&self) -> &[u8] {
+        &self.head
+    }
 }

@@ -224,8 +224,8 @@ mod tests {
         assert_eq!(guard.judge("other", EXO, 1_200), Judgement::Bounce);
         assert_eq!(guard.judge("exo", EXO, 2_000), Judgement::Bounce);
         // Outside the window the first one no longer counts.
-        assert_eq!(guard.judge("exo", EXO, 62_000), Judgement::Bounce);
-        let Judgement::Tripped(reply, trip) = guard.judge("exo", "550 5.7.51 other words", 62_500)
+        assert_eq!(guard.judge("exo", EXO, 61_500), Judgement::Bounce);
+        let Judgement::Tripped(reply, trip) = guard.judge("exo", "550 5.7.51 other words", 61_900)
         else {
             panic!("the third alike within a minute trips it");
         };

@@ -58,36 +58,68 @@ impl Engine {
                 remote_mta: None,
             })
             .collect();
-        // Never bounce a bounce.
-        if !failed.is_empty() && !envelope.sender.is_empty() {
-            let report = dsn::build(
-                &self.hostname,
-                message.id,
-                envelope,
+        if !self
+            .send_report(
+                message,
                 &failed,
                 body,
                 body_complete,
-            );
-            let mut dsn_body = self.spool.new_body();
-            let written = dsn_body.write(&report);
-            let dsn_envelope = Envelope::local("", &envelope.sender, &self.hostname);
-            let queued = match written {
-                Ok(()) => self.spool.enqueue(dsn_body, dsn_envelope).await,
-                Err(err) => Err(err.into()),
-            };
-            match queued {
-                Ok(dsn_id) => {
-                    tracing::info!(queue_id = %message.id, dsn = %dsn_id, to = %envelope.sender, recipients = failed.len(), "sender non-delivery notification queued")
-                }
-                Err(err) => {
-                    tracing::error!(queue_id = %message.id, error = %err, "cannot queue DSN; will retry");
-                    return false;
-                }
-            }
+                dsn::ReportKind::Failure,
+            )
+            .await
+        {
+            return false;
         }
         for i in pending {
             state.recipients[i].dsn_done = true;
         }
         true
+    }
+
+    /// Queue one report to the message's sender about `recipients`. False
+    /// if it could not be queued. Nothing for no recipients, and never a
+    /// report about a report (sender `<>`).
+    pub(super) async fn send_report(
+        &self,
+        message: &SpooledMessage,
+        recipients: &[dsn::FailedRecipient<'_>],
+        body: &[u8],
+        body_complete: bool,
+        kind: dsn::ReportKind,
+    ) -> bool {
+        let envelope = &message.envelope;
+        if recipients.is_empty() || envelope.sender.is_empty() {
+            return true;
+        }
+        let report = dsn::build(
+            &self.hostname,
+            message.id,
+            envelope,
+            recipients,
+            body,
+            body_complete,
+            kind,
+        );
+        let mut dsn_body = self.spool.new_body();
+        let written = dsn_body.write(&report);
+        let dsn_envelope = Envelope::local("", &envelope.sender, &self.hostname);
+        let queued = match written {
+            Ok(()) => self.spool.enqueue(dsn_body, dsn_envelope).await,
+            Err(err) => Err(err.into()),
+        };
+        let what = match kind {
+            dsn::ReportKind::Failure => "sender non-delivery notification queued",
+            dsn::ReportKind::Delay { .. } => "sender delay notification queued",
+        };
+        match queued {
+            Ok(dsn_id) => {
+                tracing::info!(queue_id = %message.id, dsn = %dsn_id, to = %envelope.sender, recipients = recipients.len(), "{what}");
+                true
+            }
+            Err(err) => {
+                tracing::error!(queue_id = %message.id, error = %err, "cannot queue DSN; will retry");
+                false
+            }
+        }
     }
 }

@@ -1,9 +1,20 @@
 //! Delivery status notifications (RFC 3464 `multipart/report`), sent from
-//! `<>` to the envelope sender when recipients fail for good.
+//! `<>` to the envelope sender when recipients fail for good, or once when
+//! they have waited `[delivery] delay_warning` ("delayed", still trying).
 
 use time::format_description::well_known::Rfc2822;
 
-use crate::envelope::{DsnRet, Envelope, QueueId, NOTIFY_FAILURE, NOTIFY_NEVER};
+use crate::envelope::{DsnRet, Envelope, QueueId, NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER};
+
+/// What a report tells the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportKind {
+    /// The recipients failed for good (`Action: failed`).
+    Failure,
+    /// Not delivered yet, still being retried until then (`Action:
+    /// delayed`, `Will-Retry-Until`); only the original's headers go back.
+    Delay { retry_until_ms: u64 },
+}
 
 /// One failed recipient for the report.
 pub struct FailedRecipient<'a> {
@@ -20,8 +31,22 @@ pub fn wants_failure_notice(notify: u8) -> bool {
     notify == 0 || (notify & NOTIFY_NEVER == 0 && notify & NOTIFY_FAILURE != 0)
 }
 
+/// Whether a delay notice is owed for this recipient: when the sender asked
+/// for NOTIFY=DELAY, or gave no NOTIFY (RFC 3461 4.1 leaves delay notices
+/// to the MTA then; Postfix sends them too).
+pub fn wants_delay_notice(notify: u8) -> bool {
+    notify == 0 || (notify & NOTIFY_NEVER == 0 && notify & NOTIFY_DELAY != 0)
+}
+
+fn rfc2822(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64)
+        .ok()
+        .and_then(|t| t.format(&Rfc2822).ok())
+        .unwrap_or_default()
+}
+
 /// The enhanced status code at the start of a diagnostic, if any.
-fn status_of(diagnostic: &str) -> String {
+fn status_of(diagnostic: &str, default: &str) -> String {
     diagnostic
         .split_whitespace()
         .find(|word| {
@@ -31,7 +56,7 @@ fn status_of(diagnostic: &str) -> String {
                     .iter()
                     .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
         })
-        .unwrap_or("5.0.0")
+        .unwrap_or(default)
         .to_string()
 }
 
@@ -45,22 +70,38 @@ pub fn build(
     failed: &[FailedRecipient<'_>],
     original: &[u8],
     complete: bool,
+    kind: ReportKind,
 ) -> Vec<u8> {
     let now = time::OffsetDateTime::now_utc()
         .format(&Rfc2822)
         .unwrap_or_default();
-    let arrival =
-        time::OffsetDateTime::from_unix_timestamp((envelope.received_at_ms / 1000) as i64)
-            .ok()
-            .and_then(|t| t.format(&Rfc2822).ok())
-            .unwrap_or_default();
+    let arrival = rfc2822(envelope.received_at_ms);
+    let (subject, summary, action, default_status, complete) = match kind {
+        ReportKind::Failure => (
+            "Undelivered Mail Returned to Sender".to_string(),
+            "Your message could not be delivered to one or more recipients.\r\nIt is attached below.".to_string(),
+            "failed",
+            "5.0.0",
+            complete,
+        ),
+        ReportKind::Delay { retry_until_ms } => (
+            "Delayed Mail (still being retried)".to_string(),
+            format!(
+                "Your message has not been delivered to one or more recipients yet.\r\nIt is safe here and delivery is being retried until {}.\r\nYou do not need to send it again. Its headers are attached below.",
+                rfc2822(retry_until_ms)
+            ),
+            "delayed",
+            "4.0.0",
+            false,
+        ),
+    };
     let boundary = format!("{id}/{hostname}");
     let mut out = String::new();
     out.push_str(&format!(
         "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"
     ));
     out.push_str(&format!("To: {}\r\n", shown_path(&envelope.sender)));
-    out.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
+    out.push_str(&format!("Subject: {subject}\r\n"));
     out.push_str(&format!("Date: {now}\r\n"));
     out.push_str(&format!("Message-ID: <{id}.dsn@{hostname}>\r\n"));
     out.push_str("Auto-Submitted: auto-replied\r\n");
@@ -74,7 +115,7 @@ pub fn build(
         "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
     ));
     out.push_str(&format!(
-        "This is the mail system at host {hostname}.\r\n\r\nYour message could not be delivered to one or more recipients.\r\nIt is attached below.\r\n\r\n"
+        "This is the mail system at host {hostname}.\r\n\r\n{summary}\r\n\r\n"
     ));
     for rcpt in failed {
         out.push_str(&format!(
@@ -106,12 +147,21 @@ pub fn build(
             "Final-Recipient: rfc822; {}\r\n",
             crate::address::wire(rcpt.address).unwrap_or_else(|_| "invalid@invalid".into())
         ));
-        out.push_str("Action: failed\r\n");
-        out.push_str(&format!("Status: {}\r\n", status_of(rcpt.diagnostic)));
+        out.push_str(&format!("Action: {action}\r\n"));
+        out.push_str(&format!(
+            "Status: {}\r\n",
+            status_of(rcpt.diagnostic, default_status)
+        ));
         if let Some(mta) = rcpt.remote_mta {
             out.push_str(&format!("Remote-MTA: dns; {mta}\r\n"));
         }
         out.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", rcpt.diagnostic));
+        if let ReportKind::Delay { retry_until_ms } = kind {
+            out.push_str(&format!(
+                "Will-Retry-Until: {}\r\n",
+                rfc2822(retry_until_ms)
+            ));
+        }
     }
     out.push_str("\r\n");
 

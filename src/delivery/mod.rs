@@ -5,6 +5,7 @@
 //! - `scheduler`: due messages → leases → attempts; flush after a probe;
 //! - `attempt`: one message's attempt, recorded per recipient;
 //! - `bounces`: expiry and the sender's non-delivery notice;
+//! - `delay_notices`: one "delayed, still trying" notice after `delay_warning`;
 //! - `retention`: delivered mail kept readable for `[web] retain_delivered`;
 //! - `route`: static hosts or MX (hickory), self-MX protection;
 //! - `client`: delivery's use of `smtp_client` (TLS policy, pool);
@@ -24,6 +25,7 @@ mod attempt;
 pub mod bounce_guard;
 mod bounces;
 pub mod client;
+mod delay_notices;
 pub mod dsn;
 mod retention;
 pub mod route;
@@ -123,6 +125,7 @@ impl DeliveryEngine {
             router,
             transport,
         });
+        tokio::spawn(engine.clone().warn_delayed(shutdown.clone()));
         let scheduler = tokio::spawn(engine.clone().schedule(shutdown));
         Ok(DeliveryEngine {
             handle: DeliveryHandle { engine },
