@@ -52,6 +52,15 @@ fn webhook_receiver() -> (String, Received) {
     (url, got)
 }
 
+/// Wait up to `limit` for a notice of `event`; fail showing what came.
+fn wait_for_event(got: &Received, event: &str, limit: Duration) {
+    assert!(
+        wait_for(limit, || events(got).iter().any(|e| e == event)),
+        "no {event} notice: {:?}",
+        events(got)
+    );
+}
+
 fn events(got: &Received) -> Vec<String> {
     got.lock()
         .unwrap()
@@ -146,12 +155,7 @@ fn upstream_outage_is_alerted_repeated_and_recovered() {
     // The upstream dies: down within a few probe rounds.
     upstream.stop();
     let died = Instant::now();
-    assert!(
-        wait_for(Duration::from_secs(10), || events(&json_hook)
-            .contains(&"upstream-down".to_string())),
-        "{:?}",
-        events(&json_hook)
-    );
+    wait_for_event(&json_hook, "upstream-down", Duration::from_secs(10));
     let (at, down) = json_hook
         .lock()
         .unwrap()
@@ -205,20 +209,10 @@ fn upstream_outage_is_alerted_repeated_and_recovered() {
     assert!(wait_for(Duration::from_secs(10), || events(&json_hook)
         .contains(&"queue-depth".to_string())));
     // Still down: repeated.
-    assert!(
-        wait_for(Duration::from_secs(10), || events(&json_hook)
-            .contains(&"upstream-still-down".to_string())),
-        "{:?}",
-        events(&json_hook)
-    );
+    wait_for_event(&json_hook, "upstream-still-down", Duration::from_secs(10));
     // Back: recovery with the outage's duration and the queue it built.
     rt.block_on(upstream.resume());
-    assert!(
-        wait_for(Duration::from_secs(10), || events(&json_hook)
-            .contains(&"upstream-recovered".to_string())),
-        "{:?}",
-        events(&json_hook)
-    );
+    wait_for_event(&json_hook, "upstream-recovered", Duration::from_secs(10));
     let recovered = json_hook
         .lock()
         .unwrap()
@@ -370,12 +364,7 @@ fn a_bounce_guard_trip_is_alerted_with_the_reply_and_ends_at_release() {
         );
         assert_eq!(reply.code, 250);
     }
-    assert!(
-        wait_for(Duration::from_secs(15), || events(&hook)
-            .contains(&"bounce-guard".to_string())),
-        "no bounce-guard alert: {:?}",
-        events(&hook)
-    );
+    wait_for_event(&hook, "bounce-guard", Duration::from_secs(15));
     let alert = hook
         .lock()
         .unwrap()
@@ -394,12 +383,7 @@ fn a_bounce_guard_trip_is_alerted_with_the_reply_and_ends_at_release() {
     upstream.set(|script| script.data_reply = "250 2.0.0 Ok".into());
     rt.block_on(delivery.release(&upstream.addr.to_string()))
         .unwrap();
-    assert!(
-        wait_for(Duration::from_secs(15), || events(&hook)
-            .contains(&"bounce-guard-recovered".to_string())),
-        "{:?}",
-        events(&hook)
-    );
+    wait_for_event(&hook, "bounce-guard-recovered", Duration::from_secs(15));
     assert!(wait_for(Duration::from_secs(15), || server
         .spool
         .is_empty()));

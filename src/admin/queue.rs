@@ -306,16 +306,21 @@ pub async fn upstreams(
     Ok(Json(json!({ "upstreams": list })))
 }
 
+/// The delivery engine's handle, or the error for a spool-only node.
+fn delivery_of(state: &AdminState) -> Result<&crate::delivery::DeliveryHandle, ApiError> {
+    state
+        .delivery
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("delivery is disabled"))
+}
+
 pub async fn upstream_action(
     State(state): State<Arc<AdminState>>,
     caller: Caller,
     Path((name, action)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let delivery = state
-        .delivery
-        .as_ref()
-        .ok_or_else(|| ApiError::bad_request("delivery is disabled"))?;
+    let delivery = delivery_of(&state)?;
     let result = match action.as_str() {
         "hold" => delivery
             .hold(&name)
@@ -355,10 +360,7 @@ pub async fn soft_bounce(
     State(state): State<Arc<AdminState>>,
     _caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let delivery = state
-        .delivery
-        .as_ref()
-        .ok_or_else(|| ApiError::bad_request("delivery is disabled"))?;
+    let delivery = delivery_of(&state)?;
     Ok(Json(json!({ "soft_bounce": delivery.soft_bounce() })))
 }
 
@@ -374,10 +376,7 @@ pub async fn set_soft_bounce(
     Json(body): Json<SoftBounceBody>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let delivery = state
-        .delivery
-        .as_ref()
-        .ok_or_else(|| ApiError::bad_request("delivery is disabled"))?;
+    let delivery = delivery_of(&state)?;
     delivery.set_soft_bounce(body.on);
     let word = if body.on { "on" } else { "off" };
     state
