@@ -3,8 +3,13 @@
 //! The delivery engine only learns that an upstream is down when it has
 //! mail to deliver; at 3 a.m. with an empty queue nobody would know. So the
 //! monitor probes every statically configured upstream itself (connect,
-//! read the greeting, QUIT) every `check_interval`; `probe_failures` misses
-//! in a row, or the engine's own circuit saying "down", raise an alert. The
+//! read the greeting, QUIT) every `check_interval`. There is one verdict
+//! on an upstream's health, the delivery circuit's (`delivery::upstream`):
+//! `probe_failures` misses in a row declare the circuit down, a probe that
+//! gets through while it is down brings it back, and the alert reports the
+//! circuit's verdict the moment it changes. So `breakwater upstream list`,
+//! the web banner, `breakwater_upstream_up` and the alerts never disagree.
+//! (Only with delivery disabled are the probes a verdict of their own.) The
 //! queue is watched too (depth, age of the oldest message).
 //!
 //! Each alert is a log line, a metric, and a notification to every
@@ -58,7 +63,8 @@ struct Active {
 /// What the monitor keeps between rounds.
 #[derive(Default)]
 struct Watch {
-    failures: HashMap<String, u32>,
+    /// Idle probes missed in a row per upstream, with the last error.
+    misses: HashMap<String, (u32, String)>,
     active: HashMap<String, Active>,
 }
 
@@ -67,6 +73,9 @@ struct Watch {
 /// knows the web accounts.
 pub type UserNotices = Box<dyn Fn(&str) -> Vec<(String, String)> + Send + Sync>;
 
+/// Rounds run every `check_interval` (with probes) and, without probing,
+/// whenever the delivery circuit changes an upstream's verdict: the alert
+/// follows the list, the banner and the gauge within milliseconds.
 pub async fn run(
     config: Config,
     spool: Spool,
@@ -75,16 +84,31 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut watch = Watch::default();
+    let mut verdicts = delivery.as_ref().map(|d| d.verdict_changes());
+    let mut next_probe = tokio::time::Instant::now() + config.alerts.check_interval;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(config.alerts.check_interval) => {}
+        let probe_now = tokio::select! {
+            _ = tokio::time::sleep_until(next_probe) => true,
+            _ = verdict_changed(&mut verdicts) => false,
             _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        if probe_now {
+            next_probe = tokio::time::Instant::now() + config.alerts.check_interval;
         }
-        let started = round(&config, &spool, delivery.as_ref(), &mut watch).await;
+        let started = round(&config, &spool, delivery.as_ref(), &mut watch, probe_now).await;
         for upstream in started {
             notify_users(&config, &users(&upstream), &upstream).await;
         }
     }
+}
+
+async fn verdict_changed(verdicts: &mut Option<watch::Receiver<u64>>) {
+    if let Some(changes) = verdicts {
+        if changes.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// Tell the affected users where to read their mail (once per outage).
@@ -112,15 +136,22 @@ async fn notify_users(config: &Config, users: &[(String, String)], upstream: &st
     }
 }
 
-/// The statically routed upstreams: (name as the delivery engine calls it, hosts).
-fn probed_upstreams(config: &Config) -> Vec<(String, Vec<(String, u16)>)> {
-    let mut out: Vec<(String, Vec<(String, u16)>)> = Vec::new();
+/// A statically routed upstream: its name as the delivery engine calls it,
+/// one recipient domain routed there, its hosts.
+struct Probed {
+    name: String,
+    domain: String,
+    hosts: Vec<(String, u16)>,
+}
+
+fn probed_upstreams(config: &Config) -> Vec<Probed> {
+    let mut out: Vec<Probed> = Vec::new();
     for domain in &config.domains {
         if domain.upstream == "mx" {
             continue;
         }
         let name = domain.upstream.replace(' ', "");
-        if out.iter().any(|(n, _)| *n == name) {
+        if out.iter().any(|p| p.name == name) {
             continue;
         }
         let hosts = domain
@@ -129,7 +160,11 @@ fn probed_upstreams(config: &Config) -> Vec<(String, Vec<(String, u16)>)> {
             .filter_map(|p| parse_host_port(p.trim()))
             .map(|(h, p)| (h.to_string(), p))
             .collect();
-        out.push((name, hosts));
+        out.push(Probed {
+            name,
+            domain: domain.name.clone(),
+            hosts,
+        });
     }
     out
 }
@@ -184,6 +219,7 @@ async fn round(
     spool: &Spool,
     delivery: Option<&DeliveryHandle>,
     watch: &mut Watch,
+    probe_now: bool,
 ) -> Vec<String> {
     let mut started = Vec::new();
     let now = now_ms();
@@ -197,59 +233,72 @@ async fn round(
                 .map(|m| now.saturating_sub(m.envelope.received_at_ms))
         })
         .unwrap_or(0);
-    let status = delivery.map(|d| d.status()).unwrap_or_default();
-    let guarded: Vec<(String, Option<crate::delivery::bounce_guard::Trip>)> = status
-        .iter()
-        .map(|s| (s.name.clone(), s.bounce_guard.clone()))
-        .collect();
-    let engine: HashMap<String, (String, Option<u64>, Option<String>)> = Some(status)
-        .map(|status| {
-            status
-                .into_iter()
-                .map(|s| {
-                    (
-                        s.name.clone(),
-                        (s.state.to_string(), s.down_since_ms, s.last_error),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    // Upstreams: our probes, or the engine's circuit.
-    let mut names: Vec<String> = probed_upstreams(config)
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    for (name, (state, _, _)) in &engine {
-        if state == "down" && !names.contains(name) {
-            names.push(name.clone());
-        }
-    }
+    let threshold = config.alerts.probe_failures;
     let probes = probed_upstreams(config);
-    for name in names {
-        let mut down_reason = None;
-        if let Some((_, hosts)) = probes.iter().find(|(n, _)| *n == name) {
-            match probe(config, hosts).await {
+    if probe_now {
+        // Idle probes are evidence for the circuit, not a verdict of their
+        // own: with delivery running, the circuit decides and we report it.
+        for upstream in &probes {
+            match probe(config, &upstream.hosts).await {
                 Ok(()) => {
-                    watch.failures.insert(name.clone(), 0);
+                    watch.misses.remove(&upstream.name);
+                    if let Some(delivery) = delivery {
+                        delivery
+                            .declare_reachable(&upstream.name, &upstream.domain)
+                            .await;
+                    }
                 }
                 Err(err) => {
-                    let count = watch.failures.entry(name.clone()).or_default();
-                    *count += 1;
-                    if *count >= config.alerts.probe_failures {
-                        down_reason = Some(format!("{count} probes in a row failed: {err}"));
+                    let miss = watch.misses.entry(upstream.name.clone()).or_default();
+                    miss.0 += 1;
+                    miss.1 = err;
+                    if miss.0 >= threshold {
+                        if let Some(delivery) = delivery {
+                            let reason = format!("{} probes in a row failed: {}", miss.0, miss.1);
+                            delivery.declare_down(&upstream.name, &upstream.domain, &reason);
+                        }
                     }
                 }
             }
         }
-        if let Some((state, _, error)) = engine.get(&name) {
-            if state == "down" && down_reason.is_none() {
-                down_reason = Some(format!(
-                    "delivery marked it down: {}",
-                    error.clone().unwrap_or_default()
-                ));
-            }
-        }
+    }
+    let probe_reason = |name: &str| {
+        watch
+            .misses
+            .get(name)
+            .filter(|(count, _)| *count >= threshold)
+            .map(|(count, err)| format!("{count} probes in a row failed: {err}"))
+    };
+    // (upstream, why it is down): the circuit's verdict when delivery runs
+    // (what `upstream list`, the banner and the gauge show); only without a
+    // delivery engine are the probes the verdict.
+    let status = delivery.map(|d| d.status()).unwrap_or_default();
+    let verdicts: Vec<(String, Option<String>)> = if delivery.is_some() {
+        status
+            .iter()
+            .map(|s| {
+                let down = s.down_since_ms.map(|_| {
+                    probe_reason(&s.name).unwrap_or_else(|| {
+                        format!(
+                            "delivery marked it down: {}",
+                            s.last_error.clone().unwrap_or_default()
+                        )
+                    })
+                });
+                (s.name.clone(), down)
+            })
+            .collect()
+    } else {
+        probes
+            .iter()
+            .map(|p| (p.name.clone(), probe_reason(&p.name)))
+            .collect()
+    };
+    let guarded: Vec<(String, Option<crate::delivery::bounce_guard::Trip>)> = status
+        .into_iter()
+        .map(|s| (s.name, s.bounce_guard))
+        .collect();
+    for (name, down_reason) in verdicts {
         let key = format!("upstream:{name}");
         let was_down = watch.active.contains_key(&key);
         update(

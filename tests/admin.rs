@@ -531,6 +531,32 @@ fn queue_cli_against_a_live_server() {
     assert!(out.contains("3 matched, 3 done"), "{out}");
     let (ok, out, _) = run(&["queue", "shape"], None, None);
     assert!(ok && out.contains("TOTAL"), "{out}");
+    // Right-aligned numbers: every line of the table is equally wide.
+    let widths: Vec<usize> = out.lines().map(|l| l.chars().count()).collect();
+    assert!(widths.windows(2).all(|w| w[0] == w[1]), "{out}");
+    // --json everywhere: the shape, an action's result, a dry run.
+    let (ok, out, _) = run(&["queue", "shape", "--json"], None, None);
+    assert!(ok, "{out}");
+    assert!(
+        serde_json::from_str::<Value>(&out).unwrap()["total"].is_array(),
+        "{out}"
+    );
+    let (ok, out, err) = run(
+        &[
+            "--json",
+            "queue",
+            "retry",
+            "--domain",
+            "example.com",
+            "--dry-run",
+        ],
+        None,
+        None,
+    );
+    assert!(ok, "{err}");
+    let answer: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["dry_run"], true, "{out}");
+    assert_eq!(answer["matched"], 0, "{out}");
     // A wrong token is refused clearly.
     let (ok, _, err) = run(&["queue", "list"], None, Some("bw_wrong"));
     assert!(!ok && err.contains("refused the token"), "{err}");

@@ -389,3 +389,168 @@ fn a_bounce_guard_trip_is_alerted_with_the_reply_and_ends_at_release() {
         .is_empty()));
     rt.block_on(server.shutdown());
 }
+
+/// One verdict on an upstream's health. With an empty queue (nothing for
+/// delivery to fail on) and an upstream that refuses connections, the alert,
+/// `breakwater upstream list`, `breakwater_upstream_up` and the web banner
+/// turn to "down" together, stay there, and turn back together when it
+/// answers again. (Before, the monitor alerted after two probes while the
+/// list, the gauge and the banner said "up" until deliveries had failed.)
+#[test]
+fn the_alert_the_list_the_gauge_and_the_banner_give_one_verdict() {
+    let refusing = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = refusing.local_addr().unwrap();
+    drop(refusing);
+    let name = addr.to_string();
+    let (url, hook) = webhook_receiver();
+    let mut fixture = Fixture::new();
+    fixture.config.alerts.enabled = true;
+    fixture.config.alerts.check_interval = Duration::from_millis(200);
+    fixture.config.alerts.probe_failures = 2;
+    fixture.config.delivery.enabled = true;
+    fixture.config.delivery.connect_timeout = Duration::from_secs(1);
+    fixture.config.delivery.probe_interval = Duration::from_millis(200);
+    fixture.config.domains[0].upstream = name.clone();
+    fixture.config.domains[0].tls = UpstreamTls::None;
+    fixture.config.domains.truncate(1);
+    fixture.config.alert_targets = vec![AlertTarget {
+        kind: AlertKind::Webhook,
+        url: Some(url),
+        format: WebhookFormat::Json,
+        to: None,
+        route: None,
+    }];
+    common::web::add_user(
+        &fixture.config.web.users_file,
+        "alice@example.com",
+        &[],
+        false,
+        false,
+    );
+    let token = breakwater::admin::auth::create(
+        &fixture.config.admin.tokens_file,
+        "ops",
+        breakwater::admin::auth::Role::Viewer,
+    )
+    .unwrap();
+    breakwater::admin::auth::write_private(&fixture.config.admin.cli_token_file, token.as_bytes())
+        .unwrap();
+    let (rt, server) = start_in_process(&fixture);
+    // The CLI finds the in-process server's admin API through its config.
+    let mut live = fixture.config.clone();
+    live.admin.listen = server.admin_addr.unwrap();
+    let config_path = fixture.path().join("live.toml");
+    std::fs::write(&config_path, live.to_toml()).unwrap();
+    let mut web = common::web::WebClient::new(server.web_addr.unwrap());
+    web.login_fully("alice@example.com", None);
+    let metrics_url = format!("http://{}/metrics", server.admin_addr.unwrap());
+
+    // Each source's word, "up" or "down".
+    let alert = || {
+        let events = events(&hook);
+        let last = events.iter().rev().find(|e| e.starts_with("upstream-"));
+        match last.map(String::as_str) {
+            Some("upstream-down") | Some("upstream-still-down") => "down",
+            _ => "up",
+        }
+    };
+    let list = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakwater"))
+            .args(["upstream", "list", "--config"])
+            .arg(&config_path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The table lines up: the state sits under its header.
+        let header = text.lines().next().unwrap_or_default();
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(&name))
+            .unwrap_or_else(|| panic!("{name} not listed:\n{text}"));
+        let column = header.find("STATE").expect("STATE column");
+        let state = row[column..].split_whitespace().next().unwrap_or_default();
+        match state {
+            "up" => "up",
+            "down" => "down",
+            other => panic!("state {other:?} not under STATE:\n{text}"),
+        }
+    };
+    let gauge = || {
+        let text = ureq::get(&metrics_url)
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap();
+        let line = format!("breakwater_upstream_up{{upstream=\"{name}\"}} ");
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("no {line} in /metrics"));
+        if value.trim() == "1" {
+            "up"
+        } else {
+            "down"
+        }
+    };
+    let mut banner = || {
+        if web.get("/mail").text().contains("is not accepting mail") {
+            "down"
+        } else {
+            "up"
+        }
+    };
+    let mut read = move || [alert(), list(), gauge(), banner()];
+    // Sample all four until they all read `want`; note when each first did,
+    // and fail if one goes back once it got there.
+    let watch = |read: &mut dyn FnMut() -> [&'static str; 4], want: &str, limit: Duration| {
+        let started = Instant::now();
+        let mut first: [Option<Instant>; 4] = [None; 4];
+        while started.elapsed() < limit {
+            let words = read();
+            let now = Instant::now();
+            for (i, word) in words.iter().enumerate() {
+                match first[i] {
+                    None if *word == want => first[i] = Some(now),
+                    Some(at) => assert_eq!(
+                        *word, want,
+                        "source {i} (alert, list, gauge, banner) went back {:?} after reading {want}",
+                        now - at
+                    ),
+                    None => {}
+                }
+            }
+            if first.iter().all(Option::is_some) {
+                return first.iter().map(|t| t.unwrap()).collect::<Vec<Instant>>();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("not all {want} within {limit:?}: alert, list, gauge, banner = {first:?}");
+    };
+    let spread = |times: &[Instant]| {
+        let earliest = times.iter().min().unwrap();
+        times.iter().map(|t| *t - *earliest).max().unwrap()
+    };
+
+    // Healthy at first? No: it refuses from the start, so "up" (not known
+    // to be down) first, then down on the idle probes' evidence.
+    let down = watch(&mut read, "down", Duration::from_secs(15));
+    assert!(spread(&down) < Duration::from_secs(1), "down at {:?}", down);
+    // It stays down (and consistent) for a few more rounds.
+    let steady = Instant::now();
+    while steady.elapsed() < Duration::from_millis(800) {
+        assert_eq!(read(), ["down"; 4]);
+    }
+    // Back: all four say "up" again together.
+    let sink = rt.block_on(Sink::start(&name, Script::default()));
+    let up = watch(&mut read, "up", Duration::from_secs(15));
+    assert!(spread(&up) < Duration::from_secs(1), "up at {:?}", up);
+    assert!(events(&hook).contains(&"upstream-recovered".to_string()));
+    drop(sink);
+    rt.block_on(server.shutdown());
+}

@@ -6,6 +6,7 @@ mod drill;
 mod queue;
 mod recipients;
 mod serve;
+mod table;
 mod user;
 
 use std::path::PathBuf;
@@ -35,6 +36,10 @@ pub struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Print results as JSON instead of tables and sentences (every command
+    /// that reports something; `queue list` prints one JSON object per line).
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -69,8 +74,6 @@ pub enum Command {
         /// Breakwater is the only MX (default: a secondary behind the primary).
         #[arg(long)]
         gateway: bool,
-        #[arg(long)]
-        json: bool,
     },
     /// Failover drills: start, status, finish, list, show.
     Drill {
@@ -161,22 +164,23 @@ pub const EXIT_CONFIG: u8 = 2;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.json;
     match cli.command {
         Command::Serve => serve::run(&cli.config, cli.log_format),
         Command::CheckConfig => check_config::run(&cli.config),
-        Command::Queue { command } => with_config(&cli.config, |c| queue::run_queue(c, *command)),
-        Command::Upstream { command } => {
-            with_config(&cli.config, |c| queue::run_upstream(c, command))
+        Command::Queue { command } => {
+            with_config(&cli.config, |c| queue::run_queue(c, *command, json))
         }
-        Command::Check {
-            domains,
-            gateway,
-            json,
-        } => with_config(&cli.config, |config| check(config, &domains, gateway, json)),
-        Command::Drill { command } => with_config(&cli.config, |c| drill::run(c, command)),
-        Command::User { command } => with_config(&cli.config, |c| user::run(c, command)),
+        Command::Upstream { command } => {
+            with_config(&cli.config, |c| queue::run_upstream(c, command, json))
+        }
+        Command::Check { domains, gateway } => {
+            with_config(&cli.config, |config| check(config, &domains, gateway, json))
+        }
+        Command::Drill { command } => with_config(&cli.config, |c| drill::run(c, command, json)),
+        Command::User { command } => with_config(&cli.config, |c| user::run(c, command, json)),
         Command::Recipients { command } => {
-            with_config(&cli.config, |c| recipients::run(c, command))
+            with_config(&cli.config, |c| recipients::run(c, command, json))
         }
         Command::Token {
             command: TokenCommand::Create { name, role, save },
@@ -193,7 +197,14 @@ pub fn main() -> ExitCode {
                         }
                         eprintln!("saved to {}", config.admin.cli_token_file.display());
                     }
-                    println!("{token}");
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "name": name, "role": role, "token": token })
+                        );
+                    } else {
+                        println!("{token}");
+                    }
                     eprintln!("token {name:?} ({role:?}) created; it is shown only this once");
                     ExitCode::SUCCESS
                 }
@@ -212,7 +223,7 @@ pub fn main() -> ExitCode {
                     key,
                     force,
                 },
-        } => self_signed(&cli.config, &hosts, days, cert, key, force),
+        } => self_signed(&cli.config, &hosts, days, cert, key, force, json),
         Command::Audit {
             command: AuditCommand::Verify { file },
         } => {
@@ -225,7 +236,14 @@ pub fn main() -> ExitCode {
             };
             match crate::audit::verify(&path) {
                 Ok(lines) => {
-                    println!("{}: hash chain intact ({lines} entries)", path.display());
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "file": path, "intact": true, "entries": lines })
+                        );
+                    } else {
+                        println!("{}: hash chain intact ({lines} entries)", path.display());
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(err) => {
@@ -244,6 +262,7 @@ fn self_signed(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     force: bool,
+    json: bool,
 ) -> ExitCode {
     // Default to the configured paths when the config loads, else the defaults.
     let smtp = Config::load(config_path)
@@ -260,6 +279,13 @@ fn self_signed(
         return ExitCode::FAILURE;
     }
     match crate::tls::write_self_signed(hosts, &cert, &key, days) {
+        Ok(()) if json => {
+            println!(
+                "{}",
+                serde_json::json!({ "cert": cert, "key": key, "hosts": hosts, "days": days })
+            );
+            ExitCode::SUCCESS
+        }
         Ok(()) => {
             println!(
                 "wrote {} and {} for {} ({days} days)",

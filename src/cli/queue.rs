@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::api_client::ApiClient;
+use super::table::Columns;
 use crate::config::Config;
 
 #[derive(Debug, Clone, Default, Args)]
@@ -66,8 +67,6 @@ pub enum QueueCommand {
     List {
         #[command(flatten)]
         filter: FilterArgs,
-        #[arg(long)]
-        json: bool,
     },
     /// Everything about one message.
     Show {
@@ -136,13 +135,13 @@ fn fail(message: String) -> ExitCode {
     ExitCode::FAILURE
 }
 
-pub fn run_queue(config: &Config, command: QueueCommand) -> ExitCode {
+pub fn run_queue(config: &Config, command: QueueCommand, json: bool) -> ExitCode {
     let client = match ApiClient::from_config(config) {
         Ok(client) => client,
         Err(err) => return fail(err),
     };
     let result = match command {
-        QueueCommand::List { filter, json } => list(&client, &filter, json),
+        QueueCommand::List { filter } => list(&client, &filter, json),
         QueueCommand::Show { id } => client
             .get(&format!("/api/v1/queue/{id}"))
             .map(|v| println!("{}", pretty(&v))),
@@ -153,16 +152,22 @@ pub fn run_queue(config: &Config, command: QueueCommand) -> ExitCode {
                     let _ = std::io::stdout().write_all(&body);
                 })
         }
-        QueueCommand::Hold(t) => action(&client, "hold", t, None),
-        QueueCommand::Release(t) => action(&client, "release", t, None),
-        QueueCommand::Retry(t) => action(&client, "retry", t, None),
-        QueueCommand::Delete(t) => action(&client, "delete", t, None),
-        QueueCommand::Bounce(t) => action(&client, "bounce", t, None),
+        QueueCommand::Hold(t) => action(&client, "hold", t, None, json),
+        QueueCommand::Release(t) => action(&client, "release", t, None, json),
+        QueueCommand::Retry(t) => action(&client, "retry", t, None, json),
+        QueueCommand::Delete(t) => action(&client, "delete", t, None, json),
+        QueueCommand::Bounce(t) => action(&client, "bounce", t, None, json),
         QueueCommand::Requeue { route, targets } => {
-            action(&client, "requeue", targets, Some(route))
+            action(&client, "requeue", targets, Some(route), json)
         }
-        QueueCommand::Shape => client.get("/api/v1/queue/shape").map(|v| print_shape(&v)),
-        QueueCommand::Flush { upstream } => flush(&client, upstream),
+        QueueCommand::Shape => client.get("/api/v1/queue/shape").map(|v| {
+            if json {
+                println!("{}", pretty(&v))
+            } else {
+                print_shape(&v)
+            }
+        }),
+        QueueCommand::Flush { upstream } => flush(&client, upstream, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -170,63 +175,96 @@ pub fn run_queue(config: &Config, command: QueueCommand) -> ExitCode {
     }
 }
 
-pub fn run_upstream(config: &Config, command: UpstreamCommand) -> ExitCode {
+pub fn run_upstream(config: &Config, command: UpstreamCommand, json: bool) -> ExitCode {
     let client = match ApiClient::from_config(config) {
         Ok(client) => client,
         Err(err) => return fail(err),
     };
     let result = match command {
-        UpstreamCommand::List => client.get("/api/v1/upstreams").map(|v| {
-            println!(
-                "{:<40} {:<6} {:>6} {:>7}  LAST ERROR",
-                "UPSTREAM", "STATE", "QUEUE", "PARKED"
-            );
-            for u in v["upstreams"].as_array().into_iter().flatten() {
-                // Numbers as numbers: a JSON value ignores the width.
-                let number = |key: &str| u[key].as_u64().unwrap_or(0);
-                let detail = match u["bounce_guard"]["reply"].as_str() {
-                    Some(reply) => format!("held by the bounce guard: {reply}"),
-                    None => u["last_error"].as_str().unwrap_or("-").to_string(),
-                };
-                println!(
-                    "{:<40} {:<6} {:>6} {:>7}  {}",
-                    u["name"].as_str().unwrap_or(""),
-                    u["state"].as_str().unwrap_or(""),
-                    number("queue_depth"),
-                    number("parked_messages"),
-                    detail
-                );
-            }
-        }),
+        UpstreamCommand::List => client
+            .get("/api/v1/upstreams")
+            .map(|v| print_upstreams(&v, json)),
         UpstreamCommand::SoftBounce { state: None } => client.get("/api/v1/soft-bounce").map(|v| {
-            println!(
-                "soft_bounce: {}",
-                if v["soft_bounce"] == json!(true) {
-                    "on"
-                } else {
-                    "off"
-                }
+            say(
+                json,
+                &v,
+                &format!("soft_bounce: {}", on_off(&v["soft_bounce"])),
             )
         }),
         UpstreamCommand::SoftBounce { state: Some(state) } => client
             .post("/api/v1/soft-bounce", &json!({ "on": state == "on" }))
-            .map(|_| println!("soft_bounce: {state}")),
+            .map(|v| say(json, &v, &format!("soft_bounce: {state}"))),
         UpstreamCommand::Hold { name } => client
             .post(
                 &format!("/api/v1/upstreams/{}/hold", encode(&name)),
                 &json!({}),
             )
-            .map(|_| println!("{name}: held")),
+            .map(|v| say(json, &v, &format!("{name}: held"))),
         UpstreamCommand::Release { name } => client
             .post(
                 &format!("/api/v1/upstreams/{}/release", encode(&name)),
                 &json!({}),
             )
-            .map(|_| println!("{name}: released")),
+            .map(|v| say(json, &v, &format!("{name}: released"))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(err),
+    }
+}
+
+/// The API's answer with `--json`, else the sentence.
+fn say(json: bool, answer: &Value, sentence: &str) {
+    if json {
+        println!("{}", pretty(answer));
+    } else {
+        println!("{sentence}");
+    }
+}
+
+fn on_off(value: &Value) -> &'static str {
+    if value.as_bool() == Some(true) {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+fn print_upstreams(answer: &Value, json: bool) {
+    if json {
+        println!("{}", pretty(answer));
+        return;
+    }
+    let mut table = Columns::new(
+        &["UPSTREAM", "STATE", "QUEUE", "PARKED", "LAST ERROR"],
+        &[2, 3],
+    );
+    for u in answer["upstreams"].as_array().into_iter().flatten() {
+        let number = |key: &str| u[key].as_u64().unwrap_or(0).to_string();
+        let detail = match u["bounce_guard"]["reply"].as_str() {
+            Some(reply) => format!("held by the bounce guard: {reply}"),
+            None => u["last_error"].as_str().unwrap_or("-").to_string(),
+        };
+        table.row(vec![
+            u["name"].as_str().unwrap_or("").to_string(),
+            u["state"].as_str().unwrap_or("").to_string(),
+            number("queue_depth"),
+            number("parked_messages"),
+            detail,
+        ]);
+    }
+    table.print();
+}
+
+/// Age in at most two units ("45s", "12m", "3h12m", "2d4h"): short enough
+/// for a fixed-width column, like mailq's arrival time.
+fn compact_age(seconds: u64) -> String {
+    let (d, h, m) = (seconds / 86_400, seconds / 3600 % 24, seconds / 60 % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{seconds}s"),
+        (0, 0, m) => format!("{m}m"),
+        (0, h, m) => format!("{h}h{m}m"),
+        (d, h, _) => format!("{d}d{h}h"),
     }
 }
 
@@ -259,8 +297,10 @@ fn list(client: &ApiClient, filter: &FilterArgs, json_lines: bool) -> Result<(),
     let mut count = 0;
     let mut bytes = 0u64;
     if !json_lines {
+        // Fixed widths, so pages of a long listing line up: queue IDs are
+        // 26 characters, statuses at most 9, ages at most 6 (`compact_age`).
         println!(
-            "{:<26} {:<8} {:>9} {:>8}  SENDER / RECIPIENTS",
+            "{:<26} {:<9} {:>10} {:>6}  SENDER / RECIPIENTS",
             "QUEUE ID", "STATUS", "SIZE", "AGE"
         );
     }
@@ -279,19 +319,16 @@ fn list(client: &ApiClient, filter: &FilterArgs, json_lines: bool) -> Result<(),
             }
             let sender = m["sender"].as_str().unwrap_or("");
             println!(
-                "{:<26} {:<8} {:>9} {:>8}  <{}>",
+                "{:<26} {:<9} {:>10} {:>6}  <{}>",
                 m["id"].as_str().unwrap_or(""),
                 m["status"].as_str().unwrap_or(""),
-                m["size"],
-                humantime::format_duration(std::time::Duration::from_secs(
-                    m["age_seconds"].as_u64().unwrap_or(0)
-                ))
-                .to_string(),
+                m["size"].as_u64().unwrap_or(0),
+                compact_age(m["age_seconds"].as_u64().unwrap_or(0)),
                 sender
             );
             for r in m["recipients"].as_array().into_iter().flatten() {
                 let mut line = format!(
-                    "{:>56}  {} [{}",
+                    "{:>55}  {} [{}",
                     "",
                     r["address"].as_str().unwrap_or(""),
                     r["status"].as_str().unwrap_or("")
@@ -326,6 +363,7 @@ fn action(
     name: &str,
     targets: Targets,
     route: Option<String>,
+    json: bool,
 ) -> Result<(), String> {
     let mut ids = targets.ids.clone();
     if ids.iter().any(|id| id == "-") {
@@ -356,7 +394,12 @@ fn action(
             .as_u64()
             .unwrap_or(0);
         if targets.dry_run {
-            println!("{name}: would affect {count} messages");
+            let answer = json!({ "action": name, "dry_run": true, "matched": count });
+            say(
+                json,
+                &answer,
+                &format!("{name}: would affect {count} messages"),
+            );
             return Ok(());
         }
         if !targets.yes {
@@ -372,10 +415,11 @@ fn action(
         }
     }
     let result = client.post("/api/v1/queue/actions", &request)?;
-    println!(
+    let sentence = format!(
         "{name}: {} matched, {} done",
         result["matched"], result["done"]
     );
+    say(json, &result, &sentence);
     for failure in result["failed"].as_array().into_iter().flatten() {
         eprintln!(
             "  {}: {}",
@@ -396,31 +440,29 @@ fn print_shape(value: &Value) {
         .flatten()
         .filter_map(|b| b.as_str())
         .collect();
-    print!("{:<32} {:>6}", "DOMAIN", "TOTAL");
-    for b in &buckets {
-        print!(" {b:>8}");
-    }
-    println!();
-    let row = |name: &str, counts: &Value| {
+    let mut headers = vec!["DOMAIN", "TOTAL"];
+    headers.extend(&buckets);
+    let numeric: Vec<usize> = (1..headers.len()).collect();
+    let mut table = Columns::new(&headers, &numeric);
+    let mut row = |name: &str, counts: &Value| {
         let counts: Vec<u64> = counts
             .as_array()
             .into_iter()
             .flatten()
             .map(|c| c.as_u64().unwrap_or(0))
             .collect();
-        print!("{name:<32} {:>6}", counts.iter().sum::<u64>());
-        for c in counts {
-            print!(" {c:>8}");
-        }
-        println!();
+        let mut cells = vec![name.to_string(), counts.iter().sum::<u64>().to_string()];
+        cells.extend(counts.iter().map(u64::to_string));
+        table.row(cells);
     };
     row("TOTAL", &value["total"]);
     for (domain, counts) in value["domains"].as_object().into_iter().flatten() {
         row(domain, counts);
     }
+    table.print();
 }
 
-fn flush(client: &ApiClient, upstream: Option<String>) -> Result<(), String> {
+fn flush(client: &ApiClient, upstream: Option<String>, json: bool) -> Result<(), String> {
     let names: Vec<String> = match upstream {
         Some(name) => vec![name],
         None => client.get("/api/v1/upstreams")?["upstreams"]
@@ -435,7 +477,9 @@ fn flush(client: &ApiClient, upstream: Option<String>) -> Result<(), String> {
             &format!("/api/v1/upstreams/{}/flush", encode(&name)),
             &json!({}),
         )?;
-        println!("{name}: {} messages made due now", result["flushed"]);
+        let answer = json!({ "upstream": name, "flushed": result["flushed"] });
+        let sentence = format!("{name}: {} messages made due now", result["flushed"]);
+        say(json, &answer, &sentence);
     }
     Ok(())
 }

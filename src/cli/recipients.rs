@@ -29,7 +29,7 @@ pub enum RecipientsCommand {
     },
 }
 
-pub fn run(config: &Config, command: RecipientsCommand) -> ExitCode {
+pub fn run(config: &Config, command: RecipientsCommand, json: bool) -> ExitCode {
     let RecipientsCommand::Sync {
         export,
         domains,
@@ -82,11 +82,21 @@ pub fn run(config: &Config, command: RecipientsCommand) -> ExitCode {
         let before = directory::read_list(path, &name);
         let added = addresses.difference(&before).count();
         let removed = before.difference(&addresses).count();
-        println!(
-            "{name}: {} addresses ({added} added, {removed} removed) -> {}",
-            addresses.len(),
-            path.display()
-        );
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "domain": name, "addresses": addresses.len(), "added": added,
+                    "removed": removed, "file": path, "dry_run": dry_run,
+                })
+            );
+        } else {
+            println!(
+                "{name}: {} addresses ({added} added, {removed} removed) -> {}",
+                addresses.len(),
+                path.display()
+            );
+        }
         if dry_run {
             continue;
         }
@@ -97,7 +107,7 @@ pub fn run(config: &Config, command: RecipientsCommand) -> ExitCode {
         }
         written += 1;
     }
-    if written > 0 {
+    if written > 0 && !json {
         println!(
             "reload the server to use the new lists: systemctl reload breakwater (or kill -HUP)"
         );

@@ -45,10 +45,7 @@ pub enum UserCommand {
     Enable {
         address: String,
     },
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Create accounts from a CSV of `address, display name, aliases`
     /// (aliases separated by `;`). Each new account gets a random password,
     /// printed as `address,password` for distribution; existing ones are skipped.
@@ -91,10 +88,14 @@ fn read_password(from_stdin: bool) -> Result<String, String> {
     Ok(first)
 }
 
-fn report(result: Result<String, AccountError>) -> ExitCode {
+/// Print what a command did: its sentence, or with `--json` the sentence
+/// as `{"message": …}` (a list is JSON already).
+fn report(json: bool, result: Result<String, AccountError>) -> ExitCode {
     match result {
         Ok(message) => {
-            if !message.is_empty() {
+            if json && !message.starts_with('[') {
+                println!("{}", serde_json::json!({ "message": message }));
+            } else if !message.is_empty() {
                 println!("{message}");
             }
             ExitCode::SUCCESS
@@ -106,7 +107,7 @@ fn report(result: Result<String, AccountError>) -> ExitCode {
     }
 }
 
-pub fn run(config: &Config, command: UserCommand) -> ExitCode {
+pub fn run(config: &Config, command: UserCommand, json: bool) -> ExitCode {
     let path = &config.web.users_file;
     match command {
         UserCommand::Add {
@@ -124,6 +125,7 @@ pub fn run(config: &Config, command: UserCommand) -> ExitCode {
                 }
             };
             report(
+                json,
                 accounts::add(path, &address, name.as_deref().unwrap_or(""), &aliases, admin, &password)
                     .map(|a| {
                         let mut line = format!("added {}", a.address);
@@ -146,11 +148,13 @@ pub fn run(config: &Config, command: UserCommand) -> ExitCode {
                 }
             };
             report(
+                json,
                 accounts::change_password(path, &address, &password)
                     .map(|a| format!("password changed for {}", a.address)),
             )
         }
         UserCommand::Disable { address } => report(
+                json,
             accounts::update(path, &address, |a| {
                 a.disabled = true;
                 a.sessions_valid_after_ms = now_ms();
@@ -159,6 +163,7 @@ pub fn run(config: &Config, command: UserCommand) -> ExitCode {
             .map(|a| format!("disabled {}", a.address)),
         ),
         UserCommand::Enable { address } => report(
+                json,
             accounts::update(path, &address, |a| {
                 a.disabled = false;
                 a.sessions_valid_after_ms = now_ms();
@@ -166,7 +171,7 @@ pub fn run(config: &Config, command: UserCommand) -> ExitCode {
             })
             .map(|a| format!("enabled {}", a.address)),
         ),
-        UserCommand::List { json } => report(accounts::list(path).map(|list| {
+        UserCommand::List => report(json, accounts::list(path).map(|list| {
             if json {
                 let rows: Vec<_> = list
                     .iter()
@@ -179,25 +184,25 @@ pub fn run(config: &Config, command: UserCommand) -> ExitCode {
                     .collect();
                 serde_json::to_string_pretty(&rows).unwrap_or_default()
             } else {
-                let mut out = format!("{:<36} {:<6} {:<9} {:<5} ALIASES\n", "ADDRESS", "ROLE", "STATE", "TOTP");
+                let mut table = super::table::Columns::new(&["ADDRESS", "NAME", "ROLE", "STATE", "TOTP", "ALIASES"], &[]);
                 for a in &list {
-                    out.push_str(&format!(
-                        "{:<36} {:<6} {:<9} {:<5} {}\n",
-                        a.address,
-                        if a.admin { "admin" } else { "user" },
-                        if a.disabled { "disabled" } else { "active" },
-                        if a.totp_secret.is_some() { "yes" } else { "no" },
-                        a.aliases.join(",")
-                    ));
+                    table.row(vec![
+                        a.address.clone(),
+                        a.display_name.clone(),
+                        (if a.admin { "admin" } else { "user" }).into(),
+                        (if a.disabled { "disabled" } else { "active" }).into(),
+                        (if a.totp_secret.is_some() { "yes" } else { "no" }).into(),
+                        a.aliases.join(","),
+                    ]);
                 }
-                out.push_str(&format!("{} accounts", list.len()));
-                out
+                format!("{}{} accounts", table.render(), list.len())
             }
         })),
         UserCommand::Import { file } => import(path, &file),
         UserCommand::TotpSetup { address } => {
             let secret = totp::new_totp_secret();
             report(
+                json,
                 accounts::update(path, &address, |a| {
                     a.totp_secret = Some(secret.clone());
                     a.sessions_valid_after_ms = now_ms();
@@ -222,6 +227,7 @@ pub fn run(config: &Config, command: UserCommand) -> ExitCode {
             )
         }
         UserCommand::SetNotify { address, webhook } => report(
+                json,
             accounts::update(path, &address, |a| {
                 if webhook.is_empty() {
                     a.notify_webhook = None;
@@ -235,6 +241,7 @@ pub fn run(config: &Config, command: UserCommand) -> ExitCode {
             .map(|a| format!("outage notices for {} go to {}", a.address, a.notify_webhook.as_deref().unwrap_or("(nobody)"))),
         ),
         UserCommand::TotpRemove { address } => report(
+                json,
             accounts::update(path, &address, |a| {
                 if a.admin {
                     return Err(AccountError::Invalid(format!(

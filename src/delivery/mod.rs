@@ -125,6 +125,12 @@ impl DeliveryEngine {
             router,
             transport,
         });
+        for domain in &config.domains {
+            if domain.upstream != "mx" {
+                let route = engine.router.route_for(&domain.name);
+                engine.upstreams.register(&route.upstream, &domain.name);
+            }
+        }
         tokio::spawn(engine.clone().warn_delayed(shutdown.clone()));
         let scheduler = tokio::spawn(engine.clone().schedule(shutdown));
         Ok(DeliveryEngine {
@@ -181,6 +187,42 @@ impl DeliveryHandle {
     /// The upstream a recipient domain is routed to (its hold/health name).
     pub fn upstream_for(&self, domain: &str) -> String {
         self.engine.router.route_for(domain).upstream
+    }
+
+    /// Changes whenever an upstream's verdict (up, down, held) changes.
+    pub fn verdict_changes(&self) -> watch::Receiver<u64> {
+        self.engine.upstreams.verdict_changes()
+    }
+
+    /// The alert monitor's idle probes could not reach `upstream` (the
+    /// route of recipient `domain`): the circuit takes that as its verdict,
+    /// parks the upstream's mail and starts its own probe, so the list, the
+    /// web banner, the gauge and the alert all say "down" together.
+    pub fn declare_down(&self, upstream: &str, domain: &str, error: &str) {
+        if self.engine.upstreams.declare_down(upstream, domain, error) {
+            tokio::spawn(self.engine.clone().probe(upstream.to_string()));
+        }
+    }
+
+    /// The monitor's probe reached `upstream` again: if the circuit had it
+    /// down, it is up now and its parked mail is flushed (what the
+    /// circuit's own probe would do a moment later).
+    pub async fn declare_reachable(&self, upstream: &str, domain: &str) {
+        // Only an upstream the circuit has down: a success here must not
+        // reset the failure count of deliveries that are failing now.
+        if !self.engine.upstreams.is_down(upstream) {
+            return;
+        }
+        let parked = self.engine.upstreams.record_success(upstream, domain);
+        if !parked.is_empty() {
+            self.engine.transport.clear_pool();
+            tracing::info!(
+                upstream,
+                messages = parked.len(),
+                "monitor probe succeeded; flushing parked mail"
+            );
+            self.engine.flush(&parked).await;
+        }
     }
 
     pub fn status(&self) -> Vec<UpstreamStatus> {

@@ -67,6 +67,10 @@ pub struct Upstreams {
     held: Mutex<BTreeSet<String>>,
     down_after: u32,
     per_upstream: usize,
+    /// Bumped on every change of any upstream's verdict (down, up, held,
+    /// released), so the alert monitor reports the circuit's verdict the
+    /// moment it changes instead of keeping one of its own.
+    verdicts: tokio::sync::watch::Sender<u64>,
 }
 
 impl Upstreams {
@@ -76,7 +80,24 @@ impl Upstreams {
             held: Mutex::new(held),
             down_after: down_after.max(1),
             per_upstream,
+            verdicts: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Changes whenever any upstream's verdict changes.
+    pub fn verdict_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.verdicts.subscribe()
+    }
+
+    fn verdict_changed(&self) {
+        self.verdicts.send_modify(|epoch| *epoch += 1);
+    }
+
+    /// Make an upstream known before any mail goes there, so lists and
+    /// gauges show every configured upstream from the start ("up": not
+    /// known to be down).
+    pub fn register(&self, name: &str, domain: &str) {
+        self.with(name, domain, |_| ());
     }
 
     fn with<R>(&self, name: &str, domain: &str, f: impl FnOnce(&mut State) -> R) -> R {
@@ -128,6 +149,7 @@ impl Upstreams {
             if s.down_since_ms.take().is_some() {
                 tracing::info!(upstream = name, "upstream up");
                 s.transitions.send_modify(|epoch| *epoch += 1);
+                self.verdict_changed();
                 return s.parked.drain().collect();
             }
             Vec::new()
@@ -148,9 +170,32 @@ impl Upstreams {
                     "upstream down: parking its mail and probing"
                 );
                 s.transitions.send_modify(|epoch| *epoch += 1);
+                self.verdict_changed();
                 return true;
             }
             false
+        })
+    }
+
+    /// Declare an upstream down on outside evidence (the alert monitor's
+    /// idle probes failed), whatever the failure count. Returns true when
+    /// this marks it down.
+    pub fn declare_down(&self, name: &str, domain: &str, error: &str) -> bool {
+        self.with(name, domain, |s| {
+            s.last_error = Some(error.to_string());
+            if s.down_since_ms.is_some() {
+                return false;
+            }
+            s.consecutive_failures = s.consecutive_failures.max(self.down_after);
+            s.down_since_ms = Some(now_ms());
+            tracing::warn!(
+                upstream = name,
+                error,
+                "upstream down (idle probes failed): parking its mail and probing"
+            );
+            s.transitions.send_modify(|epoch| *epoch += 1);
+            self.verdict_changed();
+            true
         })
     }
 
@@ -210,10 +255,14 @@ impl Upstreams {
 
     pub fn set_held(&self, name: &str, held: bool) {
         let mut holds = self.held.lock().expect("held lock");
-        if held {
-            holds.insert(name.to_string());
+        let changed = if held {
+            holds.insert(name.to_string())
         } else {
-            holds.remove(name);
+            holds.remove(name)
+        };
+        drop(holds);
+        if changed {
+            self.verdict_changed();
         }
     }
 
