@@ -31,6 +31,9 @@ pub struct Metrics {
     pub upstream_up: Family<Labels, Gauge>,
     pub upstream_queue: Family<Labels, Gauge>,
     pub tls_expiry_seconds: Gauge<f64, AtomicU64>,
+    pub spool_used_bytes: Gauge,
+    pub spool_free_bytes: Gauge,
+    pub spool_min_free_bytes: Gauge,
     pub alerts: Family<Labels, Counter>,
     pub alerts_active: Family<Labels, Gauge>,
     /// Warnings of the HTML parser under the sanitiser (e.g. "foster
@@ -68,6 +71,9 @@ impl Metrics {
             upstream_up: Family::default(),
             upstream_queue: Family::default(),
             tls_expiry_seconds: Gauge::default(),
+            spool_used_bytes: Gauge::default(),
+            spool_free_bytes: Gauge::default(),
+            spool_min_free_bytes: Gauge::default(),
             alerts: Family::default(),
             alerts_active: Family::default(),
             html_parser_warnings: Counter::default(),
@@ -124,6 +130,31 @@ impl Metrics {
             "upstream_up",
             "1 when the upstream takes connections, 0 when down or held",
             metrics.upstream_up.clone(),
+        );
+        registry.register(
+            "upstream_queue_messages",
+            "Spooled messages with a recipient pending for the upstream",
+            metrics.upstream_queue.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_seconds",
+            "Seconds until the SMTP listener's certificate expires",
+            metrics.tls_expiry_seconds.clone(),
+        );
+        registry.register(
+            "spool_used_bytes",
+            "Bytes of spool files on disk (segments and large bodies)",
+            metrics.spool_used_bytes.clone(),
+        );
+        registry.register(
+            "spool_free_bytes",
+            "Free bytes on the spool's file system",
+            metrics.spool_free_bytes.clone(),
+        );
+        registry.register(
+            "spool_min_free_bytes",
+            "spool.min_free: below this free space, mail is refused with 452",
+            metrics.spool_min_free_bytes.clone(),
         );
         registry.register(
             "alerts",

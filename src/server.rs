@@ -229,6 +229,9 @@ fn open_spool(config: &Config) -> Result<Spool, StartError> {
         dir = %config.spool.dir.display(),
         "spool open"
     );
+    crate::metrics::get()
+        .spool_min_free_bytes
+        .set(i64::try_from(config.spool.min_free.as_u64()).unwrap_or(i64::MAX));
     Ok(spool)
 }
 

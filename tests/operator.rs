@@ -202,7 +202,7 @@ print(json.dumps(doc))
     );
     let compose: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let services = compose["services"].as_object().expect("services");
-    for name in ["breakwater", "upstream", "prometheus"] {
+    for name in ["breakwater", "upstream", "prometheus", "grafana"] {
         assert!(services.contains_key(name), "service {name} missing");
     }
     let bw = &services["breakwater"];
@@ -373,4 +373,175 @@ fn version_and_help_read_well() {
     ] {
         assert!(text.contains(command), "--help lacks {command}: {text}");
     }
+}
+
+/// The alerting rules load (`promtool check config` checks prometheus.yml
+/// and the rule file it names) and fire on the series they are for
+/// (`promtool test rules`, Debian's `prometheus` package).
+#[test]
+fn prometheus_rules_pass_promtool() {
+    let dir = Path::new(ROOT).join("packaging/prometheus");
+    for args in [
+        &["check", "config", "prometheus.yml"][..],
+        &["test", "rules", "alerts_test.yml"][..],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (Debian package prometheus; scripts/test installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Every metric the Grafana dashboard and the alerting rules query is in
+/// `/metrics` with the type the query assumes (`_total` for counters,
+/// `_bucket` for histograms, bare names for gauges).
+#[test]
+fn every_metric_the_dashboard_and_the_rules_query_exists() {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(ROOT).join("packaging/grafana/dashboards/breakwater.json"),
+        )
+        .unwrap(),
+    )
+    .expect("dashboard JSON");
+    let datasource = std::fs::read_to_string(
+        Path::new(ROOT).join("packaging/grafana/provisioning/datasources/prometheus.yml"),
+    )
+    .unwrap();
+    let mut queries: Vec<String> = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let uid = panel["datasource"]["uid"].as_str().unwrap_or_default();
+        assert!(
+            datasource.contains(&format!("uid: {uid}")),
+            "panel {} uses data source {uid:?}, not provisioned",
+            panel["title"]
+        );
+        for target in panel["targets"].as_array().expect("targets") {
+            queries.push(target["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    let rules =
+        std::fs::read_to_string(Path::new(ROOT).join("packaging/prometheus/alerts.yml")).unwrap();
+    queries.extend(
+        rules
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("expr:"))
+            .map(str::to_string),
+    );
+    assert!(queries.len() > 15, "{queries:?}");
+    let wanted = [
+        "breakwater_upstream_queue_messages",
+        "breakwater_queue_oldest_message_age_seconds",
+        "breakwater_upstream_up",
+        "breakwater_messages_accepted_total",
+        "breakwater_delivery_attempts_total",
+        "breakwater_messages_rejected_total",
+        "breakwater_alert_active",
+    ];
+    for name in wanted {
+        assert!(
+            queries.iter().any(|q| q.contains(name)),
+            "the dashboard shows no {name}"
+        );
+    }
+
+    // A server with something to show in each family: a delivery, a
+    // rejection, an alert (an upstream that refuses connections).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sink = rt.block_on(common::sink::Sink::start(
+        "127.0.0.1:0",
+        common::sink::Script::default(),
+    ));
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused_addr = refused.local_addr().unwrap();
+    drop(refused);
+    let mut fixture = Fixture::new();
+    fixture.config.delivery.enabled = true;
+    fixture.config.domains[0].upstream = sink.addr.to_string();
+    fixture.config.domains[0].tls = breakwater::config::UpstreamTls::None;
+    fixture.config.domains[1].upstream = refused_addr.to_string();
+    fixture.config.alerts.enabled = true;
+    fixture.config.alerts.check_interval = Duration::from_millis(200);
+    fixture.config.alerts.probe_failures = 1;
+    let server = rt.block_on(fixture.start());
+    let mut c = RawClient::greeted(server.smtp_addrs[0]);
+    c.expect("EHLO metrics.test", 250);
+    c.expect("MAIL FROM:<s@remote.test>", 250);
+    let refused_rcpt = c.cmd("RCPT TO:<x@not-ours.test>");
+    assert!(refused_rcpt.code >= 500, "{}", refused_rcpt.code);
+    c.expect("RSET", 250);
+    let r = c.send_mail(
+        "s@remote.test",
+        &["user@example.com"],
+        b"Subject: m\r\n\r\nx\r\n",
+    );
+    assert_eq!(r.code, 250);
+    let scrape = || {
+        ureq::get(&format!("http://{}/metrics", server.admin_addr.unwrap()))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap()
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let text = scrape();
+            [
+                "breakwater_delivery_attempts_total{",
+                "breakwater_alert_active{",
+                "breakwater_alerts_total{",
+            ]
+            .iter()
+            .all(|sample| text.contains(sample))
+        }),
+        "{}",
+        scrape()
+    );
+    let text = scrape();
+    let types: std::collections::HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    let mut checked = 0;
+    for query in &queries {
+        let mut rest = query.as_str();
+        while let Some(at) = rest.find("breakwater_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            let (base, kind) = if let Some(base) = name.strip_suffix("_total") {
+                (base, "counter")
+            } else if let Some(base) = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+            {
+                (base, "histogram")
+            } else {
+                (name.as_str(), "gauge")
+            };
+            assert_eq!(
+                types.get(base).copied(),
+                Some(kind),
+                "{query}: {name} wants a {kind} {base} in /metrics"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "{checked}");
+    rt.block_on(server.shutdown());
 }

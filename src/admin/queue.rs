@@ -421,6 +421,14 @@ pub async fn refresh_gauges(state: &AdminState) {
     for status in filter::STATUSES {
         metrics.set_queue(status, census.by_status.get(status).copied().unwrap_or(0));
     }
+    metrics
+        .spool_used_bytes
+        .set(i64::try_from(state.spool.used_bytes()).unwrap_or(i64::MAX));
+    if let Ok(free) = state.spool.free_bytes() {
+        metrics
+            .spool_free_bytes
+            .set(i64::try_from(free).unwrap_or(i64::MAX));
+    }
     metrics.oldest_message_age.set(
         census
             .oldest_received_ms
