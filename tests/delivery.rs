@@ -1293,3 +1293,45 @@ fn delayed_mail_gets_one_delay_notice_and_is_still_delivered() {
     assert_eq!(s.mx_sink.delivered().len(), 1, "no other notice");
     s.rt.block_on(server.shutdown());
 }
+
+/// Exchange Online's inbound connectors recognise us by IPv4 address only
+/// (`SenderIPAddresses`). With `[delivery] ipv4_only` an upstream whose name
+/// has only an IPv6 address is never tried over IPv6: the mail waits with a
+/// reason that says why. Without it the same mail goes over IPv6 (::1), so
+/// the test shows the setting is what keeps it off IPv6.
+#[test]
+fn ipv4_only_never_delivers_over_ipv6() {
+    let side = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    for ipv4_only in [false, true] {
+        let v6_sink = side.block_on(Sink::start("[::1]:0", Script::default()));
+        let port = v6_sink.addr.port();
+        let mut zone = Zone::default();
+        zone.with_ipv6_host("v6only.up.test", "::1");
+        let (_setup, server) = setup(zone, |config, _| {
+            config.domains[0].upstream = format!("v6only.up.test:{port}");
+            config.delivery.ipv4_only = ipv4_only;
+        });
+        let id = submit(&server, "s@remote.test", &["user@example.com"], b"Subject: v6\r\n\r\nx\r\n");
+        if ipv4_only {
+            assert!(
+                wait_for(WAIT, || common::block(server.spool.get(id))
+                    .ok()
+                    .flatten()
+                    .and_then(|m| m.state.recipients[0].last_reply.clone())
+                    .is_some_and(|r| r.contains("no IPv4 address"))),
+                "{:?}",
+                common::block(server.spool.get(id))
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            assert!(v6_sink.delivered().is_empty(), "delivered over IPv6");
+        } else {
+            wait_empty(&server);
+            assert_eq!(v6_sink.delivered().len(), 1);
+        }
+        common::block(server.shutdown());
+    }
+}

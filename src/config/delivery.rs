@@ -59,6 +59,11 @@ pub struct DeliveryConfig {
     /// private CA in front of the upstream, or a test CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_ca_file: Option<PathBuf>,
+    /// Connect to upstreams over IPv4 only (Postfix's `inet_protocols =
+    /// ipv4` for the client side). Exchange Online's inbound connectors
+    /// match senders by `SenderIPAddresses`, which takes IPv4 addresses
+    /// only: a delivery over IPv6 would not be recognised as ours.
+    pub ipv4_only: bool,
 }
 
 impl DeliveryConfig {
@@ -94,6 +99,7 @@ impl Default for DeliveryConfig {
             bounce_guard_failures: 10,
             bounce_guard_window: Duration::from_secs(600),
             extra_ca_file: None,
+            ipv4_only: false,
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct Router {
     hostname: String,
     listen: Vec<SocketAddr>,
     mx_port: u16,
+    /// `[delivery] ipv4_only`: IPv6 addresses are never tried.
+    ipv4_only: bool,
     domains: HashMap<String, (Spec, String, UpstreamTls)>,
 }
 
@@ -80,6 +82,7 @@ impl Router {
             hostname: config.hostname.trim_end_matches('.').to_ascii_lowercase(),
             listen: config.smtp.listen.clone(),
             mx_port: config.delivery.mx_port,
+            ipv4_only: config.delivery.ipv4_only,
             domains,
         })
     }
@@ -225,7 +228,16 @@ impl Router {
     }
 
     async fn addresses(&self, host: &str, port: u16) -> Result<Vec<Target>, RouteError> {
-        if let Ok(ip) = host.parse::<IpAddr>() {
+        let wanted = |ip: &IpAddr| ip.is_ipv4() || !self.ipv4_only;
+        let no_ipv4 = || {
+            RouteError::Temporary(format!(
+                "4.4.3 host {host} has no IPv4 address ([delivery] ipv4_only)"
+            ))
+        };
+        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+            if !wanted(&ip) {
+                return Err(no_ipv4());
+            }
             return Ok(vec![Target {
                 host: host.to_string(),
                 addr: SocketAddr::new(ip, port),
@@ -233,13 +245,20 @@ impl Router {
         }
         let fqdn = format!("{}.", host.trim_end_matches('.'));
         match self.resolver.lookup_ip(fqdn.as_str()).await {
-            Ok(lookup) => Ok(lookup
-                .iter()
-                .map(|ip| Target {
-                    host: host.to_string(),
-                    addr: SocketAddr::new(ip, port),
-                })
-                .collect()),
+            Ok(lookup) => {
+                let targets: Vec<Target> = lookup
+                    .iter()
+                    .filter(wanted)
+                    .map(|ip| Target {
+                        host: host.to_string(),
+                        addr: SocketAddr::new(ip, port),
+                    })
+                    .collect();
+                if targets.is_empty() && self.ipv4_only {
+                    return Err(no_ipv4());
+                }
+                Ok(targets)
+            }
             Err(err) if err.is_nx_domain() || err.is_no_records_found() => Err(
                 RouteError::Temporary(format!("4.4.3 host {host} has no address")),
             ),

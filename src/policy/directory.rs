@@ -7,6 +7,13 @@
 //! EmailAddress, Proxy addresses…); `smtp:`/`SMTP:` proxy entries count as
 //! addresses, other proxy types (x500:, sip:) do not. A file without a
 //! known header is read as one address per row in the first column.
+//!
+//! Two PowerShell pitfalls are handled rather than silently losing aliases:
+//! `Export-Csv` without `-NoTypeInformation` (Windows PowerShell 5) puts a
+//! `#TYPE …` line above the header, which is skipped; and a multi-valued
+//! property exported as is (`Get-Recipient | Export-Csv`) becomes the type
+//! name (`Microsoft.Exchange.Data.ProxyAddressCollection`) in every row,
+//! which is an error naming the command that keeps the addresses.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -27,10 +34,14 @@ const PROXY_COLUMNS: &[&str] = &["proxyaddresses", "emailaddresses"];
 /// Every address at `domain` found in the export, lower-cased and sorted.
 pub fn addresses_for_domain(csv_text: &str, domain: &str) -> Result<BTreeSet<String>, String> {
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let mut text = csv_text.trim_start_matches('\u{feff}');
+    if text.starts_with("#TYPE") {
+        text = text.split_once('\n').map_or("", |(_, rest)| rest);
+    }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(csv_text.trim_start_matches('\u{feff}').as_bytes());
+        .from_reader(text.as_bytes());
     let mut rows = reader.records();
     let Some(first) = rows.next() else {
         return Ok(BTreeSet::new());
@@ -75,7 +86,15 @@ pub fn addresses_for_domain(csv_text: &str, domain: &str) -> Result<BTreeSet<Str
             }
         }
         for &i in &proxies {
-            for entry in row.get(i).unwrap_or("").split(['+', ';', ',', ' ']) {
+            let cell = row.get(i).unwrap_or("");
+            if cell.starts_with("Microsoft.") || cell.starts_with("System.") {
+                return Err(format!(
+                    "line {}: column {:?} holds {cell:?}, not addresses: PowerShell flattened the list and the aliases are lost; export with `Get-EXORecipient -ResultSize Unlimited -Properties EmailAddresses | Select-Object PrimarySmtpAddress,@{{n='EmailAddresses';e={{$_.EmailAddresses -join ';'}}}} | Export-Csv recipients.csv -NoTypeInformation -Encoding UTF8` (docs/exchange-online.md)",
+                    n + 2,
+                    &first[i]
+                ));
+            }
+            for entry in cell.split(['+', ';', ',', ' ']) {
                 // "SMTP:" is the primary, "smtp:" a secondary address.
                 if let Some(address) = entry
                     .get(..5)
@@ -140,6 +159,41 @@ mod tests {
                 "bob@example.com"
             ]
         );
+    }
+
+    /// What the guide's command writes (`Get-EXORecipient … -Properties
+    /// EmailAddresses`, joined with `;`), with the `#TYPE` line Windows
+    /// PowerShell adds when -NoTypeInformation is forgotten.
+    #[test]
+    fn exo_recipient_export_with_joined_aliases() {
+        let csv = "#TYPE Selected.Microsoft.Exchange.Data.Directory.Management.ReducedRecipient\r\n\
+            \"PrimarySmtpAddress\",\"EmailAddresses\"\r\n\
+            \"alice@example.com\",\"SMTP:alice@example.com;smtp:a.smith@example.com;smtp:alice@example.onmicrosoft.com;SPO:SPO_x\"\r\n\
+            \"sales@example.com\",\"SMTP:sales@example.com;smtp:eigyo@example.com\"\r\n";
+        let got: Vec<String> = addresses_for_domain(csv, "example.com")
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "a.smith@example.com",
+                "alice@example.com",
+                "eigyo@example.com",
+                "sales@example.com"
+            ]
+        );
+    }
+
+    /// `Get-Recipient | Export-Csv` as is: the aliases column is a type
+    /// name. An error, not a list missing every alias.
+    #[test]
+    fn a_flattened_alias_column_is_an_error_naming_the_fix() {
+        let csv = "Name,PrimarySmtpAddress,EmailAddresses\n\
+            Alice,alice@example.com,Microsoft.Exchange.Data.ProxyAddressCollection\n";
+        let err = addresses_for_domain(csv, "example.com").unwrap_err();
+        assert!(err.contains("line 2") && err.contains("EmailAddresses"), "{err}");
+        assert!(err.contains("Get-EXORecipient"), "{err}");
     }
 
     #[test]

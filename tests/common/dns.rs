@@ -3,11 +3,11 @@
 //! NXDOMAIN for names it does not know.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, CNAME, MX, NS, PTR, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, NS, PTR, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 #[derive(Default, Clone)]
@@ -15,6 +15,7 @@ pub struct Zone {
     /// domain → (preference, exchange); exchange "." is a null MX.
     pub mx: HashMap<String, Vec<(u16, String)>>,
     pub a: HashMap<String, Vec<Ipv4Addr>>,
+    pub aaaa: HashMap<String, Vec<Ipv6Addr>>,
     /// Names that exist but have no records of the asked type.
     pub empty: HashSet<String>,
     pub txt: HashMap<String, Vec<String>>,
@@ -42,6 +43,13 @@ impl Zone {
     pub fn with_host(&mut self, host: &str, ip: &str) -> &mut Self {
         self.a
             .insert(host.into(), vec![ip.parse().expect("IPv4 literal")]);
+        self
+    }
+
+    #[allow(dead_code)] // not every test binary that shares this module asks AAAA
+    pub fn with_ipv6_host(&mut self, host: &str, ip: &str) -> &mut Self {
+        self.aaaa
+            .insert(host.into(), vec![ip.parse().expect("IPv6 literal")]);
         self
     }
 }
@@ -185,6 +193,15 @@ fn answer(query: &Message, zone: &Zone) -> Message {
             }
             for ip in zone.a.get(&lookup).into_iter().flatten() {
                 response.add_answer(Record::from_rdata(owner.clone(), 60, RData::A(A(*ip))));
+            }
+        }
+        RecordType::AAAA => {
+            for ip in zone.aaaa.get(&name).into_iter().flatten() {
+                response.add_answer(Record::from_rdata(
+                    q.name.clone(),
+                    60,
+                    RData::AAAA(AAAA(*ip)),
+                ));
             }
         }
         RecordType::TXT => {
