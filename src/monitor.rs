@@ -180,7 +180,7 @@ fn probe_timeout(config: &Config) -> Duration {
 /// The SMTP client for probes and alert mail: our host name, `timeout`
 /// for connecting and for each command, the delivery trust roots.
 fn dialer(config: &Config, timeout: Duration) -> Result<Dialer, String> {
-    let tls = TlsClients::new(config.delivery.extra_ca_file.as_deref())?;
+    let tls = TlsClients::for_delivery(&config.delivery)?;
     Ok(Dialer::new(
         &config.hostname,
         timeout,

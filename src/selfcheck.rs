@@ -584,7 +584,7 @@ struct TlsProbe {
 /// The self-check's SMTP client: our host name, `NETWORK_TIMEOUT`, the
 /// delivery trust roots (so "verified" means what delivery means by it).
 fn dialer(config: &Config) -> Result<Dialer, String> {
-    let tls = TlsClients::new(config.delivery.extra_ca_file.as_deref())?;
+    let tls = TlsClients::for_delivery(&config.delivery)?;
     Ok(Dialer::new(
         &config.hostname,
         NETWORK_TIMEOUT,

@@ -75,8 +75,33 @@ pub struct TlsClients {
     unverified: TlsConnector,
 }
 
+/// A certificate and key we present when a server asks for one during
+/// STARTTLS (Exchange Online's `TlsSenderCertificateName` connectors
+/// identify the sending gateway by it).
+pub struct ClientIdentity<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
 impl TlsClients {
     pub fn new(extra_ca_file: Option<&Path>) -> Result<TlsClients, String> {
+        TlsClients::with_identity(extra_ca_file, None)
+    }
+
+    /// Delivery's TLS clients: `[delivery] extra_ca_file`, and the client
+    /// certificate of `client_cert`/`client_key` when configured.
+    pub fn for_delivery(config: &crate::config::DeliveryConfig) -> Result<TlsClients, String> {
+        let identity = match (&config.client_cert, &config.client_key) {
+            (Some(cert), Some(key)) => Some(ClientIdentity { cert, key }),
+            _ => None,
+        };
+        TlsClients::with_identity(config.extra_ca_file.as_deref(), identity)
+    }
+
+    pub fn with_identity(
+        extra_ca_file: Option<&Path>,
+        identity: Option<ClientIdentity<'_>>,
+    ) -> Result<TlsClients, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -90,17 +115,50 @@ impl TlsClients {
                     .map_err(|e| format!("{}: {e}", file.display()))?;
             }
         }
+        let identity = match identity {
+            Some(identity) => {
+                let chain: Vec<CertificateDer<'static>> =
+                    CertificateDer::pem_file_iter(identity.cert)
+                        .and_then(|certs| certs.collect::<Result<_, _>>())
+                        .map_err(|e| format!("{}: {e}", identity.cert.display()))?;
+                if chain.is_empty() {
+                    return Err(format!(
+                        "{}: no certificate in the file",
+                        identity.cert.display()
+                    ));
+                }
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_file(identity.key)
+                    .map_err(|e| format!("{}: {e}", identity.key.display()))?;
+                Some((chain, key))
+            }
+            None => None,
+        };
         let verified = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
         let unverified = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)));
+        let (verified, unverified) = match identity {
+            Some((chain, key)) => {
+                let mismatch = |e: rustls::Error| format!("client certificate and key: {e}");
+                (
+                    verified
+                        .with_client_auth_cert(chain.clone(), key.clone_key())
+                        .map_err(mismatch)?,
+                    unverified
+                        .with_client_auth_cert(chain, key)
+                        .map_err(mismatch)?,
+                )
+            }
+            None => (
+                verified.with_no_client_auth(),
+                unverified.with_no_client_auth(),
+            ),
+        };
         Ok(TlsClients {
             verified: TlsConnector::from(Arc::new(verified)),
             unverified: TlsConnector::from(Arc::new(unverified)),

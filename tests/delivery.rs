@@ -1315,7 +1315,12 @@ fn ipv4_only_never_delivers_over_ipv6() {
             config.domains[0].upstream = format!("v6only.up.test:{port}");
             config.delivery.ipv4_only = ipv4_only;
         });
-        let id = submit(&server, "s@remote.test", &["user@example.com"], b"Subject: v6\r\n\r\nx\r\n");
+        let id = submit(
+            &server,
+            "s@remote.test",
+            &["user@example.com"],
+            b"Subject: v6\r\n\r\nx\r\n",
+        );
         if ipv4_only {
             assert!(
                 wait_for(WAIT, || common::block(server.spool.get(id))
@@ -1334,4 +1339,72 @@ fn ipv4_only_never_delivers_over_ipv6() {
         }
         common::block(server.shutdown());
     }
+}
+
+/// An upstream that requires a client certificate (Exchange Online with a
+/// `TlsSenderCertificateName` connector): without `[delivery] client_cert`
+/// the handshake is refused and nothing is sent; with it, the mail goes.
+#[test]
+fn a_configured_client_certificate_is_presented_to_an_upstream_that_requires_one() {
+    let client_ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let client_ca = ca_params.self_signed(&client_ca_key).unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut client_params =
+        rcgen::CertificateParams::new(vec!["mx2.test.example".to_string()]).unwrap();
+    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client_params
+        .signed_by(&client_key, &client_ca, &client_ca_key)
+        .unwrap();
+    let (s, server) = setup(base_zone(), |config, setup| {
+        config.domains[0].tls = UpstreamTls::Required;
+        let ca = setup.fixture.path().join("upstream-ca.pem");
+        let acceptor = common::sink::test_tls_requiring_client_cert(&ca, &client_ca.pem());
+        setup.upstream.set(|script| script.tls = Some(acceptor));
+        config.delivery.extra_ca_file = Some(ca);
+    });
+    submit(
+        &server,
+        "s@remote.test",
+        &["ok@example.com"],
+        b"Subject: cert\r\n\r\nx\r\n",
+    );
+    assert!(
+        wait_for(WAIT, || *s.upstream.connections.lock().unwrap() >= 2),
+        "retried"
+    );
+    assert!(
+        s.upstream.delivered().is_empty(),
+        "delivered without a client certificate"
+    );
+    s.rt.block_on(server.shutdown());
+
+    let cert_path = s.fixture.path().join("client.pem");
+    let key_path = s.fixture.path().join("client.key");
+    std::fs::write(&cert_path, client.pem()).unwrap();
+    std::fs::write(&key_path, client_key.serialize_pem()).unwrap();
+    let mut fixture_config = s.fixture.config.clone();
+    fixture_config.delivery.client_cert = Some(cert_path.clone());
+    fixture_config.delivery.client_key = Some(key_path.clone());
+    let server =
+        s.rt.block_on(breakwater::server::Server::start(fixture_config.clone()))
+            .expect("starts with the client certificate");
+    wait_empty(&server);
+    let got = s.upstream.delivered();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].tls, "delivered over TLS");
+    s.rt.block_on(server.shutdown());
+
+    // A key that is not PEM is a configuration error naming the key.
+    std::fs::write(&key_path, "not a key").unwrap();
+    let path = s.fixture.path().join("bad.toml");
+    std::fs::write(&path, fixture_config.to_toml()).unwrap();
+    let err = breakwater::config::Config::load(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("delivery.client_key") && err.contains("client.key"),
+        "{err}"
+    );
 }

@@ -64,6 +64,14 @@ pub struct DeliveryConfig {
     /// match senders by `SenderIPAddresses`, which takes IPv4 addresses
     /// only: a delivery over IPv6 would not be recognised as ours.
     pub ipv4_only: bool,
+    /// Certificate chain (PEM) presented to upstreams that ask for a
+    /// client certificate during STARTTLS: Exchange Online's inbound
+    /// connector can identify us by it (`TlsSenderCertificateName`), which
+    /// also works when our addresses change. With `client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
 }
 
 impl DeliveryConfig {
@@ -100,6 +108,8 @@ impl Default for DeliveryConfig {
             bounce_guard_window: Duration::from_secs(600),
             extra_ca_file: None,
             ipv4_only: false,
+            client_cert: None,
+            client_key: None,
         }
     }
 }
@@ -117,6 +127,44 @@ impl DeliveryConfig {
                 "delivery.concurrency",
                 "concurrency and per_upstream must be greater than 0".into(),
             ));
+        }
+        match (&self.client_cert, &self.client_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(invalid(
+                    "delivery.client_cert",
+                    "client_cert and client_key go together: give both or neither".into(),
+                ))
+            }
+            (Some(cert), Some(key)) => {
+                // Parsed here so that a wrong file is a configuration error
+                // naming the key, not a failure at the first delivery.
+                use rustls_pki_types::pem::PemObject;
+                let certs: Result<Vec<_>, _> =
+                    rustls_pki_types::CertificateDer::pem_file_iter(cert)
+                        .and_then(|certs| certs.collect());
+                match certs {
+                    Ok(certs) if !certs.is_empty() => {}
+                    Ok(_) => {
+                        return Err(invalid(
+                            "delivery.client_cert",
+                            format!("{}: no PEM certificate in the file", cert.display()),
+                        ))
+                    }
+                    Err(err) => {
+                        return Err(invalid(
+                            "delivery.client_cert",
+                            format!("{}: {err}", cert.display()),
+                        ))
+                    }
+                }
+                if let Err(err) = rustls_pki_types::PrivateKeyDer::from_pem_file(key) {
+                    return Err(invalid(
+                        "delivery.client_key",
+                        format!("{}: {err}", key.display()),
+                    ));
+                }
+            }
+            (None, None) => {}
         }
         if let Some(ca) = &self.extra_ca_file {
             if let Err(err) = std::fs::metadata(ca) {

@@ -119,7 +119,7 @@ fn outcomes(answers: Vec<(usize, Reply)>) -> Vec<(usize, Outcome)> {
 
 impl Transport {
     pub fn new(config: &DeliveryConfig, helo_name: &str) -> Result<Transport, String> {
-        let tls = TlsClients::new(config.extra_ca_file.as_deref())?;
+        let tls = TlsClients::for_delivery(config)?;
         Ok(Transport {
             dialer: Dialer::new(
                 helo_name,

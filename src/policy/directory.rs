@@ -192,7 +192,10 @@ mod tests {
         let csv = "Name,PrimarySmtpAddress,EmailAddresses\n\
             Alice,alice@example.com,Microsoft.Exchange.Data.ProxyAddressCollection\n";
         let err = addresses_for_domain(csv, "example.com").unwrap_err();
-        assert!(err.contains("line 2") && err.contains("EmailAddresses"), "{err}");
+        assert!(
+            err.contains("line 2") && err.contains("EmailAddresses"),
+            "{err}"
+        );
         assert!(err.contains("Get-EXORecipient"), "{err}");
     }
 

@@ -419,3 +419,37 @@ async fn silent(mut io: BufReader<Box<dyn Io>>) -> std::io::Result<()> {
     while io.read(&mut buf).await? > 0 {}
     Ok(())
 }
+
+/// Like [`test_tls`], but the handshake fails unless the client presents a
+/// certificate issued by the CA in `client_ca_pem` (an Exchange Online
+/// connector that identifies the sending gateway by its certificate).
+#[allow(dead_code)]
+pub fn test_tls_requiring_client_cert(
+    ca_path: &std::path::Path,
+    client_ca_pem: &str,
+) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    std::fs::write(ca_path, cert.cert.pem()).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::try_from(cert.key_pair.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(client_ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
