@@ -12,7 +12,8 @@ use crate::policy::directory;
 #[derive(Debug, Subcommand)]
 pub enum RecipientsCommand {
     /// Write the `recipients` list of each configured domain from a CSV
-    /// export (Microsoft 365 admin center users, Get-Recipient | Export-Csv,
+    /// export (Microsoft 365 admin center users, Get-EXORecipient with the
+    /// aliases joined as docs/exchange-online.md shows,
     /// or one address per line).
     Sync {
         export: PathBuf,
