@@ -46,6 +46,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mime;
 pub mod monitor;
+pub mod mta_sts;
 pub mod policy;
 pub mod secrets;
 pub mod selfcheck;

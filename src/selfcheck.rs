@@ -110,7 +110,20 @@ pub fn table(findings: &[Finding]) -> String {
 }
 
 /// Run every check for `domains` (all configured domains when empty).
+/// HTTPS port of MTA-STS policy hosts (RFC 8461 3.3); `run_with_mta_sts_port`
+/// lets a lab or a test serve policies elsewhere.
+pub const MTA_STS_PORT: u16 = 443;
+
 pub async fn run(config: &Config, domains: &[String], mode: Mode) -> Vec<Finding> {
+    run_with_mta_sts_port(config, domains, mode, MTA_STS_PORT).await
+}
+
+pub async fn run_with_mta_sts_port(
+    config: &Config,
+    domains: &[String],
+    mode: Mode,
+    mta_sts_port: u16,
+) -> Vec<Finding> {
     let mut report = Report {
         findings: Vec::new(),
     };
@@ -134,14 +147,24 @@ pub async fn run(config: &Config, domains: &[String], mode: Mode) -> Vec<Finding
         domains.to_vec()
     };
     host_checks(&mut report, config, &resolver, &hostname).await;
+    let mut enforced = false;
     for domain in &domains {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let mx = mx_checks(&mut report, &resolver, &domain, &hostname, mode).await;
         spf_check(&mut report, &resolver, &domain).await;
         dmarc_check(&mut report, &resolver, &domain).await;
+        enforced |= mta_sts_check(
+            &mut report,
+            config,
+            &resolver,
+            &domain,
+            &hostname,
+            mta_sts_port,
+        )
+        .await;
         upstream_checks(&mut report, config, &resolver, &domain, &hostname, &mx).await;
     }
-    listener_check(&mut report, config).await;
+    listener_check(&mut report, config, enforced).await;
     report.findings
 }
 
@@ -583,6 +606,132 @@ struct TlsProbe {
 
 /// The self-check's SMTP client: our host name, `NETWORK_TIMEOUT`, the
 /// delivery trust roots (so "verified" means what delivery means by it).
+/// MTA-STS: a policy in `enforce` mode that does not list our host name
+/// makes every sender that honours it skip Breakwater. TLS-RPT is where
+/// those senders report failures. True when an enforce policy lists us
+/// (then our listener's certificate must verify, or those senders refuse).
+async fn mta_sts_check(
+    report: &mut Report,
+    config: &Config,
+    resolver: &TokioResolver,
+    domain: &str,
+    hostname: &str,
+    port: u16,
+) -> bool {
+    let fix_list = format!("add \"mx: {hostname}\" to https://mta-sts.{domain}/.well-known/mta-sts.txt, then change the id= of _mta-sts.{domain} TXT (docs/exchange-online.md)");
+    match txt(resolver, &format!("_smtp._tls.{domain}")).await {
+        Ok(records) if records.iter().any(|r| r.starts_with("v=TLSRPTv1")) => report.add(
+            domain, "tls-rpt", Level::Pass, "TLS reporting (RFC 8460) is published".into(), None),
+        Ok(_) => report.add(domain, "tls-rpt", Level::Warn,
+            format!("no TLS-RPT record at _smtp._tls.{domain}: senders cannot tell you when TLS or MTA-STS to your MX fails"),
+            Some("publish _smtp._tls TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@…\"")),
+        Err(err) => report.add(domain, "tls-rpt", Level::Warn, err, None),
+    }
+    let records = match txt(resolver, &format!("_mta-sts.{domain}")).await {
+        Ok(records) => records,
+        Err(err) => {
+            report.add(domain, "mta-sts", Level::Warn, err, None);
+            return false;
+        }
+    };
+    let sts: Vec<&String> = records
+        .iter()
+        .filter(|r| r.starts_with("v=STSv1"))
+        .collect();
+    let id = match sts.as_slice() {
+        [] => {
+            report.add(
+                domain,
+                "mta-sts",
+                Level::Pass,
+                "no MTA-STS policy (_mta-sts TXT): senders use every MX, Breakwater included"
+                    .into(),
+                None,
+            );
+            return false;
+        }
+        [one] => match crate::mta_sts::parse_record(one) {
+            Ok(id) => id,
+            Err(err) => {
+                report.add(
+                    domain,
+                    "mta-sts",
+                    Level::Fail,
+                    format!("_mta-sts.{domain}: {err}"),
+                    Some("publish exactly one \"v=STSv1; id=…\" record"),
+                );
+                return false;
+            }
+        },
+        _ => {
+            report.add(
+                domain,
+                "mta-sts",
+                Level::Fail,
+                format!(
+                    "{} v=STSv1 records at _mta-sts.{domain}: senders treat that as no policy",
+                    sts.len()
+                ),
+                Some("keep exactly one"),
+            );
+            return false;
+        }
+    };
+    let tls = match TlsClients::for_delivery(&config.delivery) {
+        Ok(tls) => tls,
+        Err(err) => {
+            report.add(domain, "mta-sts", Level::Fail, err, None);
+            return false;
+        }
+    };
+    let text = match crate::mta_sts::fetch(resolver, &tls, domain, port, NETWORK_TIMEOUT).await {
+        Ok(text) => text,
+        Err(err) => {
+            report.add(domain, "mta-sts", Level::Fail,
+                format!("policy id {id} is announced but cannot be fetched: {err}"),
+                Some("serve the policy over HTTPS with a valid certificate for mta-sts.<domain>, or remove the _mta-sts record"));
+            return false;
+        }
+    };
+    let policy = match crate::mta_sts::parse_policy(&text) {
+        Ok(policy) => policy,
+        Err(err) => {
+            report.add(
+                domain,
+                "mta-sts",
+                Level::Fail,
+                format!("policy id {id}: {err}"),
+                Some("fix the policy file (RFC 8461 3.2)"),
+            );
+            return false;
+        }
+    };
+    use crate::mta_sts::Mode as StsMode;
+    let listed = policy.allows(hostname);
+    match (policy.mode, listed) {
+        (StsMode::Enforce, false) => report.add(domain, "mta-sts", Level::Fail,
+            format!("policy id {id} is in enforce mode and does not list {hostname} (mx: {}): senders that honour MTA-STS will never deliver to Breakwater", policy.mx.join(", ")),
+            Some(&fix_list)),
+        (StsMode::Testing, false) => report.add(domain, "mta-sts", Level::Warn,
+            format!("policy id {id} (testing mode) does not list {hostname}: TLS-RPT reports will show failures, and switching to enforce would cut Breakwater off"),
+            Some(&fix_list)),
+        (StsMode::None, _) => report.add(domain, "mta-sts", Level::Warn,
+            format!("policy id {id} is in mode none (being withdrawn)"), None),
+        (mode, true) => {
+            let mode = if mode == StsMode::Enforce { "enforce" } else { "testing" };
+            report.add(domain, "mta-sts", Level::Pass,
+                format!("policy id {id} ({mode}) lists {hostname}"), None)
+        }
+    }
+    let enforced = policy.mode == StsMode::Enforce && listed;
+    if policy.mode != StsMode::None && policy.max_age < 86_400 {
+        report.add(domain, "mta-sts-max-age", Level::Warn,
+            format!("max_age {} s is under a day: senders forget the policy between visits (RFC 8461 suggests weeks)", policy.max_age),
+            Some("max_age: 604800 or more"));
+    }
+    enforced
+}
+
 fn dialer(config: &Config) -> Result<Dialer, String> {
     let tls = TlsClients::for_delivery(&config.delivery)?;
     Ok(Dialer::new(
@@ -824,7 +973,7 @@ async fn upstream_checks(
     }
 }
 
-async fn listener_check(report: &mut Report, config: &Config) {
+async fn listener_check(report: &mut Report, config: &Config, mta_sts_enforced: bool) {
     let smtp = &config.smtp;
     match crate::tls::not_after(&smtp.tls_cert) {
         Ok(expiry) => {
@@ -881,6 +1030,9 @@ async fn listener_check(report: &mut Report, config: &Config) {
     match probe(target, &config.hostname, &dialer).await {
         Err(err) => report.add("listener", "starttls", Level::Warn, format!("{err} (is `breakwater serve` running?)"), None),
         Ok(p) if !p.starttls => report.add("listener", "starttls", Level::Fail, "our listener does not offer STARTTLS".into(), Some("configure [smtp] tls_cert and tls_key")),
+        Ok(TlsProbe { verified: Err(why), .. }) if mta_sts_enforced => report.add("listener", "starttls", Level::Fail,
+            format!("an MTA-STS policy in enforce mode lists {}, but its certificate does not verify: those senders will not deliver here: {why}", config.hostname),
+            Some("use a certificate from a public CA for the hostname")),
         Ok(TlsProbe { verified: Err(why), .. }) => report.add("listener", "starttls", Level::Warn,
             format!("STARTTLS works, but senders cannot verify the certificate for {}: {why}", config.hostname),
             Some("use a certificate from a public CA for the hostname (self-signed is fine for labs)")),

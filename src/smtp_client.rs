@@ -75,6 +75,14 @@ pub struct TlsClients {
     unverified: TlsConnector,
 }
 
+impl TlsClients {
+    /// The verifying TLS client (same roots) for the few non-SMTP fetches
+    /// Breakwater makes, e.g. an MTA-STS policy (`mta_sts`).
+    pub fn verified_connector(&self) -> TlsConnector {
+        self.verified.clone()
+    }
+}
+
 /// A certificate and key we present when a server asks for one during
 /// STARTTLS (Exchange Online's `TlsSenderCertificateName` connectors
 /// identify the sending gateway by it).

@@ -7,6 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use breakwater::config::{DomainConfig, UpstreamTls};
 use common::dns::{TestDns, Zone};
@@ -59,6 +60,10 @@ fn good_domain(zone: &mut Zone, name: &str) {
         .with_txt(
             &format!("_dmarc.{name}"),
             "v=DMARC1; p=reject; rua=mailto:d@example.com",
+        )
+        .with_txt(
+            &format!("_smtp._tls.{name}"),
+            "v=TLSRPTv1; rua=mailto:tlsrpt@example.com",
         );
 }
 
@@ -305,4 +310,217 @@ fn self_check_reports_good_and_broken_deployments() {
     assert_eq!(level(&findings, "good.test", "mx-order"), "warn");
     rt.block_on(server.shutdown());
     drop(sinks);
+}
+
+/// A loopback HTTPS server for MTA-STS policies: answers by Host header
+/// with `policies[host]`; a host mapped to `None` never answers.
+async fn policy_server(
+    acceptor: tokio_rustls::TlsAcceptor,
+    policies: HashMap<String, Option<String>>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let policies = Arc::new(policies);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, policies) = (acceptor.clone(), policies.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && tls.read(&mut byte).await.unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let host = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("host:"))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                match policies.get(&host) {
+                    Some(Some(body)) => {
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = tls.write_all(answer.as_bytes()).await;
+                        let _ = tls.shutdown().await;
+                    }
+                    Some(None) => tokio::time::sleep(Duration::from_secs(60)).await,
+                    None => {
+                        let _ = tls
+                            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// MTA-STS: `check` fetches each domain's policy over verified HTTPS and
+/// fails when an enforce policy leaves our MX name out (senders that honour
+/// it would skip Breakwater), warns for testing mode, and fails on a broken,
+/// oversized or unanswered policy; TLS-RPT's absence is a warning.
+#[test]
+fn mta_sts_policies_that_leave_breakwater_out_are_found() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut fixture = Fixture::new();
+    let bundle = fixture.path().join("policy-ca.pem");
+    let domains = [
+        "good",
+        "missing",
+        "testing",
+        "badsyntax",
+        "big",
+        "slow",
+        "nofile",
+        "nopolicy",
+    ];
+    let mut zone = Zone::default();
+    zone.with_host(HOST, "192.0.2.10")
+        .with_ptr("192.0.2.10", HOST);
+    for d in domains {
+        let name = format!("{d}.test");
+        good_domain(&mut zone, &name);
+        if d != "nopolicy" {
+            zone.with_txt(&format!("_mta-sts.{name}"), "v=STSv1; id=20261202a")
+                .with_host(&format!("mta-sts.{name}"), "127.0.0.1");
+        }
+    }
+    zone.txt.remove("_smtp._tls.nopolicy.test");
+    let policy = |mode: &str, mx: &[&str]| {
+        let lines: String = mx.iter().map(|m| format!("mx: {m}\r\n")).collect();
+        Some(format!(
+            "version: STSv1\r\nmode: {mode}\r\n{lines}max_age: 604800\r\n"
+        ))
+    };
+    let mut policies = HashMap::new();
+    policies.insert(
+        "mta-sts.good.test".to_string(),
+        policy("enforce", &["primary.good.test", "*.test.example"]),
+    );
+    policies.insert(
+        "mta-sts.missing.test".to_string(),
+        policy("enforce", &["primary.missing.test"]),
+    );
+    policies.insert(
+        "mta-sts.testing.test".to_string(),
+        policy("testing", &["primary.testing.test"]),
+    );
+    policies.insert(
+        "mta-sts.badsyntax.test".to_string(),
+        Some(
+            "version: STSv1\r\nmode: strict\r\nmx: mx2.test.example\r\nmax_age: 604800\r\n".into(),
+        ),
+    );
+    policies.insert(
+        "mta-sts.big.test".to_string(),
+        Some(format!(
+            "{}{}",
+            policy("enforce", &[HOST]).unwrap(),
+            "# padding\r\n".repeat(8000)
+        )),
+    );
+    policies.insert("mta-sts.slow.test".to_string(), None);
+    let names: Vec<String> = domains
+        .iter()
+        .map(|d| format!("mta-sts.{d}.test"))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let https = acceptor(&names, 90, &bundle);
+    let (dns, https_addr) = rt.block_on(async {
+        (
+            TestDns::start(zone).await,
+            policy_server(https, policies).await,
+        )
+    });
+    // Our listener, with a self-signed certificate nobody can verify.
+    let server = rt.block_on(fixture.start());
+    fixture.config.smtp.listen = vec![server.smtp_addrs[0]];
+    fixture.config.dns.nameservers = vec![dns.addr];
+    fixture.config.delivery.extra_ca_file = Some(bundle);
+    fixture.config.domains = domains
+        .iter()
+        .map(|d| DomainConfig::new(&format!("{d}.test"), "127.0.0.1:9"))
+        .collect();
+    let config = fixture.write_config();
+    let args: Vec<String> = domains
+        .iter()
+        .map(|d| format!("{d}.test"))
+        .chain([
+            "--json".to_string(),
+            "--mta-sts-port".to_string(),
+            https_addr.port().to_string(),
+        ])
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let (code, findings, _) = check(&config, &args);
+    assert_eq!(code, 2);
+    let detail = |subject: &str| {
+        findings
+            .iter()
+            .find(|f| f["subject"] == subject && f["check"] == "mta-sts")
+            .map(|f| f["detail"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(
+        level(&findings, "good.test", "mta-sts"),
+        "pass",
+        "{}",
+        detail("good.test")
+    );
+    assert_eq!(level(&findings, "good.test", "tls-rpt"), "pass");
+    assert_eq!(level(&findings, "missing.test", "mta-sts"), "fail");
+    assert!(
+        detail("missing.test").contains("does not list mx2.test.example"),
+        "{}",
+        detail("missing.test")
+    );
+    assert_eq!(level(&findings, "testing.test", "mta-sts"), "warn");
+    assert_eq!(level(&findings, "badsyntax.test", "mta-sts"), "fail");
+    assert!(
+        detail("badsyntax.test").contains("mode \"strict\""),
+        "{}",
+        detail("badsyntax.test")
+    );
+    assert_eq!(level(&findings, "big.test", "mta-sts"), "fail");
+    assert!(
+        detail("big.test").contains("larger than 64 KiB"),
+        "{}",
+        detail("big.test")
+    );
+    assert_eq!(level(&findings, "slow.test", "mta-sts"), "fail");
+    assert!(
+        detail("slow.test").contains("no complete answer within"),
+        "{}",
+        detail("slow.test")
+    );
+    assert_eq!(level(&findings, "nofile.test", "mta-sts"), "fail");
+    assert!(
+        detail("nofile.test").contains("HTTP 404"),
+        "{}",
+        detail("nofile.test")
+    );
+    assert_eq!(level(&findings, "nopolicy.test", "mta-sts"), "pass");
+    assert_eq!(level(&findings, "nopolicy.test", "tls-rpt"), "warn");
+    // good.test's enforce policy lists us: senders that honour it verify our
+    // certificate, so an unverifiable one is a failure, not a warning.
+    assert_eq!(level(&findings, "listener", "starttls"), "fail");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    rt.block_on(server.shutdown());
 }

@@ -66,7 +66,7 @@ pub enum Command {
         command: TokenCommand,
     },
     /// Is this deployment ready for an outage? MX order and TTLs, host name
-    /// and PTR, SPF, DMARC, upstream and listener TLS. Exit 0 all pass,
+    /// and PTR, SPF, DMARC, MTA-STS and TLS-RPT, upstream and listener TLS. Exit 0 all pass,
     /// 1 warnings, 2 failures.
     Check {
         /// Domains to check (default: every configured [[domain]]).
@@ -74,6 +74,10 @@ pub enum Command {
         /// Breakwater is the only MX (default: a secondary behind the primary).
         #[arg(long)]
         gateway: bool,
+        /// HTTPS port of the MTA-STS policy hosts (443; another only for a
+        /// lab's or a test's policy server).
+        #[arg(long, default_value_t = crate::selfcheck::MTA_STS_PORT, hide = true)]
+        mta_sts_port: u16,
     },
     /// Failover drills: start, status, finish, list, show.
     Drill {
@@ -174,9 +178,13 @@ pub fn main() -> ExitCode {
         Command::Upstream { command } => {
             with_config(&cli.config, |c| queue::run_upstream(c, command, json))
         }
-        Command::Check { domains, gateway } => {
-            with_config(&cli.config, |config| check(config, &domains, gateway, json))
-        }
+        Command::Check {
+            domains,
+            gateway,
+            mta_sts_port,
+        } => with_config(&cli.config, |config| {
+            check(config, &domains, gateway, mta_sts_port, json)
+        }),
         Command::Drill { command } => with_config(&cli.config, |c| drill::run(c, command, json)),
         Command::User { command } => with_config(&cli.config, |c| user::run(c, command, json)),
         Command::Recipients { command } => {
@@ -317,7 +325,13 @@ fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
-fn check(config: &Config, domains: &[String], gateway: bool, json: bool) -> ExitCode {
+fn check(
+    config: &Config,
+    domains: &[String],
+    gateway: bool,
+    mta_sts_port: u16,
+    json: bool,
+) -> ExitCode {
     use crate::selfcheck::{self, Mode};
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -334,7 +348,12 @@ fn check(config: &Config, domains: &[String], gateway: bool, json: bool) -> Exit
     } else {
         Mode::Secondary
     };
-    let findings = runtime.block_on(selfcheck::run(config, domains, mode));
+    let findings = runtime.block_on(selfcheck::run_with_mta_sts_port(
+        config,
+        domains,
+        mode,
+        mta_sts_port,
+    ));
     if json {
         println!(
             "{}",
