@@ -398,26 +398,7 @@ async fn finish(
 
 /// A TLS acceptor for "localhost" and 127.0.0.1 with its CA PEM written to `ca_path`.
 pub fn test_tls(ca_path: &std::path::Path) -> tokio_rustls::TlsAcceptor {
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap();
-    std::fs::write(ca_path, cert.cert.pem()).unwrap();
-    let key = rustls_pki_types::PrivateKeyDer::try_from(cert.key_pair.serialize_der()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .unwrap();
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
-}
-
-/// Read and discard until the peer closes; never answer.
-async fn silent(mut io: BufReader<Box<dyn Io>>) -> std::io::Result<()> {
-    let mut buf = [0u8; 4096];
-    while io.read(&mut buf).await? > 0 {}
-    Ok(())
+    test_tls_with(ca_path, None)
 }
 
 /// Like [`test_tls`], but the handshake fails unless the client presents a
@@ -428,6 +409,13 @@ pub fn test_tls_requiring_client_cert(
     ca_path: &std::path::Path,
     client_ca_pem: &str,
 ) -> tokio_rustls::TlsAcceptor {
+    test_tls_with(ca_path, Some(client_ca_pem))
+}
+
+fn test_tls_with(
+    ca_path: &std::path::Path,
+    client_ca_pem: Option<&str>,
+) -> tokio_rustls::TlsAcceptor {
     use rustls_pki_types::pem::PemObject;
     let cert =
         rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
@@ -435,21 +423,35 @@ pub fn test_tls_requiring_client_cert(
     std::fs::write(ca_path, cert.cert.pem()).unwrap();
     let key = rustls_pki_types::PrivateKeyDer::try_from(cert.key_pair.serialize_der()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls_pki_types::CertificateDer::from_pem_slice(client_ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
+        .unwrap();
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+                .unwrap();
+            builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap(),
+            )
+        }
+    };
+    let config = builder
         .with_single_cert(vec![cert.cert.der().clone()], key)
         .unwrap();
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Read and discard until the peer closes; never answer.
+async fn silent(mut io: BufReader<Box<dyn Io>>) -> std::io::Result<()> {
+    let mut buf = [0u8; 4096];
+    while io.read(&mut buf).await? > 0 {}
+    Ok(())
 }
