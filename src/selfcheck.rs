@@ -147,24 +147,29 @@ pub async fn run_with_mta_sts_port(
         domains.to_vec()
     };
     host_checks(&mut report, config, &resolver, &hostname).await;
+    let memory_file = config.spool.dir.join(MTA_STS_MEMORY);
+    let mut memory = MtaStsMemory::load(&memory_file);
     let mut enforced = false;
     for domain in &domains {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let mx = mx_checks(&mut report, &resolver, &domain, &hostname, mode).await;
         spf_check(&mut report, &resolver, &domain).await;
         dmarc_check(&mut report, &resolver, &domain).await;
-        enforced |= mta_sts_check(
-            &mut report,
-            config,
-            &resolver,
-            &domain,
-            &hostname,
-            mta_sts_port,
-        )
-        .await;
+        let sts = MtaStsTarget {
+            domain: &domain,
+            hostname: &hostname,
+            port: mta_sts_port,
+            mx: &mx,
+        };
+        enforced |= mta_sts_check(&mut report, config, &resolver, &sts, &mut memory).await;
         upstream_checks(&mut report, config, &resolver, &domain, &hostname, &mx).await;
     }
     listener_check(&mut report, config, enforced).await;
+    // Best effort: without a writable spool directory (a check run as
+    // another user) the next run cannot compare, which is only less help.
+    if let Ok(json) = serde_json::to_vec_pretty(&memory) {
+        let _ = crate::fsutil::write_atomic(&memory_file, &json, None);
+    }
     report.findings
 }
 
@@ -606,6 +611,41 @@ struct TlsProbe {
 
 /// The self-check's SMTP client: our host name, `NETWORK_TIMEOUT`, the
 /// delivery trust roots (so "verified" means what delivery means by it).
+/// What the last `check` saw of each domain's MTA-STS set-up, kept in the
+/// spool directory: senders re-fetch a policy only when the `id` in the
+/// `_mta-sts` record changes, so a changed policy (or a changed MX set it
+/// should follow) under the same id is a mistake only a comparison with an
+/// earlier run can show.
+const MTA_STS_MEMORY: &str = "selfcheck-mta-sts.json";
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct MtaStsMemory {
+    domains: std::collections::BTreeMap<String, MtaStsSeen>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct MtaStsSeen {
+    id: String,
+    mx: Vec<String>,
+    policy: String,
+}
+
+impl MtaStsMemory {
+    fn load(path: &std::path::Path) -> MtaStsMemory {
+        std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+}
+
+struct MtaStsTarget<'a> {
+    domain: &'a str,
+    hostname: &'a str,
+    port: u16,
+    mx: &'a MxList,
+}
+
 /// MTA-STS: a policy in `enforce` mode that does not list our host name
 /// makes every sender that honours it skip Breakwater. TLS-RPT is where
 /// those senders report failures. True when an enforce policy lists us
@@ -614,10 +654,10 @@ async fn mta_sts_check(
     report: &mut Report,
     config: &Config,
     resolver: &TokioResolver,
-    domain: &str,
-    hostname: &str,
-    port: u16,
+    target: &MtaStsTarget<'_>,
+    memory: &mut MtaStsMemory,
 ) -> bool {
+    let (domain, hostname, port) = (target.domain, target.hostname, target.port);
     let fix_list = format!("add \"mx: {hostname}\" to https://mta-sts.{domain}/.well-known/mta-sts.txt, then change the id= of _mta-sts.{domain} TXT (docs/exchange-online.md)");
     match txt(resolver, &format!("_smtp._tls.{domain}")).await {
         Ok(records) if records.iter().any(|r| r.starts_with("v=TLSRPTv1")) => report.add(
@@ -724,6 +764,25 @@ async fn mta_sts_check(
         }
     }
     let enforced = policy.mode == StsMode::Enforce && listed;
+    let mut mx: Vec<String> = target.mx.iter().map(|(_, host, _)| host.clone()).collect();
+    mx.sort();
+    let seen = MtaStsSeen {
+        id: id.clone(),
+        mx,
+        policy: text.clone(),
+    };
+    if let Some(before) = memory.domains.get(domain).filter(|b| b.id == id) {
+        if before.policy != seen.policy {
+            report.add(domain, "mta-sts-id", Level::Warn,
+                format!("the policy file changed since the last check, but the id is still {id}: senders keep their cached copy for up to max_age"),
+                Some("change the id= of the _mta-sts TXT record whenever the policy changes"));
+        } else if before.mx != seen.mx && policy.mode != StsMode::None {
+            report.add(domain, "mta-sts-id", Level::Warn,
+                format!("the MX records changed since the last check ({} → {}) but the policy and its id {id} did not: is every MX still listed?", before.mx.join(", "), seen.mx.join(", ")),
+                Some("update the policy's mx lines, then change the id"));
+        }
+    }
+    memory.domains.insert(domain.to_string(), seen);
     if policy.mode != StsMode::None && policy.max_age < 86_400 {
         report.add(domain, "mta-sts-max-age", Level::Warn,
             format!("max_age {} s is under a day: senders forget the policy between visits (RFC 8461 suggests weeks)", policy.max_age),

@@ -314,14 +314,15 @@ fn self_check_reports_good_and_broken_deployments() {
 
 /// A loopback HTTPS server for MTA-STS policies: answers by Host header
 /// with `policies[host]`; a host mapped to `None` never answers.
+type Policies = Arc<std::sync::Mutex<HashMap<String, Option<String>>>>;
+
 async fn policy_server(
     acceptor: tokio_rustls::TlsAcceptor,
-    policies: HashMap<String, Option<String>>,
+    policies: Policies,
 ) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let policies = Arc::new(policies);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let (acceptor, policies) = (acceptor.clone(), policies.clone());
@@ -341,7 +342,8 @@ async fn policy_server(
                     .unwrap_or("")
                     .trim()
                     .to_string();
-                match policies.get(&host) {
+                let policy = policies.lock().unwrap().get(&host).cloned();
+                match policy {
                     Some(Some(body)) => {
                         let answer = format!(
                             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -438,10 +440,11 @@ fn mta_sts_policies_that_leave_breakwater_out_are_found() {
         .collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let https = acceptor(&names, 90, &bundle);
+    let policies: Policies = Arc::new(std::sync::Mutex::new(policies));
     let (dns, https_addr) = rt.block_on(async {
         (
             TestDns::start(zone).await,
-            policy_server(https, policies).await,
+            policy_server(https, policies.clone()).await,
         )
     });
     // Our listener, with a self-signed certificate nobody can verify.
