@@ -167,8 +167,12 @@ pub async fn run_with_mta_sts_port(
     listener_check(&mut report, config, enforced).await;
     // Best effort: without a writable spool directory (a check run as
     // another user) the next run cannot compare, which is only less help.
-    if let Ok(json) = serde_json::to_vec_pretty(&memory) {
-        let _ = crate::fsutil::write_atomic(&memory_file, &json, None);
+    // Never create the spool directory: a `sudo breakwater check` before the
+    // first start would leave it owned by root, and `serve` unable to write.
+    if config.spool.dir.is_dir() {
+        if let Ok(json) = serde_json::to_vec_pretty(&memory) {
+            let _ = crate::fsutil::write_atomic(&memory_file, &json, None);
+        }
     }
     report.findings
 }
