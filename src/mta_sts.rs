@@ -18,6 +18,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
@@ -75,6 +76,59 @@ pub fn parse_record(text: &str) -> Result<String, String> {
         return Err(format!("id {id:?} must be 1-32 letters and digits"));
     }
     Ok(id.to_string())
+}
+
+/// What a domain's `_mta-sts` TXT records say (RFC 8461 3.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// No `v=STSv1` record: the domain has no policy.
+    Absent,
+    /// Exactly one valid record: the policy's current id.
+    Id(String),
+    /// Several `v=STSv1` records, or one that does not parse: senders
+    /// treat the domain as having no policy (say why).
+    Unusable(String),
+}
+
+/// Look up `_mta-sts.DOMAIN` TXT. `Err` only when DNS did not answer
+/// (a missing name is [`Record::Absent`]).
+pub async fn lookup_record(resolver: &TokioResolver, domain: &str) -> Result<Record, String> {
+    let name = format!("_mta-sts.{}.", domain.trim_end_matches('.'));
+    let texts: Vec<String> = match resolver.txt_lookup(name.as_str()).await {
+        Ok(lookup) => lookup
+            .answers()
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::TXT(txt) => Some(
+                    txt.txt_data
+                        .iter()
+                        .map(|part| String::from_utf8_lossy(part).into_owned())
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+            .collect(),
+        Err(err) if err.is_no_records_found() || err.is_nx_domain() => Vec::new(),
+        Err(err) => {
+            return Err(format!(
+                "lookup of {} TXT failed: {err}",
+                &name[..name.len() - 1]
+            ))
+        }
+    };
+    // RFC 8461 3.1: records that do not begin with v=STSv1 are discarded.
+    let sts: Vec<&String> = texts.iter().filter(|t| t.starts_with("v=STSv1")).collect();
+    Ok(match sts.as_slice() {
+        [] => Record::Absent,
+        [one] => match parse_record(one) {
+            Ok(id) => Record::Id(id),
+            Err(err) => Record::Unusable(format!("_mta-sts.{domain}: {err}")),
+        },
+        _ => Record::Unusable(format!(
+            "{} v=STSv1 records at _mta-sts.{domain}: senders treat that as no policy",
+            sts.len()
+        )),
+    })
 }
 
 /// The policy file (RFC 8461 3.2): `key: value` lines.
@@ -186,7 +240,7 @@ async fn fetch_from(
     tokio::spawn(connection);
     let request = hyper::Request::get("/.well-known/mta-sts.txt")
         .header(hyper::header::HOST, host)
-        .header(hyper::header::USER_AGENT, "breakwater-check")
+        .header(hyper::header::USER_AGENT, "breakwater")
         .body(Empty::<Bytes>::new())
         .map_err(|err| err.to_string())?;
     let response = sender

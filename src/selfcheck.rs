@@ -671,19 +671,9 @@ async fn mta_sts_check(
             Some("publish _smtp._tls TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@…\"")),
         Err(err) => report.add(domain, "tls-rpt", Level::Warn, err, None),
     }
-    let records = match txt(resolver, &format!("_mta-sts.{domain}")).await {
-        Ok(records) => records,
-        Err(err) => {
-            report.add(domain, "mta-sts", Level::Warn, err, None);
-            return false;
-        }
-    };
-    let sts: Vec<&String> = records
-        .iter()
-        .filter(|r| r.starts_with("v=STSv1"))
-        .collect();
-    let id = match sts.as_slice() {
-        [] => {
+    let id = match crate::mta_sts::lookup_record(resolver, domain).await {
+        Ok(crate::mta_sts::Record::Id(id)) => id,
+        Ok(crate::mta_sts::Record::Absent) => {
             report.add(
                 domain,
                 "mta-sts",
@@ -694,30 +684,18 @@ async fn mta_sts_check(
             );
             return false;
         }
-        [one] => match crate::mta_sts::parse_record(one) {
-            Ok(id) => id,
-            Err(err) => {
-                report.add(
-                    domain,
-                    "mta-sts",
-                    Level::Fail,
-                    format!("_mta-sts.{domain}: {err}"),
-                    Some("publish exactly one \"v=STSv1; id=…\" record"),
-                );
-                return false;
-            }
-        },
-        _ => {
+        Ok(crate::mta_sts::Record::Unusable(why)) => {
             report.add(
                 domain,
                 "mta-sts",
                 Level::Fail,
-                format!(
-                    "{} v=STSv1 records at _mta-sts.{domain}: senders treat that as no policy",
-                    sts.len()
-                ),
-                Some("keep exactly one"),
+                why,
+                Some("publish exactly one \"v=STSv1; id=…\" record"),
             );
+            return false;
+        }
+        Err(err) => {
+            report.add(domain, "mta-sts", Level::Warn, err, None);
             return false;
         }
     };

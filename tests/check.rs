@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use breakwater::config::{DomainConfig, UpstreamTls};
@@ -16,35 +15,6 @@ use common::*;
 use serde_json::Value;
 
 const HOST: &str = "mx2.test.example";
-
-/// A TLS acceptor for a self-signed certificate (`names`, valid `days` from
-/// now; negative = expired), its PEM appended to `bundle`.
-fn acceptor(names: &[&str], days: i64, bundle: &std::path::Path) -> tokio_rustls::TlsAcceptor {
-    let mut params =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    if days < 0 {
-        params.not_before = now - time::Duration::days(400);
-    } else {
-        params.not_before = now - time::Duration::days(1);
-    }
-    params.not_after = now + time::Duration::days(days);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let mut pem = std::fs::read_to_string(bundle).unwrap_or_default();
-    pem.push_str(&cert.pem());
-    std::fs::write(bundle, pem).unwrap();
-    let der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], der)
-        .unwrap();
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
-}
 
 /// MX (primary 10, us 20), SPF with one include, DMARC p=reject.
 fn good_domain(zone: &mut Zone, name: &str) {
@@ -144,7 +114,7 @@ fn self_check_reports_good_and_broken_deployments() {
 
     let (dns, sinks) = rt.block_on(async {
         let tls = |names: &[&str], days| Script {
-            tls: Some(acceptor(names, days, &bundle)),
+            tls: Some(common::https::acceptor(names, days, &bundle)),
             ..Script::default()
         };
         let mut sinks = HashMap::new();
@@ -312,59 +282,6 @@ fn self_check_reports_good_and_broken_deployments() {
     drop(sinks);
 }
 
-/// A loopback HTTPS server for MTA-STS policies: answers by Host header
-/// with `policies[host]`; a host mapped to `None` never answers.
-type Policies = Arc<std::sync::Mutex<HashMap<String, Option<String>>>>;
-
-async fn policy_server(
-    acceptor: tokio_rustls::TlsAcceptor,
-    policies: Policies,
-) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, policies) = (acceptor.clone(), policies.clone());
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && tls.read(&mut byte).await.unwrap_or(0) == 1 {
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                let host = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("host:"))
-                    .unwrap_or("")
-                    .trim()
-                    .to_string();
-                let policy = policies.lock().unwrap().get(&host).cloned();
-                match policy {
-                    Some(Some(body)) => {
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = tls.write_all(answer.as_bytes()).await;
-                        let _ = tls.shutdown().await;
-                    }
-                    Some(None) => tokio::time::sleep(Duration::from_secs(60)).await,
-                    None => {
-                        let _ = tls
-                            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
-                            .await;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// MTA-STS: `check` fetches each domain's policy over verified HTTPS and
 /// fails when an enforce policy leaves our MX name out (senders that honour
 /// it would skip Breakwater), warns for testing mode, and fails on a broken,
@@ -439,14 +356,14 @@ fn mta_sts_policies_that_leave_breakwater_out_are_found() {
         .map(|d| format!("mta-sts.{d}.test"))
         .collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let https = acceptor(&names, 90, &bundle);
-    let policies: Policies = Arc::new(std::sync::Mutex::new(policies));
-    let (dns, https_addr) = rt.block_on(async {
+    let https = common::https::acceptor(&names, 90, &bundle);
+    let (dns, policy_server) = rt.block_on(async {
         (
             TestDns::start(zone).await,
-            policy_server(https, policies.clone()).await,
+            common::https::PolicyServer::start(https, policies).await,
         )
     });
+    let https_addr = policy_server.addr;
     // Our listener, with a self-signed certificate nobody can verify.
     let server = rt.block_on(fixture.start());
     fixture.config.smtp.listen = vec![server.smtp_addrs[0]];

@@ -1408,3 +1408,150 @@ fn a_configured_client_certificate_is_presented_to_an_upstream_that_requires_one
         "{err}"
     );
 }
+
+/// MTA-STS on MX routes (RFC 8461 5), against a loopback DNS server and a
+/// loopback HTTPS server with a test CA: an `enforce` policy sends mail only
+/// to the MX hosts it lists (here the less preferred one), over TLS verified
+/// for that name; a listed host without STARTTLS and a policy listing none
+/// of the MX hosts keep the mail deferred, never sent in cleartext or
+/// elsewhere; a `testing` policy and a policy host that never answers
+/// change nothing; one fetch serves a domain's later messages (cache).
+#[test]
+fn mx_delivery_honours_the_recipient_domains_mta_sts_policy() {
+    let domains = ["enforce", "cleartext", "unlisted", "testing", "slow"];
+    let mut zone = base_zone();
+    zone.with_mx(
+        "enforce.test",
+        &[(10, "mx1.enforce.test"), (20, "mx2.enforce.test")],
+    )
+    .with_host("mx1.enforce.test", "127.0.0.1")
+    .with_host("mx2.enforce.test", "127.0.0.2");
+    for d in &domains[1..] {
+        zone.with_mx(&format!("{d}.test"), &[(10, &format!("mx.{d}.test"))])
+            .with_host(&format!("mx.{d}.test"), "127.0.0.1");
+    }
+    for d in domains {
+        zone.with_txt(&format!("_mta-sts.{d}.test"), "v=STSv1; id=20261202")
+            .with_host(&format!("mta-sts.{d}.test"), "127.0.0.1");
+    }
+    let policy = |mode: &str, mx: &str| {
+        Some(format!(
+            "version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n"
+        ))
+    };
+    let policies = std::collections::HashMap::from([
+        (
+            "mta-sts.enforce.test".to_string(),
+            policy("enforce", "mx2.enforce.test"),
+        ),
+        (
+            "mta-sts.cleartext.test".to_string(),
+            policy("enforce", "*.cleartext.test"),
+        ),
+        (
+            "mta-sts.unlisted.test".to_string(),
+            policy("enforce", "mx.elsewhere.test"),
+        ),
+        (
+            "mta-sts.testing.test".to_string(),
+            policy("testing", "mx.elsewhere.test"),
+        ),
+        ("mta-sts.slow.test".to_string(), None),
+    ]);
+    let mut started = None;
+    let (s, server) = setup(zone, |config, setup| {
+        let bundle = setup.fixture.path().join("sts-ca.pem");
+        let names: Vec<String> = domains
+            .iter()
+            .map(|d| format!("mta-sts.{d}.test"))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let https = common::https::acceptor(&names, 30, &bundle);
+        let mx2_tls = common::https::acceptor(&["mx2.enforce.test"], 30, &bundle);
+        let (policy_server, mx2) = setup.rt.block_on(async {
+            (
+                common::https::PolicyServer::start(https, policies).await,
+                Sink::start(
+                    &format!("127.0.0.2:{}", setup.mx_sink.addr.port()),
+                    Script {
+                        tls: Some(mx2_tls),
+                        ..Script::default()
+                    },
+                )
+                .await,
+            )
+        });
+        config.delivery.extra_ca_file = Some(bundle);
+        config.delivery.mta_sts_port = policy_server.addr.port();
+        for d in domains {
+            config.domains.push(DomainConfig {
+                tls: UpstreamTls::Opportunistic,
+                ..DomainConfig::new(&format!("{d}.test"), "mx")
+            });
+        }
+        started = Some((policy_server, mx2));
+    });
+    let (policy_server, mx2) = started.unwrap();
+    for d in domains {
+        submit(
+            &server,
+            "s@remote.test",
+            &[&format!("user@{d}.test")],
+            b"Subject: sts\r\n\r\nx\r\n",
+        );
+    }
+    let rcpts =
+        |sink: &Sink| -> Vec<String> { sink.delivered().iter().flat_map(|d| d.rcpts()).collect() };
+    // The slow policy host costs one fetch time limit (10 s), then no policy.
+    assert!(
+        wait_for(Duration::from_secs(30), || rcpts(&s.mx_sink).len() == 2
+            && rcpts(&mx2).len() == 1),
+        "cleartext MX got {:?}, mx2 got {:?}",
+        rcpts(&s.mx_sink),
+        rcpts(&mx2)
+    );
+    let mut cleartext = rcpts(&s.mx_sink);
+    cleartext.sort();
+    assert_eq!(cleartext, ["user@slow.test", "user@testing.test"]);
+    assert_eq!(rcpts(&mx2), ["user@enforce.test"]);
+    assert!(mx2.delivered()[0].tls, "enforce: delivered over TLS");
+
+    // The two the policies forbid stay deferred, and say why.
+    assert!(wait_for(WAIT, || server.spool.len() == 2));
+    let waiting = common::block(server.spool.list()).unwrap();
+    let reply_for = |rcpt: &str| {
+        waiting
+            .iter()
+            .find(|m| m.envelope.recipients[0].address == rcpt)
+            .and_then(|m| m.state.recipients[0].last_reply.clone())
+            .unwrap_or_else(|| panic!("{rcpt} not waiting: {waiting:?}"))
+    };
+    let no_tls = reply_for("user@cleartext.test");
+    assert!(
+        no_tls.contains("MTA-STS") && no_tls.contains("TLS"),
+        "{no_tls}"
+    );
+    let unlisted = reply_for("user@unlisted.test");
+    assert!(
+        unlisted.contains("4.7.5") && unlisted.contains("lists none"),
+        "{unlisted}"
+    );
+
+    // Cached: more mail to enforce.test, no second fetch.
+    for n in 0..3 {
+        submit(
+            &server,
+            "s@remote.test",
+            &[&format!("more{n}@enforce.test")],
+            b"Subject: sts\r\n\r\nx\r\n",
+        );
+    }
+    assert!(
+        wait_for(WAIT, || rcpts(&mx2).len() == 4),
+        "{:?}",
+        rcpts(&mx2)
+    );
+    assert_eq!(policy_server.fetches("mta-sts.enforce.test"), 1);
+    assert_eq!(rcpts(&s.mx_sink).len(), 2, "nothing else in cleartext");
+    s.rt.block_on(server.shutdown());
+}

@@ -42,6 +42,11 @@ pub struct DeliveryConfig {
     pub connection_idle: Duration,
     /// Port used for MX-routed delivery (25; other values only for labs and tests).
     pub mx_port: u16,
+    /// Honour recipient domains' MTA-STS policies (RFC 8461) on MX-routed
+    /// delivery: under `enforce`, only the listed MX hosts, verified TLS.
+    pub mta_sts: bool,
+    /// HTTPS port of `mta-sts.DOMAIN` (443; other values only for labs and tests).
+    pub mta_sts_port: u16,
     /// Postfix's delay_warning_time: a sender whose mail has waited this
     /// long for a recipient gets one "delayed, still trying" notice (0 = off).
     #[serde(with = "humantime_serde")]
@@ -100,6 +105,8 @@ impl Default for DeliveryConfig {
             data_timeout: Duration::from_secs(600),
             connection_idle: Duration::from_secs(30),
             mx_port: 25,
+            mta_sts: true,
+            mta_sts_port: 443,
             delay_warning: Duration::ZERO,
             soft_bounce: false,
             // Ten recipients refused alike in ten minutes: far more than a

@@ -294,7 +294,12 @@ impl Engine {
                 Err(SessionFailure::Unreachable(why)) => last_error = why,
                 Err(SessionFailure::Broken(why)) => {
                     all_unreachable = false;
-                    last_error = why;
+                    last_error = match target.mta_sts {
+                        true => format!(
+                            "{why} (the MTA-STS policy of {domain} is enforce: verified TLS only)"
+                        ),
+                        false => why,
+                    };
                 }
             }
         }

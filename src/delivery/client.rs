@@ -78,8 +78,9 @@ pub struct Transaction<'a> {
 impl Transaction<'_> {
     /// The TLS the upstream must give: the domain's setting, raised to
     /// verified when the sender asked for REQUIRETLS (RFC 8689).
-    fn policy(&self) -> TlsPolicy {
-        if self.envelope.requiretls {
+    /// An MTA-STS `enforce` policy for the target's domain raises it too.
+    fn policy(&self, target: &Target) -> TlsPolicy {
+        if self.envelope.requiretls || target.mta_sts {
             TlsPolicy::Verified
         } else {
             policy_for(self.tls)
@@ -142,7 +143,7 @@ impl Transport {
         target: &Target,
         tx: &Transaction<'_>,
     ) -> Result<AttemptReport, SessionFailure> {
-        let key = (target.addr, tx.policy());
+        let key = (target.addr, tx.policy(target));
         let wire = tx.wire();
         // A pooled session was opened for another message: when it lacks
         // REQUIRETLS, ask a fresh one (the upstream may offer it by now).
@@ -191,9 +192,11 @@ impl Transport {
 
     /// Connect + EHLO (+ STARTTLS) + QUIT: is the upstream taking connections?
     pub async fn probe(&self, target: &Target, tls: UpstreamTls) -> Result<(), SessionFailure> {
-        self.dialer
-            .probe(&target.host, target.addr, policy_for(tls))
-            .await
+        let policy = match target.mta_sts {
+            true => TlsPolicy::Verified,
+            false => policy_for(tls),
+        };
+        self.dialer.probe(&target.host, target.addr, policy).await
     }
 
     /// A pooled connection that still answers `RSET` within the reuse

@@ -30,6 +30,7 @@ pub mod dsn;
 mod retention;
 pub mod route;
 mod scheduler;
+mod sts;
 pub mod upstream;
 
 use std::collections::HashSet;

@@ -4,7 +4,8 @@
 //! Routing is two steps: [`Router::route_for`] is pure configuration (which
 //! upstream, which TLS policy) and names the upstream whose health and hold
 //! state apply; [`Router::targets`] asks DNS for the concrete addresses at
-//! attempt time, so a changed MX takes effect without a restart.
+//! attempt time, so a changed MX takes effect without a restart. MX routes
+//! honour the recipient domain's MTA-STS policy (`delivery::sts`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,7 +13,9 @@ use std::net::{IpAddr, SocketAddr};
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 
+use super::sts::StsPolicies;
 use crate::config::{parse_host_port, Config, UpstreamTls};
+use crate::mta_sts::Mode;
 
 /// The configured way to a domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +31,9 @@ pub struct Target {
     /// Host name for logs and TLS verification.
     pub host: String,
     pub addr: SocketAddr,
+    /// Chosen under the recipient domain's MTA-STS `enforce` policy: only
+    /// TLS verified for `host` will do, never cleartext.
+    pub mta_sts: bool,
 }
 
 /// A routing failure, with the enhanced status code it maps to.
@@ -51,6 +57,8 @@ pub struct Router {
     /// `[delivery] ipv4_only`: IPv6 addresses are never tried.
     ipv4_only: bool,
     domains: HashMap<String, (Spec, String, UpstreamTls)>,
+    /// `[delivery] mta_sts`: recipient domains' policies, for MX routes.
+    sts: Option<StsPolicies>,
 }
 
 impl Router {
@@ -77,7 +85,16 @@ impl Router {
             };
             domains.insert(name, (spec, key, domain.tls));
         }
+        let sts = match config.delivery.mta_sts {
+            true => Some(StsPolicies::new(
+                resolver.clone(),
+                crate::smtp_client::TlsClients::new(config.delivery.extra_ca_file.as_deref())?,
+                config.delivery.mta_sts_port,
+            )),
+            false => None,
+        };
         Ok(Router {
+            sts,
             resolver,
             hostname: config.hostname.trim_end_matches('.').to_ascii_lowercase(),
             listen: config.smtp.listen.clone(),
@@ -213,10 +230,14 @@ impl Router {
                 )));
             }
         }
+        let enforced = self.apply_mta_sts(domain, &mut hosts).await?;
         let mut targets = Vec::new();
         for (_, host) in &hosts {
             if let Ok(found) = self.addresses(host, self.mx_port).await {
-                targets.extend(found);
+                targets.extend(found.into_iter().map(|t| Target {
+                    mta_sts: enforced,
+                    ..t
+                }));
             }
         }
         if targets.is_empty() {
@@ -225,6 +246,51 @@ impl Router {
             )));
         }
         Ok(targets)
+    }
+
+    /// RFC 8461 5: under an `enforce` policy keep only the MX hosts it
+    /// lists (none listed: a deferral, never a delivery elsewhere) and say
+    /// so (`true`: TLS verified for the host name is required); a `testing`
+    /// policy changes nothing but is logged when it would.
+    async fn apply_mta_sts(
+        &self,
+        domain: &str,
+        hosts: &mut Vec<(u16, String)>,
+    ) -> Result<bool, RouteError> {
+        let Some(sts) = &self.sts else {
+            return Ok(false);
+        };
+        let Some(in_force) = sts.policy(domain).await else {
+            return Ok(false);
+        };
+        let unlisted: Vec<&str> = hosts
+            .iter()
+            .filter(|(_, host)| !in_force.policy.allows(host))
+            .map(|(_, host)| host.as_str())
+            .collect();
+        match in_force.policy.mode {
+            Mode::Enforce => {
+                if unlisted.len() == hosts.len() {
+                    return Err(RouteError::Temporary(format!(
+                        "4.7.5 MTA-STS policy {} of {domain} (enforce) lists none of its MX hosts ({}); kept until it does",
+                        in_force.id,
+                        unlisted.join(", ")
+                    )));
+                }
+                if !unlisted.is_empty() {
+                    tracing::info!(domain, id = %in_force.id, skipped = %unlisted.join(","), "mta-sts: MX hosts the enforce policy does not list are skipped");
+                }
+                hosts.retain(|(_, host)| in_force.policy.allows(host));
+                Ok(true)
+            }
+            Mode::Testing => {
+                if !unlisted.is_empty() {
+                    tracing::warn!(domain, id = %in_force.id, unlisted = %unlisted.join(","), "mta-sts: the testing-mode policy does not list these MX hosts; delivering anyway (enforce would not)");
+                }
+                Ok(false)
+            }
+            Mode::None => Ok(false),
+        }
     }
 
     async fn addresses(&self, host: &str, port: u16) -> Result<Vec<Target>, RouteError> {
@@ -241,6 +307,7 @@ impl Router {
             return Ok(vec![Target {
                 host: host.to_string(),
                 addr: SocketAddr::new(ip, port),
+                mta_sts: false,
             }]);
         }
         let fqdn = format!("{}.", host.trim_end_matches('.'));
@@ -252,6 +319,7 @@ impl Router {
                     .map(|ip| Target {
                         host: host.to_string(),
                         addr: SocketAddr::new(ip, port),
+                        mta_sts: false,
                     })
                     .collect();
                 if targets.is_empty() && self.ipv4_only {

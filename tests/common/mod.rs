@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod dns;
+pub mod https;
 pub mod ledger;
 pub mod sink;
 pub mod web;
