@@ -421,5 +421,32 @@ fn mta_sts_policies_that_leave_breakwater_out_are_found() {
         "{:?}",
         started.elapsed()
     );
+
+    // The check remembers each domain's id, policy and MX set in the spool:
+    // a policy or MX set that changed while the id stayed is a warning
+    // (senders keep their cached copy for up to max_age).
+    let port = https_addr.port().to_string();
+    let again = || {
+        let (_, findings, _) = check(&config, &["good.test", "--json", "--mta-sts-port", &port]);
+        findings
+            .iter()
+            .find(|f| f["subject"] == "good.test" && f["check"] == "mta-sts-id")
+            .map(|f| f["detail"].as_str().unwrap().to_string())
+    };
+    assert_eq!(again(), None, "nothing changed since the first run");
+    policy_server.policies.lock().unwrap().insert(
+        "mta-sts.good.test".to_string(),
+        policy("enforce", &["primary.good.test", HOST, "*.test.example"]),
+    );
+    let changed = again().expect("a policy edited under the same id is found");
+    assert!(changed.contains("policy file changed"), "{changed}");
+    assert_eq!(again(), None, "remembered: warned once per change");
+    dns.zone.lock().unwrap().with_mx(
+        "good.test",
+        &[(10, "primary.good.test"), (20, HOST), (30, "mx3.good.test")],
+    );
+    let moved = again().expect("an MX set changed under the same id is found");
+    assert!(moved.contains("MX records changed"), "{moved}");
+    assert!(moved.contains("mx3.good.test"), "{moved}");
     rt.block_on(server.shutdown());
 }
