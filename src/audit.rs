@@ -155,6 +155,25 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Verify the chain on disk while no entry is being appended, and
+    /// that it ends where this process last wrote: the hash kept in memory
+    /// is an anchor from outside the file, so an edited or removed last
+    /// line (which a chain alone cannot show) is found too.
+    pub fn verify_chain(&self) -> Result<usize, String> {
+        crate::fsutil::run_blocking(|| {
+            let tail = self.state.lock().expect("audit lock");
+            let (checked, end) = verify_to_end(&self.path)?;
+            let end = end.unwrap_or_else(|| GENESIS.to_string());
+            if end != tail.last_hash {
+                return Err(format!(
+                    "{}: the log does not end with the entry this server wrote last (its last line was edited or removed)",
+                    self.path.display()
+                ));
+            }
+            Ok(checked)
+        })
+    }
+
     /// Entries (newest last) matching the filters, from the current file and
     /// the rotated ones, at most `limit` (the newest).
     pub fn query(
@@ -193,6 +212,11 @@ impl AuditLog {
 /// Check the hash chain of an audit log (oldest rotated file first). Returns
 /// the number of lines checked, or where the chain first breaks.
 pub fn verify(path: &Path) -> Result<usize, String> {
+    verify_to_end(path).map(|(checked, _)| checked)
+}
+
+/// [`verify`], also returning the hash of the last line (the chain's end).
+fn verify_to_end(path: &Path) -> Result<(usize, Option<String>), String> {
     let mut files: Vec<PathBuf> = (1..1000)
         .map(|n| rotated(path, n))
         .take_while(|p| p.exists())
@@ -221,7 +245,7 @@ pub fn verify(path: &Path) -> Result<usize, String> {
             checked += 1;
         }
     }
-    Ok(checked)
+    Ok((checked, expected))
 }
 
 #[cfg(test)]
@@ -254,5 +278,37 @@ mod tests {
         std::fs::write(&older, text.replacen("\"ok\"", "\"denied\"", 1)).unwrap();
         let broken = verify(&path).unwrap_err();
         assert!(broken.contains("chain broken"), "{broken}");
+        assert!(log.verify_chain().is_err());
+    }
+
+    #[test]
+    fn the_running_log_notices_its_last_line_edited() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path, 1 << 20, 3).unwrap();
+        assert_eq!(log.verify_chain(), Ok(0));
+        for i in 0..3 {
+            log.record("ops", "127.0.0.1", "hold", &format!("id{i}"), "ok")
+                .unwrap();
+        }
+        assert_eq!(log.verify_chain(), Ok(3));
+        // The chain alone cannot see this; the in-memory end can.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let last_start = text.trim_end().rfind('\n').unwrap() + 1;
+        std::fs::write(
+            &path,
+            format!(
+                "{}{}",
+                &text[..last_start],
+                text[last_start..].replacen("id2", "id9", 1)
+            ),
+        )
+        .unwrap();
+        assert!(
+            verify(&path).is_ok(),
+            "a chain has no successor to check the last line"
+        );
+        let err = log.verify_chain().unwrap_err();
+        assert!(err.contains("last line was edited or removed"), "{err}");
     }
 }

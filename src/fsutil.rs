@@ -90,6 +90,46 @@ pub fn run_blocking<T>(work: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Run `edit` holding an exclusive lock (`flock`) on `<path>.lock`: the
+/// read-modify-write of a file that several processes edit (`breakwater
+/// user`, `breakwater token`) never loses one of two concurrent changes.
+/// The lock is released when `edit` returns; `lock_failed` turns a failure
+/// to take it into the caller's error.
+pub fn with_lock<R, E>(
+    path: &Path,
+    lock_failed: impl FnOnce(std::io::Error) -> E,
+    edit: impl FnOnce() -> Result<R, E>,
+) -> Result<R, E> {
+    let lock = match take_lock(path) {
+        Ok(lock) => lock,
+        Err(err) => return Err(lock_failed(err)),
+    };
+    let result = edit();
+    drop(lock);
+    result
+}
+
+fn take_lock(path: &Path) -> std::io::Result<File> {
+    use std::os::fd::AsRawFd;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let named =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", lock_path.display()));
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(named)?;
+    // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(named(std::io::Error::last_os_error()));
+    }
+    Ok(lock)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,8 @@
 pub mod accounts;
 pub mod address;
 pub mod admin;
+pub mod alert_channels;
+pub mod api_tokens;
 pub mod audit;
 pub mod cli;
 pub mod config;
@@ -49,6 +51,7 @@ pub mod monitor;
 pub mod mta_sts;
 pub mod policy;
 pub mod secrets;
+pub mod security_events;
 pub mod selfcheck;
 pub mod server;
 pub mod smtp;

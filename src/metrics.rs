@@ -35,6 +35,7 @@ pub struct Metrics {
     pub spool_free_bytes: Gauge,
     pub spool_min_free_bytes: Gauge,
     pub alerts: Family<Labels, Counter>,
+    pub security_events: Family<Labels, Counter>,
     pub alerts_active: Family<Labels, Gauge>,
     /// Warnings of the HTML parser under the sanitiser (e.g. "foster
     /// parenting not implemented" for mis-nested tables): counted, not
@@ -75,6 +76,7 @@ impl Metrics {
             spool_free_bytes: Gauge::default(),
             spool_min_free_bytes: Gauge::default(),
             alerts: Family::default(),
+            security_events: Family::default(),
             alerts_active: Family::default(),
             html_parser_warnings: Counter::default(),
             compacted_messages: Counter::default(),
@@ -162,6 +164,11 @@ impl Metrics {
             metrics.alerts.clone(),
         );
         registry.register(
+            "security_events",
+            "Security events (token, admin account, MFA, audit chain, configuration), by event",
+            metrics.security_events.clone(),
+        );
+        registry.register(
             "alert_active",
             "1 while an alert (upstream down, queue depth, queue age) lasts",
             metrics.alerts_active.clone(),
@@ -193,6 +200,12 @@ impl Metrics {
 
     pub fn alert(&self, event: &str) {
         self.alerts.get_or_create(&label("event", event)).inc();
+    }
+
+    pub fn security_event(&self, event: &str) {
+        self.security_events
+            .get_or_create(&label("event", event))
+            .inc();
     }
 
     pub fn alert_active(&self, key: &str, active: bool) {

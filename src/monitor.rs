@@ -20,16 +20,15 @@
 //! queue got.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::config::{parse_host_port, AlertKind, AlertTarget, Config, WebhookFormat};
+use crate::config::{parse_host_port, Config};
 use crate::delivery::DeliveryHandle;
 use crate::envelope::now_ms;
-use crate::smtp_client::{self, Dialer, Relay, TlsClients, TlsPolicy};
+use crate::smtp_client::{Dialer, TlsClients};
 use crate::spool::Spool;
 
 /// One notification, as sent to webhooks (JSON) and summarised in `text`.
@@ -127,7 +126,7 @@ async fn notify_users(config: &Config, users: &[(String, String)], upstream: &st
             "read_at": config.web.public_url,
             "text": text,
         });
-        match post_json(url.clone(), notice).await {
+        match crate::alert_channels::post_json(url.clone(), notice).await {
             Ok(()) => tracing::info!(user = %address, upstream, "outage notice sent to user"),
             Err(err) => {
                 tracing::warn!(user = %address, error = %err, "outage notice to user failed")
@@ -466,79 +465,6 @@ async fn update(
 async fn send(config: &Config, notice: &Notice) {
     tracing::warn!(event = %notice.event, subject = %notice.subject, duration_s = notice.duration_seconds, queue = notice.queue_depth, detail = %notice.detail, "alert");
     crate::metrics::get().alert(&notice.event);
-    for target in &config.alert_targets {
-        let result = match target.kind {
-            AlertKind::Webhook => webhook(target, notice).await,
-            AlertKind::Mail => mail(config, target, notice).await,
-        };
-        if let Err(err) = result {
-            tracing::error!(event = %notice.event, target = ?target.kind, error = %err, "alert could not be delivered");
-        }
-    }
-}
-
-async fn webhook(target: &AlertTarget, notice: &Notice) -> Result<(), String> {
-    let body = match target.format {
-        WebhookFormat::Json => serde_json::to_value(notice).map_err(|e| e.to_string())?,
-        WebhookFormat::Text => serde_json::json!({ "text": notice.text }),
-    };
-    post_json(target.url.clone().unwrap_or_default(), body).await
-}
-
-async fn post_json(url: String, body: serde_json::Value) -> Result<(), String> {
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        agent
-            .post(&url)
-            .send_json(&body)
-            .map(|_| ())
-            .map_err(|e| format!("POST {url}: {e}"))
-    })
-    .await
-    .map_err(|e| e.to_string())?
-}
-
-/// A plain SMTP submission through the alert's own relay.
-async fn mail(config: &Config, target: &AlertTarget, notice: &Notice) -> Result<(), String> {
-    let route = target.route.as_deref().unwrap_or("");
-    let (host, port) = parse_host_port(route).ok_or_else(|| format!("bad route {route:?}"))?;
-    let to = target.to.clone().unwrap_or_default();
-    let from = format!("breakwater-alerts@{}", config.hostname);
-    let date = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc2822)
-        .unwrap_or_default();
-    let message = format!(
-        "From: Breakwater <{from}>\r\nTo: <{to}>\r\nSubject: {}\r\nDate: {date}\r\nMessage-ID: <{}.{}@{}>\r\nAuto-Submitted: auto-generated\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n\r\n{}\r\n",
-        notice.text.lines().next().unwrap_or(""),
-        notice.event,
-        now_ms(),
-        config.hostname,
-        notice.text,
-        serde_json::to_string_pretty(notice).unwrap_or_default().replace('\n', "\r\n"),
-    );
-    let addr: SocketAddr = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or("relay does not resolve")?;
-    // The relay is outside the outage; encrypt when it offers STARTTLS.
-    let relay = Relay {
-        host,
-        addr,
-        policy: TlsPolicy::Opportunistic,
-    };
-    let limit = Duration::from_secs(30);
-    smtp_client::submit(
-        &dialer(config, limit)?,
-        &relay,
-        &from,
-        &to,
-        message.as_bytes(),
-        limit,
-    )
-    .await
-    .map(|_| ())
+    let json = serde_json::to_value(notice).unwrap_or_default();
+    crate::alert_channels::deliver(config, &notice.event, &notice.text, &json).await;
 }

@@ -54,6 +54,7 @@ pub struct Server {
     delivery: Option<DeliveryEngine>,
     /// Spool upkeep (compaction), stopped before the spool closes.
     maintenance: JoinHandle<()>,
+    security: Arc<crate::security_events::SecurityEvents>,
 }
 
 impl Server {
@@ -79,6 +80,12 @@ impl Server {
             config.admin.audit_max_bytes,
             config.admin.audit_keep,
         )?);
+        let security = crate::security_events::SecurityEvents::new(&config, audit.clone());
+        tokio::spawn(crate::security_events::watch(
+            security.clone(),
+            config.clone(),
+            shutdown_rx.clone(),
+        ));
         let drills = Drills::open(
             &config,
             spool.clone(),
@@ -92,8 +99,9 @@ impl Server {
         let admin = crate::admin::AdminState {
             spool: spool.clone(),
             delivery: handle.clone(),
-            tokens: crate::admin::auth::TokenStore::new(&config.admin.tokens_file),
+            tokens: crate::api_tokens::TokenStore::new(&config.admin.tokens_file),
             audit: audit.clone(),
+            security: security.clone(),
             drills: drills.clone(),
             smtp_ready: smtp_up_rx,
         };
@@ -149,6 +157,7 @@ impl Server {
             web_task,
             delivery,
             maintenance,
+            security,
         })
     }
 
@@ -156,6 +165,17 @@ impl Server {
     /// connections. On any error the old state stays in force.
     pub fn reload(&self, config: &Config) {
         let waiting = self.config.restart_needed(config);
+        self.security.raise(crate::security_events::SecurityEvent {
+            kind: crate::security_events::EventKind::ConfigReloaded,
+            subject: "configuration".into(),
+            actor: "SIGHUP".into(),
+            ip: "local".into(),
+            detail: if waiting.is_empty() {
+                "recipient lists and certificate re-read".into()
+            } else {
+                format!("re-read; waiting for a restart: {}", waiting.join(", "))
+            },
+        });
         if !waiting.is_empty() {
             tracing::warn!(
                 settings = %waiting.join(", "),

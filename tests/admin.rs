@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use breakwater::admin::auth::{self, Role};
+use breakwater::api_tokens::{self as auth, Role};
 use breakwater::server::Server;
 use common::*;
 use serde_json::{json, Value};
@@ -65,8 +65,9 @@ impl Api {
 /// 2 to listed.example; delivery disabled so they stay.
 fn populated() -> (Fixture, tokio::runtime::Runtime, Server, String, String) {
     let fixture = Fixture::new();
-    let admin = auth::create(&fixture.config.admin.tokens_file, "ops", Role::Admin).unwrap();
-    let viewer = auth::create(&fixture.config.admin.tokens_file, "noc", Role::Viewer).unwrap();
+    let admin = auth::create(&fixture.config.admin.tokens_file, "ops", Role::Admin, None).unwrap();
+    let viewer =
+        auth::create(&fixture.config.admin.tokens_file, "noc", Role::Viewer, None).unwrap();
     let (rt, server) = start_in_process(&fixture);
     let mut c = RawClient::greeted(server.smtp_addrs[0]);
     c.expect("EHLO admin.test", 250);
@@ -309,8 +310,10 @@ fn bulk_actions_with_dry_run_and_audit_chain() {
     rt.block_on(server.shutdown());
 
     let log = &fixture.config.admin.audit_log;
-    assert_eq!(breakwater::audit::verify(log).unwrap(), 5);
     let text = std::fs::read_to_string(log).unwrap();
+    // The five actions, and the token's first use (a security event).
+    assert_eq!(breakwater::audit::verify(log).unwrap(), 6, "{text}");
+    assert!(text.contains("\"security:token-first-use\""), "{text}");
     std::fs::write(log, text.replacen("\"hold\"", "\"noop\"", 1)).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakwater"))
         .args(["audit", "verify", "--file"])
@@ -568,8 +571,9 @@ fn queue_cli_against_a_live_server() {
 fn upstream_hold_release_flush_and_bounce_over_the_api() {
     use common::sink::{Script, Sink};
     let mut fixture = Fixture::new();
-    let admin = auth::create(&fixture.config.admin.tokens_file, "ops", Role::Admin).unwrap();
-    let viewer = auth::create(&fixture.config.admin.tokens_file, "noc", Role::Viewer).unwrap();
+    let admin = auth::create(&fixture.config.admin.tokens_file, "ops", Role::Admin, None).unwrap();
+    let viewer =
+        auth::create(&fixture.config.admin.tokens_file, "noc", Role::Viewer, None).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -4,70 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use breakwater::config::{AlertKind, AlertTarget, UpstreamTls, WebhookFormat};
 use common::sink::{Script, Sink};
+use common::webhook::{events, wait_for_event, webhook_receiver};
 use common::*;
-use serde_json::Value;
-
-/// Webhook bodies received, with their arrival time.
-type Received = Arc<Mutex<Vec<(Instant, Value)>>>;
-
-/// A loopback HTTP server that records each POST body with its arrival time.
-fn webhook_receiver() -> (String, Received) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let store = got.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream);
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-                if line == "\r\n" {
-                    break;
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            if let Ok(value) = serde_json::from_slice(&body) {
-                store.lock().unwrap().push((Instant::now(), value));
-            }
-            let _ = reader
-                .get_mut()
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        }
-    });
-    (url, got)
-}
-
-/// Wait up to `limit` for a notice of `event`; fail showing what came.
-fn wait_for_event(got: &Received, event: &str, limit: Duration) {
-    assert!(
-        wait_for(limit, || events(got).iter().any(|e| e == event)),
-        "no {event} notice: {:?}",
-        events(got)
-    );
-}
-
-fn events(got: &Received) -> Vec<String> {
-    got.lock()
-        .unwrap()
-        .iter()
-        .map(|(_, v)| v["event"].as_str().unwrap_or("?").to_string())
-        .collect()
-}
 
 #[test]
 fn upstream_outage_is_alerted_repeated_and_recovered() {
@@ -427,13 +370,14 @@ fn the_alert_the_list_the_gauge_and_the_banner_give_one_verdict() {
         false,
         false,
     );
-    let token = breakwater::admin::auth::create(
+    let token = breakwater::api_tokens::create(
         &fixture.config.admin.tokens_file,
         "ops",
-        breakwater::admin::auth::Role::Viewer,
+        breakwater::api_tokens::Role::Viewer,
+        None,
     )
     .unwrap();
-    breakwater::admin::auth::write_private(&fixture.config.admin.cli_token_file, token.as_bytes())
+    breakwater::api_tokens::write_private(&fixture.config.admin.cli_token_file, token.as_bytes())
         .unwrap();
     let (rt, server) = start_in_process(&fixture);
     // The CLI finds the in-process server's admin API through its config.

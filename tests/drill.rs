@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use breakwater::admin::auth::{self, Role};
+use breakwater::api_tokens::{self as auth, Role};
 use breakwater::config::UpstreamTls;
 use common::dns::{TestDns, Zone};
 use common::sink::{Script, Sink};
@@ -84,7 +84,13 @@ fn failover_drill_end_to_end() {
     let users = fixture.config.web.users_file.clone();
     add_user(&users, "alice@example.com", &[], false, false);
     let admin_secret = add_user(&users, "admin@example.com", &[], true, true).unwrap();
-    let token = auth::create(&fixture.config.admin.tokens_file, "drill-test", Role::Admin).unwrap();
+    let token = auth::create(
+        &fixture.config.admin.tokens_file,
+        "drill-test",
+        Role::Admin,
+        None,
+    )
+    .unwrap();
     let server = rt.block_on(fixture.start());
     // The CLI finds the running server through the config.
     fixture.config.admin.listen = server.admin_addr.unwrap();

@@ -223,29 +223,16 @@ pub fn edit<R>(
     path: &Path,
     change: impl FnOnce(&mut BTreeMap<String, Account>) -> Result<R, AccountError>,
 ) -> Result<R, AccountError> {
-    use std::os::fd::AsRawFd;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-    }
-    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_error(&lock_path))?;
-    // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io_error(&lock_path)(std::io::Error::last_os_error()));
-    }
-    let mut accounts = read(path)?;
-    let result = change(&mut accounts)?;
-    let file = AccountFile {
-        accounts: accounts.into_values().collect(),
-    };
-    let data = serde_json::to_vec_pretty(&file).expect("accounts serialise");
-    crate::fsutil::write_atomic(path, &data, Some(0o600)).map_err(io_error(path))?;
-    Ok(result)
+    crate::fsutil::with_lock(path, io_error(path), || {
+        let mut accounts = read(path)?;
+        let result = change(&mut accounts)?;
+        let file = AccountFile {
+            accounts: accounts.into_values().collect(),
+        };
+        let data = serde_json::to_vec_pretty(&file).expect("accounts serialise");
+        crate::fsutil::write_atomic(path, &data, Some(0o600)).map_err(io_error(path))?;
+        Ok(result)
+    })
 }
 
 /// Add a new account. Aliases already owned by another account are refused:

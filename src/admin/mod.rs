@@ -9,7 +9,6 @@
 //! POST. `/healthz`, `/readyz` and `/metrics` need no token (the admin port
 //! listens on loopback by default; put it behind your monitoring network).
 
-pub mod auth;
 mod drill;
 mod queue;
 
@@ -26,10 +25,10 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api_tokens::{Role, TokenStore};
 use crate::config::AdminConfig;
 use crate::delivery::DeliveryHandle;
 use crate::spool::Spool;
-use auth::{Role, TokenStore};
 
 /// Everything the handlers share.
 pub struct AdminState {
@@ -37,6 +36,8 @@ pub struct AdminState {
     pub delivery: Option<DeliveryHandle>,
     pub tokens: TokenStore,
     pub audit: Arc<crate::audit::AuditLog>,
+    /// Token first uses, new addresses and refused tokens are raised here.
+    pub security: Arc<crate::security_events::SecurityEvents>,
     pub drills: Arc<crate::drill::Drills>,
     /// True while the SMTP accept loops run (for /readyz).
     pub smtp_ready: watch::Receiver<bool>,
@@ -114,11 +115,57 @@ impl FromRequestParts<Arc<AdminState>> for Caller {
                     "missing bearer token (Authorization: Bearer …)".into(),
                 )
             })?;
-        let (name, role) = state
-            .tokens
-            .check(token.trim())
-            .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()))?;
-        Ok(Caller { name, role, ip })
+        use crate::api_tokens::{Novelty, Verdict};
+        use crate::security_events::{EventKind, SecurityEvent};
+        let event = |kind, name: &str, detail: String| SecurityEvent {
+            kind,
+            subject: name.to_string(),
+            actor: format!("token {name}"),
+            ip: ip.clone(),
+            detail,
+        };
+        match state.tokens.check(token.trim(), &ip) {
+            Verdict::Valid {
+                name,
+                role,
+                novelty,
+            } => {
+                match novelty {
+                    Some(Novelty::FirstUse) => state.security.raise(event(
+                        EventKind::TokenFirstUse,
+                        &name,
+                        format!("{} {}", parts.method, parts.uri.path()),
+                    )),
+                    Some(Novelty::NewAddress) => state.security.raise(event(
+                        EventKind::TokenNewAddress,
+                        &name,
+                        format!("{} {}", parts.method, parts.uri.path()),
+                    )),
+                    None => {}
+                }
+                Ok(Caller { name, role, ip })
+            }
+            Verdict::Refused { name, why } => {
+                state.security.raise_at_most_every(
+                    &format!("token-refused:{name}:{ip}"),
+                    std::time::Duration::from_secs(600),
+                    event(
+                        EventKind::TokenRefused,
+                        &name,
+                        format!(
+                            "{why} token presented for {} {}",
+                            parts.method,
+                            parts.uri.path()
+                        ),
+                    ),
+                );
+                Err(ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    format!("token {name:?} is {why}"),
+                ))
+            }
+            Verdict::Unknown => Err(ApiError(StatusCode::UNAUTHORIZED, "unknown token".into())),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod queue;
 mod recipients;
 mod serve;
 mod table;
+mod token;
 mod user;
 
 use std::path::PathBuf;
@@ -63,7 +64,7 @@ pub enum Command {
     /// Admin API tokens.
     Token {
         #[command(subcommand)]
-        command: TokenCommand,
+        command: token::TokenCommand,
     },
     /// Is this deployment ready for an outage? MX order and TTLs, host name
     /// and PTR, SPF, DMARC, MTA-STS and TLS-RPT, upstream and listener TLS. Exit 0 all pass,
@@ -126,20 +127,6 @@ pub enum CertCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum TokenCommand {
-    /// Create a token; it is printed once and only its hash is stored.
-    Create {
-        #[arg(long)]
-        name: String,
-        #[arg(long, value_enum)]
-        role: crate::admin::auth::Role,
-        /// Also save it to [admin] cli_token_file for the local CLI.
-        #[arg(long)]
-        save: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check the hash chain; reports the first broken line.
     Verify {
@@ -190,38 +177,7 @@ pub fn main() -> ExitCode {
         Command::Recipients { command } => {
             with_config(&cli.config, |c| recipients::run(c, command, json))
         }
-        Command::Token {
-            command: TokenCommand::Create { name, role, save },
-        } => with_config(&cli.config, |config| {
-            match crate::admin::auth::create(&config.admin.tokens_file, &name, role) {
-                Ok(token) => {
-                    if save {
-                        if let Err(err) = crate::admin::auth::write_private(
-                            &config.admin.cli_token_file,
-                            token.as_bytes(),
-                        ) {
-                            eprintln!("breakwater: cannot save token: {err}");
-                            return ExitCode::FAILURE;
-                        }
-                        eprintln!("saved to {}", config.admin.cli_token_file.display());
-                    }
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::json!({ "name": name, "role": role, "token": token })
-                        );
-                    } else {
-                        println!("{token}");
-                    }
-                    eprintln!("token {name:?} ({role:?}) created; it is shown only this once");
-                    ExitCode::SUCCESS
-                }
-                Err(err) => {
-                    eprintln!("breakwater: {err}");
-                    ExitCode::FAILURE
-                }
-            }
-        }),
+        Command::Token { command } => with_config(&cli.config, |c| token::run(c, command, json)),
         Command::Cert {
             command:
                 CertCommand::SelfSigned {

@@ -24,6 +24,10 @@ pub struct AdminConfig {
     pub audit_keep: usize,
     /// Open connections at most; more wait in the listen backlog.
     pub max_connections: usize,
+    /// `serve` checks the audit log's hash chain this often (and at start);
+    /// a broken chain is a security event.
+    #[serde(with = "humantime_serde")]
+    pub audit_verify_interval: std::time::Duration,
 }
 
 impl Default for AdminConfig {
@@ -37,6 +41,7 @@ impl Default for AdminConfig {
             audit_max_bytes: 16 * 1024 * 1024,
             audit_keep: 10,
             max_connections: 64,
+            audit_verify_interval: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -45,7 +50,13 @@ impl AdminConfig {
     pub(super) fn validate(&self, invalid: &Invalid) -> Result<(), ConfigError> {
         nonzero(
             invalid,
-            &[("admin.max_connections", self.max_connections as u64)],
+            &[
+                ("admin.max_connections", self.max_connections as u64),
+                (
+                    "admin.audit_verify_interval",
+                    self.audit_verify_interval.as_millis() as u64,
+                ),
+            ],
         )
     }
 }

@@ -42,6 +42,8 @@ pub struct AlertsConfig {
     /// Alert when the oldest waiting message is older than this (0 = off).
     #[serde(with = "humantime_serde")]
     pub oldest_age: Duration,
+    /// Language of security-event alert texts: "en" or "ja".
+    pub language: String,
 }
 
 impl Default for AlertsConfig {
@@ -53,6 +55,7 @@ impl Default for AlertsConfig {
             repeat: Duration::from_secs(3600),
             queue_depth: 0,
             oldest_age: Duration::ZERO,
+            language: "en".to_string(),
         }
     }
 }
@@ -121,6 +124,12 @@ pub(super) fn validate_alerts(
                 }
             }
         }
+    }
+    if !["en", "ja"].contains(&alerts.language.as_str()) {
+        return Err(invalid(
+            "alerts.language",
+            format!("{:?} is not \"en\" or \"ja\"", alerts.language),
+        ));
     }
     if alerts.check_interval.is_zero() || alerts.probe_failures == 0 {
         return Err(invalid(

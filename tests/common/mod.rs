@@ -14,6 +14,7 @@ pub mod https;
 pub mod ledger;
 pub mod sink;
 pub mod web;
+pub mod webhook;
 
 use breakwater::config::{
     AdminConfig, AlertsConfig, CalloutConfig, Config, DeliveryConfig, DnsConfig, DomainConfig,
@@ -480,4 +481,24 @@ pub fn block<F: std::future::Future>(future: F) -> F::Output {
             .expect("runtime")
             .block_on(future),
     }
+}
+
+/// Run the `breakwater` CLI with `--config config`, `stdin` as its input.
+pub fn run_cli(config: &Path, args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = Command::new(server_binary())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn breakwater");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }

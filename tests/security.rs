@@ -1,0 +1,329 @@
+//! Security events against a running server and the real CLI: each step of
+//! an admin-plane takeover (a token minted, used from a new address, a new
+//! admin, MFA removed, the audit log edited, a change made while the server
+//! was stopped) is an audit entry and a notification to loopback webhooks
+//! (JSON and text, in Japanese) within a second; revoked and expired tokens
+//! answer 401.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use breakwater::config::{AlertKind, AlertTarget, WebhookFormat};
+use common::webhook::{events, webhook_receiver, Received};
+use common::*;
+use serde_json::Value;
+
+/// GET `path` on the admin API from `source` (a loopback address) with a
+/// bearer token: (status, body).
+fn get_from(
+    rt: &tokio::runtime::Runtime,
+    source: &str,
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+) -> (u16, String) {
+    let source: SocketAddr = format!("{source}:0").parse().unwrap();
+    let stream = rt
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(source)?;
+            socket.connect(addr).await
+        })
+        .expect("connect");
+    let mut stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// The JSON notices of `event` about `subject` so far.
+fn notices(got: &Received, event: &str, subject: &str) -> Vec<Value> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .map(|(_, v)| v.clone())
+        .filter(|v| v["event"] == event && v["subject"] == subject)
+        .collect()
+}
+
+/// Wait at most a second after `since` for one notice of `event` about
+/// `subject`; return it.
+fn alerted_within_a_second(got: &Received, event: &str, subject: &str) -> Value {
+    assert!(
+        wait_for(Duration::from_secs(1), || !notices(got, event, subject)
+            .is_empty()),
+        "no {event} notice for {subject} within a second: {:?}",
+        events(got)
+    );
+    notices(got, event, subject).remove(0)
+}
+
+fn cli(config: &std::path::Path, args: &[&str], stdin: &str) -> String {
+    let out = run_cli(config, args, stdin);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "breakwater {args:?}: {text}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn audit_actions(fixture: &Fixture) -> Vec<(String, String)> {
+    std::fs::read_to_string(&fixture.config.admin.audit_log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["target"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn each_step_of_an_admin_plane_takeover_is_audited_and_alerted_at_once() {
+    let (json_url, json_hook) = webhook_receiver();
+    let (text_url, text_hook) = webhook_receiver();
+    let mut fixture = Fixture::new();
+    fixture.config.alerts.language = "ja".into();
+    fixture.config.admin.audit_verify_interval = Duration::from_millis(500);
+    fixture.config.alert_targets = vec![
+        AlertTarget {
+            kind: AlertKind::Webhook,
+            url: Some(json_url),
+            format: WebhookFormat::Json,
+            to: None,
+            route: None,
+        },
+        AlertTarget {
+            kind: AlertKind::Webhook,
+            url: Some(text_url),
+            format: WebhookFormat::Text,
+            to: None,
+            route: None,
+        },
+    ];
+    let config = fixture.write_config();
+    // What exists before the first start is the baseline: no events.
+    let ops = cli(
+        &config,
+        &["token", "create", "--name", "ops", "--role", "admin"],
+        "",
+    );
+    let ops = ops.trim().to_string();
+    cli(
+        &config,
+        &["user", "add", "alice@example.com", "--password-stdin"],
+        "correct horse battery\n",
+    );
+    let (rt, server) = start_in_process(&fixture);
+    let admin = server.admin_addr.unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(events(&json_hook).is_empty(), "{:?}", events(&json_hook));
+
+    // A token's first use, then its first use from another address.
+    let (status, _) = get_from(&rt, "127.0.0.1", admin, "/api/v1/queue", &ops);
+    assert_eq!(status, 200);
+    let first = alerted_within_a_second(&json_hook, "token-first-use", "ops");
+    assert_eq!(first["ip"], "127.0.0.1");
+    assert_eq!(first["kind"], "security");
+    get_from(&rt, "127.0.0.1", admin, "/api/v1/queue", &ops);
+    get_from(&rt, "127.0.0.2", admin, "/api/v1/queue", &ops);
+    let moved = alerted_within_a_second(&json_hook, "token-new-address", "ops");
+    assert_eq!(moved["ip"], "127.0.0.2");
+    get_from(&rt, "127.0.0.2", admin, "/api/v1/queue", &ops);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        notices(&json_hook, "token-new-address", "ops").len(),
+        1,
+        "known addresses are quiet"
+    );
+    assert_eq!(notices(&json_hook, "token-first-use", "ops").len(), 1);
+
+    // A token minted with the CLI, then revoked: 401 with the reason, and
+    // the refused use is an event too.
+    let mint = cli(
+        &config,
+        &["token", "create", "--name", "mint", "--role", "admin"],
+        "",
+    );
+    let mint = mint.trim().to_string();
+    let created = alerted_within_a_second(&json_hook, "token-created", "mint");
+    assert!(
+        created["detail"].as_str().unwrap().contains("admin"),
+        "{created}"
+    );
+    assert_eq!(
+        get_from(&rt, "127.0.0.1", admin, "/api/v1/queue", &mint).0,
+        200
+    );
+    cli(&config, &["token", "revoke", "mint"], "");
+    alerted_within_a_second(&json_hook, "token-revoked", "mint");
+    let (status, body) = get_from(&rt, "127.0.0.1", admin, "/api/v1/queue", &mint);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("revoked"), "{body}");
+    alerted_within_a_second(&json_hook, "token-refused", "mint");
+    // Expired: refused the same way.
+    let brief = cli(
+        &config,
+        &[
+            "token",
+            "create",
+            "--name",
+            "brief",
+            "--role",
+            "viewer",
+            "--expires",
+            "1s",
+        ],
+        "",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let (status, body) = get_from(&rt, "127.0.0.1", admin, "/api/v1/queue", brief.trim());
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("expired"), "{body}");
+
+    // `token list` shows status, last use and where from.
+    let listed: Value =
+        serde_json::from_str(&cli(&config, &["--json", "token", "list"], "")).unwrap();
+    let row = |name: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(row("ops")["status"], "active");
+    assert_eq!(row("ops")["last_address"], "127.0.0.2");
+    assert_eq!(row("ops")["addresses"].as_array().unwrap().len(), 2);
+    assert_eq!(row("mint")["status"], "revoked");
+    assert_eq!(row("brief")["status"], "expired");
+    let table = cli(&config, &["token", "list"], "");
+    assert!(table.lines().next().unwrap().starts_with("NAME"), "{table}");
+
+    // A new admin; MFA enrolled and removed on another account.
+    cli(
+        &config,
+        &[
+            "user",
+            "add",
+            "boss@example.com",
+            "--admin",
+            "--password-stdin",
+        ],
+        "another long password\n",
+    );
+    let boss = alerted_within_a_second(&json_hook, "admin-created", "boss@example.com");
+    assert!(
+        boss["text"]
+            .as_str()
+            .unwrap()
+            .contains("管理者アカウントが作成されました"),
+        "{boss}"
+    );
+    cli(&config, &["user", "totp-setup", "alice@example.com"], "");
+    alerted_within_a_second(&json_hook, "totp-enrolled", "alice@example.com");
+    cli(&config, &["user", "totp-remove", "alice@example.com"], "");
+    alerted_within_a_second(&json_hook, "totp-removed", "alice@example.com");
+
+    // A configuration reload.
+    server.reload(&fixture.config);
+    alerted_within_a_second(&json_hook, "config-reloaded", "configuration");
+
+    // The text webhook got the same events, in Japanese.
+    let texts: Vec<String> = text_hook
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, v)| v["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("二要素認証 (TOTP) が削除されました")
+                && t.contains("alice@example.com")),
+        "{texts:?}"
+    );
+
+    // Every event is in the audit log, and the chain verifies.
+    let actions = audit_actions(&fixture);
+    for (action, target) in [
+        ("security:token-first-use", "ops"),
+        ("security:token-new-address", "ops"),
+        ("security:token-created", "mint"),
+        ("security:token-revoked", "mint"),
+        ("security:token-refused", "mint"),
+        ("security:admin-created", "boss@example.com"),
+        ("security:totp-enrolled", "alice@example.com"),
+        ("security:totp-removed", "alice@example.com"),
+        ("security:config-reloaded", "configuration"),
+    ] {
+        assert!(
+            actions.iter().any(|(a, t)| a == action && t == target),
+            "{action} {target} not audited: {actions:?}"
+        );
+    }
+    cli(&config, &["audit", "verify"], "");
+
+    // The last audit line edited: a hash chain alone cannot see it, the
+    // running server (which knows what it wrote last) can.
+    let log = std::fs::read_to_string(&fixture.config.admin.audit_log).unwrap();
+    let last = log.trim_end().rfind('\n').unwrap() + 1;
+    let edited = format!(
+        "{}{}",
+        &log[..last],
+        log[last..].replacen("configuration", "nothing-here", 1)
+    );
+    std::fs::write(&fixture.config.admin.audit_log, edited).unwrap();
+    let started = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(2), || events(&json_hook)
+            .iter()
+            .any(|e| e == "audit-chain-broken")),
+        "{:?}",
+        events(&json_hook)
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    rt.block_on(server.shutdown());
+
+    // A change made while the server was stopped is raised at the next start.
+    cli(
+        &config,
+        &[
+            "user",
+            "add",
+            "night@example.com",
+            "--admin",
+            "--password-stdin",
+        ],
+        "made while nobody watched\n",
+    );
+    let (rt, server) = start_in_process(&fixture);
+    alerted_within_a_second(&json_hook, "admin-created", "night@example.com");
+    assert_eq!(
+        notices(&json_hook, "admin-created", "boss@example.com").len(),
+        1,
+        "changes seen before are not raised again after a restart"
+    );
+    rt.block_on(server.shutdown());
+}
