@@ -47,6 +47,13 @@ pub enum EventKind {
     TotpEnrolled,
     AuditChainBroken,
     ConfigReloaded,
+    /// An admin signed in from an address not seen for that account in 30 days.
+    AdminSignInNewAddress,
+    /// Repeated failures locked an account (or an address) out.
+    AccountLocked,
+    /// More failed sign-ins across all accounts than `[web] spray_failures`
+    /// within `[web] lockout_window`.
+    SignInSpray,
 }
 
 impl EventKind {
@@ -65,6 +72,9 @@ impl EventKind {
             EventKind::TotpEnrolled => "totp-enrolled",
             EventKind::AuditChainBroken => "audit-chain-broken",
             EventKind::ConfigReloaded => "config-reloaded",
+            EventKind::AdminSignInNewAddress => "admin-sign-in-new-address",
+            EventKind::AccountLocked => "account-locked",
+            EventKind::SignInSpray => "sign-in-spray",
         }
     }
 
@@ -112,6 +122,20 @@ impl EventKind {
             }
             (EventKind::ConfigReloaded, false) => "The configuration was reloaded",
             (EventKind::ConfigReloaded, true) => "設定が再読み込みされました",
+            (EventKind::AdminSignInNewAddress, false) => {
+                "An admin signed in from an address not seen for that account in 30 days"
+            }
+            (EventKind::AdminSignInNewAddress, true) => {
+                "管理者が 30 日間使われていないアドレスからサインインしました"
+            }
+            (EventKind::AccountLocked, false) => "Sign-in locked out after repeated failures",
+            (EventKind::AccountLocked, true) => "サインインの連続失敗によりロックされました",
+            (EventKind::SignInSpray, false) => {
+                "Many failed sign-ins across accounts (password spraying?)"
+            }
+            (EventKind::SignInSpray, true) => {
+                "複数アカウントでサインイン失敗が多発しています (パスワードスプレー攻撃の可能性)"
+            }
         }
     }
 }
@@ -149,7 +173,17 @@ pub struct SecurityEvents {
     runtime: tokio::runtime::Handle,
     /// Key → when it was last raised (`raise_at_most_every`).
     raised: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Admin account → address → last sign-in (ms), loaded on first use
+    /// from `<spool>/admin-sign-ins.json`.
+    sign_ins: std::sync::Mutex<Option<SignIns>>,
+    /// Failed web sign-ins within `[web] lockout_window`, all accounts.
+    failures: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
+
+type SignIns = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// An admin's sign-in address is "new" when not seen for this long.
+const SIGN_IN_MEMORY_MS: u64 = 30 * 24 * 3600 * 1000;
 
 impl SecurityEvents {
     /// Call from within the runtime the notifications are to be sent on.
@@ -159,6 +193,8 @@ impl SecurityEvents {
             config: config.clone(),
             audit,
             raised: Default::default(),
+            sign_ins: Default::default(),
+            failures: Default::default(),
         })
     }
 
@@ -212,6 +248,96 @@ impl SecurityEvents {
             raised.insert(key.to_string(), std::time::Instant::now());
         }
         self.raise(event);
+    }
+
+    /// A web sign-in of an admin account completed (after TOTP): an
+    /// address not seen for the account in 30 days is an event.
+    pub fn admin_signed_in(&self, account: &str, ip: &str) {
+        let path = self.config.spool.dir.join("admin-sign-ins.json");
+        let now = crate::envelope::now_ms();
+        let new_address = {
+            let mut memory = self.sign_ins.lock().expect("sign-ins lock");
+            let known = memory.get_or_insert_with(|| {
+                std::fs::read(&path)
+                    .ok()
+                    .and_then(|data| serde_json::from_slice(&data).ok())
+                    .unwrap_or_default()
+            });
+            let addresses = known.entry(account.to_string()).or_default();
+            addresses.retain(|_, at| now.saturating_sub(*at) < SIGN_IN_MEMORY_MS);
+            let new_address = !addresses.contains_key(ip);
+            addresses.insert(ip.to_string(), now);
+            let data = serde_json::to_vec_pretty(&*known).expect("sign-ins serialise");
+            if let Err(err) = crate::fsutil::run_blocking(|| {
+                crate::fsutil::write_atomic(&path, &data, Some(0o600))
+            }) {
+                tracing::error!(file = %path.display(), error = %err, "security: cannot save admin sign-in addresses");
+            }
+            new_address
+        };
+        if new_address {
+            self.raise(SecurityEvent {
+                kind: EventKind::AdminSignInNewAddress,
+                subject: account.to_string(),
+                actor: account.to_string(),
+                ip: ip.to_string(),
+                detail: "web sign-in (password and TOTP) from an address this admin has not used in 30 days".into(),
+            });
+        }
+    }
+
+    /// A failed web sign-in; `locked` names what the failure locked out
+    /// ("account" / "address"), if it did.
+    pub fn sign_in_failed(&self, account: &str, ip: &str, locked: Option<&str>) {
+        if let Some(what) = locked {
+            self.raise(SecurityEvent {
+                kind: EventKind::AccountLocked,
+                subject: account.to_string(),
+                actor: account.to_string(),
+                ip: ip.to_string(),
+                detail: format!(
+                    "{what} locked for {} after repeated failures",
+                    humantime::format_duration(self.config.web.lockout_duration)
+                ),
+            });
+        }
+        let limit = self.config.web.spray_failures as usize;
+        if limit == 0 {
+            return;
+        }
+        let window = self.config.web.lockout_window;
+        let count = {
+            let mut failures = self.failures.lock().expect("failures lock");
+            let now = std::time::Instant::now();
+            failures.push_back(now);
+            while failures
+                .front()
+                .is_some_and(|at| now.duration_since(*at) > window)
+            {
+                failures.pop_front();
+            }
+            // Only the count matters beyond the limit.
+            while failures.len() > limit + 1 {
+                failures.pop_front();
+            }
+            failures.len()
+        };
+        if count > limit {
+            self.raise_at_most_every(
+                "sign-in-spray",
+                window,
+                SecurityEvent {
+                    kind: EventKind::SignInSpray,
+                    subject: "web sign-in".into(),
+                    actor: "unknown".into(),
+                    ip: ip.to_string(),
+                    detail: format!(
+                        "more than {limit} failed sign-ins within {} (latest: {account} from {ip})",
+                        humantime::format_duration(window)
+                    ),
+                },
+            );
+        }
     }
 
     /// The audit chain, checked now: a broken one is raised as an event.

@@ -111,6 +111,7 @@ impl Server {
             spool.clone(),
             handle.clone(),
             audit,
+            security.clone(),
             Some(drills),
             &config.web.search_index_dir(&config.spool),
         );

@@ -327,3 +327,114 @@ fn each_step_of_an_admin_plane_takeover_is_audited_and_alerted_at_once() {
     );
     rt.block_on(server.shutdown());
 }
+
+/// The web side: an admin's sign-in from an address not seen for that
+/// account (also behind a trusted proxy), a lockout, and failures spread
+/// over many accounts (password spraying) are security events too.
+#[test]
+fn admin_sign_ins_from_new_addresses_lockouts_and_sprays_are_alerted() {
+    use common::web::{add_user, WebClient};
+    let (url, hook) = webhook_receiver();
+    let mut fixture = Fixture::new();
+    fixture.config.web.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    fixture.config.web.spray_failures = 8;
+    fixture.config.alert_targets = vec![AlertTarget {
+        kind: AlertKind::Webhook,
+        url: Some(url),
+        format: WebhookFormat::Json,
+        to: None,
+        route: None,
+    }];
+    let users = fixture.config.web.users_file.clone();
+    let secret = add_user(&users, "admin@example.com", &[], true, true).unwrap();
+    add_user(&users, "bob@example.com", &[], false, false);
+    let (rt, server) = start_in_process(&fixture);
+    let web = server.web_addr.unwrap();
+
+    // Three sign-ins need three TOTP codes (each is single-use, and the
+    // server takes one step of skew either way): the previous, the
+    // current and the next step's, in that order, all within one step.
+    let into_step = breakwater::envelope::now_ms() / 1000 % 30;
+    if into_step > 25 {
+        std::thread::sleep(Duration::from_secs(31 - into_step));
+    }
+    let step = breakwater::envelope::now_ms() / 1000 / 30;
+    let sign_in = |client: &mut WebClient, step: u64| {
+        let answer = client.login("admin@example.com", common::web::PASSWORD);
+        assert!(
+            answer.location().starts_with("/login/totp"),
+            "{}",
+            answer.text()
+        );
+        let form = client.get(answer.location());
+        let code = breakwater::accounts::totp::totp_for(&secret, "admin@example.com")
+            .unwrap()
+            .generate(step * 30);
+        let done = client.post(
+            "/login/totp",
+            &[("code", &code), ("csrf", &form.csrf()), ("next", "/mail")],
+        );
+        assert_eq!(done.status, 303, "{}", done.text());
+    };
+
+    // First sign-in ever: a new address. The same address again: quiet.
+    sign_in(&mut WebClient::new(web), step - 1);
+    let first = alerted_within_a_second(&hook, "admin-sign-in-new-address", "admin@example.com");
+    assert_eq!(first["ip"], "127.0.0.1");
+    sign_in(&mut WebClient::new(web), step);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        notices(&hook, "admin-sign-in-new-address", "admin@example.com").len(),
+        1
+    );
+    // Through the trusted proxy from elsewhere.
+    let mut remote = WebClient::new(web);
+    remote
+        .headers
+        .push(("X-Forwarded-For".into(), "198.51.100.7".into()));
+    sign_in(&mut remote, step + 1);
+    assert!(
+        wait_for(Duration::from_secs(1), || notices(
+            &hook,
+            "admin-sign-in-new-address",
+            "admin@example.com"
+        )
+        .iter()
+        .any(|n| n["ip"] == "198.51.100.7")),
+        "{:?}",
+        notices(&hook, "admin-sign-in-new-address", "admin@example.com")
+    );
+
+    // Five bad passwords lock bob out; more failures on other accounts
+    // make it a spray (8 in the window).
+    let mut guess = WebClient::new(web);
+    for _ in 0..5 {
+        assert_eq!(guess.login("bob@example.com", "wrong password").status, 401);
+    }
+    let locked = alerted_within_a_second(&hook, "account-locked", "bob@example.com");
+    assert!(
+        locked["detail"].as_str().unwrap().contains("account"),
+        "{locked}"
+    );
+    assert!(notices(&hook, "sign-in-spray", "web sign-in").is_empty());
+    for n in 0..4 {
+        guess.login(&format!("user{n}@example.com"), "Winter2026!");
+    }
+    let spray = alerted_within_a_second(&hook, "sign-in-spray", "web sign-in");
+    assert!(
+        spray["detail"].as_str().unwrap().contains("more than 8"),
+        "{spray}"
+    );
+    let actions: Vec<String> = audit_actions(&fixture)
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    for action in [
+        "security:admin-sign-in-new-address",
+        "security:account-locked",
+        "security:sign-in-spray",
+    ] {
+        assert!(actions.iter().any(|a| a == action), "{action}: {actions:?}");
+    }
+    rt.block_on(server.shutdown());
+}

@@ -39,6 +39,10 @@ pub struct WebConfig {
     pub lockout_failures: u32,
     /// Failed logins from one IP address within `lockout_window` that block that address.
     pub lockout_ip_failures: u32,
+    /// Failed logins across all accounts and addresses within
+    /// `lockout_window` that raise the `sign-in-spray` security event
+    /// (password spraying spreads its tries below each lockout; 0 = off).
+    pub spray_failures: u32,
     #[serde(with = "humantime_serde")]
     pub lockout_window: Duration,
     #[serde(with = "humantime_serde")]
@@ -88,6 +92,7 @@ impl Default for WebConfig {
             require_totp: false,
             lockout_failures: 5,
             lockout_ip_failures: 20,
+            spray_failures: 50,
             lockout_window: Duration::from_secs(15 * 60),
             lockout_duration: Duration::from_secs(15 * 60),
             retain_delivered: Duration::ZERO,

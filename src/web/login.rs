@@ -109,6 +109,15 @@ fn blocked_message(lang: Lang, blocked: Blocked) -> String {
     }
 }
 
+/// What a failure locked out, for the security event.
+fn locked(account: bool, address: bool) -> Option<&'static str> {
+    match (account, address) {
+        (true, _) => Some("account"),
+        (false, true) => Some("address"),
+        _ => None,
+    }
+}
+
 fn needs_totp(state: &Shared, account: &Account) -> bool {
     account.admin || state.config.require_totp || account.totp_secret.is_some()
 }
@@ -174,6 +183,11 @@ pub async fn submit(
             &address,
             "bad address or password",
         );
+        state.security.sign_in_failed(
+            &address,
+            &visitor.ip,
+            locked(account_locked, address_locked),
+        );
         if account_locked || address_locked {
             state.audit(
                 &address,
@@ -223,6 +237,9 @@ pub async fn submit(
     }
     state.throttle.succeed(&address);
     state.audit(&address, &visitor.ip, "web-login", &address, "ok");
+    if account.admin {
+        state.security.admin_signed_in(&address, &visitor.ip);
+    }
     let id = state
         .sessions
         .create(&account.address, true, &visitor.ip, &visitor.user_agent);
@@ -317,6 +334,9 @@ pub async fn totp_submit(
             &user,
             "bad TOTP code",
         );
+        state
+            .security
+            .sign_in_failed(&user, &visitor.ip, locked(account_locked, address_locked));
         if account_locked || address_locked {
             state.sessions.remove(&id);
             state.audit(
@@ -346,6 +366,9 @@ pub async fn totp_submit(
         &user,
         "ok (password + TOTP)",
     );
+    if state.accounts.get(&user).is_some_and(|a| a.admin) {
+        state.security.admin_signed_in(&user, &visitor.ip);
+    }
     (
         [(header::SET_COOKIE, session_cookie(&state, &full))],
         Redirect::to(&next),

@@ -63,6 +63,8 @@ pub struct WebState {
     pub throttle: Throttle,
     pub second_factor: SecondFactor,
     pub audit: Arc<AuditLog>,
+    /// Lockouts, sprays and admin sign-ins from new addresses are raised here.
+    pub security: Arc<crate::security_events::SecurityEvents>,
     /// Failover drills (banner, admin pages), when the server runs them.
     pub drills: Option<Arc<crate::drill::Drills>>,
     summaries: summaries::SummaryCache,
@@ -78,6 +80,7 @@ impl WebState {
         spool: Spool,
         delivery: Option<DeliveryHandle>,
         audit: Arc<AuditLog>,
+        security: Arc<crate::security_events::SecurityEvents>,
         drills: Option<Arc<crate::drill::Drills>>,
         search_dir: &std::path::Path,
     ) -> WebState {
@@ -111,6 +114,7 @@ impl WebState {
             spool,
             delivery,
             audit,
+            security,
             drills,
         }
     }
