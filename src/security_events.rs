@@ -49,6 +49,8 @@ pub enum EventKind {
     ConfigReloaded,
     /// An admin signed in from an address not seen for that account in 30 days.
     AdminSignInNewAddress,
+    /// An admin account's right password, from outside `[web] admin_networks`.
+    AdminSignInRefused,
     /// Repeated failures locked an account (or an address) out.
     AccountLocked,
     /// More failed sign-ins across all accounts than `[web] spray_failures`
@@ -73,6 +75,7 @@ impl EventKind {
             EventKind::AuditChainBroken => "audit-chain-broken",
             EventKind::ConfigReloaded => "config-reloaded",
             EventKind::AdminSignInNewAddress => "admin-sign-in-new-address",
+            EventKind::AdminSignInRefused => "admin-sign-in-refused",
             EventKind::AccountLocked => "account-locked",
             EventKind::SignInSpray => "sign-in-spray",
         }
@@ -127,6 +130,12 @@ impl EventKind {
             }
             (EventKind::AdminSignInNewAddress, true) => {
                 "管理者が 30 日間使われていないアドレスからサインインしました"
+            }
+            (EventKind::AdminSignInRefused, false) => {
+                "An admin's password was used from outside the admin networks"
+            }
+            (EventKind::AdminSignInRefused, true) => {
+                "管理者のパスワードが管理者用ネットワークの外から使われました"
             }
             (EventKind::AccountLocked, false) => "Sign-in locked out after repeated failures",
             (EventKind::AccountLocked, true) => "サインインの連続失敗によりロックされました",

@@ -438,3 +438,79 @@ fn admin_sign_ins_from_new_addresses_lockouts_and_sprays_are_alerted() {
     }
     rt.block_on(server.shutdown());
 }
+
+/// `[web] admin_networks` with a trusted proxy: an admin signs in and uses
+/// the admin pages only from those networks; from elsewhere the right
+/// password is answered like a wrong one (no oracle), audited and alerted;
+/// an admin session that moves outside loses the admin pages; users are
+/// not affected.
+#[test]
+fn admin_networks_keep_admin_sign_ins_and_pages_inside() {
+    use common::web::{add_user, WebClient, PASSWORD};
+    let (url, hook) = webhook_receiver();
+    let mut fixture = Fixture::new();
+    fixture.config.web.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    fixture.config.web.admin_networks = vec!["10.0.0.0/8".parse().unwrap()];
+    fixture.config.alert_targets = vec![AlertTarget {
+        kind: AlertKind::Webhook,
+        url: Some(url),
+        format: WebhookFormat::Json,
+        to: None,
+        route: None,
+    }];
+    let users = fixture.config.web.users_file.clone();
+    let secret = add_user(&users, "admin@example.com", &[], true, true).unwrap();
+    add_user(&users, "bob@example.com", &[], false, false);
+    let (rt, server) = start_in_process(&fixture);
+    let web = server.web_addr.unwrap();
+    let from = |ip: &str| {
+        let mut client = WebClient::new(web);
+        client.headers.push(("X-Forwarded-For".into(), ip.into()));
+        client
+    };
+
+    // Outside: the right password is refused like a wrong one.
+    let mut outside = from("198.51.100.7");
+    let refused = outside.login("admin@example.com", PASSWORD);
+    let wrong = from("198.51.100.7").login("admin@example.com", "not the password");
+    assert_eq!(refused.status, 401);
+    assert_eq!(wrong.status, 401);
+    // The same words as for a wrong password, and no TOTP step.
+    let words = "The address or password is not right.";
+    assert!(
+        refused.text().contains(words) && wrong.text().contains(words),
+        "{}",
+        refused.text()
+    );
+    assert!(
+        !refused.text().contains("/login/totp"),
+        "{}",
+        refused.text()
+    );
+    let event = alerted_within_a_second(&hook, "admin-sign-in-refused", "admin@example.com");
+    assert_eq!(event["ip"], "198.51.100.7");
+    // A user from outside is not affected.
+    from("198.51.100.7").login_fully("bob@example.com", None);
+
+    // Inside: sign-in and admin pages work; the same session seen from
+    // outside gets no admin page.
+    let mut inside = from("10.1.2.3");
+    inside.login_fully("admin@example.com", Some(&secret));
+    assert_eq!(inside.get("/admin").status, 200);
+    inside.headers = vec![("X-Forwarded-For".into(), "198.51.100.7".into())];
+    let page = inside.get("/admin");
+    assert_eq!(page.status, 403);
+    assert!(
+        page.text().contains("administrators' networks"),
+        "{}",
+        page.text()
+    );
+    let actions: Vec<(String, String)> = audit_actions(&fixture);
+    assert!(
+        actions
+            .iter()
+            .any(|(a, t)| a == "web-login-refused" && t == "admin@example.com"),
+        "{actions:?}"
+    );
+    rt.block_on(server.shutdown());
+}

@@ -26,6 +26,10 @@ pub struct WebConfig {
     /// Reverse proxies whose `X-Forwarded-For` is believed (their last entry
     /// is taken as the client address for lockouts and the audit log).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// When not empty, admin pages and admin sign-ins only from these
+    /// networks (client address as `trusted_proxies` define it); an admin
+    /// account signing in from elsewhere is refused.
+    pub admin_networks: Vec<ipnet::IpNet>,
     /// Local accounts (`breakwater user …`), argon2id hashes and TOTP secrets.
     pub users_file: PathBuf,
     /// Sign out after this long without a request, and after `session_max` in any case.
@@ -93,6 +97,7 @@ impl Default for WebConfig {
             lockout_failures: 5,
             lockout_ip_failures: 20,
             spray_failures: 50,
+            admin_networks: Vec::new(),
             lockout_window: Duration::from_secs(15 * 60),
             lockout_duration: Duration::from_secs(15 * 60),
             retain_delivered: Duration::ZERO,

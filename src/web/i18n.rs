@@ -180,6 +180,7 @@ const TEXT: &[(&str, &str, &str)] = &[
     ("sessions.title", "Signed-in sessions", "サインイン中のセッション"),
     ("error.not_found", "Not found.", "見つかりません。"),
     ("error.forbidden", "You are not allowed to do this.", "この操作は許可されていません。"),
+    ("error.admin_network", "Admin pages are only available from the administrators' networks.", "管理ページは管理者用ネットワークからのみ利用できます。"),
     ("error.csrf", "The form expired or came from another site. Reload the page and try again.", "フォームの有効期限切れ、または別のサイトからの送信です。ページを再読み込みしてやり直してください。"),
     ("error.internal", "Something went wrong on the server. The administrators can find details in the log.", "サーバーでエラーが発生しました。詳細は管理者がログで確認できます。"),
     ("lang.switch", "日本語", "English"),

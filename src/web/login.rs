@@ -207,6 +207,31 @@ pub async fn submit(
             Some(lang.t("login.failed")),
         );
     };
+    if account.admin && !state.admin_network_allows(&visitor.ip) {
+        state.audit(
+            &address,
+            &visitor.ip,
+            "web-login-refused",
+            &address,
+            "admin sign-in from outside [web] admin_networks",
+        );
+        state.security.raise(crate::security_events::SecurityEvent {
+            kind: crate::security_events::EventKind::AdminSignInRefused,
+            subject: address.clone(),
+            actor: address.clone(),
+            ip: visitor.ip.clone(),
+            detail: "the right password, from outside [web] admin_networks".into(),
+        });
+        // Answered like a wrong password: no oracle for a guessed one.
+        return login_response(
+            &state,
+            lang,
+            StatusCode::UNAUTHORIZED,
+            &next,
+            &address,
+            Some(lang.t("login.failed")),
+        );
+    }
     if needs_totp(&state, &account) {
         if account.totp_secret.is_none() {
             state.audit(

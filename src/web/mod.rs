@@ -119,6 +119,16 @@ impl WebState {
         }
     }
 
+    /// `[web] admin_networks`: may admin pages and admin sign-ins come
+    /// from `ip`? (Always, when no networks are set.)
+    pub fn admin_network_allows(&self, ip: &str) -> bool {
+        let networks = &self.config.admin_networks;
+        networks.is_empty()
+            || ip
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| networks.iter().any(|net| net.contains(&ip)))
+    }
+
     /// Write an audit line; a failure is logged, never shown to the user.
     fn audit(&self, actor: &str, ip: &str, action: &str, target: &str, result: &str) {
         if let Err(err) = self.audit.record(actor, ip, action, target, result) {
@@ -355,12 +365,20 @@ pub struct Viewer {
     pub session: Session,
     pub lang: Lang,
     pub ip: String,
+    /// The request comes from `[web] admin_networks` (or none are set).
+    pub from_admin_network: bool,
 }
 
 impl Viewer {
     pub fn require_admin(&self) -> Result<(), Response> {
-        if self.account.admin {
+        if self.account.admin && self.from_admin_network {
             Ok(())
+        } else if self.account.admin {
+            Err(pages::error_page(
+                self.lang,
+                StatusCode::FORBIDDEN,
+                "error.admin_network",
+            ))
         } else {
             Err(pages::error_page(
                 self.lang,
@@ -377,12 +395,16 @@ impl FromRequestParts<Shared> for Viewer {
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Response> {
         let lang = language(&parts.headers, &state.config);
         match signed_in(state, &parts.headers) {
-            Some((session, account)) => Ok(Viewer {
-                account,
-                session,
-                lang,
-                ip: client_ip(parts, &state.config),
-            }),
+            Some((session, account)) => {
+                let ip = client_ip(parts, &state.config);
+                Ok(Viewer {
+                    account,
+                    session,
+                    lang,
+                    from_admin_network: state.admin_network_allows(&ip),
+                    ip,
+                })
+            }
             _ if parts.method == Method::GET => {
                 let next = parts
                     .uri
