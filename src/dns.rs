@@ -204,3 +204,12 @@ async fn resolver_down(down: &mut tokio::sync::watch::Receiver<bool>) {
         std::future::pending::<()>().await;
     }
 }
+
+/// A TXT record's text: its character-strings joined (RFC 7208 3.3 and
+/// RFC 8461 3.1 read a record split into several strings as one).
+pub fn txt_text(txt: &hickory_resolver::proto::rr::rdata::TXT) -> String {
+    txt.txt_data
+        .iter()
+        .map(|part| String::from_utf8_lossy(part).into_owned())
+        .collect()
+}

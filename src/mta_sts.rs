@@ -13,7 +13,7 @@
 //! and a time limit for the whole exchange. Names are resolved with
 //! Breakwater's own resolver (`[dns]`), like everything else it looks up.
 //!
-//! Shared service: imports `smtp_client` (the TLS trust roots) only.
+//! Shared service: imports `smtp_client` (the TLS trust roots) and `dns`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -99,12 +99,7 @@ pub async fn lookup_record(resolver: &TokioResolver, domain: &str) -> Result<Rec
             .answers()
             .iter()
             .filter_map(|record| match &record.data {
-                RData::TXT(txt) => Some(
-                    txt.txt_data
-                        .iter()
-                        .map(|part| String::from_utf8_lossy(part).into_owned())
-                        .collect::<String>(),
-                ),
+                RData::TXT(txt) => Some(crate::dns::txt_text(txt)),
                 _ => None,
             })
             .collect(),

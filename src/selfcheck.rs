@@ -202,12 +202,7 @@ async fn txt(resolver: &TokioResolver, name: &str) -> Result<Vec<String>, String
         .await?
         .into_iter()
         .filter_map(|(_, data)| match data {
-            RData::TXT(txt) => Some(
-                txt.txt_data
-                    .iter()
-                    .map(|part| String::from_utf8_lossy(part).into_owned())
-                    .collect::<String>(),
-            ),
+            RData::TXT(txt) => Some(crate::dns::txt_text(&txt)),
             _ => None,
         })
         .collect())

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use breakwater::config::{AlertKind, AlertTarget, UpstreamTls, WebhookFormat};
 use common::sink::{Script, Sink};
-use common::webhook::{events, wait_for_event, webhook_receiver};
+use common::webhook::{events, wait_for_event, webhook_receiver, webhook_target};
 use common::*;
 
 #[test]
@@ -40,20 +40,8 @@ fn upstream_outage_is_alerted_repeated_and_recovered() {
     fixture.config.domains[0].tls = UpstreamTls::None;
     fixture.config.domains.truncate(1);
     fixture.config.alert_targets = vec![
-        AlertTarget {
-            kind: AlertKind::Webhook,
-            url: Some(json_url),
-            format: WebhookFormat::Json,
-            to: None,
-            route: None,
-        },
-        AlertTarget {
-            kind: AlertKind::Webhook,
-            url: Some(text_url),
-            format: WebhookFormat::Text,
-            to: None,
-            route: None,
-        },
+        webhook_target(&json_url, WebhookFormat::Json),
+        webhook_target(&text_url, WebhookFormat::Text),
         AlertTarget {
             kind: AlertKind::Mail,
             url: None,
@@ -239,13 +227,7 @@ fn silent_upstream_is_alerted_by_the_probe_timeout() {
     fixture.config.delivery.connect_timeout = Duration::from_millis(500);
     fixture.config.domains[0].upstream = addr.to_string();
     fixture.config.domains.truncate(1);
-    fixture.config.alert_targets = vec![AlertTarget {
-        kind: AlertKind::Webhook,
-        url: Some(url),
-        format: WebhookFormat::Json,
-        to: None,
-        route: None,
-    }];
+    fixture.config.alert_targets = vec![webhook_target(&url, WebhookFormat::Json)];
     let (rt, server) = start_in_process(&fixture);
     let started = Instant::now();
     assert!(wait_for(Duration::from_secs(10), || events(&hook)
@@ -288,13 +270,7 @@ fn a_bounce_guard_trip_is_alerted_with_the_reply_and_ends_at_release() {
     fixture.config.domains[0].upstream = upstream.addr.to_string();
     fixture.config.domains[0].tls = UpstreamTls::None;
     fixture.config.domains.truncate(1);
-    fixture.config.alert_targets = vec![AlertTarget {
-        kind: AlertKind::Webhook,
-        url: Some(url),
-        format: WebhookFormat::Json,
-        to: None,
-        route: None,
-    }];
+    fixture.config.alert_targets = vec![webhook_target(&url, WebhookFormat::Json)];
     let server = rt.block_on(fixture.start());
     let mut c = RawClient::greeted(server.smtp_addrs[0]);
     c.expect("EHLO client.test", 250);
@@ -356,13 +332,7 @@ fn the_alert_the_list_the_gauge_and_the_banner_give_one_verdict() {
     fixture.config.domains[0].upstream = name.clone();
     fixture.config.domains[0].tls = UpstreamTls::None;
     fixture.config.domains.truncate(1);
-    fixture.config.alert_targets = vec![AlertTarget {
-        kind: AlertKind::Webhook,
-        url: Some(url),
-        format: WebhookFormat::Json,
-        to: None,
-        route: None,
-    }];
+    fixture.config.alert_targets = vec![webhook_target(&url, WebhookFormat::Json)];
     common::web::add_user(
         &fixture.config.web.users_file,
         "alice@example.com",

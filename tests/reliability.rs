@@ -509,15 +509,7 @@ fn a_slowloris_crowd_of_1000_does_not_stop_real_mail() {
     let mut crowd = Vec::new();
     for i in 0..1000 {
         let source = format!("127.0.{}.2", 10 + i / 40);
-        let source: SocketAddr = format!("{source}:0").parse().unwrap();
-        let stream = rt
-            .block_on(async {
-                let socket = tokio::net::TcpSocket::new_v4()?;
-                socket.bind(source)?;
-                socket.connect(addr).await
-            })
-            .expect("crowd connect");
-        let stream = stream.into_std().unwrap();
+        let stream = tcp_from(&rt, addr, &source);
         stream.set_nonblocking(true).unwrap();
         crowd.push((stream, 0usize, Vec::new()));
     }

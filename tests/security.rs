@@ -11,8 +11,8 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use breakwater::config::{AlertKind, AlertTarget, WebhookFormat};
-use common::webhook::{events, webhook_receiver, Received};
+use breakwater::config::WebhookFormat;
+use common::webhook::{events, webhook_receiver, webhook_target, Received};
 use common::*;
 use serde_json::Value;
 
@@ -25,15 +25,7 @@ fn get_from(
     path: &str,
     token: &str,
 ) -> (u16, String) {
-    let source: SocketAddr = format!("{source}:0").parse().unwrap();
-    let stream = rt
-        .block_on(async {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(source)?;
-            socket.connect(addr).await
-        })
-        .expect("connect");
-    let mut stream = stream.into_std().unwrap();
+    let mut stream = tcp_from(rt, addr, source);
     stream.set_nonblocking(false).unwrap();
     write!(
         stream,
@@ -106,20 +98,8 @@ fn each_step_of_an_admin_plane_takeover_is_audited_and_alerted_at_once() {
     fixture.config.alerts.language = "ja".into();
     fixture.config.admin.audit_verify_interval = Duration::from_millis(500);
     fixture.config.alert_targets = vec![
-        AlertTarget {
-            kind: AlertKind::Webhook,
-            url: Some(json_url),
-            format: WebhookFormat::Json,
-            to: None,
-            route: None,
-        },
-        AlertTarget {
-            kind: AlertKind::Webhook,
-            url: Some(text_url),
-            format: WebhookFormat::Text,
-            to: None,
-            route: None,
-        },
+        webhook_target(&json_url, WebhookFormat::Json),
+        webhook_target(&text_url, WebhookFormat::Text),
     ];
     let config = fixture.write_config();
     // What exists before the first start is the baseline: no events.
@@ -338,13 +318,7 @@ fn admin_sign_ins_from_new_addresses_lockouts_and_sprays_are_alerted() {
     let mut fixture = Fixture::new();
     fixture.config.web.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
     fixture.config.web.spray_failures = 8;
-    fixture.config.alert_targets = vec![AlertTarget {
-        kind: AlertKind::Webhook,
-        url: Some(url),
-        format: WebhookFormat::Json,
-        to: None,
-        route: None,
-    }];
+    fixture.config.alert_targets = vec![webhook_target(&url, WebhookFormat::Json)];
     let users = fixture.config.web.users_file.clone();
     let secret = add_user(&users, "admin@example.com", &[], true, true).unwrap();
     add_user(&users, "bob@example.com", &[], false, false);
@@ -451,13 +425,7 @@ fn admin_networks_keep_admin_sign_ins_and_pages_inside() {
     let mut fixture = Fixture::new();
     fixture.config.web.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
     fixture.config.web.admin_networks = vec!["10.0.0.0/8".parse().unwrap()];
-    fixture.config.alert_targets = vec![AlertTarget {
-        kind: AlertKind::Webhook,
-        url: Some(url),
-        format: WebhookFormat::Json,
-        to: None,
-        route: None,
-    }];
+    fixture.config.alert_targets = vec![webhook_target(&url, WebhookFormat::Json)];
     let users = fixture.config.web.users_file.clone();
     let secret = add_user(&users, "admin@example.com", &[], true, true).unwrap();
     add_user(&users, "bob@example.com", &[], false, false);

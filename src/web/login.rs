@@ -109,6 +109,19 @@ fn blocked_message(lang: Lang, blocked: Blocked) -> String {
     }
 }
 
+/// The answer to a wrong address or password (and to an admin's right one
+/// from outside `[web] admin_networks`: the same, on purpose).
+fn wrong_password(state: &Shared, lang: Lang, next: &str, address: &str) -> Response {
+    login_response(
+        state,
+        lang,
+        StatusCode::UNAUTHORIZED,
+        next,
+        address,
+        Some(lang.t("login.failed")),
+    )
+}
+
 /// What a failure locked out, for the security event.
 fn locked(account: bool, address: bool) -> Option<&'static str> {
     match (account, address) {
@@ -198,14 +211,7 @@ pub async fn submit(
             );
             tracing::warn!(user = %address, ip = %visitor.ip, "web: sign-in locked out after repeated failures");
         }
-        return login_response(
-            &state,
-            lang,
-            StatusCode::UNAUTHORIZED,
-            &next,
-            &address,
-            Some(lang.t("login.failed")),
-        );
+        return wrong_password(&state, lang, &next, &address);
     };
     if account.admin && !state.admin_network_allows(&visitor.ip) {
         state.audit(
@@ -223,14 +229,7 @@ pub async fn submit(
             detail: "the right password, from outside [web] admin_networks".into(),
         });
         // Answered like a wrong password: no oracle for a guessed one.
-        return login_response(
-            &state,
-            lang,
-            StatusCode::UNAUTHORIZED,
-            &next,
-            &address,
-            Some(lang.t("login.failed")),
-        );
+        return wrong_password(&state, lang, &next, &address);
     }
     if needs_totp(&state, &account) {
         if account.totp_secret.is_none() {

@@ -306,15 +306,7 @@ impl RawClient {
     /// Connect from a chosen loopback source address (127.0.0.2, …) so one
     /// test can play several distinct clients.
     pub fn connect_from(rt: &tokio::runtime::Runtime, addr: SocketAddr, source: &str) -> RawClient {
-        let source: SocketAddr = format!("{source}:0").parse().expect("source address");
-        let stream = rt
-            .block_on(async {
-                let socket = tokio::net::TcpSocket::new_v4()?;
-                socket.bind(source)?;
-                socket.connect(addr).await
-            })
-            .expect("connect from source address");
-        let stream = stream.into_std().expect("std stream");
+        let stream = tcp_from(rt, addr, source);
         stream.set_nonblocking(false).expect("blocking");
         RawClient::from_stream(stream)
     }
@@ -501,4 +493,18 @@ pub fn run_cli(config: &Path, args: &[&str], stdin: &str) -> std::process::Outpu
         .write_all(stdin.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// A TCP connection to `addr` from the loopback address `source` (e.g.
+/// "127.0.0.2"), as a std stream (non-blocking, as tokio leaves it).
+pub fn tcp_from(rt: &tokio::runtime::Runtime, addr: SocketAddr, source: &str) -> TcpStream {
+    let source: SocketAddr = format!("{source}:0").parse().expect("source address");
+    let stream = rt
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(source)?;
+            socket.connect(addr).await
+        })
+        .expect("connect from source address");
+    stream.into_std().expect("std stream")
 }

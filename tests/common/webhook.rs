@@ -63,3 +63,17 @@ pub fn events(got: &Received) -> Vec<String> {
         .map(|(_, v)| v["event"].as_str().unwrap_or("?").to_string())
         .collect()
 }
+
+/// An `[[alert]]` webhook target for `url`.
+pub fn webhook_target(
+    url: &str,
+    format: breakwater::config::WebhookFormat,
+) -> breakwater::config::AlertTarget {
+    breakwater::config::AlertTarget {
+        kind: breakwater::config::AlertKind::Webhook,
+        url: Some(url.to_string()),
+        format,
+        to: None,
+        route: None,
+    }
+}
