@@ -462,6 +462,15 @@ impl Credentials {
                     format!("role {}", token.role),
                 );
             }
+            if let Some(b) = before.filter(|b| b.sha256 == token.sha256 && b.role != token.role) {
+                // Only an edit of the file does this (the CLI cannot).
+                event(
+                    EventKind::TokenCreated,
+                    name,
+                    tokens_file,
+                    format!("role changed from {} to {}", b.role, token.role),
+                );
+            }
             if token.revoked && before.is_some_and(|b| !b.revoked) {
                 event(
                     EventKind::TokenRevoked,
@@ -571,9 +580,11 @@ pub async fn watch(
             modified(&config.web.users_file),
         );
         if stamps != Some(now_stamps) {
+            // Looked at once per change of either file, also when it does
+            // not parse (warned once; the next edit is read again).
+            stamps = Some(now_stamps);
             match Credentials::read(&config) {
                 Ok(now) => {
-                    stamps = Some(now_stamps);
                     match &seen {
                         Some(before) => {
                             for event in before.changes(
@@ -590,16 +601,17 @@ pub async fn watch(
                     }
                     if seen.as_ref() != Some(&now) {
                         let data = serde_json::to_vec_pretty(&now).expect("snapshot serialises");
-                        if let Err(err) = crate::fsutil::write_atomic(&snapshot, &data, Some(0o600))
-                        {
+                        let saved = crate::fsutil::run_blocking(|| {
+                            crate::fsutil::write_atomic(&snapshot, &data, Some(0o600))
+                        });
+                        if let Err(err) = saved {
                             tracing::error!(error = %err, "security: cannot save the credential snapshot");
                         }
                     }
                     seen = Some(now);
                 }
-                // Half-edited or unreadable: look again next round.
                 Err(err) => {
-                    tracing::warn!(error = %err, "security: cannot read a credentials file")
+                    tracing::warn!(error = %err, "security: cannot read a credentials file; changes in it are not seen until it parses")
                 }
             }
         }
@@ -687,6 +699,11 @@ mod tests {
                 (EventKind::TotpRemoved, "u@x".to_string()),
             ]
         );
+        // A viewer token turned into an admin one by editing the file.
+        let mut edited = before.clone();
+        edited.tokens.get_mut("ops").unwrap().role = "viewer".into();
+        let got = kinds(&edited, &before);
+        assert_eq!(got, [(EventKind::TokenCreated, "ops".to_string())]);
         // And back: the admin role taken away, an admin removed.
         let mut after = now.clone();
         after.accounts.remove("evil@x");
