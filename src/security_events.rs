@@ -45,6 +45,8 @@ pub enum EventKind {
     AdminPasswordChanged,
     TotpRemoved,
     TotpEnrolled,
+    RecoveryCodesRegenerated,
+    RecoveryCodeUsed,
     AuditChainBroken,
     ConfigReloaded,
     /// An admin signed in from an address not seen for that account in 30 days.
@@ -72,6 +74,8 @@ impl EventKind {
             EventKind::AdminPasswordChanged => "admin-password-changed",
             EventKind::TotpRemoved => "totp-removed",
             EventKind::TotpEnrolled => "totp-enrolled",
+            EventKind::RecoveryCodesRegenerated => "recovery-codes-regenerated",
+            EventKind::RecoveryCodeUsed => "recovery-code-used",
             EventKind::AuditChainBroken => "audit-chain-broken",
             EventKind::ConfigReloaded => "config-reloaded",
             EventKind::AdminSignInNewAddress => "admin-sign-in-new-address",
@@ -117,6 +121,14 @@ impl EventKind {
                 "Two-factor authentication (TOTP) was enrolled anew"
             }
             (EventKind::TotpEnrolled, true) => "二要素認証 (TOTP) が新たに登録されました",
+            (EventKind::RecoveryCodesRegenerated, false) => "New recovery codes were made",
+            (EventKind::RecoveryCodesRegenerated, true) => "リカバリーコードが再発行されました",
+            (EventKind::RecoveryCodeUsed, false) => {
+                "A recovery code was used instead of the authenticator"
+            }
+            (EventKind::RecoveryCodeUsed, true) => {
+                "認証アプリの代わりにリカバリーコードが使われました"
+            }
             (EventKind::AuditChainBroken, false) => {
                 "The audit log failed verification (edited, removed or inserted lines)"
             }
@@ -187,6 +199,9 @@ pub struct SecurityEvents {
     sign_ins: std::sync::Mutex<Option<SignIns>>,
     /// Failed web sign-ins within `[web] lockout_window`, all accounts.
     failures: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
+    /// The tokens and accounts as last looked at (the watcher's and this
+    /// process's own changes diff against it; saved as `security-snapshot.json`).
+    seen: std::sync::Mutex<Option<Credentials>>,
 }
 
 type SignIns = BTreeMap<String, BTreeMap<String, u64>>;
@@ -204,6 +219,11 @@ impl SecurityEvents {
             raised: Default::default(),
             sign_ins: Default::default(),
             failures: Default::default(),
+            seen: std::sync::Mutex::new(
+                std::fs::read(snapshot_path(config))
+                    .ok()
+                    .and_then(|data| serde_json::from_slice(&data).ok()),
+            ),
         })
     }
 
@@ -257,6 +277,49 @@ impl SecurityEvents {
             raised.insert(key.to_string(), std::time::Instant::now());
         }
         self.raise(event);
+    }
+
+    /// Look at the tokens and users files now and raise what changed since
+    /// the last look. The watcher calls it when a file's time changes; the
+    /// server calls it right after a change it made itself for `actor`
+    /// (account, address), so the event is raised at once, names who did
+    /// it, and is not lost between two polls of a quick sequence (enrol,
+    /// then spend a recovery code). Blocking: file reads and a write.
+    pub fn credentials_changed(&self, actor: Option<(&str, &str)>) {
+        let config = &self.config;
+        let now = match Credentials::read(config) {
+            Ok(now) => now,
+            Err(err) => {
+                tracing::warn!(error = %err, "security: cannot read a credentials file; changes in it are not seen until it parses");
+                return;
+            }
+        };
+        let mut seen = self.seen.lock().expect("seen lock");
+        match seen.as_ref() {
+            Some(before) => {
+                for mut event in
+                    before.changes(&now, &config.admin.tokens_file, &config.web.users_file)
+                {
+                    if let Some((who, ip)) = actor.filter(|(who, _)| *who == event.subject) {
+                        event.actor = who.to_string();
+                        event.ip = ip.to_string();
+                    }
+                    self.raise(event);
+                }
+            }
+            None => {
+                tracing::info!(snapshot = %snapshot_path(config).display(), "security: first look at the tokens and users files; later changes are alerted")
+            }
+        }
+        if seen.as_ref() != Some(&now) {
+            let data = serde_json::to_vec_pretty(&now).expect("snapshot serialises");
+            if let Err(err) =
+                crate::fsutil::write_atomic(&snapshot_path(config), &data, Some(0o600))
+            {
+                tracing::error!(error = %err, "security: cannot save the credential snapshot");
+            }
+        }
+        *seen = Some(now);
     }
 
     /// A web sign-in of an admin account completed (after TOTP): an
@@ -401,6 +464,10 @@ struct AccountFacts {
     password: String,
     /// SHA-256 of the stored TOTP secret, if any.
     totp: Option<String>,
+    /// The stored recovery-code hashes (hashes of hashes would add nothing:
+    /// the codes carry 80 random bits).
+    #[serde(default)]
+    recovery: Vec<String>,
 }
 
 impl Credentials {
@@ -428,6 +495,7 @@ impl Credentials {
                         .totp_secret
                         .as_deref()
                         .map(|s| crate::secrets::sha256_hex(s.as_bytes())),
+                    recovery: a.recovery_codes,
                 };
                 (a.address, facts)
             })
@@ -531,9 +599,39 @@ impl Credentials {
                     EventKind::TotpEnrolled,
                     address,
                     users_file,
-                    "a new TOTP secret was enrolled".into(),
+                    format!(
+                        "a new TOTP secret was enrolled, with {} new recovery codes",
+                        account.recovery.len()
+                    ),
                 ),
-                _ => {}
+                _ => {
+                    // Recovery codes on their own (an enrolment above
+                    // already says it issued new ones).
+                    if let Some(b) = before {
+                        let fresh = account.recovery.iter().filter(|h| !b.recovery.contains(h));
+                        if fresh.count() > 0 {
+                            event(
+                                EventKind::RecoveryCodesRegenerated,
+                                address,
+                                users_file,
+                                format!(
+                                    "{} new recovery codes; the old ones no longer work",
+                                    account.recovery.len()
+                                ),
+                            );
+                        } else if account.recovery.len() < b.recovery.len() {
+                            event(
+                                EventKind::RecoveryCodeUsed,
+                                address,
+                                users_file,
+                                format!(
+                                    "a recovery code was used to sign in instead of the authenticator; {} left",
+                                    account.recovery.len()
+                                ),
+                            );
+                        }
+                    }
+                }
             }
         }
         for (address, account) in &self.accounts {
@@ -566,10 +664,6 @@ pub async fn watch(
     config: Config,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let snapshot = snapshot_path(&config);
-    let mut seen: Option<Credentials> = std::fs::read(&snapshot)
-        .ok()
-        .and_then(|data| serde_json::from_slice(&data).ok());
     let mut stamps = None;
     events.verify_audit();
     let mut audit_checked = tokio::time::Instant::now();
@@ -583,37 +677,7 @@ pub async fn watch(
             // Looked at once per change of either file, also when it does
             // not parse (warned once; the next edit is read again).
             stamps = Some(now_stamps);
-            match Credentials::read(&config) {
-                Ok(now) => {
-                    match &seen {
-                        Some(before) => {
-                            for event in before.changes(
-                                &now,
-                                &config.admin.tokens_file,
-                                &config.web.users_file,
-                            ) {
-                                events.raise(event);
-                            }
-                        }
-                        None => {
-                            tracing::info!(snapshot = %snapshot.display(), "security: first look at the tokens and users files; later changes are alerted")
-                        }
-                    }
-                    if seen.as_ref() != Some(&now) {
-                        let data = serde_json::to_vec_pretty(&now).expect("snapshot serialises");
-                        let saved = crate::fsutil::run_blocking(|| {
-                            crate::fsutil::write_atomic(&snapshot, &data, Some(0o600))
-                        });
-                        if let Err(err) = saved {
-                            tracing::error!(error = %err, "security: cannot save the credential snapshot");
-                        }
-                    }
-                    seen = Some(now);
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "security: cannot read a credentials file; changes in it are not seen until it parses")
-                }
-            }
+            crate::fsutil::run_blocking(|| events.credentials_changed(None));
         }
         if audit_checked.elapsed() >= config.admin.audit_verify_interval {
             audit_checked = tokio::time::Instant::now();
@@ -641,6 +705,7 @@ mod tests {
             admin,
             password: password.into(),
             totp: totp.map(String::from),
+            recovery: Vec::new(),
         }
     }
 
@@ -713,6 +778,36 @@ mod tests {
         let got = kinds(&now, &after);
         assert_eq!(got.len(), 2, "{got:?}");
         assert!(got.iter().all(|(k, _)| *k == EventKind::AdminRemoved));
+    }
+
+    #[test]
+    fn recovery_codes_made_anew_or_spent_are_told_apart() {
+        let codes = |list: &[&str]| list.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        let mut before = Credentials::default();
+        let mut facts = account(true, "p", Some("s"));
+        facts.recovery = codes(&["r1", "r2", "r3"]);
+        before.accounts.insert("a@x".into(), facts.clone());
+        let mut spent = before.clone();
+        spent.accounts.get_mut("a@x").unwrap().recovery = codes(&["r1", "r3"]);
+        assert_eq!(
+            kinds(&before, &spent),
+            [(EventKind::RecoveryCodeUsed, "a@x".to_string())]
+        );
+        let mut fresh = before.clone();
+        fresh.accounts.get_mut("a@x").unwrap().recovery = codes(&["n1", "n2", "n3"]);
+        assert_eq!(
+            kinds(&spent, &fresh),
+            [(EventKind::RecoveryCodesRegenerated, "a@x".to_string())]
+        );
+        // A new authenticator brings new codes: one event, not two.
+        let mut enrolled = fresh.clone();
+        let account = enrolled.accounts.get_mut("a@x").unwrap();
+        account.totp = Some("s2".into());
+        account.recovery = codes(&["m1"]);
+        assert_eq!(
+            kinds(&fresh, &enrolled),
+            [(EventKind::TotpEnrolled, "a@x".to_string())]
+        );
     }
 
     #[test]

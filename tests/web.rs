@@ -96,6 +96,7 @@ fn every_route_needs_a_session() {
         "/",
         "/login",
         "/login/totp",
+        "/login/enrol",
         "/lang/{code}",
         "/static/app.css",
         "/static/app.js",
@@ -293,12 +294,21 @@ fn repeated_failures_lock_the_account() {
 fn admins_need_totp_and_codes_are_single_use() {
     let w = world();
     let users = w.fixture.config.web.users_file.clone();
-    // An admin without TOTP cannot sign in at all.
+    // An admin without TOTP gets no session before enrolling one.
     add_user(&users, "newadmin@example.com", &[], true, false);
     let mut c = w.client();
     let page = c.login("newadmin@example.com", PASSWORD);
-    assert_eq!(page.status, 403);
-    assert!(page.text().contains("totp-setup"));
+    assert_eq!(page.status, 303);
+    assert!(
+        page.location().starts_with("/login/enrol"),
+        "{}",
+        page.location()
+    );
+    assert_eq!(
+        c.get("/mail").status,
+        303,
+        "enrolment pending is not signed in"
+    );
     // Password alone leads to the TOTP step, not to a session.
     let mut admin = w.client();
     let step = admin.login("admin@example.com", PASSWORD);
@@ -988,4 +998,241 @@ fn mailbox_search_is_answered_by_an_index_that_follows_the_spool() {
         .contains("障害のお知らせ"));
     assert!(!alice.get("/mail?q=invo").text().contains("Invoice 2026-03"));
     rt.block_on(server.shutdown());
+}
+
+/// The text between `start` and the next `end` after it, for each occurrence.
+fn between<'a>(text: &'a str, start: &str, end: &str) -> Vec<&'a str> {
+    text.split(start)
+        .skip(1)
+        .filter_map(|rest| rest.split_once(end).map(|(inside, _)| inside))
+        .collect()
+}
+
+fn otpauth_secret(page: &str) -> String {
+    let uri = between(page, "href=\"otpauth://", "\"")
+        .first()
+        .copied()
+        .unwrap_or_else(|| panic!("no otpauth URI in {page}"))
+        .replace("&amp;", "&");
+    between(&format!("{uri}&"), "secret=", "&")[0].to_string()
+}
+
+fn stored_account(w: &World, address: &str) -> breakwater::accounts::Account {
+    breakwater::accounts::list(&w.fixture.config.web.users_file)
+        .unwrap()
+        .into_iter()
+        .find(|a| a.address == address)
+        .unwrap()
+}
+
+#[test]
+fn an_admin_enrols_at_first_sign_in_and_recovery_codes_work_once() {
+    let w = world();
+    let users = w.fixture.config.web.users_file.clone();
+    add_user(&users, "newadmin@example.com", &[], true, false);
+    let mut c = w.client();
+    let step = c.login("newadmin@example.com", PASSWORD);
+    assert_eq!(step.status, 303);
+    let page = c.get(step.location());
+    assert_eq!(page.status, 200);
+    let text = page.text();
+    assert!(text.contains("<svg"), "QR code drawn by the server: {text}");
+    let secret = otpauth_secret(&text);
+    assert!(text.contains(&secret), "key shown for typing by hand");
+    // A wrong code changes nothing.
+    let wrong = c.post(
+        "/login/enrol",
+        &[("code", "000000"), ("csrf", &page.csrf())],
+    );
+    assert_eq!(wrong.status, 401);
+    assert!(stored_account(&w, "newadmin@example.com")
+        .totp_secret
+        .is_none());
+    assert_eq!(c.get("/mail").status, 303);
+    // The current code from the shown secret enrols it and signs in.
+    let code = totp_code(&secret, "newadmin@example.com");
+    let done = c.post(
+        "/login/enrol",
+        &[("code", &code), ("csrf", &page.csrf()), ("next", "/admin")],
+    );
+    assert_eq!(done.status, 200, "{}", done.text());
+    let codes: Vec<String> = between(&done.text(), "<li><code>", "</code>")
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(codes.len(), 10, "{}", done.text());
+    let stored = stored_account(&w, "newadmin@example.com");
+    assert_eq!(stored.totp_secret.as_deref(), Some(secret.as_str()));
+    assert_eq!(stored.recovery_codes.len(), 10);
+    assert!(
+        codes.iter().all(|code| !stored
+            .recovery_codes
+            .iter()
+            .any(|h| h.contains(code.as_str()))),
+        "only hashes are stored"
+    );
+    assert_eq!(c.get("/admin").status, 200, "signed in after enrolment");
+    // The next sign-in asks for the code; a recovery code stands in once.
+    let mut phone_lost = w.client();
+    let step = phone_lost.login("newadmin@example.com", PASSWORD);
+    assert!(step.location().starts_with("/login/totp"));
+    let form = phone_lost.get(step.location());
+    let used = phone_lost.post(
+        "/login/totp",
+        &[("code", &codes[4].to_uppercase()), ("csrf", &form.csrf())],
+    );
+    assert_eq!(used.status, 303, "{}", used.text());
+    assert_eq!(phone_lost.get("/mail").status, 200);
+    assert_eq!(
+        stored_account(&w, "newadmin@example.com")
+            .recovery_codes
+            .len(),
+        9
+    );
+    let mut again = w.client();
+    again.login("newadmin@example.com", PASSWORD);
+    let form = again.get("/login/totp");
+    let replay = again.post(
+        "/login/totp",
+        &[("code", &codes[4]), ("csrf", &form.csrf())],
+    );
+    assert_eq!(replay.status, 401, "a recovery code works once");
+    let audit = w.audit();
+    assert!(audit.contains("ok (password + recovery code)"), "{audit}");
+    assert!(audit.contains("\"action\":\"web-totp-enrolled\""));
+    // Both are security events at once, naming who did it and from where.
+    for event in ["totp-enrolled", "recovery-code-used"] {
+        let line = format!(
+            "\"actor\":\"newadmin@example.com\",\"ip\":\"127.0.0.1\",\"action\":\"security:{event}\""
+        );
+        assert!(
+            wait_for(Duration::from_secs(1), || w.audit().contains(&line)),
+            "{event}: {}",
+            w.audit()
+        );
+    }
+}
+
+#[test]
+fn destructive_and_account_changes_ask_to_confirm_it_is_you() {
+    let w = world_with(|f| f.config.web.reauth_window = Duration::from_millis(1500));
+    let mut admin = w.client();
+    admin.login_fully("admin@example.com", Some(&w.admin_secret));
+    let detail = admin.get(&format!("/admin/message/{}", w.bob_msg));
+    let csrf = detail.csrf();
+    let action = format!("/admin/message/{}/action", w.bob_msg);
+    let id = w.bob_msg.parse().unwrap();
+    // Within the window after signing in: no question (hold never asks).
+    assert_eq!(
+        admin
+            .post(&action, &[("csrf", &csrf), ("action", "hold")])
+            .status,
+        303
+    );
+    std::thread::sleep(Duration::from_millis(1700));
+    assert_eq!(
+        admin
+            .post(&action, &[("csrf", &csrf), ("action", "release")])
+            .status,
+        303,
+        "undoable actions never ask"
+    );
+    // After it, delete shows the challenge and does nothing.
+    let challenge = admin.post(&action, &[("csrf", &csrf), ("action", "delete")]);
+    assert_eq!(challenge.status, 403);
+    assert!(
+        challenge.text().contains("name=\"reauth_password\""),
+        "{}",
+        challenge.text()
+    );
+    assert!(
+        challenge.text().contains(&format!("action=\"{action}\"")),
+        "re-posts to the action"
+    );
+    assert!(
+        common::block(w.server.spool.get(id)).unwrap().is_some(),
+        "not deleted"
+    );
+    let wrong = admin.post(
+        &action,
+        &[
+            ("csrf", &csrf),
+            ("action", "delete"),
+            ("reauth_password", "not the password"),
+        ],
+    );
+    assert_eq!(wrong.status, 401);
+    assert!(
+        common::block(w.server.spool.get(id)).unwrap().is_some(),
+        "not deleted"
+    );
+    let right = admin.post(
+        &action,
+        &[
+            ("csrf", &csrf),
+            ("action", "delete"),
+            ("reauth_password", PASSWORD),
+        ],
+    );
+    assert_eq!(right.status, 303, "{}", right.text());
+    assert!(
+        common::block(w.server.spool.get(id)).unwrap().is_none(),
+        "deleted once confirmed"
+    );
+    // The confirmation lasts the window: a second destructive action goes through.
+    let alias_action = format!("/admin/message/{}/action", w.alias_msg);
+    assert_eq!(
+        admin
+            .post(&alias_action, &[("csrf", &csrf), ("action", "bounce")])
+            .status,
+        303
+    );
+    // Revoking a session and new recovery codes ask again after the window.
+    std::thread::sleep(Duration::from_millis(1700));
+    let mut other = w.client();
+    other.login_fully("alice@example.com", None);
+    let sessions = admin.get("/admin/sessions").text();
+    let alice_row = sessions
+        .split("alice@example.com")
+        .nth(1)
+        .expect("alice's session listed");
+    let handle = between(alice_row, "name=\"handle\" value=\"", "\"")[0].to_string();
+    let challenge = admin.post(
+        "/admin/sessions/revoke",
+        &[("csrf", &csrf), ("handle", &handle)],
+    );
+    assert_eq!(challenge.status, 403);
+    assert_eq!(
+        admin
+            .get("/admin/sessions")
+            .text()
+            .matches("name=\"handle\"")
+            .count(),
+        2
+    );
+    let codes = admin.post("/account/recovery-codes", &[("csrf", &csrf)]);
+    assert_eq!(codes.status, 403, "new recovery codes ask too");
+    let done = admin.post(
+        "/admin/sessions/revoke",
+        &[
+            ("csrf", &csrf),
+            ("handle", &handle),
+            ("reauth_password", PASSWORD),
+        ],
+    );
+    assert_eq!(done.status, 303);
+    assert_eq!(
+        admin
+            .get("/admin/sessions")
+            .text()
+            .matches("name=\"handle\"")
+            .count(),
+        1
+    );
+    let audit = w.audit();
+    assert!(
+        audit.contains("\"action\":\"web-reauth-failed\""),
+        "{audit}"
+    );
+    assert!(audit.contains("\"action\":\"web-reauth\""), "{audit}");
 }

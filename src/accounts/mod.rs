@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::now_ms;
 
+pub mod recovery;
 pub mod totp;
 
 /// Shortest password `user add` / `user passwd` accept.
@@ -40,6 +41,9 @@ pub struct Account {
     /// Base32 TOTP secret, when enrolled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub totp_secret: Option<String>,
+    /// SHA-256 of each unused recovery code (`recovery`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recovery_codes: Vec<String>,
     #[serde(default)]
     pub created_ms: u64,
     /// Sessions started before this (password change, new TOTP secret,
@@ -194,6 +198,11 @@ impl Accounts {
         cache.accounts.clone()
     }
 
+    /// Look at the file again at the next read (after this process changed it).
+    pub fn invalidate(&self) {
+        self.cache.lock().expect("accounts lock").checked = None;
+    }
+
     pub fn get(&self, address: &str) -> Option<Account> {
         self.snapshot().get(&address.trim().to_lowercase()).cloned()
     }
@@ -273,6 +282,7 @@ pub fn add(
             disabled: false,
             password_hash,
             totp_secret: None,
+            recovery_codes: Vec::new(),
             created_ms: now_ms(),
             sessions_valid_after_ms: 0,
             notify_webhook: None,
@@ -296,6 +306,70 @@ pub fn change_password(
         Ok(())
     })
 }
+
+/// Enrol a TOTP secret (the user proved it with a code) and issue a fresh
+/// set of recovery codes; every other session of the account ends. With
+/// `only_if_none`, refuse when a secret appeared meanwhile (first-sign-in
+/// enrolment must not replace one set up elsewhere). Returns the codes to show once.
+pub fn enrol_totp(
+    path: &Path,
+    address: &str,
+    secret: &str,
+    only_if_none: bool,
+) -> Result<(Account, Vec<String>), AccountError> {
+    let (codes, hashes) = recovery::generate();
+    let account = update(path, address, |a| {
+        if only_if_none && a.totp_secret.is_some() {
+            return Err(AccountError::Invalid(format!(
+                "{} already has an authenticator",
+                a.address
+            )));
+        }
+        a.totp_secret = Some(secret.to_string());
+        a.recovery_codes = hashes;
+        a.sessions_valid_after_ms = now_ms();
+        Ok(())
+    })?;
+    Ok((account, codes))
+}
+
+/// Replace the account's recovery codes by a fresh set; returns the codes.
+pub fn regenerate_recovery_codes(
+    path: &Path,
+    address: &str,
+) -> Result<(Account, Vec<String>), AccountError> {
+    let (codes, hashes) = recovery::generate();
+    let account = update(path, address, |a| {
+        a.recovery_codes = hashes;
+        Ok(())
+    })?;
+    Ok((account, codes))
+}
+
+/// Spend a recovery code: true (and the code is gone) when it was one of
+/// the account's unused codes.
+pub fn use_recovery_code(path: &Path, address: &str, code: &str) -> Result<bool, AccountError> {
+    let address = normalize_address(address)?;
+    edit(path, |accounts| {
+        let Some(account) = accounts.get_mut(&address) else {
+            return Ok(false);
+        };
+        match recovery::find(&account.recovery_codes, code) {
+            Some(i) => {
+                account.recovery_codes.remove(i);
+                Ok(true)
+            }
+            // Nothing to write; an error keeps `edit` from rewriting the file.
+            None => Err(AccountError::Invalid(NOT_A_RECOVERY_CODE.into())),
+        }
+    })
+    .or_else(|err| match err {
+        AccountError::Invalid(msg) if msg == NOT_A_RECOVERY_CODE => Ok(false),
+        other => Err(other),
+    })
+}
+
+const NOT_A_RECOVERY_CODE: &str = "not one of the account's recovery codes";
 
 pub fn update(
     path: &Path,

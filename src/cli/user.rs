@@ -57,6 +57,11 @@ pub enum UserCommand {
     TotpSetup {
         address: String,
     },
+    /// Make ten new recovery codes (the old ones stop working) and print
+    /// them once, for the user to keep on paper or in a password manager.
+    RecoveryCodes {
+        address: String,
+    },
     /// Remove TOTP for a user (not allowed for admins, who must have it).
     TotpRemove {
         address: String,
@@ -203,12 +208,7 @@ pub fn run(config: &Config, command: UserCommand, json: bool) -> ExitCode {
             let secret = totp::new_totp_secret();
             report(
                 json,
-                accounts::update(path, &address, |a| {
-                    a.totp_secret = Some(secret.clone());
-                    a.sessions_valid_after_ms = now_ms();
-                    Ok(())
-                })
-                .and_then(|a| {
+                accounts::enrol_totp(path, &address, &secret, false).and_then(|(a, codes)| {
                     let totp = totp::totp_for(&secret, &a.address)
                         .ok_or_else(|| AccountError::Invalid("cannot build the TOTP URI".into()))?;
                     let url = totp.get_url();
@@ -220,12 +220,19 @@ pub fn run(config: &Config, command: UserCommand, json: bool) -> ExitCode {
                         })
                         .unwrap_or_default();
                     Ok(format!(
-                        "TOTP enrolled for {}.\nScan this with an authenticator app, or enter the URI or the secret by hand:\n{qr}\n{url}\nsecret: {secret}",
+                        "TOTP enrolled for {}.\nScan this with an authenticator app, or enter the URI or the secret by hand:\n{qr}\n{url}\nsecret: {secret}\n\n{}",
                         a.address,
+                        recovery_text(&codes),
                     ))
                 }),
             )
         }
+        UserCommand::RecoveryCodes { address } => report(
+            json,
+            accounts::regenerate_recovery_codes(path, &address).map(|(a, codes)| {
+                format!("New recovery codes for {}.\n{}", a.address, recovery_text(&codes))
+            }),
+        ),
         UserCommand::SetNotify { address, webhook } => report(
                 json,
             accounts::update(path, &address, |a| {
@@ -255,6 +262,13 @@ pub fn run(config: &Config, command: UserCommand, json: bool) -> ExitCode {
             .map(|a| format!("TOTP removed for {}", a.address)),
         ),
     }
+}
+
+fn recovery_text(codes: &[String]) -> String {
+    format!(
+        "Recovery codes (each signs in once instead of the authenticator; shown only now, the old ones no longer work):\n{}",
+        codes.iter().map(|c| format!("  {c}")).collect::<Vec<_>>().join("\n")
+    )
 }
 
 fn import(path: &Path, file: &Path) -> ExitCode {

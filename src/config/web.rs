@@ -37,6 +37,10 @@ pub struct WebConfig {
     pub session_idle: Duration,
     #[serde(with = "humantime_serde")]
     pub session_max: Duration,
+    /// How long a sign-in or a "confirm it's you" (password or code again)
+    /// lets a session delete, bounce, revoke sessions or change its account.
+    #[serde(with = "humantime_serde")]
+    pub reauth_window: Duration,
     /// TOTP is always required for admins; this requires it for everyone.
     pub require_totp: bool,
     /// Failed logins on one account within `lockout_window` that lock it for `lockout_duration`.
@@ -93,6 +97,7 @@ impl Default for WebConfig {
             users_file: PathBuf::from("data/users.json"),
             session_idle: Duration::from_secs(30 * 60),
             session_max: Duration::from_secs(12 * 3600),
+            reauth_window: Duration::from_secs(5 * 60),
             require_totp: false,
             lockout_failures: 5,
             lockout_ip_failures: 20,
@@ -173,6 +178,7 @@ impl WebConfig {
             &[
                 ("web.session_idle", self.session_idle),
                 ("web.session_max", self.session_max),
+                ("web.reauth_window", self.reauth_window),
                 ("web.lockout_window", self.lockout_window),
             ],
         )

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::i18n::Lang;
 use super::pages::{self, fill, page, size, time};
+use super::reauth::{self, Proof};
 use super::{check_csrf, Shared, Viewer};
 use crate::control::filter::{self, status_of, Filter};
 use crate::envelope::QueueId;
@@ -234,6 +235,8 @@ pub struct ActionForm {
     csrf: String,
     #[serde(default)]
     action: String,
+    #[serde(flatten)]
+    proof: Proof,
 }
 
 const MESSAGE_ACTIONS: [&str; 5] = ["hold", "release", "retry", "delete", "bounce"];
@@ -257,6 +260,15 @@ pub async fn message_action(
     };
     if !MESSAGE_ACTIONS.contains(&form.action.as_str()) {
         return pages::error_page(lang, axum::http::StatusCode::BAD_REQUEST, "error.forbidden");
+    }
+    // Delete and bounce cannot be undone: confirm it's you.
+    if matches!(form.action.as_str(), "delete" | "bounce") {
+        let target = format!("/admin/message/{id}/action");
+        let carry = [("action", form.action.as_str())];
+        if let Err(challenge) = reauth::require(&state, &viewer, &target, &carry, &form.proof).await
+        {
+            return challenge;
+        }
     }
     let outcome = crate::control::apply_action(
         &state.spool,
@@ -485,6 +497,8 @@ pub struct RevokeForm {
     csrf: String,
     #[serde(default)]
     handle: String,
+    #[serde(flatten)]
+    proof: Proof,
 }
 
 pub async fn revoke_session(
@@ -498,6 +512,18 @@ pub async fn revoke_session(
     }
     if !check_csrf(&headers, &viewer.session.csrf, &form.csrf) {
         return pages::csrf_error(viewer.lang);
+    }
+    let carry = [("handle", form.handle.as_str())];
+    if let Err(challenge) = reauth::require(
+        &state,
+        &viewer,
+        "/admin/sessions/revoke",
+        &carry,
+        &form.proof,
+    )
+    .await
+    {
+        return challenge;
     }
     let user = state.sessions.revoke(&form.handle);
     state.audit(

@@ -15,7 +15,7 @@ use crate::accounts::{self, Account};
 
 #[derive(Deserialize)]
 pub struct NextQuery {
-    next: Option<String>,
+    pub next: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -109,6 +109,25 @@ fn blocked_message(lang: Lang, blocked: Blocked) -> String {
     }
 }
 
+/// The login form saying the account or address is locked out.
+pub(super) fn blocked_response(
+    state: &Shared,
+    lang: Lang,
+    next: &str,
+    user: &str,
+    blocked: Blocked,
+) -> Response {
+    let message = blocked_message(lang, blocked);
+    login_response(
+        state,
+        lang,
+        StatusCode::TOO_MANY_REQUESTS,
+        next,
+        user,
+        Some(&message),
+    )
+}
+
 /// The answer to a wrong address or password (and to an admin's right one
 /// from outside `[web] admin_networks`: the same, on purpose).
 fn wrong_password(state: &Shared, lang: Lang, next: &str, address: &str) -> Response {
@@ -135,7 +154,7 @@ fn needs_totp(state: &Shared, account: &Account) -> bool {
     account.admin || state.config.require_totp || account.totp_secret.is_some()
 }
 
-fn session_cookie(state: &Shared, id: &str) -> axum::http::HeaderValue {
+pub(super) fn session_cookie(state: &Shared, id: &str) -> axum::http::HeaderValue {
     set_cookie(&state.config, COOKIE, id, None)
 }
 
@@ -232,26 +251,25 @@ pub async fn submit(
         return wrong_password(&state, lang, &next, &address);
     }
     if needs_totp(&state, &account) {
+        let id = state
+            .sessions
+            .create(&account.address, false, &visitor.ip, &visitor.user_agent);
+        // No authenticator yet: enrol one now, before the session is full.
         if account.totp_secret.is_none() {
             state.audit(
                 &address,
                 &visitor.ip,
-                "web-login-refused",
+                "web-login-enrol",
                 &address,
-                "TOTP required but not enrolled",
+                "password ok; TOTP required and not enrolled: enrolment started",
             );
-            return login_response(
-                &state,
-                lang,
-                StatusCode::FORBIDDEN,
-                &next,
-                &address,
-                Some(lang.t("login.need_totp_setup")),
-            );
+            let target = format!("/login/enrol?next={}", pages::url_encode(&next));
+            return (
+                [(header::SET_COOKIE, session_cookie(&state, &id))],
+                Redirect::to(&target),
+            )
+                .into_response();
         }
-        let id = state
-            .sessions
-            .create(&account.address, false, &visitor.ip, &visitor.user_agent);
         let target = format!("/login/totp?next={}", pages::url_encode(&next));
         return (
             [(header::SET_COOKIE, session_cookie(&state, &id))],
@@ -287,16 +305,17 @@ fn totp_markup(lang: Lang, csrf: &str, next: &str, error: Option<&str>) -> Marku
                     input type="hidden" name="csrf" value=(csrf);
                     input type="hidden" name="next" value=(next);
                     label { (lang.t("totp.code"))
-                        input type="text" name="code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]{6,7}" required autofocus;
+                        input type="text" name="code" autocomplete="one-time-code" maxlength="24" required autofocus;
                     }
                     button type="submit" { (lang.t("totp.submit")) }
                 }
+                p.hint { (lang.t("totp.recovery_hint")) }
             }
         },
     )
 }
 
-fn pending(state: &Shared, headers: &HeaderMap) -> Option<(String, session::Session)> {
+pub(super) fn pending(state: &Shared, headers: &HeaderMap) -> Option<(String, session::Session)> {
     let id = cookie(headers, COOKIE)?;
     let session = state.sessions.touch(id).filter(|s| !s.full)?;
     Some((id.to_string(), session))
@@ -348,7 +367,31 @@ pub async fn totp_submit(
         .get(&user)
         .filter(|a| !a.disabled)
         .and_then(|a| a.totp_secret);
-    let valid = secret.is_some_and(|s| state.second_factor.verify(&s, &user, &form.code));
+    // A recovery code instead of the app's code: spent at once (the users
+    // file is the truth, so a code cannot be used twice even by two
+    // browsers racing).
+    let by_recovery = crate::accounts::recovery::looks_like_one(&form.code);
+    let valid = match &secret {
+        None => false,
+        Some(_) if by_recovery => {
+            let path = state.config.users_file.clone();
+            let used = tokio::task::block_in_place(|| {
+                let used = accounts::use_recovery_code(&path, &user, &form.code);
+                if matches!(used, Ok(true)) {
+                    state
+                        .security
+                        .credentials_changed(Some((&user, &visitor.ip)));
+                }
+                used
+            });
+            state.accounts.invalidate();
+            used.unwrap_or_else(|err| {
+                tracing::error!(error = %err, "web: cannot spend a recovery code");
+                false
+            })
+        }
+        Some(s) => state.second_factor.verify(s, &user, &form.code),
+    };
     if !valid {
         let (account_locked, address_locked) = state.throttle.fail(&user, &visitor.ip);
         state.audit(
@@ -356,7 +399,11 @@ pub async fn totp_submit(
             &visitor.ip,
             "web-login-failed",
             &user,
-            "bad TOTP code",
+            if by_recovery {
+                "bad recovery code"
+            } else {
+                "bad TOTP code"
+            },
         );
         state
             .security
@@ -388,7 +435,11 @@ pub async fn totp_submit(
         &visitor.ip,
         "web-login",
         &user,
-        "ok (password + TOTP)",
+        if by_recovery {
+            "ok (password + recovery code)"
+        } else {
+            "ok (password + TOTP)"
+        },
     );
     if state.accounts.get(&user).is_some_and(|a| a.admin) {
         state.security.admin_signed_in(&user, &visitor.ip);

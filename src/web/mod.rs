@@ -6,7 +6,9 @@
 //! delivery handle, like the admin API does.
 //!
 //! Security posture, because outages are when phishing peaks:
-//! - local accounts (argon2id), TOTP required for admins, lockouts (`session`);
+//! - local accounts (argon2id), TOTP required for admins and enrolled at
+//!   their first sign-in, recovery codes (`account`), lockouts (`session`);
+//! - "confirm it's you" before destructive or account-changing actions (`reauth`);
 //! - sessions are server-side; cookies `HttpOnly; SameSite=Strict` (+`Secure`);
 //! - every POST carries the session's CSRF token, and cross-site fetches
 //!   (`Sec-Fetch-Site: cross-site`) are refused outright;
@@ -21,11 +23,13 @@
 // away; the large Err is built at most once per request.
 #![allow(clippy::result_large_err)]
 
+mod account;
 mod admin_pages;
 pub mod i18n;
 mod login;
 mod mailbox;
 mod pages;
+mod reauth;
 mod redirect;
 pub mod render;
 mod search;
@@ -99,7 +103,11 @@ impl WebState {
         WebState {
             search,
             accounts: Accounts::new(&config.users_file),
-            sessions: Sessions::new(config.session_idle, config.session_max),
+            sessions: Sessions::new(
+                config.session_idle,
+                config.session_max,
+                config.reauth_window,
+            ),
             throttle: Throttle::new(
                 config.lockout_failures,
                 config.lockout_ip_failures,
@@ -146,7 +154,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/login"),
     ("get", "/login/totp"),
     ("post", "/login/totp"),
+    ("get", "/login/enrol"),
+    ("post", "/login/enrol"),
     ("post", "/logout"),
+    ("get", "/account"),
+    ("post", "/account/totp"),
+    ("post", "/account/totp/confirm"),
+    ("post", "/account/recovery-codes"),
     ("get", "/lang/{code}"),
     ("get", "/static/app.css"),
     ("get", "/static/app.js"),
@@ -175,7 +189,15 @@ pub fn router(state: Shared) -> Router {
             "/login/totp",
             get(login::totp_form).post(login::totp_submit),
         )
+        .route(
+            "/login/enrol",
+            get(account::first_form).post(account::first_submit),
+        )
         .route("/logout", post(login::logout))
+        .route("/account", get(account::security_page))
+        .route("/account/totp", post(account::start_enrolment))
+        .route("/account/totp/confirm", post(account::confirm_enrolment))
+        .route("/account/recovery-codes", post(account::new_recovery_codes))
         .route("/lang/{code}", get(pages::switch_language))
         .route("/static/app.css", get(pages::stylesheet))
         .route("/static/app.js", get(pages::script))

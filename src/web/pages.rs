@@ -198,6 +198,7 @@ pub fn page(state: &WebState, viewer: &Viewer, title: &str, body: Markup) -> Res
                     a.brand href="/mail" { "Breakwater" }
                     nav {
                         a href="/mail" { (lang.t("nav.mailbox")) }
+                        a href="/account" { (lang.t("nav.account")) }
                         @if viewer.account.admin {
                             a href="/admin" { (lang.t("nav.admin")) }
                             a href="/admin/upstreams" { (lang.t("nav.upstreams")) }

@@ -15,7 +15,13 @@ pub const DEFAULT_TARGET: &str = "/mail";
 
 /// Routes that make no sense as a place to return to (sign-in pages, the
 /// language switch, static files): a `next` naming them goes to the default.
-const NOT_A_TARGET: &[&str] = &["/login", "/login/totp", "/lang/{code}", "/static/"];
+const NOT_A_TARGET: &[&str] = &[
+    "/login",
+    "/login/totp",
+    "/login/enrol",
+    "/lang/{code}",
+    "/static/",
+];
 
 /// The local target for `next` (already URL-decoded once, as a query value
 /// is), or [`DEFAULT_TARGET`].

@@ -34,20 +34,31 @@ pub struct Session {
     pub last_seen_ms: u64,
     pub ip: String,
     pub user_agent: String,
+    /// "Confirm it's you" holds until then: destructive and account-changing
+    /// actions ask for the password or a code again after it (a sign-in
+    /// counts as a confirmation).
+    #[serde(skip)]
+    pub confirmed_until_ms: u64,
+    /// A TOTP secret shown to the user and not yet proven with a code.
+    #[serde(skip)]
+    pub enrolling: Option<String>,
 }
 
 pub struct Sessions {
     map: Mutex<HashMap<String, Session>>,
     idle_ms: u64,
     max_ms: u64,
+    reauth_ms: u64,
 }
 
 impl Sessions {
-    pub fn new(idle: Duration, max: Duration) -> Sessions {
+    /// `reauth`: how long a sign-in or a "confirm it's you" lasts.
+    pub fn new(idle: Duration, max: Duration, reauth: Duration) -> Sessions {
         Sessions {
             map: Mutex::new(HashMap::new()),
             idle_ms: idle.as_millis() as u64,
             max_ms: max.as_millis() as u64,
+            reauth_ms: reauth.as_millis() as u64,
         }
     }
 
@@ -64,6 +75,8 @@ impl Sessions {
             last_seen_ms: now,
             ip: ip.to_string(),
             user_agent: user_agent.chars().take(200).collect(),
+            confirmed_until_ms: if full { now + self.reauth_ms } else { 0 },
+            enrolling: None,
         };
         let mut map = self.map.lock().expect("sessions lock");
         map.retain(|_, s| !self.expired(s, now));
@@ -101,9 +114,29 @@ impl Sessions {
         session.full = true;
         session.csrf = random_token();
         session.last_seen_ms = now_ms();
+        session.confirmed_until_ms = session.last_seen_ms + self.reauth_ms;
+        session.enrolling = None;
         let new_id = random_token();
         map.insert(new_id.clone(), session);
         Some(new_id)
+    }
+
+    /// The user just proved it is them again ("confirm it's you").
+    pub fn confirm(&self, handle: &str) {
+        let until = now_ms() + self.reauth_ms;
+        self.with_handle(handle, |s| s.confirmed_until_ms = until);
+    }
+
+    /// Remember (or forget) the TOTP secret being enrolled in this session.
+    pub fn set_enrolling(&self, handle: &str, secret: Option<String>) {
+        self.with_handle(handle, |s| s.enrolling = secret);
+    }
+
+    fn with_handle(&self, handle: &str, change: impl FnOnce(&mut Session)) {
+        let mut map = self.map.lock().expect("sessions lock");
+        if let Some(session) = map.values_mut().find(|s| s.handle == handle) {
+            change(session);
+        }
     }
 
     pub fn remove(&self, id: &str) {
@@ -270,7 +303,11 @@ mod tests {
 
     #[test]
     fn sessions_expire_and_upgrade_with_new_id() {
-        let s = Sessions::new(Duration::from_secs(60), Duration::from_secs(3600));
+        let s = Sessions::new(
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            Duration::from_secs(300),
+        );
         let id = s.create("a", false, "127.0.0.1", "test");
         assert!(!s.touch(&id).expect("live").full);
         let full = s.upgrade(&id).expect("upgrade");
