@@ -35,8 +35,8 @@ fn tracking_server() -> (String, Arc<AtomicUsize>) {
     (host, hits)
 }
 
-#[test]
-fn web_reader_end_to_end_in_chromium() {
+/// tests/browser, with playwright-core and Chromium checked to be there.
+fn browser_dir() -> std::path::PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let browser_dir = root.join("tests/browser");
     assert!(
@@ -47,6 +47,74 @@ fn web_reader_end_to_end_in_chromium() {
         std::path::Path::new("/usr/bin/chromium").exists(),
         "Debian's chromium is not installed: apt-get install chromium (scripts/test does)"
     );
+    browser_dir
+}
+
+/// Run one script of tests/browser; its output is printed and returned.
+fn run_script(script: &str, envs: &[(&str, String)]) -> String {
+    let browser_dir = browser_dir();
+    let output = Command::new("node")
+        .arg(browser_dir.join(script))
+        .current_dir(&browser_dir)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "browser checks failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("PASS"), "{stdout}");
+    stdout
+}
+
+#[test]
+fn an_admin_enrols_an_authenticator_and_uses_a_recovery_code_in_chromium() {
+    let mut fixture = Fixture::new();
+    fixture.config.web.reauth_window = Duration::from_secs(2);
+    let users = fixture.config.web.users_file.clone();
+    add_user(&users, "first@example.com", &[], true, false);
+    let (_rt, server) = start_in_process(&fixture);
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-screenshots");
+    run_script(
+        "enrol.mjs",
+        &[
+            ("BW_BASE", format!("http://{}", server.web_addr.unwrap())),
+            ("BW_SCREENSHOTS", shots.display().to_string()),
+            ("BW_PASSWORD", PASSWORD.to_string()),
+            ("BW_NEW_ADMIN", "first@example.com".to_string()),
+            ("BW_REAUTH_MS", "2000".to_string()),
+        ],
+    );
+    let account = breakwater::accounts::list(&users)
+        .unwrap()
+        .into_iter()
+        .find(|a| a.address == "first@example.com")
+        .unwrap();
+    assert!(account.totp_secret.is_some(), "enrolled");
+    assert_eq!(account.recovery_codes.len(), 10, "the regenerated set");
+    let audit = std::fs::read_to_string(&fixture.config.admin.audit_log).unwrap();
+    for action in [
+        "web-totp-enrolled",
+        "web-reauth-failed",
+        "web-reauth",
+        "web-recovery-codes",
+        "security:totp-enrolled",
+        "security:recovery-code-used",
+        "security:recovery-codes-regenerated",
+    ] {
+        assert!(
+            audit.contains(&format!("\"action\":\"{action}\"")),
+            "{action} audited"
+        );
+    }
+}
+
+#[test]
+fn web_reader_end_to_end_in_chromium() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     // An upstream that refuses connections: the engine marks it down.
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_upstream = closed.local_addr().unwrap().to_string();
@@ -93,29 +161,21 @@ fn web_reader_end_to_end_in_chromium() {
     let payload = fixture.path().join("payload.html");
     std::fs::write(&payload, hostile_html(&pixel_url)).unwrap();
     let shots = root.join("target/browser-screenshots");
-    let output = Command::new("node")
-        .arg(browser_dir.join("e2e.mjs"))
-        .current_dir(&browser_dir)
-        .env("BW_BASE", format!("http://{}", server.web_addr.unwrap()))
-        .env("BW_SCREENSHOTS", &shots)
-        .env("BW_PIXEL_HOST", &pixel_host)
-        .env("BW_PASSWORD", PASSWORD)
-        .env("BW_ADMIN", "admin@example.com")
-        .env("BW_ADMIN_SECRET", &admin_secret)
-        .env("BW_USER", "alice@example.com")
-        .env("BW_HTML_ID", html_id.to_string())
-        .env("BW_FOREIGN_ID", foreign_id.to_string())
-        .env("BW_PAYLOAD_FILE", &payload)
-        .output()
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}\n{stderr}");
-    assert!(
-        output.status.success(),
-        "browser checks failed:\n{stdout}\n{stderr}"
+    run_script(
+        "e2e.mjs",
+        &[
+            ("BW_BASE", format!("http://{}", server.web_addr.unwrap())),
+            ("BW_SCREENSHOTS", shots.display().to_string()),
+            ("BW_PIXEL_HOST", pixel_host.clone()),
+            ("BW_PASSWORD", PASSWORD.to_string()),
+            ("BW_ADMIN", "admin@example.com".to_string()),
+            ("BW_ADMIN_SECRET", admin_secret.clone()),
+            ("BW_USER", "alice@example.com".to_string()),
+            ("BW_HTML_ID", html_id.to_string()),
+            ("BW_FOREIGN_ID", foreign_id.to_string()),
+            ("BW_PAYLOAD_FILE", payload.display().to_string()),
+        ],
     );
-    assert!(stdout.contains("PASS"), "{stdout}");
     // The positive control fetched nothing either (setContent has no network for
     // these payloads), so every hit would have come from the reader.
     assert_eq!(
