@@ -18,7 +18,8 @@ ADMIN="[admin]
 listen = \"127.0.0.1:$ADMIN_PORT\"
 tokens_file = \"$dir/tokens.json\"
 cli_token_file = \"$dir/admin.token\"
-audit_log = \"$dir/audit.log\""
+audit_log = \"$dir/audit.log\"
+socket = \"$dir/admin.sock\""
 bw_start "enabled = false" "$ADMIN"
 trap bw_stop EXIT
 "$BIN" token create --name bench --role admin --save --config "$dir/breakwater.toml" >/dev/null 2>&1

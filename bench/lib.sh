@@ -53,6 +53,7 @@ listen = "127.0.0.1:$ADMIN_PORT"
 tokens_file = "$1/tokens.json"
 cli_token_file = "$1/admin.token"
 audit_log = "$1/audit.log"
+socket = "$1/admin.sock"
 [web]
 listen = "127.0.0.1:$WEB_PORT"
 users_file = "$1/users.json"

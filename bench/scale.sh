@@ -50,7 +50,8 @@ measure() { # label
 listen = \"127.0.0.1:$ADMIN_PORT\"
 tokens_file = \"$dir/tokens.json\"
 cli_token_file = \"$dir/admin.token\"
-audit_log = \"$dir/audit.log\""
+audit_log = \"$dir/audit.log\"
+socket = \"$dir/admin.sock\""
     t0=$(now)
     smtp-source -s 40 -m "$N" -l 2048 -M bench.test -f sender@bench.test -t rcpt@example.com "127.0.0.1:$BW_PORT"
     t1=$(now)

@@ -23,6 +23,7 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Res
             options.mode(mode);
         }
         let mut file = options.open(&tmp)?;
+        hand_to_directory_owner(&file, &dir)?;
         file.write_all(data)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -32,6 +33,24 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Res
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// When root writes into a directory another user owns (`sudo breakwater
+/// user add` into the data directory of a service that runs as its own
+/// user), the new file takes the directory's owner and group: otherwise
+/// the service could no longer read its own accounts or tokens, or take
+/// their locks. Anyone else cannot give files away and needs not to.
+pub fn hand_to_directory_owner(file: &File, dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let owner = std::fs::metadata(dir)?;
+    if owner.uid() == 0 {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(file, Some(owner.uid()), Some(owner.gid()))
 }
 
 /// `create_dir_all`, but each directory it creates is made durable in its
@@ -123,6 +142,7 @@ fn take_lock(path: &Path) -> std::io::Result<File> {
         .write(true)
         .open(&lock_path)
         .map_err(named)?;
+    hand_to_directory_owner(&lock, &parent_dir(path)).map_err(named)?;
     // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(named(std::io::Error::last_os_error()));

@@ -6,16 +6,63 @@
 //! reachable by anyone who can reach the relay (mini-redis's listener shape:
 //! a permit is taken *before* `accept`, so at the cap new connections wait
 //! in the kernel's backlog instead of costing a task and a buffer each).
+//! The same loop serves the admin API's local Unix socket, where the peer
+//! is who the kernel says connected (uid, gid, pid) instead of an address.
 //! Imports no stage.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
+
+/// Where connections come from, and what each request is told about
+/// its peer (put into the request's extensions for the handlers).
+pub trait Incoming: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Peer: Clone + Send + Sync + 'static;
+    fn next(&self) -> impl Future<Output = std::io::Result<(Self::Stream, Self::Peer)>> + Send;
+}
+
+impl Incoming for TcpListener {
+    type Stream = TcpStream;
+    type Peer = ConnectInfo<SocketAddr>;
+    async fn next(&self) -> std::io::Result<(TcpStream, ConnectInfo<SocketAddr>)> {
+        let (stream, addr) = self.accept().await?;
+        Ok((stream, ConnectInfo(addr)))
+    }
+}
+
+/// The process at the other end of a Unix socket, as the kernel reports
+/// it (`SO_PEERCRED`): it cannot be forged by the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalPeer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+}
+
+impl Incoming for UnixListener {
+    type Stream = UnixStream;
+    type Peer = LocalPeer;
+    async fn next(&self) -> std::io::Result<(UnixStream, LocalPeer)> {
+        let (stream, _) = self.accept().await?;
+        let cred = stream.peer_cred()?;
+        Ok((
+            stream,
+            LocalPeer {
+                uid: cred.uid(),
+                gid: cred.gid(),
+                pid: cred.pid(),
+            },
+        ))
+    }
+}
 
 /// A client gets this long for its TLS handshake and for each request's
 /// headers (slowloris).
@@ -23,9 +70,9 @@ const HANDSHAKE_AND_HEADERS: Duration = Duration::from_secs(10);
 
 /// Serve `app` on `listener` until `shutdown` turns true, at most
 /// `max_connections` at a time. `name` is for the log ("web", "admin").
-pub async fn serve(
+pub async fn serve<L: Incoming>(
     name: &'static str,
-    listener: TcpListener,
+    listener: L,
     tls: Option<tokio_rustls::TlsAcceptor>,
     app: Router,
     max_connections: usize,
@@ -55,7 +102,7 @@ pub async fn serve(
             warned_full = false;
         }
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = listener.next() => accepted,
             _ = stopped(&mut shutdown) => return,
         };
         let (stream, peer) = match accepted {
@@ -85,19 +132,20 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection<S>(
+async fn serve_connection<S, P>(
     stream: S,
-    peer: SocketAddr,
+    peer: P,
     app: Router,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    P: Clone + Send + Sync + 'static,
 {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt;
     let service =
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
+            request.extensions_mut().insert(peer.clone());
             app.clone().oneshot(request.map(axum::body::Body::new))
         });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

@@ -44,6 +44,7 @@ pub mod envelope;
 pub mod fsutil;
 pub mod heap;
 pub mod http_listener;
+pub mod local_changes;
 pub mod logging;
 pub mod metrics;
 pub mod mime;

@@ -58,6 +58,9 @@ pub enum EventKind {
     /// More failed sign-ins across all accounts than `[web] spray_failures`
     /// within `[web] lockout_window`.
     SignInSpray,
+    /// A local user other than root and the service user knocked on the
+    /// admin socket.
+    LocalAccessRefused,
 }
 
 impl EventKind {
@@ -82,6 +85,7 @@ impl EventKind {
             EventKind::AdminSignInRefused => "admin-sign-in-refused",
             EventKind::AccountLocked => "account-locked",
             EventKind::SignInSpray => "sign-in-spray",
+            EventKind::LocalAccessRefused => "local-access-refused",
         }
     }
 
@@ -156,6 +160,12 @@ impl EventKind {
             }
             (EventKind::SignInSpray, true) => {
                 "複数アカウントでサインイン失敗が多発しています (パスワードスプレー攻撃の可能性)"
+            }
+            (EventKind::LocalAccessRefused, false) => {
+                "A local user was refused at the admin socket"
+            }
+            (EventKind::LocalAccessRefused, true) => {
+                "許可されていないローカルユーザーが管理ソケットを使おうとしました"
             }
         }
     }

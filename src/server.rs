@@ -106,6 +106,13 @@ impl Server {
             smtp_ready: smtp_up_rx,
         };
         let (admin_addr, admin_task) = start_admin(&config, admin, &shutdown_rx).await?;
+        // CLI changes made while no server answered on the admin socket.
+        tokio::spawn(crate::local_changes::record_pending_until(
+            config.admin.audit_log.clone(),
+            audit.clone(),
+            config.admin.audit_verify_interval,
+            shutdown_rx.clone(),
+        ));
         let web = crate::web::WebState::new(
             config.web.clone(),
             spool.clone(),

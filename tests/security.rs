@@ -482,3 +482,249 @@ fn admin_networks_keep_admin_sign_ins_and_pages_inside() {
     );
     rt.block_on(server.shutdown());
 }
+
+/// The local admin socket with a service that runs as its own user
+/// (`nobody` here, as `breakwater` in production): root and the service
+/// user use the CLI with no token at all, their actions audited under
+/// their names; a third user who gets past the socket's file permissions
+/// (by being in its group) is refused by peer credentials, loudly; one
+/// who does not is stopped by the file system. `breakwater user` changes
+/// reach the audit log through the server, or, while it is down, at its
+/// next start. Needs root to switch users (CI runs as root).
+#[test]
+fn the_admin_socket_serves_root_and_the_service_user_and_refuses_the_rest() {
+    use std::process::{Command, Stdio};
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: switching local users needs root");
+        return;
+    }
+    let (url, hook) = webhook_receiver();
+    let mut fixture = Fixture::new();
+    fixture.config.delivery.enabled = true;
+    fixture.config.alert_targets = vec![webhook_target(&url, WebhookFormat::Json)];
+    fixture.config.admin.audit_verify_interval = Duration::from_millis(300);
+    let served_config = fixture.write_config();
+    // The CLI's copy where every local user may read it (the data
+    // directory below is the service's own).
+    let cli_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        cli_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut cli_config = fixture.config.clone();
+    for domain in &mut cli_config.domains {
+        if let Some(list) = &domain.recipients {
+            let copy = cli_dir.path().join(list.file_name().unwrap());
+            std::fs::copy(list, &copy).unwrap();
+            domain.recipients = Some(copy);
+        }
+    }
+    let config = cli_dir.path().join("breakwater.toml");
+    std::fs::write(&config, cli_config.to_toml()).unwrap();
+    let socket = fixture.config.admin.socket.clone();
+    // The service's data directory, as a package would set it up.
+    let dir = fixture.path();
+    let status = Command::new("chown")
+        .args(["-R", "nobody:nogroup"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    // `as_user("daemon", "nogroup", …)`: the CLI as another local user.
+    let as_user = |user: &str, group: &str, args: &[&str], stdin: &str| {
+        let mut child = Command::new("setpriv")
+            .arg(format!("--reuid={user}"))
+            .arg(format!("--regid={group}"))
+            .arg("--clear-groups")
+            .arg(server_binary())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("BREAKWATER_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("setpriv (util-linux)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let serve_as_nobody = || {
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(server_binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(&served_config);
+        BinaryServer::spawn(command)
+    };
+    let audit = || -> Vec<Value> {
+        std::fs::read_to_string(&fixture.config.admin.audit_log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let audited = |actor: &str, action: &str| {
+        audit()
+            .into_iter()
+            .find(|e| e["actor"] == actor && e["action"] == action)
+    };
+
+    let server = serve_as_nobody();
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&socket).expect("the admin socket exists");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.uid(), 65534, "owned by the service user");
+    assert!(!fixture.config.admin.cli_token_file.exists());
+
+    // Root, right after installation: no token anywhere.
+    let (ok, out) = as_user("root", "root", &["queue", "list"], "");
+    assert!(ok, "{out}");
+    assert!(out.contains("0 messages"), "{out}");
+    let (ok, out) = as_user("root", "root", &["upstream", "hold", "mx"], "");
+    assert!(ok, "{out}");
+    let held = audited("local:root", "upstream-hold")
+        .unwrap_or_else(|| panic!("upstream hold by local:root not audited: {:?}", audit()));
+    assert_eq!(held["ip"], "local");
+    // The service user too, audited under its own name.
+    let (ok, out) = as_user("nobody", "nogroup", &["upstream", "list"], "");
+    assert!(ok && out.contains("held"), "{out}");
+    let (ok, out) = as_user("nobody", "nogroup", &["upstream", "release", "mx"], "");
+    assert!(ok, "{out}");
+    assert!(
+        audited("local:nobody", "upstream-release").is_some(),
+        "{:?}",
+        audit()
+    );
+
+    // A third user in the socket's group: past the file permissions, but
+    // not past the peer credentials; refused, and a security event.
+    let (ok, out) = as_user("daemon", "nogroup", &["queue", "list"], "");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("403") && out.contains("local user daemon") && out.contains("nobody"),
+        "{out}"
+    );
+    let refused = alerted_within_a_second(&hook, "local-access-refused", "daemon");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/api/v1/queue"),
+        "{refused}"
+    );
+    // Not even health or metrics for it.
+    let (ok, out) = as_user("daemon", "nogroup", &["upstream", "list"], "");
+    assert!(!ok && out.contains("403"), "{out}");
+    // Outside the group: the file system says no, and the CLI says why.
+    let (ok, out) = as_user("daemon", "daemon", &["queue", "list"], "");
+    assert!(!ok, "{out}");
+    assert!(out.contains("permission denied"), "{out}");
+
+    // An account change by root while the server runs: recorded by the
+    // server under root's name; the file stays the service's own (it
+    // would not be readable to it otherwise).
+    let (ok, out) = as_user(
+        "root",
+        "root",
+        &[
+            "user",
+            "add",
+            "carol@example.com",
+            "--admin",
+            "--password-stdin",
+        ],
+        "a long enough password\n",
+    );
+    assert!(ok, "{out}");
+    assert!(!out.contains("note:"), "{out}");
+    let added = audited("local:root", "user:add")
+        .unwrap_or_else(|| panic!("user add not audited: {:?}", audit()));
+    assert_eq!(added["target"], "carol@example.com");
+    assert_eq!(added["result"], "added as admin");
+    assert_eq!(
+        std::fs::metadata(&fixture.config.web.users_file)
+            .unwrap()
+            .uid(),
+        65534
+    );
+    alerted_within_a_second(&hook, "admin-created", "carol@example.com");
+    let (ok, out) = as_user("nobody", "nogroup", &["user", "list"], "");
+    assert!(ok && out.contains("carol@example.com"), "{out}");
+    // A token minted by root is audited the same way.
+    let (ok, out) = as_user(
+        "root",
+        "root",
+        &["token", "create", "--name", "ci", "--role", "viewer"],
+        "",
+    );
+    assert!(ok, "{out}");
+    assert_eq!(
+        audited("local:root", "token:create").unwrap()["target"],
+        "ci"
+    );
+    assert!(server.terminate(Duration::from_secs(15)).success());
+    assert!(!socket.exists(), "the socket is removed at a clean stop");
+
+    // The server is down: the change is kept pending and recorded at the
+    // next start, with when it was made.
+    let (ok, out) = as_user(
+        "root",
+        "root",
+        &["user", "passwd", "carol@example.com", "--password-stdin"],
+        "another long password\n",
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("next starts"), "{out}");
+    let pending = breakwater::local_changes::pending_path(&fixture.config.admin.audit_log);
+    assert!(pending.exists());
+    assert!(audited("local:root", "user:passwd").is_none());
+    let server = serve_as_nobody();
+    assert!(
+        wait_for(Duration::from_secs(2), || audited(
+            "local:root",
+            "user:passwd"
+        )
+        .is_some()),
+        "{:?}",
+        audit()
+    );
+    let passwd = audited("local:root", "user:passwd").unwrap();
+    assert!(
+        passwd["result"]
+            .as_str()
+            .unwrap()
+            .contains("while the server was not running"),
+        "{passwd}"
+    );
+    assert!(wait_for(Duration::from_secs(1), || !pending.exists()));
+    // Recorded once, and the chain holds.
+    assert_eq!(
+        audit()
+            .iter()
+            .filter(|e| e["action"] == "user:passwd")
+            .count(),
+        1
+    );
+    let (ok, out) = as_user("root", "root", &["audit", "verify"], "");
+    assert!(ok, "{out}");
+    drop(server);
+}

@@ -1122,6 +1122,14 @@ fn destructive_and_account_changes_ask_to_confirm_it_is_you() {
     let csrf = detail.csrf();
     let action = format!("/admin/message/{}/action", w.bob_msg);
     let id = w.bob_msg.parse().unwrap();
+    let still_spooled = || common::block(w.server.spool.get(id)).unwrap().is_some();
+    let open_sessions = |admin: &mut common::web::WebClient| {
+        admin
+            .get("/admin/sessions")
+            .text()
+            .matches("name=\"handle\"")
+            .count()
+    };
     // Within the window after signing in: no question (hold never asks).
     assert_eq!(
         admin
@@ -1149,10 +1157,7 @@ fn destructive_and_account_changes_ask_to_confirm_it_is_you() {
         challenge.text().contains(&format!("action=\"{action}\"")),
         "re-posts to the action"
     );
-    assert!(
-        common::block(w.server.spool.get(id)).unwrap().is_some(),
-        "not deleted"
-    );
+    assert!(still_spooled(), "not deleted");
     let wrong = admin.post(
         &action,
         &[
@@ -1162,10 +1167,7 @@ fn destructive_and_account_changes_ask_to_confirm_it_is_you() {
         ],
     );
     assert_eq!(wrong.status, 401);
-    assert!(
-        common::block(w.server.spool.get(id)).unwrap().is_some(),
-        "not deleted"
-    );
+    assert!(still_spooled(), "not deleted");
     let right = admin.post(
         &action,
         &[
@@ -1175,10 +1177,7 @@ fn destructive_and_account_changes_ask_to_confirm_it_is_you() {
         ],
     );
     assert_eq!(right.status, 303, "{}", right.text());
-    assert!(
-        common::block(w.server.spool.get(id)).unwrap().is_none(),
-        "deleted once confirmed"
-    );
+    assert!(!still_spooled(), "deleted once confirmed");
     // The confirmation lasts the window: a second destructive action goes through.
     let alias_action = format!("/admin/message/{}/action", w.alias_msg);
     assert_eq!(
@@ -1202,14 +1201,7 @@ fn destructive_and_account_changes_ask_to_confirm_it_is_you() {
         &[("csrf", &csrf), ("handle", &handle)],
     );
     assert_eq!(challenge.status, 403);
-    assert_eq!(
-        admin
-            .get("/admin/sessions")
-            .text()
-            .matches("name=\"handle\"")
-            .count(),
-        2
-    );
+    assert_eq!(open_sessions(&mut admin), 2);
     let codes = admin.post("/account/recovery-codes", &[("csrf", &csrf)]);
     assert_eq!(codes.status, 403, "new recovery codes ask too");
     let done = admin.post(
@@ -1221,14 +1213,7 @@ fn destructive_and_account_changes_ask_to_confirm_it_is_you() {
         ],
     );
     assert_eq!(done.status, 303);
-    assert_eq!(
-        admin
-            .get("/admin/sessions")
-            .text()
-            .matches("name=\"handle\"")
-            .count(),
-        1
-    );
+    assert_eq!(open_sessions(&mut admin), 1);
     let audit = w.audit();
     assert!(
         audit.contains("\"action\":\"web-reauth-failed\""),

@@ -8,8 +8,11 @@
 //! Auth: `Authorization: Bearer <token>`; `viewer` may GET, `admin` may also
 //! POST. `/healthz`, `/readyz` and `/metrics` need no token (the admin port
 //! listens on loopback by default; put it behind your monitoring network).
+//! On the local Unix socket (`[admin] socket`) the kernel's peer
+//! credentials stand in for the token: see `local`.
 
 mod drill;
+mod local;
 mod queue;
 
 use std::net::SocketAddr;
@@ -75,6 +78,8 @@ pub struct Caller {
     pub name: String,
     pub role: Role,
     pub ip: String,
+    /// Came in over the local socket (root or the service user).
+    pub local: bool,
 }
 
 impl Caller {
@@ -100,6 +105,10 @@ impl FromRequestParts<Arc<AdminState>> for Caller {
         parts: &mut Parts,
         state: &Arc<AdminState>,
     ) -> Result<Caller, ApiError> {
+        // Admitted by `local::gate` before any handler runs.
+        if let Some(peer) = parts.extensions.get::<crate::http_listener::LocalPeer>() {
+            return Ok(local::caller(peer));
+        }
         let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -143,7 +152,12 @@ impl FromRequestParts<Arc<AdminState>> for Caller {
                     )),
                     None => {}
                 }
-                Ok(Caller { name, role, ip })
+                Ok(Caller {
+                    name,
+                    role,
+                    ip,
+                    local: false,
+                })
             }
             Verdict::Refused { name, why } => {
                 state.security.raise_at_most_every(
@@ -189,6 +203,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/drills/finish"),
     ("get", "/api/v1/drills"),
     ("get", "/api/v1/drills/{id}"),
+    ("post", "/api/v1/local-changes"),
 ];
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -216,10 +231,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/drills/finish", post(drill::finish))
         .route("/api/v1/drills", get(drill::list))
         .route("/api/v1/drills/{id}", get(drill::show))
+        .route("/api/v1/local-changes", post(local::record_change))
         .with_state(state)
 }
 
-/// Bind the admin listener and serve until `shutdown` turns true.
+/// Bind the admin listener (and the local socket, if configured) and
+/// serve until `shutdown` turns true; the socket file is removed after.
 pub async fn serve(
     config: &AdminConfig,
     state: Arc<AdminState>,
@@ -232,7 +249,27 @@ pub async fn serve(
         )
     })?;
     let addr = listener.local_addr()?;
-    let task = tokio::spawn(crate::http_listener::serve(
+    let local = match config.socket_path() {
+        Some(path) => {
+            let socket = local::bind(path)?;
+            tracing::info!(path = %path.display(), "admin socket listening");
+            let app = router(state.clone()).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                local::gate,
+            ));
+            let served = tokio::spawn(crate::http_listener::serve(
+                "admin-socket",
+                socket,
+                None,
+                app,
+                config.max_connections,
+                shutdown.clone(),
+            ));
+            Some((path.to_path_buf(), served))
+        }
+        None => None,
+    };
+    let network = tokio::spawn(crate::http_listener::serve(
         "admin",
         listener,
         None,
@@ -240,6 +277,13 @@ pub async fn serve(
         config.max_connections,
         shutdown,
     ));
+    let task = tokio::spawn(async move {
+        let _ = network.await;
+        if let Some((path, served)) = local {
+            let _ = served.await;
+            let _ = std::fs::remove_file(path);
+        }
+    });
     Ok((addr, task))
 }
 

@@ -1,6 +1,8 @@
 //! `breakwater token`: create, list and revoke admin API tokens. Edits the
 //! tokens file directly (under its lock); a running server sees the change
-//! at its next request and raises it as a security event (audit + alert).
+//! at its next request and raises it as a security event (audit + alert),
+//! and the change itself goes into the audit log under the local user's
+//! name (`api_client::record_local_change`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -46,6 +48,7 @@ pub fn run(config: &Config, command: TokenCommand, json: bool) -> ExitCode {
                 println!("{}", serde_json::json!({ "name": name, "revoked": true }));
             }
             eprintln!("token {name:?} revoked: every use now answers 401");
+            super::api_client::record_local_change(config, "token:revoke", &name, "revoked");
         }),
     };
     match result {
@@ -83,6 +86,12 @@ fn create(
         format!(", expires in {}", humantime::format_duration(d))
     });
     eprintln!("token {name:?} ({role:?}{until}) created; it is shown only this once");
+    super::api_client::record_local_change(
+        config,
+        "token:create",
+        name,
+        &format!("{role:?} token{until}").to_lowercase(),
+    );
     Ok(())
 }
 

@@ -1,8 +1,10 @@
 //! `breakwater user …`: local web accounts (bulk onboarding before an
 //! outage, password resets and TOTP enrolment during one).
 //!
-//! These commands edit `[web] users_file` directly (under a lock); a running
-//! server picks the change up within a second.
+//! These commands edit `[web] users_file` directly (under a lock), so they
+//! work while the server is down; a running server picks the change up
+//! within a second. Each change then goes into the audit log through the
+//! server (`api_client::record_local_change`).
 
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
@@ -113,6 +115,50 @@ fn report(json: bool, result: Result<String, AccountError>) -> ExitCode {
 }
 
 pub fn run(config: &Config, command: UserCommand, json: bool) -> ExitCode {
+    let audited = audit_line(&command);
+    let code = change(config, command, json);
+    if let (true, Some((action, target, result))) = (code == ExitCode::SUCCESS, audited) {
+        super::api_client::record_local_change(config, action, &target, &result);
+    }
+    code
+}
+
+/// The audit log's line for a command that changes an account (`import`
+/// records one per account it adds).
+fn audit_line(command: &UserCommand) -> Option<(&'static str, String, String)> {
+    let (action, address, result) = match command {
+        UserCommand::Add { address, admin, .. } => (
+            "user:add",
+            address,
+            if *admin { "added as admin" } else { "added" }.to_string(),
+        ),
+        UserCommand::Passwd { address, .. } => ("user:passwd", address, "password changed".into()),
+        UserCommand::Disable { address } => ("user:disable", address, "sign-in blocked".into()),
+        UserCommand::Enable { address } => ("user:enable", address, "sign-in allowed".into()),
+        UserCommand::TotpSetup { address } => (
+            "user:totp-setup",
+            address,
+            "TOTP enrolled, new recovery codes".into(),
+        ),
+        UserCommand::RecoveryCodes { address } => {
+            ("user:recovery-codes", address, "new recovery codes".into())
+        }
+        UserCommand::TotpRemove { address } => ("user:totp-remove", address, "TOTP removed".into()),
+        UserCommand::SetNotify { address, webhook } => (
+            "user:set-notify",
+            address,
+            if webhook.is_empty() {
+                "outage notices off".to_string()
+            } else {
+                format!("outage notices to {webhook}")
+            },
+        ),
+        UserCommand::List | UserCommand::Import { .. } => return None,
+    };
+    Some((action, address.clone(), result))
+}
+
+fn change(config: &Config, command: UserCommand, json: bool) -> ExitCode {
     let path = &config.web.users_file;
     match command {
         UserCommand::Add {
@@ -203,7 +249,7 @@ pub fn run(config: &Config, command: UserCommand, json: bool) -> ExitCode {
                 format!("{}{} accounts", table.render(), list.len())
             }
         })),
-        UserCommand::Import { file } => import(path, &file),
+        UserCommand::Import { file } => import(config, &file),
         UserCommand::TotpSetup { address } => {
             let secret = totp::new_totp_secret();
             report(
@@ -271,7 +317,8 @@ fn recovery_text(codes: &[String]) -> String {
     )
 }
 
-fn import(path: &Path, file: &Path) -> ExitCode {
+fn import(config: &Config, file: &Path) -> ExitCode {
+    let path = &config.web.users_file;
     let mut data = Vec::new();
     let read = if file == Path::new("-") {
         std::io::stdin().read_to_end(&mut data).map(|_| ())
@@ -304,6 +351,12 @@ fn import(path: &Path, file: &Path) -> ExitCode {
             Ok(account) => {
                 added += 1;
                 println!("{},{password}", account.address);
+                super::api_client::record_local_change(
+                    config,
+                    "user:add",
+                    &account.address,
+                    &format!("imported from {}", file.display()),
+                );
             }
             Err(AccountError::Invalid(msg)) if msg.contains("already exists") => skipped += 1,
             Err(err) => {

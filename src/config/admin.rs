@@ -13,6 +13,10 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// The admin HTTP API (JSON, bearer tokens), `/metrics`, `/healthz`, `/readyz`.
     pub listen: SocketAddr,
+    /// The same API on a Unix socket for the CLI on this machine (mode
+    /// 0660; only root and the user `serve` runs as get in, by their peer
+    /// credentials, no token needed); "" turns it off.
+    pub socket: PathBuf,
     /// Hashed API tokens (`breakwater token create`).
     pub tokens_file: PathBuf,
     /// Where `token create --save` puts a token for the local `breakwater queue` CLI.
@@ -35,6 +39,7 @@ impl Default for AdminConfig {
         AdminConfig {
             enabled: true,
             listen: "127.0.0.1:8025".parse().expect("literal address"),
+            socket: PathBuf::from("data/admin.sock"),
             tokens_file: PathBuf::from("data/admin-tokens.json"),
             cli_token_file: PathBuf::from("data/admin.token"),
             audit_log: PathBuf::from("data/audit.log"),
@@ -47,7 +52,23 @@ impl Default for AdminConfig {
 }
 
 impl AdminConfig {
+    /// The local socket, unless turned off.
+    pub fn socket_path(&self) -> Option<&std::path::Path> {
+        (!self.socket.as_os_str().is_empty()).then_some(self.socket.as_path())
+    }
+
     pub(super) fn validate(&self, invalid: &Invalid) -> Result<(), ConfigError> {
+        // sockaddr_un holds 108 bytes with the terminating NUL.
+        if self.socket.as_os_str().len() > 107 {
+            return Err(invalid(
+                "admin.socket",
+                format!(
+                    "{} is {} bytes long; a Unix socket path may have at most 107",
+                    self.socket.display(),
+                    self.socket.as_os_str().len()
+                ),
+            ));
+        }
         nonzero(
             invalid,
             &[

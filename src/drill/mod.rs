@@ -609,13 +609,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
 }
 
 fn stamp(ms: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+    crate::envelope::rfc3339_ms(ms)
 }
 
 /// The human report (CLI `drill show`, and saved next to the JSON).

@@ -23,15 +23,6 @@ use super::{check_csrf, Shared, Viewer, Visitor};
 use crate::accounts::{self, recovery, totp};
 
 #[derive(Deserialize)]
-pub struct CodeForm {
-    #[serde(default)]
-    code: String,
-    #[serde(default)]
-    csrf: String,
-    next: Option<String>,
-}
-
-#[derive(Deserialize)]
 pub struct ProvenForm {
     #[serde(default)]
     csrf: String,
@@ -114,6 +105,23 @@ fn codes_page(lang: Lang, codes: &[String], next: &str) -> Markup {
 
 /// The new secret of this enrolment: the one already shown in this
 /// session, or a fresh one.
+/// Does `code` come from the authenticator just set up with `secret`? A
+/// wrong one counts towards the lockout and is audited.
+fn code_confirms(state: &Shared, secret: &str, user: &str, ip: &str, code: &str) -> bool {
+    if state.second_factor.verify(secret, user, code) {
+        return true;
+    }
+    state.throttle.fail(user, ip);
+    state.audit(
+        user,
+        ip,
+        "web-totp-enrol-failed",
+        user,
+        "code does not match the new secret",
+    );
+    false
+}
+
 fn enrolling_secret(state: &Shared, handle: &str, current: Option<String>) -> String {
     current.unwrap_or_else(|| {
         let secret = totp::new_totp_secret();
@@ -162,7 +170,7 @@ pub async fn first_submit(
     State(state): State<Shared>,
     visitor: Visitor,
     headers: HeaderMap,
-    Form(form): Form<CodeForm>,
+    Form(form): Form<login::TotpForm>,
 ) -> Response {
     let lang = visitor.lang;
     let next = local_target(form.next.as_deref());
@@ -180,15 +188,7 @@ pub async fn first_submit(
     let Some(secret) = session.enrolling.clone() else {
         return Redirect::to("/login/enrol").into_response();
     };
-    if !state.second_factor.verify(&secret, &user, &form.code) {
-        state.throttle.fail(&user, &visitor.ip);
-        state.audit(
-            &user,
-            &visitor.ip,
-            "web-totp-enrol-failed",
-            &user,
-            "code does not match the new secret",
-        );
+    if !code_confirms(&state, &secret, &user, &visitor.ip, &form.code) {
         let markup = enrol_markup(
             lang,
             &Enrolment {
@@ -342,7 +342,7 @@ pub async fn confirm_enrolment(
     State(state): State<Shared>,
     viewer: Viewer,
     headers: HeaderMap,
-    Form(form): Form<CodeForm>,
+    Form(form): Form<login::TotpForm>,
 ) -> Response {
     let lang = viewer.lang;
     if !check_csrf(&headers, &viewer.session.csrf, &form.csrf) {
@@ -353,17 +353,13 @@ pub async fn confirm_enrolment(
         return Redirect::to("/account").into_response();
     };
     if let Err(blocked) = state.throttle.check(&user, &viewer.ip) {
-        return login::blocked_response(&state, lang, "/account", &user, blocked);
+        // Signed in already: the lockout on a page of its own, not the login form.
+        let message = html! { p.error { (login::blocked_message(lang, blocked)) } };
+        let mut response = page(&state, &viewer, lang.t("enrol.title"), message);
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        return response;
     }
-    if !state.second_factor.verify(&secret, &user, &form.code) {
-        state.throttle.fail(&user, &viewer.ip);
-        state.audit(
-            &user,
-            &viewer.ip,
-            "web-totp-enrol-failed",
-            &user,
-            "code does not match the new secret",
-        );
+    if !code_confirms(&state, &secret, &user, &viewer.ip, &form.code) {
         let markup = enrol_markup(
             lang,
             &Enrolment {
@@ -408,7 +404,9 @@ pub async fn confirm_enrolment(
     // The account's sessions ended with the new secret: this browser gets a
     // fresh one (new ID), every other one is signed out.
     state.sessions.revoke_user(&user);
-    let fresh = state.sessions.create(&user, true, &viewer.ip, "");
+    let fresh = state
+        .sessions
+        .create(&user, true, &viewer.ip, &viewer.session.user_agent);
     (
         [(header::SET_COOKIE, login::session_cookie(&state, &fresh))],
         Html(codes_page(lang, &codes, "/account").into_string()),

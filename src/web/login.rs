@@ -32,10 +32,10 @@ pub struct LoginForm {
 #[derive(Deserialize)]
 pub struct TotpForm {
     #[serde(default)]
-    code: String,
+    pub(super) code: String,
     #[serde(default)]
-    csrf: String,
-    next: Option<String>,
+    pub(super) csrf: String,
+    pub(super) next: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -102,7 +102,7 @@ pub async fn form(
     login_response(&state, visitor.lang, StatusCode::OK, &next, "", None)
 }
 
-fn blocked_message(lang: Lang, blocked: Blocked) -> String {
+pub(super) fn blocked_message(lang: Lang, blocked: Blocked) -> String {
     match blocked {
         Blocked::Account { minutes } => fill(lang.t("login.locked"), &[&minutes.to_string()]),
         Blocked::Address { minutes } => fill(lang.t("login.ip_blocked"), &[&minutes.to_string()]),

@@ -2,34 +2,16 @@
 // Run by tests/web_browser.rs, which starts the real server, fills the spool
 // and passes everything in environment variables. Exits non-zero on the
 // first failed check; prints one line per check.
-import { chromium } from "playwright-core";
-import { totp } from "./totp.mjs";
+import { env, check, launch, pass, screenshots, totp } from "./harness.mjs";
 import fs from "node:fs";
 import path from "node:path";
 
-const env = (name) => {
-  const value = process.env[name];
-  if (!value) throw new Error(`missing ${name}`);
-  return value;
-};
 const BASE = env("BW_BASE");
-const SHOTS = env("BW_SCREENSHOTS");
+const SHOTS = screenshots();
 const PIXEL_HOST = env("BW_PIXEL_HOST"); // e.g. 127.0.0.1:PORT, must never be contacted
 const PASSWORD = env("BW_PASSWORD");
-fs.mkdirSync(SHOTS, { recursive: true });
 
-let checks = 0;
-function check(condition, what) {
-  if (!condition) throw new Error(`FAILED: ${what}`);
-  checks += 1;
-  console.log(`ok ${checks} - ${what}`);
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking", "--no-first-run"],
-});
+const browser = await launch();
 
 // Every request any page or frame makes, and every console line: a payload
 // that runs logs "XSS-RAN:<kind>"; a tracking pixel would hit PIXEL_HOST.
@@ -177,7 +159,7 @@ try {
 
   check(!consoleLines.some((l) => l.startsWith("XSS-RAN:")), "still no payload ran at the end");
   check(!requests.some((u) => !u.startsWith(BASE) && !u.startsWith("data:") && !u.startsWith("about:")), `no request left the server (${requests.filter((u) => !u.startsWith(BASE)).join(", ") || "none"})`);
-  console.log(`PASS ${checks} checks`);
+  pass();
 } catch (err) {
   console.error(err.stack || String(err));
   process.exitCode = 1;

@@ -3,35 +3,16 @@
 // page's otpauth:// URI, as a phone would scan it), keeps a recovery code,
 // signs in with it once, and confirms it's them before making new codes.
 // Run by tests/web_browser.rs; prints one line per check.
-import { chromium } from "playwright-core";
-import fs from "node:fs";
+import { env, check, launch, pass, screenshots, totp } from "./harness.mjs";
 import path from "node:path";
-import { totp } from "./totp.mjs";
 
-const env = (name) => {
-  const value = process.env[name];
-  if (!value) throw new Error(`missing ${name}`);
-  return value;
-};
 const BASE = env("BW_BASE");
-const SHOTS = env("BW_SCREENSHOTS");
+const SHOTS = screenshots();
 const PASSWORD = env("BW_PASSWORD");
 const ADMIN = env("BW_NEW_ADMIN");
 const REAUTH_MS = Number(env("BW_REAUTH_MS"));
-fs.mkdirSync(SHOTS, { recursive: true });
 
-let checks = 0;
-function check(condition, what) {
-  if (!condition) throw new Error(`FAILED: ${what}`);
-  checks += 1;
-  console.log(`ok ${checks} - ${what}`);
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking", "--no-first-run"],
-});
+const browser = await launch();
 
 async function signIn(context) {
   const page = await context.newPage();
@@ -99,7 +80,7 @@ try {
   const fresh = await lost.locator("ol.recovery-codes li code").allInnerTexts();
   check(fresh.length === 10 && !fresh.includes(codes[1]), "confirmed: ten new codes, the old ones replaced");
   await lost.screenshot({ path: path.join(SHOTS, "12-new-recovery-codes.png"), fullPage: true });
-  console.log(`PASS ${checks} checks`);
+  pass();
 } catch (err) {
   console.error(err.stack || String(err));
   process.exitCode = 1;

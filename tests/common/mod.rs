@@ -66,6 +66,7 @@ impl Fixture {
                 tokens_file: root.join("admin-tokens.json"),
                 cli_token_file: root.join("admin.token"),
                 audit_log: root.join("audit.log"),
+                socket: root.join("admin.sock"),
                 ..AdminConfig::default()
             },
             // The monitor probes upstreams; tests that count upstream
