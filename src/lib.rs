@@ -38,6 +38,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod delivery;
+pub mod dkim;
 pub mod dns;
 pub mod drill;
 pub mod envelope;

@@ -155,6 +155,7 @@ pub async fn run_with_mta_sts_port(
         let mx = mx_checks(&mut report, &resolver, &domain, &hostname, mode).await;
         spf_check(&mut report, &resolver, &domain).await;
         dmarc_check(&mut report, &resolver, &domain).await;
+        dkim_check(&mut report, &resolver, config, &domain).await;
         let sts = MtaStsTarget {
             domain: &domain,
             hostname: &hostname,
@@ -544,6 +545,91 @@ async fn spf_check(report: &mut Report, resolver: &TokioResolver, domain: &str) 
             Some("flatten includes (ip4:/ip6:) or drop unused ones")),
         Ok(n) => report.add(domain, "spf", Level::Pass, format!("one SPF record, {n} DNS lookups"), None),
         Err(err) => report.add(domain, "spf", Level::Fail, err, Some("fix the included records")),
+    }
+}
+
+/// A domain that can send during an outage (`dkim_key`): the record
+/// published under its selector must hold the key on disk, or every
+/// message sent fails DKIM (and, with DMARC enforced, is rejected).
+async fn dkim_check(report: &mut Report, resolver: &TokioResolver, config: &Config, domain: &str) {
+    let Some(configured) = config
+        .domains
+        .iter()
+        .find(|d| d.name.trim_end_matches('.').eq_ignore_ascii_case(domain))
+    else {
+        return;
+    };
+    let Some(path) = &configured.dkim_key else {
+        return;
+    };
+    let key = match crate::dkim::load(path, domain, &configured.dkim_selector) {
+        Ok(key) => key,
+        Err(err) => {
+            report.add(
+                domain,
+                "dkim",
+                Level::Fail,
+                err.to_string(),
+                Some("make a key with `breakwater dkim keygen` (or fix the file's owner and mode)"),
+            );
+            return;
+        }
+    };
+    let name = key.dns_name();
+    let publish = format!("publish {}", key.zone_line());
+    let records = match txt(resolver, &name).await {
+        Ok(records) => records,
+        Err(err) => {
+            report.add(domain, "dkim", Level::Fail, err, None);
+            return;
+        }
+    };
+    let Some(record) = records.iter().find(|r| r.contains("p=")) else {
+        report.add(
+            domain,
+            "dkim",
+            Level::Fail,
+            format!(
+                "no DKIM record at {name}: mail sent from {domain} during an outage fails DKIM"
+            ),
+            Some(&publish),
+        );
+        return;
+    };
+    use crate::dkim::Published;
+    match key.compare(record) {
+        Published::Matches => report.add(
+            domain,
+            "dkim",
+            Level::Pass,
+            format!(
+                "{name} publishes the {} key in {}",
+                key.algorithm(),
+                path.display()
+            ),
+            None,
+        ),
+        Published::Differs => report.add(
+            domain,
+            "dkim",
+            Level::Fail,
+            format!("{name} publishes a different key than {}", path.display()),
+            Some(&publish),
+        ),
+        Published::Revoked => report.add(
+            domain,
+            "dkim",
+            Level::Fail,
+            format!("{name} revokes its key (empty p=)"),
+            Some(&publish),
+        ),
+        Published::Unreadable(why) => report.add(
+            domain,
+            "dkim",
+            Level::Fail,
+            format!("the record at {name} is not a DKIM key: {why}"),
+            Some(&publish),
+        ),
     }
 }
 

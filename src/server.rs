@@ -34,6 +34,8 @@ pub enum StartError {
     Delivery(#[from] DeliveryError),
     #[error("{0}")]
     Trust(String),
+    #[error("{0}")]
+    Dkim(String),
 }
 
 /// A running Breakwater.
@@ -62,6 +64,9 @@ impl Server {
     /// then the services that steer and watch them (audit, drills, admin
     /// API, web reader, outage monitor, certificate watcher).
     pub async fn start(config: Config) -> Result<Server, StartError> {
+        // A bad DKIM key stops the start with its config key named, not
+        // the first message a user sends.
+        crate::dkim::load_configured(&config).map_err(StartError::Dkim)?;
         let tls = TlsHandle::new(load_tls(&config)?);
         let policy = Arc::new(RwLock::new(Arc::new(RecipientPolicy::load(&config)?)));
         let spool = open_spool(&config)?;

@@ -450,3 +450,198 @@ fn mta_sts_policies_that_leave_breakwater_out_are_found() {
     assert!(moved.contains("mx3.good.test"), "{moved}");
     rt.block_on(server.shutdown());
 }
+
+/// DKIM for sending during an outage: `dkim keygen` writes a private key
+/// (0600) and prints its record; a message signed with the key verifies
+/// (mail-auth, against the record in a loopback DNS); `check` passes the
+/// domain whose record is the key on disk and fails the one publishing
+/// another key or none; `check-config` names a broken key by its config key.
+#[test]
+fn dkim_keys_are_made_published_verified_and_checked() {
+    use std::os::unix::fs::PermissionsExt;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut fixture = Fixture::new();
+    let keygen = |domain: &str, algorithm: &str, out: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_breakwater"))
+            .args(["--json", "dkim", "keygen", "--domain", domain])
+            .args(["--selector", "bw1", "--algorithm", algorithm, "--out"])
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let mut records = HashMap::new();
+    for (domain, algorithm) in [
+        ("signed.test", "rsa"),
+        ("ed.test", "ed25519"),
+        ("stale.test", "rsa"),
+        ("unpublished.test", "ed25519"),
+        ("other.test", "rsa"),
+    ] {
+        let out = fixture.path().join(format!("dkim-{domain}.key"));
+        let made = keygen(domain, algorithm, &out);
+        assert!(made.status.success(), "{made:?}");
+        let answer: Value = serde_json::from_slice(&made.stdout).unwrap();
+        assert_eq!(answer["dns_name"], format!("bw1._domainkey.{domain}."));
+        assert_eq!(
+            std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        records.insert(domain, answer["dns_txt"].as_str().unwrap().to_string());
+    }
+    // An existing key is not replaced by accident.
+    let again = keygen(
+        "signed.test",
+        "rsa",
+        &fixture.path().join("dkim-signed.test.key"),
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    // The human output: the zone line, split into strings DNS can carry.
+    let text = Command::new(env!("CARGO_BIN_EXE_breakwater"))
+        .args([
+            "dkim",
+            "keygen",
+            "--domain",
+            "x.test",
+            "--selector",
+            "s1",
+            "--out",
+        ])
+        .arg(fixture.path().join("x.key"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.contains("s1._domainkey.x.test. IN TXT ( \"v=DKIM1; k=rsa; p="),
+        "{text}"
+    );
+    assert!(text.contains("dkim_selector = \"s1\""), "{text}");
+
+    let mut zone = Zone::default();
+    for domain in ["signed.test", "ed.test", "stale.test", "unpublished.test"] {
+        good_domain(&mut zone, domain);
+    }
+    zone.with_txt("bw1._domainkey.signed.test", &records["signed.test"])
+        .with_txt("bw1._domainkey.ed.test", &records["ed.test"])
+        .with_txt("bw1._domainkey.stale.test", &records["other.test"]);
+    let dns = rt.block_on(TestDns::start(zone));
+    fixture.config.dns.nameservers = vec![dns.addr];
+    fixture.config.domains = ["signed.test", "ed.test", "stale.test", "unpublished.test"]
+        .iter()
+        .map(|name| DomainConfig {
+            dkim_selector: "bw1".into(),
+            dkim_key: Some(fixture.path().join(format!("dkim-{name}.key"))),
+            ..DomainConfig::new(name, "127.0.0.1:1")
+        })
+        .collect();
+    let config = fixture.write_config();
+
+    // Signed with the key, verified by mail-auth against the published record.
+    let resolver = breakwater::dns::build_resolver(&fixture.config.dns).unwrap();
+    let verifier = mail_auth::MessageAuthenticator(resolver);
+    for domain in ["signed.test", "ed.test", "stale.test"] {
+        let key = breakwater::dkim::load(
+            &fixture.path().join(format!("dkim-{domain}.key")),
+            domain,
+            "bw1",
+        )
+        .unwrap();
+        let body = format!(
+            "From: =?UTF-8?B?5bGx55Sw?= <taro@{domain}>\r\nTo: customer@remote.test\r\nSubject: =?UTF-8?B?6KaL56mN44KC44KK?=\r\nDate: Thu, 03 Dec 2026 10:00:00 +0900\r\nMessage-ID: <1@{domain}>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nお見積もりをお送りします。\r\n"
+        );
+        let signed = format!("{}{body}", key.sign(body.as_bytes()).unwrap());
+        let message = mail_auth::AuthenticatedMessage::parse(signed.as_bytes()).unwrap();
+        let results = rt.block_on(verifier.verify_dkim(&message));
+        let passed = results
+            .iter()
+            .any(|r| r.result() == &mail_auth::DkimResult::Pass);
+        assert_eq!(
+            passed,
+            domain != "stale.test",
+            "{domain}: {:?}",
+            results.iter().map(|r| r.result()).collect::<Vec<_>>()
+        );
+        // A changed body no longer verifies.
+        if domain == "signed.test" {
+            let tampered = signed.replace("お見積もり", "ご請求書");
+            let message = mail_auth::AuthenticatedMessage::parse(tampered.as_bytes()).unwrap();
+            let results = rt.block_on(verifier.verify_dkim(&message));
+            assert!(results
+                .iter()
+                .all(|r| r.result() != &mail_auth::DkimResult::Pass));
+        }
+    }
+
+    // `check` compares each published record with the key on disk.
+    let domains = ["signed.test", "ed.test", "stale.test", "unpublished.test"];
+    let mut args: Vec<&str> = domains.to_vec();
+    args.push("--json");
+    let (_, findings, _) = check(&config, &args);
+    let dkim = |domain: &str| {
+        findings
+            .iter()
+            .find(|f| f["subject"] == domain && f["check"] == "dkim")
+            .unwrap_or_else(|| panic!("no dkim finding for {domain}: {findings:#?}"))
+            .clone()
+    };
+    assert_eq!(
+        dkim("signed.test")["level"],
+        "pass",
+        "{}",
+        dkim("signed.test")
+    );
+    assert_eq!(dkim("ed.test")["level"], "pass", "{}", dkim("ed.test"));
+    let stale = dkim("stale.test");
+    assert_eq!(stale["level"], "fail");
+    assert!(
+        stale["detail"].as_str().unwrap().contains("different key"),
+        "{stale}"
+    );
+    assert!(
+        stale["fix"]
+            .as_str()
+            .unwrap()
+            .contains(&records["stale.test"][..40]),
+        "the fix is the record to publish: {stale}"
+    );
+    let missing = dkim("unpublished.test");
+    assert_eq!(missing["level"], "fail");
+    assert!(
+        missing["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no DKIM record"),
+        "{missing}"
+    );
+
+    // check-config (and serve) refuse a broken key, naming it.
+    let check_config = |config: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_breakwater"))
+            .arg("--config")
+            .arg(config)
+            .arg("check-config")
+            .output()
+            .unwrap()
+    };
+    assert!(check_config(&config).status.success());
+    std::fs::write(fixture.path().join("dkim-ed.test.key"), "garbage").unwrap();
+    let refused = check_config(&config);
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("domain[1].dkim_key") && err.contains("dkim-ed.test.key"),
+        "{err}"
+    );
+    fixture.config.domains[0].dkim_selector = String::new();
+    let config = fixture.write_config();
+    let refused = check_config(&config);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("domain[0].dkim_selector"),
+        "{refused:?}"
+    );
+}

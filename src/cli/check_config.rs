@@ -15,6 +15,12 @@ pub fn run(path: &Path) -> ExitCode {
         eprintln!("breakwater: {err}");
         return ExitCode::from(super::EXIT_CONFIG);
     }
+    // So are the DKIM keys (read here, not in every command's config load:
+    // they are 0600 for the service, and `queue list` needs none of them).
+    if let Err(err) = crate::dkim::load_configured(&config) {
+        eprintln!("breakwater: {}: {err}", path.display());
+        return ExitCode::from(super::EXIT_CONFIG);
+    }
     print!(
         "# effective configuration from {}\n{}",
         path.display(),

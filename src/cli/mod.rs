@@ -2,6 +2,7 @@
 
 mod api_client;
 mod check_config;
+mod dkim;
 mod drill;
 mod queue;
 mod recipients;
@@ -100,6 +101,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// DKIM keys for the mail users send during an outage.
+    Dkim {
+        #[command(subcommand)]
+        command: dkim::DkimCommand,
+    },
     /// TLS certificates for labs.
     Cert {
         #[command(subcommand)]
@@ -178,6 +184,7 @@ pub fn main() -> ExitCode {
             with_config(&cli.config, |c| recipients::run(c, command, json))
         }
         Command::Token { command } => with_config(&cli.config, |c| token::run(c, command, json)),
+        Command::Dkim { command } => dkim::run(command, json),
         Command::Cert {
             command:
                 CertCommand::SelfSigned {

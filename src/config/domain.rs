@@ -34,6 +34,13 @@ pub struct DomainConfig {
     /// "accept" (the default: an outage must not bounce mail) or "tempfail".
     #[serde(default)]
     pub callout_fallback: CalloutFallback,
+    /// DKIM for mail users send from this domain during an outage: the
+    /// selector and the private key (`breakwater dkim keygen`). A domain
+    /// without both cannot send.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dkim_selector: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dkim_key: Option<PathBuf>,
 }
 
 impl DomainConfig {
@@ -48,6 +55,8 @@ impl DomainConfig {
             spf: SpfMode::default(),
             verify_recipients: RecipientCheck::default(),
             callout_fallback: CalloutFallback::default(),
+            dkim_selector: String::new(),
+            dkim_key: None,
         }
     }
 }
@@ -144,6 +153,30 @@ pub(super) fn validate_domains(
                     &key("recipients"),
                     format!("cannot read {}: {err}", list.display()),
                 ));
+            }
+        }
+        match (domain.dkim_selector.is_empty(), &domain.dkim_key) {
+            (true, None) => {}
+            (false, Some(_)) => {
+                let selector = &domain.dkim_selector;
+                if !is_valid_hostname(selector) {
+                    return Err(invalid(
+                        &key("dkim_selector"),
+                        format!("{selector:?} is not a DNS name (letters, digits, '-', '.'), e.g. \"bw1\""),
+                    ));
+                }
+            }
+            (true, Some(_)) => {
+                return Err(invalid(
+                    &key("dkim_selector"),
+                    "missing: dkim_key is set, and the key is published under a selector (e.g. \"bw1\")".into(),
+                ))
+            }
+            (false, None) => {
+                return Err(invalid(
+                    &key("dkim_key"),
+                    "missing: dkim_selector is set; make a key with `breakwater dkim keygen`".into(),
+                ))
             }
         }
         if domain.verify_recipients == RecipientCheck::Callout && domain.upstream == "mx" {

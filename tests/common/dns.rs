@@ -209,7 +209,13 @@ fn answer(query: &Message, zone: &Zone) -> Message {
                 response.add_answer(Record::from_rdata(
                     q.name.clone(),
                     60,
-                    RData::TXT(TXT::new(vec![text.clone()])),
+                    // As DNS carries it: strings of at most 255 bytes.
+                    RData::TXT(TXT::new(
+                        text.as_bytes()
+                            .chunks(255)
+                            .map(|c| String::from_utf8_lossy(c).into_owned())
+                            .collect(),
+                    )),
                 ));
             }
         }
