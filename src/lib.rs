@@ -55,6 +55,7 @@ pub mod policy;
 pub mod secrets;
 pub mod security_events;
 pub mod selfcheck;
+pub mod sending;
 pub mod server;
 pub mod smtp;
 pub mod smtp_client;

@@ -14,6 +14,7 @@ mod delivery;
 mod domain;
 mod drill;
 mod policy;
+mod send;
 mod smtp;
 mod spool;
 mod trust;
@@ -24,6 +25,7 @@ pub use delivery::DeliveryConfig;
 pub use domain::{CalloutFallback, DmarcMode, DomainConfig, RecipientCheck, SpfMode, UpstreamTls};
 pub use drill::{AlertKind, AlertTarget, AlertsConfig, DrillConfig, WebhookFormat};
 pub use policy::{CalloutConfig, DnsblConfig, LimitsConfig};
+pub use send::{SendConfig, SendMode};
 pub use smtp::{BareLfPolicy, SmtpConfig};
 pub use spool::SpoolConfig;
 pub use trust::{DnsConfig, DnsErrorPolicy, TrustConfig};
@@ -86,6 +88,8 @@ pub struct Config {
     /// Where alerts go: `[[alert]]` tables.
     #[serde(default, rename = "alert", skip_serializing_if = "Vec::is_empty")]
     pub alert_targets: Vec<AlertTarget>,
+    #[serde(default)]
+    pub send: SendConfig,
     #[serde(default, rename = "domain")]
     pub domains: Vec<DomainConfig>,
 }
@@ -176,6 +180,7 @@ impl Config {
         drill::validate_alerts(&self.alerts, &self.alert_targets, &invalid)?;
         self.web.validate(&invalid)?;
         self.admin.validate(&invalid)?;
+        self.send.validate(&invalid)?;
         domain::validate_domains(&self.domains, &invalid)?;
         policy::validate(&self.limits, &self.dnsbls, &self.callout, &invalid)?;
         self.trust.validate(&invalid)?;

@@ -76,6 +76,7 @@ impl Fixture {
                 ..AlertsConfig::default()
             },
             alert_targets: Vec::new(),
+            send: breakwater::config::SendConfig::default(),
             // No DNS in most tests: SPF/DKIM/DMARC would wait on the
             // system resolver. tests/trust.rs turns it on with a loopback DNS.
             trust: TrustConfig {
