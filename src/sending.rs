@@ -102,19 +102,18 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Load the domains' DKIM keys (a bad one is an error naming its key).
-    pub fn new(config: &Config, spool: Spool) -> Result<Outbox, String> {
-        let keys = crate::dkim::load_configured(config)?
-            .into_iter()
-            .map(|key| (key.domain.clone(), key))
-            .collect();
-        Ok(Outbox {
+    /// `keys`: the domains' DKIM keys (`dkim::load_configured`).
+    pub fn new(config: &Config, spool: Spool, keys: Vec<DomainKey>) -> Outbox {
+        Outbox {
             spool,
             config: config.send.clone(),
             hostname: config.hostname.clone(),
-            keys,
+            keys: keys
+                .into_iter()
+                .map(|key| (key.domain.clone(), key))
+                .collect(),
             recent: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     pub fn mode(&self) -> SendMode {
@@ -374,7 +373,8 @@ mod tests {
             ..SpoolConfig::default()
         })
         .unwrap();
-        let outbox = Outbox::new(&config, spool.clone()).unwrap();
+        let keys = crate::dkim::load_configured(&config).unwrap();
+        let outbox = Outbox::new(&config, spool.clone(), keys);
         World {
             _dir: dir,
             spool,

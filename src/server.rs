@@ -66,7 +66,7 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, StartError> {
         // A bad DKIM key stops the start with its config key named, not
         // the first message a user sends.
-        crate::dkim::load_configured(&config).map_err(StartError::Dkim)?;
+        let dkim_keys = crate::dkim::load_configured(&config).map_err(StartError::Dkim)?;
         let tls = TlsHandle::new(load_tls(&config)?);
         let policy = Arc::new(RwLock::new(Arc::new(RecipientPolicy::load(&config)?)));
         let spool = open_spool(&config)?;
@@ -127,6 +127,8 @@ impl Server {
             Some(drills),
             &config.web.search_index_dir(&config.spool),
         );
+        let outbox = crate::sending::Outbox::new(&config, spool.clone(), dkim_keys);
+        let web = web.with_outbox(Arc::new(outbox));
         let (web_addr, web_task) = start_web(&config, web, &shutdown_rx).await?;
         if config.alerts.enabled {
             tokio::spawn(crate::monitor::run(

@@ -1030,6 +1030,12 @@ fn an_admin_enrols_at_first_sign_in_and_recovery_codes_work_once() {
     let w = world();
     let users = w.fixture.config.web.users_file.clone();
     add_user(&users, "newadmin@example.com", &[], true, false);
+    // The server's watcher sees the new admin before anyone signs in (it
+    // looks every 250 ms): otherwise account and authenticator are first
+    // seen together, as one new admin, and there is no enrolment event.
+    assert!(wait_for(Duration::from_secs(2), || w.audit().contains(
+        "\"action\":\"security:admin-created\",\"target\":\"newadmin@example.com\""
+    )));
     let mut c = w.client();
     let step = c.login("newadmin@example.com", PASSWORD);
     assert_eq!(step.status, 303);
@@ -1220,4 +1226,143 @@ fn destructive_and_account_changes_ask_to_confirm_it_is_you() {
         "{audit}"
     );
     assert!(audit.contains("\"action\":\"web-reauth\""), "{audit}");
+}
+
+/// `[send]` in the web reader: a user answers a message sent to one of her
+/// aliases (From preset to it, threading and quoting filled in), the reply
+/// is DKIM-signed and queued for To, Cc and Bcc (no Bcc header); a forged
+/// From, a missing CSRF token, someone else's message (also for an admin)
+/// and sending when it is off are refused; each send and refusal is audited.
+#[test]
+fn a_user_replies_from_the_web_reader_and_forgeries_are_refused() {
+    let w = world_with(|f| {
+        let key = f.path().join("dkim-example.com.key");
+        std::fs::write(
+            &key,
+            breakwater::dkim::generate(breakwater::dkim::Algorithm::Ed25519).unwrap(),
+        )
+        .unwrap();
+        f.config.send.mode = breakwater::config::SendMode::Always;
+        f.config.domains[0].dkim_selector = "bw1".into();
+        f.config.domains[0].dkim_key = Some(key);
+    });
+    let original = send(
+        &w.server,
+        "sales@example.com",
+        b"From: Customer <buyer@remote.test>\r\nTo: sales@example.com\r\nCc: other@remote.test\r\nSubject: =?UTF-8?B?5rOo5paH44Gu56K66KqN?=\r\nMessage-ID: <order-42@remote.test>\r\nDate: Thu, 03 Dec 2026 09:00:00 +0900\r\n\r\nPlease confirm order 42.\r\n",
+    );
+    let mut alice = w.client();
+    alice.login_fully("alice@example.com", None);
+    let page = alice.get(&format!("/mail/{original}"));
+    assert!(
+        page.text()
+            .contains(&format!("/mail/compose?reply={original}")),
+        "{}",
+        page.text()
+    );
+    let form = alice.get(&format!("/mail/compose?reply={original}&all=1"));
+    assert_eq!(form.status, 200, "{}", form.text());
+    let html = form.text();
+    assert!(html.contains("Re: 注文の確認"), "{html}");
+    assert!(
+        html.contains("<option value=\"sales@example.com\" selected>"),
+        "answers from the alias it came to: {html}"
+    );
+    assert!(html.contains("value=\"buyer@remote.test\""), "{html}");
+    assert!(
+        html.contains("value=\"other@remote.test\""),
+        "reply all: {html}"
+    );
+    assert!(
+        html.contains("&gt; Please confirm order 42."),
+        "quoted: {html}"
+    );
+    let value =
+        |name: &str| between(&html, &format!("name=\"{name}\" value=\""), "\"")[0].to_string();
+    assert_eq!(value("in_reply_to"), "order-42@remote.test");
+    let csrf = form.csrf();
+    let fields = |from: &str| {
+        vec![
+            ("csrf".to_string(), csrf.clone()),
+            ("from".to_string(), from.to_string()),
+            ("to".to_string(), "buyer@remote.test".to_string()),
+            ("cc".to_string(), "other@remote.test".to_string()),
+            ("bcc".to_string(), "boss@example.com".to_string()),
+            ("subject".to_string(), "Re: 注文の確認".to_string()),
+            (
+                "text".to_string(),
+                "確認しました。\n> Please confirm order 42.".to_string(),
+            ),
+            ("in_reply_to".to_string(), value("in_reply_to")),
+            ("references".to_string(), value("references")),
+        ]
+    };
+    let post = |client: &mut common::web::WebClient, fields: &[(String, String)]| {
+        let pairs: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        client.post("/mail/send", &pairs)
+    };
+    let done = post(&mut alice, &fields("sales@example.com"));
+    assert_eq!(done.status, 200, "{}", done.text());
+    let queue_id = between(&done.text(), "queue ID ", ")")[0].to_string();
+    let id = queue_id.parse().unwrap();
+    let queued = common::block(w.server.spool.get(id)).unwrap().unwrap();
+    assert_eq!(queued.envelope.sender, "sales@example.com");
+    assert_eq!(queued.envelope.recipients.len(), 3);
+    let raw = common::block(w.server.spool.read_body(id)).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("DKIM-Signature: "), "{text}");
+    assert!(
+        text.contains("In-Reply-To: <order-42@remote.test>"),
+        "{text}"
+    );
+    assert!(!text.contains("boss@example.com"), "no Bcc header: {text}");
+
+    // A crafted form with someone else's address: refused, nothing queued.
+    let before = w.server.spool.len();
+    let forged = post(&mut alice, &fields("ceo@example.com"));
+    assert_eq!(forged.status, 403);
+    assert!(
+        forged.text().contains("not one of your addresses"),
+        "{}",
+        forged.text()
+    );
+    let mut no_csrf = fields("sales@example.com");
+    no_csrf[0].1 = "wrong".into();
+    assert_eq!(post(&mut alice, &no_csrf).status, 403);
+    assert_eq!(w.server.spool.len(), before);
+    // Bob cannot answer Alice's mail; an admin reads it but cannot forward it.
+    let mut bob = w.client();
+    bob.login_fully("bob@example.com", None);
+    assert_eq!(
+        bob.get(&format!("/mail/compose?reply={original}")).status,
+        404
+    );
+    let mut admin = w.client();
+    admin.login_fully("admin@example.com", Some(&w.admin_secret));
+    assert_eq!(admin.get(&format!("/mail/{original}")).status, 200);
+    assert_eq!(
+        admin
+            .get(&format!("/mail/compose?forward={original}"))
+            .status,
+        404
+    );
+    let audit = w.audit();
+    assert!(audit.contains("\"action\":\"web-send\""), "{audit}");
+    assert!(audit.contains("\"action\":\"web-send-refused\""), "{audit}");
+    assert!(audit.contains("Message-ID <"), "{audit}");
+}
+
+#[test]
+fn without_send_mode_there_is_no_compose_page() {
+    let w = world_with(|_| {});
+    let mut alice = w.client();
+    alice.login_fully("alice@example.com", None);
+    let page = alice.get(&format!("/mail/{}", w.alias_msg));
+    assert!(!page.text().contains("/mail/compose"), "{}", page.text());
+    let form = alice.get("/mail/compose");
+    assert_eq!(form.status, 403);
+    assert!(form.text().contains("not turned it on"), "{}", form.text());
 }

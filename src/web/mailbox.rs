@@ -224,13 +224,13 @@ pub async fn list(
 
 /// Who is opening a message: one of its recipients, or an admin (audited as such).
 #[derive(PartialEq, Eq)]
-enum Access {
+pub(super) enum Access {
     Recipient,
     Admin,
 }
 
 /// The message, who is asking, and its raw bytes — or the 404/500 page.
-async fn open(
+pub(super) async fn open(
     state: &WebState,
     viewer: &Viewer,
     id: &str,
@@ -355,6 +355,11 @@ pub async fn show(
                     @else { a href={ "/mail/" (id) } { (lang.t("message.html_version")) } }
                 }
                 a href={ "/mail/" (id) "/source" } { (lang.t("message.source")) }
+                @if state.outbox.as_ref().is_some_and(|o| o.mode() != crate::config::SendMode::Off) {
+                    a.reply href={ "/mail/compose?reply=" (id) } { (lang.t("message.reply")) }
+                    a.reply href={ "/mail/compose?reply=" (id) "&all=1" } { (lang.t("message.reply_all")) }
+                    a.reply href={ "/mail/compose?forward=" (id) } { (lang.t("message.forward")) }
+                }
             }
             @if show_html {
                 @if blocked > 0 {

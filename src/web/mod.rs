@@ -25,6 +25,7 @@
 
 mod account;
 mod admin_pages;
+mod compose;
 pub mod i18n;
 mod login;
 mod mailbox;
@@ -71,6 +72,8 @@ pub struct WebState {
     pub security: Arc<crate::security_events::SecurityEvents>,
     /// Failover drills (banner, admin pages), when the server runs them.
     pub drills: Option<Arc<crate::drill::Drills>>,
+    /// Users' own mail during an outage (`[send]`); None: no sending.
+    pub outbox: Option<Arc<crate::sending::Outbox>>,
     summaries: summaries::SummaryCache,
     /// The mailbox search index; None when it could not be opened (searches
     /// then scan the mailbox).
@@ -124,7 +127,14 @@ impl WebState {
             audit,
             security,
             drills,
+            outbox: None,
         }
+    }
+
+    /// Let users send (`[send] mode` decides when).
+    pub fn with_outbox(mut self, outbox: Arc<crate::sending::Outbox>) -> WebState {
+        self.outbox = Some(outbox);
+        self
     }
 
     /// `[web] admin_networks`: may admin pages and admin sign-ins come
@@ -165,6 +175,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/static/app.css"),
     ("get", "/static/app.js"),
     ("get", "/mail"),
+    ("get", "/mail/compose"),
+    ("post", "/mail/send"),
     ("get", "/mail/{id}"),
     ("get", "/mail/{id}/body"),
     ("get", "/mail/{id}/part/{index}"),
@@ -202,6 +214,8 @@ pub fn router(state: Shared) -> Router {
         .route("/static/app.css", get(pages::stylesheet))
         .route("/static/app.js", get(pages::script))
         .route("/mail", get(mailbox::list))
+        .route("/mail/compose", get(compose::form))
+        .route("/mail/send", post(compose::send))
         .route("/mail/{id}", get(mailbox::show))
         .route("/mail/{id}/body", get(mailbox::body_frame))
         .route("/mail/{id}/part/{index}", get(mailbox::download))

@@ -129,15 +129,36 @@ pub fn fill_markup(template: &str, values: &[Markup]) -> Markup {
     }
 }
 
+/// The upstreams this viewer's mail goes through.
+fn own_upstreams(delivery: &crate::delivery::DeliveryHandle, viewer: &Viewer) -> Vec<String> {
+    viewer
+        .account
+        .addresses()
+        .filter_map(|a| a.rsplit_once('@').map(|(_, d)| delivery.upstream_for(d)))
+        .collect()
+}
+
+/// Is this viewer in an outage: an upstream of theirs down or held, or a
+/// drill running (`[send] mode = "outage"`)?
+pub(super) fn outage_for(state: &WebState, viewer: &Viewer) -> bool {
+    if state.drills.as_ref().and_then(|d| d.current()).is_some() {
+        return true;
+    }
+    let Some(delivery) = state.delivery.as_ref() else {
+        return false;
+    };
+    let mine = own_upstreams(delivery, viewer);
+    delivery
+        .status()
+        .iter()
+        .any(|s| mine.contains(&s.name) && s.state != "up")
+}
+
 /// The outage banner: upstreams this viewer's mail goes through that are
 /// down or held (every upstream for admins).
 fn banner(state: &WebState, viewer: &Viewer) -> Option<Markup> {
     let delivery = state.delivery.as_ref()?;
-    let mine: Vec<String> = viewer
-        .account
-        .addresses()
-        .filter_map(|a| a.rsplit_once('@').map(|(_, d)| delivery.upstream_for(d)))
-        .collect();
+    let mine = own_upstreams(delivery, viewer);
     let lang = viewer.lang;
     let label = &state.config.upstream_label;
     let lines: Vec<Markup> = delivery
@@ -199,6 +220,9 @@ pub fn page(state: &WebState, viewer: &Viewer, title: &str, body: Markup) -> Res
                     nav {
                         a href="/mail" { (lang.t("nav.mailbox")) }
                         a href="/account" { (lang.t("nav.account")) }
+                        @if state.outbox.as_ref().is_some_and(|o| o.mode() != crate::config::SendMode::Off) {
+                            a href="/mail/compose" { (lang.t("nav.compose")) }
+                        }
                         @if viewer.account.admin {
                             a href="/admin" { (lang.t("nav.admin")) }
                             a href="/admin/upstreams" { (lang.t("nav.upstreams")) }
