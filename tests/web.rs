@@ -1366,3 +1366,59 @@ fn without_send_mode_there_is_no_compose_page() {
     assert_eq!(form.status, 403);
     assert!(form.text().contains("not turned it on"), "{}", form.text());
 }
+
+/// Forward: the original's text is quoted under a header block and its
+/// attachments go along (fetched again with the user's own access).
+#[test]
+fn a_forward_carries_the_original_attachments() {
+    let w = world_with(|f| {
+        let key = f.path().join("dkim-example.com.key");
+        std::fs::write(
+            &key,
+            breakwater::dkim::generate(breakwater::dkim::Algorithm::Rsa).unwrap(),
+        )
+        .unwrap();
+        f.config.send.mode = breakwater::config::SendMode::Always;
+        f.config.domains[0].dkim_selector = "bw1".into();
+        f.config.domains[0].dkim_key = Some(key);
+    });
+    let original = send(
+        &w.server,
+        "alice@example.com",
+        b"From: Supplier <s@remote.test>\r\nTo: alice@example.com\r\nSubject: Invoice\r\nMessage-ID: <inv-9@remote.test>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThe invoice is attached.\r\n--b1\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"invoice-9.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQgaW52b2ljZQ==\r\n--b1--\r\n",
+    );
+    let mut alice = w.client();
+    alice.login_fully("alice@example.com", None);
+    let form = alice.get(&format!("/mail/compose?forward={original}"));
+    assert_eq!(form.status, 200, "{}", form.text());
+    let html = form.text();
+    assert!(html.contains("value=\"Fwd: Invoice\""), "{html}");
+    assert!(html.contains("Forwarded message"), "{html}");
+    assert!(
+        html.contains(&format!("name=\"forward\" value=\"{original}\"")),
+        "{html}"
+    );
+    let done = alice.post(
+        "/mail/send",
+        &[
+            ("csrf", &form.csrf()),
+            ("from", "alice@example.com"),
+            ("to", "accounts@remote.test"),
+            ("subject", "Fwd: Invoice"),
+            ("text", "Please pay this one."),
+            ("forward", &original),
+        ],
+    );
+    assert_eq!(done.status, 200, "{}", done.text());
+    let id = between(&done.text(), "queue ID ", ")")[0].parse().unwrap();
+    let raw = common::block(w.server.spool.read_body(id)).unwrap();
+    let parsed = mail_parser::MessageParser::default().parse(&raw).unwrap();
+    let attachment = parsed.attachment(0).expect("the invoice goes along");
+    use mail_parser::MimeHeaders;
+    assert_eq!(attachment.attachment_name(), Some("invoice-9.pdf"));
+    assert_eq!(attachment.contents(), b"%PDF-1.4 invoice");
+    assert_eq!(
+        attachment.content_type().map(|c| c.ctype()),
+        Some("application")
+    );
+}
