@@ -61,6 +61,8 @@ pub enum EventKind {
     /// A local user other than root and the service user knocked on the
     /// admin socket.
     LocalAccessRefused,
+    /// An admin stopped or resumed all sending (`[send]`).
+    SendingSwitched,
 }
 
 impl EventKind {
@@ -86,6 +88,7 @@ impl EventKind {
             EventKind::AccountLocked => "account-locked",
             EventKind::SignInSpray => "sign-in-spray",
             EventKind::LocalAccessRefused => "local-access-refused",
+            EventKind::SendingSwitched => "sending-switched",
         }
     }
 
@@ -166,6 +169,12 @@ impl EventKind {
             }
             (EventKind::LocalAccessRefused, true) => {
                 "許可されていないローカルユーザーが管理ソケットを使おうとしました"
+            }
+            (EventKind::SendingSwitched, false) => {
+                "Sending from the web reader was stopped or resumed"
+            }
+            (EventKind::SendingSwitched, true) => {
+                "Web リーダーからの送信が停止または再開されました"
             }
         }
     }

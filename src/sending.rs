@@ -25,6 +25,9 @@ use crate::dkim::DomainKey;
 use crate::envelope::{Envelope, QueueId, Recipient};
 use crate::spool::Spool;
 
+/// In the spool directory while an admin has stopped sending.
+const STOP_FILE: &str = "sending-stopped";
+
 /// The window of `[send] max_per_hour`.
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -58,6 +61,8 @@ pub struct Attachment {
 pub enum Refusal {
     #[error("sending through the continuity service is off")]
     Off,
+    #[error("an administrator has stopped all sending")]
+    Stopped,
     #[error("sending is only possible while the mail host is unavailable")]
     NotDuringOutage,
     #[error("{0} is not one of your addresses")]
@@ -99,12 +104,19 @@ pub struct Outbox {
     keys: HashMap<String, DomainKey>,
     /// Each user's sends within the last hour.
     recent: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// The admins' stop switch, kept in `stop_file` so that a restart
+    /// (or an attacker causing one) does not undo it.
+    stopped: std::sync::atomic::AtomicBool,
+    stop_file: std::path::PathBuf,
 }
 
 impl Outbox {
     /// `keys`: the domains' DKIM keys (`dkim::load_configured`).
     pub fn new(config: &Config, spool: Spool, keys: Vec<DomainKey>) -> Outbox {
+        let stop_file = config.spool.dir.join(STOP_FILE);
         Outbox {
+            stopped: std::sync::atomic::AtomicBool::new(stop_file.exists()),
+            stop_file,
             spool,
             config: config.send.clone(),
             hostname: config.hostname.clone(),
@@ -118,6 +130,30 @@ impl Outbox {
 
     pub fn mode(&self) -> SendMode {
         self.config.mode
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stop (or resume) all sending at once, durably. Messages already
+    /// queued are delivered; hold or delete them with the queue commands.
+    pub fn set_stopped(&self, stop: bool) -> std::io::Result<()> {
+        if stop {
+            crate::fsutil::write_atomic(&self.stop_file, b"stopped by an administrator\n", None)?;
+        } else {
+            match std::fs::remove_file(&self.stop_file) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
+            }
+            if let Some(dir) = self.stop_file.parent() {
+                crate::fsutil::sync_dir(dir)?;
+            }
+        }
+        self.stopped
+            .store(stop, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     /// Check, build, sign and queue `draft` for `user`, whose own
@@ -134,6 +170,9 @@ impl Outbox {
             SendMode::Off => return Err(Refusal::Off),
             SendMode::Outage if !outage => return Err(Refusal::NotDuringOutage),
             _ => {}
+        }
+        if self.stopped() {
+            return Err(Refusal::Stopped);
         }
         let from = draft.from.trim().to_string();
         if !own.iter().any(|a| a.eq_ignore_ascii_case(&from)) {
@@ -368,11 +407,11 @@ mod tests {
             },
             DomainConfig::new("nokey.example", "mx"),
         ];
-        let (spool, _) = Spool::open(&SpoolConfig {
+        config.spool = SpoolConfig {
             dir: dir.path().join("spool"),
             ..SpoolConfig::default()
-        })
-        .unwrap();
+        };
+        let (spool, _) = Spool::open(&config.spool).unwrap();
         let keys = crate::dkim::load_configured(&config).unwrap();
         let outbox = Outbox::new(&config, spool.clone(), keys);
         World {
@@ -542,6 +581,21 @@ mod tests {
             .send("hanako@example.com", &own(), true, reply())
             .await
             .unwrap();
+        // The stop switch: everyone, at once, and it survives a restart.
+        w.outbox.set_stopped(true).unwrap();
+        assert_eq!(
+            w.outbox
+                .send("jiro@example.com", &own(), true, reply())
+                .await
+                .unwrap_err(),
+            Refusal::Stopped
+        );
+        let mut config: Config = toml::from_str("").unwrap();
+        config.spool.dir = w._dir.path().join("spool");
+        let again = Outbox::new(&config, w.spool.clone(), Vec::new());
+        assert!(again.stopped());
+        again.set_stopped(false).unwrap();
+        assert!(!Outbox::new(&config, w.spool.clone(), Vec::new()).stopped());
     }
 
     #[tokio::test]

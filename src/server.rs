@@ -101,7 +101,13 @@ impl Server {
         let _ = outage.set(outage_probe(handle.clone(), drills.clone()));
         // /readyz reports the SMTP listeners down once their accept loops end.
         let (smtp_up, smtp_up_rx) = watch::channel(true);
+        let outbox = Arc::new(crate::sending::Outbox::new(
+            &config,
+            spool.clone(),
+            dkim_keys,
+        ));
         let admin = crate::admin::AdminState {
+            outbox: outbox.clone(),
             spool: spool.clone(),
             delivery: handle.clone(),
             tokens: crate::api_tokens::TokenStore::new(&config.admin.tokens_file),
@@ -127,8 +133,7 @@ impl Server {
             Some(drills),
             &config.web.search_index_dir(&config.spool),
         );
-        let outbox = crate::sending::Outbox::new(&config, spool.clone(), dkim_keys);
-        let web = web.with_outbox(Arc::new(outbox));
+        let web = web.with_outbox(outbox);
         let (web_addr, web_task) = start_web(&config, web, &shutdown_rx).await?;
         if config.alerts.enabled {
             tokio::spawn(crate::monitor::run(

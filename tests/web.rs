@@ -1353,6 +1353,33 @@ fn a_user_replies_from_the_web_reader_and_forgeries_are_refused() {
     assert!(audit.contains("\"action\":\"web-send\""), "{audit}");
     assert!(audit.contains("\"action\":\"web-send-refused\""), "{audit}");
     assert!(audit.contains("Message-ID <"), "{audit}");
+
+    // The admins' switch (CLI over the admin socket): everyone stops at
+    // once, loudly; resuming lets Alice send again.
+    let config = w.fixture.write_config();
+    let cli = |args: &[&str]| {
+        let out = run_cli(&config, args, "");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(cli(&["sending", "stop"]).contains("stopped by an administrator"));
+    let stopped = post(&mut alice, &fields("sales@example.com"));
+    assert_eq!(stopped.status, 403);
+    assert!(
+        stopped.text().contains("stopped all sending"),
+        "{}",
+        stopped.text()
+    );
+    assert!(alice
+        .get("/mail/compose")
+        .text()
+        .contains("stopped all sending"));
+    assert!(wait_for(Duration::from_secs(1), || w
+        .audit()
+        .contains("\"action\":\"security:sending-switched\"")));
+    assert!(cli(&["sending", "status"]).contains("stopped"));
+    assert!(cli(&["sending", "resume"]).contains("not stopped"));
+    assert_eq!(post(&mut alice, &fields("sales@example.com")).status, 200);
 }
 
 #[test]

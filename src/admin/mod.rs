@@ -42,6 +42,8 @@ pub struct AdminState {
     /// Token first uses, new addresses and refused tokens are raised here.
     pub security: Arc<crate::security_events::SecurityEvents>,
     pub drills: Arc<crate::drill::Drills>,
+    /// Users' mail during an outage: the stop switch.
+    pub outbox: Arc<crate::sending::Outbox>,
     /// True while the SMTP accept loops run (for /readyz).
     pub smtp_ready: watch::Receiver<bool>,
 }
@@ -204,6 +206,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/drills"),
     ("get", "/api/v1/drills/{id}"),
     ("post", "/api/v1/local-changes"),
+    ("get", "/api/v1/sending"),
+    ("post", "/api/v1/sending"),
 ];
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -232,6 +236,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/drills", get(drill::list))
         .route("/api/v1/drills/{id}", get(drill::show))
         .route("/api/v1/local-changes", post(local::record_change))
+        .route(
+            "/api/v1/sending",
+            get(queue::sending).post(queue::set_sending),
+        )
         .with_state(state)
 }
 

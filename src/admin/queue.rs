@@ -354,6 +354,42 @@ pub async fn upstream_action(
     Ok(Json(result))
 }
 
+/// `[send]`: the mode, and whether an admin stopped all sending.
+pub async fn sending(State(state): State<Arc<AdminState>>, _caller: Caller) -> Json<Value> {
+    Json(json!({
+        "mode": state.outbox.mode(),
+        "stopped": state.outbox.stopped(),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct SendingSwitch {
+    stopped: bool,
+}
+
+/// Stop (or resume) every user's sending at once; durable, audited, and a
+/// security event (an attacker turning it back on is the thing to see).
+pub async fn set_sending(
+    State(state): State<Arc<AdminState>>,
+    caller: Caller,
+    Json(body): Json<SendingSwitch>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    crate::fsutil::run_blocking(|| state.outbox.set_stopped(body.stopped))
+        .map_err(ApiError::internal)?;
+    let word = if body.stopped { "stopped" } else { "resumed" };
+    state.security.raise(crate::security_events::SecurityEvent {
+        kind: crate::security_events::EventKind::SendingSwitched,
+        subject: "sending".into(),
+        actor: caller.name.clone(),
+        ip: caller.ip.clone(),
+        detail: format!("all sending from the web reader {word}"),
+    });
+    Ok(Json(
+        json!({ "mode": state.outbox.mode(), "stopped": body.stopped }),
+    ))
+}
+
 /// Postfix's `soft_bounce`, switched at run time (until restart; the
 /// config key `[delivery] soft_bounce` is the value at start).
 pub async fn soft_bounce(

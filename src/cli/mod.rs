@@ -6,6 +6,7 @@ mod dkim;
 mod drill;
 mod queue;
 mod recipients;
+mod sending;
 mod serve;
 mod table;
 mod token;
@@ -101,6 +102,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Stop or resume the mail users send from the web reader.
+    Sending {
+        #[command(subcommand)]
+        command: sending::SendingCommand,
+    },
     /// DKIM keys for the mail users send during an outage.
     Dkim {
         #[command(subcommand)]
@@ -185,6 +191,9 @@ pub fn main() -> ExitCode {
         }
         Command::Token { command } => with_config(&cli.config, |c| token::run(c, command, json)),
         Command::Dkim { command } => dkim::run(command, json),
+        Command::Sending { command } => {
+            with_config(&cli.config, |c| sending::run(c, command, json))
+        }
         Command::Cert {
             command:
                 CertCommand::SelfSigned {

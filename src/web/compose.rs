@@ -55,6 +55,7 @@ pub struct SendForm {
 fn sending_open(state: &Shared, viewer: &Viewer) -> Result<(), &'static str> {
     match state.outbox.as_ref().map(|o| o.mode()) {
         None | Some(SendMode::Off) => Err("compose.off"),
+        _ if state.outbox.as_ref().is_some_and(|o| o.stopped()) => Err("compose.stopped"),
         Some(SendMode::Outage) if !pages::outage_for(state, viewer) => Err("compose.not_now"),
         _ => Ok(()),
     }
@@ -326,9 +327,10 @@ pub async fn send(
             );
             let status = match refusal {
                 Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-                Refusal::Off | Refusal::NotDuringOutage | Refusal::NotYourAddress(_) => {
-                    StatusCode::FORBIDDEN
-                }
+                Refusal::Off
+                | Refusal::Stopped
+                | Refusal::NotDuringOutage
+                | Refusal::NotYourAddress(_) => StatusCode::FORBIDDEN,
                 Refusal::Failed(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
             };

@@ -103,6 +103,7 @@ const TEXT: &[(&str, &str, &str)] = &[
     ("compose.off", "Sending is not available: the administrator has not turned it on.", "送信は利用できません。管理者が有効にしていません。"),
     ("compose.not_now", "Sending is available only while the mail host is unavailable. Use your usual mail system.", "送信はメールホストの障害中のみ利用できます。通常のメールシステムをお使いください。"),
     ("compose.refused", "Not sent:", "送信できませんでした:"),
+    ("compose.stopped", "An administrator has stopped all sending from the continuity service.", "管理者が事業継続サービスからの送信をすべて停止しました。"),
     ("compose.from", "From", "差出人"),
     ("compose.bcc", "Bcc", "Bcc"),
     ("compose.subject", "Subject", "件名"),
