@@ -493,7 +493,7 @@ fn admin_networks_keep_admin_sign_ins_and_pages_inside() {
 /// next start. Needs root to switch users (CI runs as root).
 #[test]
 fn the_admin_socket_serves_root_and_the_service_user_and_refuses_the_rest() {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: switching local users needs root");
         return;
@@ -534,27 +534,14 @@ fn the_admin_socket_serves_root_and_the_service_user_and_refuses_the_rest() {
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
     // `as_user("daemon", "nogroup", …)`: the CLI as another local user.
     let as_user = |user: &str, group: &str, args: &[&str], stdin: &str| {
-        let mut child = Command::new("setpriv")
+        let mut command = Command::new("setpriv");
+        command
             .arg(format!("--reuid={user}"))
             .arg(format!("--regid={group}"))
             .arg("--clear-groups")
             .arg(server_binary())
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .env_remove("BREAKWATER_TOKEN")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("setpriv (util-linux)");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+            .env_remove("BREAKWATER_TOKEN");
+        let out = run_command(command, &config, args, stdin);
         (
             out.status.success(),
             format!(

@@ -1228,6 +1228,17 @@ fn destructive_and_account_changes_ask_to_confirm_it_is_you() {
     assert!(audit.contains("\"action\":\"web-reauth\""), "{audit}");
 }
 
+/// The world with `[send] mode = "always"` and a DKIM key for example.com.
+fn world_that_sends(algorithm: breakwater::dkim::Algorithm) -> World {
+    world_with(|f| {
+        let key = f.path().join("dkim-example.com.key");
+        std::fs::write(&key, breakwater::dkim::generate(algorithm).unwrap()).unwrap();
+        f.config.send.mode = breakwater::config::SendMode::Always;
+        f.config.domains[0].dkim_selector = "bw1".into();
+        f.config.domains[0].dkim_key = Some(key);
+    })
+}
+
 /// `[send]` in the web reader: a user answers a message sent to one of her
 /// aliases (From preset to it, threading and quoting filled in), the reply
 /// is DKIM-signed and queued for To, Cc and Bcc (no Bcc header); a forged
@@ -1235,17 +1246,7 @@ fn destructive_and_account_changes_ask_to_confirm_it_is_you() {
 /// and sending when it is off are refused; each send and refusal is audited.
 #[test]
 fn a_user_replies_from_the_web_reader_and_forgeries_are_refused() {
-    let w = world_with(|f| {
-        let key = f.path().join("dkim-example.com.key");
-        std::fs::write(
-            &key,
-            breakwater::dkim::generate(breakwater::dkim::Algorithm::Ed25519).unwrap(),
-        )
-        .unwrap();
-        f.config.send.mode = breakwater::config::SendMode::Always;
-        f.config.domains[0].dkim_selector = "bw1".into();
-        f.config.domains[0].dkim_key = Some(key);
-    });
+    let w = world_that_sends(breakwater::dkim::Algorithm::Ed25519);
     let original = send(
         &w.server,
         "sales@example.com",
@@ -1398,17 +1399,7 @@ fn without_send_mode_there_is_no_compose_page() {
 /// attachments go along (fetched again with the user's own access).
 #[test]
 fn a_forward_carries_the_original_attachments() {
-    let w = world_with(|f| {
-        let key = f.path().join("dkim-example.com.key");
-        std::fs::write(
-            &key,
-            breakwater::dkim::generate(breakwater::dkim::Algorithm::Rsa).unwrap(),
-        )
-        .unwrap();
-        f.config.send.mode = breakwater::config::SendMode::Always;
-        f.config.domains[0].dkim_selector = "bw1".into();
-        f.config.domains[0].dkim_key = Some(key);
-    });
+    let w = world_that_sends(breakwater::dkim::Algorithm::Rsa);
     let original = send(
         &w.server,
         "alice@example.com",

@@ -479,7 +479,18 @@ pub fn block<F: std::future::Future>(future: F) -> F::Output {
 
 /// Run the `breakwater` CLI with `--config config`, `stdin` as its input.
 pub fn run_cli(config: &Path, args: &[&str], stdin: &str) -> std::process::Output {
-    let mut child = Command::new(server_binary())
+    run_command(Command::new(server_binary()), config, args, stdin)
+}
+
+/// `command` (the binary, or a wrapper that ends in it, such as `setpriv
+/// … breakwater`) with `--config config` and `args`, `stdin` as its input.
+pub fn run_command(
+    mut command: Command,
+    config: &Path,
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
+    let mut child = command
         .arg("--config")
         .arg(config)
         .args(args)
