@@ -150,12 +150,21 @@ fn audit_line(command: &UserCommand) -> Option<(&'static str, String, String)> {
             if webhook.is_empty() {
                 "outage notices off".to_string()
             } else {
-                format!("outage notices to {webhook}")
+                format!("outage notices to {}", webhook_origin(webhook))
             },
         ),
         UserCommand::List | UserCommand::Import { .. } => return None,
     };
     Some((action, address.clone(), result))
+}
+
+/// Where a webhook goes, without its path: a webhook's path is often its
+/// secret (Slack, Teams), and the audit log is readable with a viewer token.
+fn webhook_origin(url: &str) -> String {
+    match url.splitn(4, '/').collect::<Vec<_>>()[..] {
+        [scheme, "", host, ..] if !host.is_empty() => format!("{scheme}//{host}/…"),
+        _ => "a webhook".into(),
+    }
 }
 
 fn change(config: &Config, command: UserCommand, json: bool) -> ExitCode {
@@ -370,5 +379,21 @@ fn import(config: &Config, file: &Path) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_webhook_is_audited_without_its_secret_path() {
+        assert_eq!(
+            super::webhook_origin("https://hooks.slack.com/services/T0/B0/s3cr3t"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(
+            super::webhook_origin("http://10.0.0.5:8080"),
+            "http://10.0.0.5:8080/…"
+        );
+        assert_eq!(super::webhook_origin("nonsense"), "a webhook");
     }
 }
