@@ -98,6 +98,10 @@ pub struct Envelope {
     /// SPF/DKIM/DMARC at intake; delivery adds its `Authentication-Results`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<crate::verdict::AuthVerdict>,
+    /// The web account that wrote it (`sending`): its mail to other
+    /// domains goes through `[send] relay` when one is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_by: Option<String>,
 }
 
 impl Envelope {
@@ -126,6 +130,7 @@ impl Envelope {
             size: 0,
             lure: None,
             auth: None,
+            sent_by: None,
         }
     }
 }

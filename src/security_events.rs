@@ -63,6 +63,9 @@ pub enum EventKind {
     LocalAccessRefused,
     /// An admin stopped or resumed all sending (`[send]`).
     SendingSwitched,
+    /// A user reached `[send] max_per_hour` (a phished account sending
+    /// spam looks like this first).
+    SendingLimitReached,
 }
 
 impl EventKind {
@@ -89,6 +92,7 @@ impl EventKind {
             EventKind::SignInSpray => "sign-in-spray",
             EventKind::LocalAccessRefused => "local-access-refused",
             EventKind::SendingSwitched => "sending-switched",
+            EventKind::SendingLimitReached => "sending-limit-reached",
         }
     }
 
@@ -175,6 +179,12 @@ impl EventKind {
             }
             (EventKind::SendingSwitched, true) => {
                 "Web リーダーからの送信が停止または再開されました"
+            }
+            (EventKind::SendingLimitReached, false) => {
+                "A user reached the hourly sending limit of the web reader"
+            }
+            (EventKind::SendingLimitReached, true) => {
+                "利用者が Web リーダーからの 1 時間あたりの送信上限に達しました"
             }
         }
     }

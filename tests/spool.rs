@@ -43,6 +43,7 @@ fn envelope(rcpts: &[&str]) -> Envelope {
         size: 0,
         lure: None,
         auth: None,
+        sent_by: None,
     }
 }
 

@@ -26,6 +26,19 @@ pub struct SendConfig {
     pub max_recipients: u32,
     /// The whole message as sent, attachments included.
     pub max_message_size: bytesize::ByteSize,
+    /// "" = other domains by their MX (with the `[delivery]` TLS policy);
+    /// "host:port" = through this outbound smart host (STARTTLS required,
+    /// AUTH when `relay_username` is set).
+    pub relay: String,
+    pub relay_username: String,
+    /// The relay password, alone in a file (0600), never in the config.
+    pub relay_password_file: Option<std::path::PathBuf>,
+    /// After the upstream is back, a copy of each sent message goes to
+    /// the sender's own mailbox there (`X-Breakwater-Sent-During-Outage:
+    /// yes`), so the thread is complete in Outlook.
+    pub copy_to_mailbox: bool,
+    /// A current TOTP code at the first send of each session.
+    pub require_totp: bool,
 }
 
 impl Default for SendConfig {
@@ -35,12 +48,37 @@ impl Default for SendConfig {
             max_per_hour: 30,
             max_recipients: 20,
             max_message_size: bytesize::ByteSize::mib(10),
+            relay: String::new(),
+            relay_username: String::new(),
+            relay_password_file: None,
+            copy_to_mailbox: true,
+            require_totp: false,
         }
     }
 }
 
 impl SendConfig {
     pub(super) fn validate(&self, invalid: &Invalid) -> Result<(), ConfigError> {
+        if !self.relay.is_empty() && super::parse_host_port(&self.relay).is_none() {
+            return Err(invalid(
+                "send.relay",
+                format!("{:?} is not \"host:port\"", self.relay),
+            ));
+        }
+        if !self.relay_username.is_empty() {
+            if self.relay.is_empty() {
+                return Err(invalid(
+                    "send.relay_username",
+                    "is set but send.relay is empty".into(),
+                ));
+            }
+            if self.relay_password_file.is_none() {
+                return Err(invalid(
+                    "send.relay_password_file",
+                    "is needed with send.relay_username (a file holding only the password)".into(),
+                ));
+            }
+        }
         nonzero(
             invalid,
             &[

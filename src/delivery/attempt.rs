@@ -16,13 +16,33 @@ use crate::smtp_client::FileTail;
 use crate::spool::StoredBody;
 
 impl Engine {
-    /// The upstream name for a recipient domain, honouring a per-message
-    /// route override (admin "requeue").
-    pub(super) fn route_name(&self, state: &MessageState, domain: &str) -> String {
+    /// The route for one recipient of a message: a per-message override
+    /// (admin "requeue") first, then `[send] relay` for users' mail to
+    /// other domains, then the domain's own.
+    pub(super) fn route_of(
+        &self,
+        envelope: &Envelope,
+        state: &MessageState,
+        domain: &str,
+    ) -> route::Route {
         match &state.route {
-            Some(route) => route.clone(),
-            None => self.router.route_for(domain).upstream,
+            Some(hosts) => route::Route {
+                upstream: hosts.clone(),
+                tls: crate::config::UpstreamTls::Opportunistic,
+                relay: false,
+            },
+            None => self.router.route_for_recipient(envelope, domain),
         }
+    }
+
+    /// The upstream name (health, hold, concurrency) of one recipient.
+    pub(super) fn route_name(
+        &self,
+        envelope: &Envelope,
+        state: &MessageState,
+        domain: &str,
+    ) -> String {
+        self.route_of(envelope, state, domain).upstream
     }
 
     pub(super) async fn process(self: &Arc<Self>, id: QueueId) {
@@ -66,13 +86,7 @@ impl Engine {
             if state.recipients[index].status.is_final() {
                 continue;
             }
-            let route = match &state.route {
-                Some(hosts) => route::Route {
-                    upstream: hosts.clone(),
-                    tls: crate::config::UpstreamTls::Opportunistic,
-                },
-                None => self.router.route_for(rcpt.domain()),
-            };
+            let route = self.route_of(envelope, &state, rcpt.domain());
             groups
                 .entry(route.upstream.clone())
                 .or_insert_with(|| (route, rcpt.domain().to_string(), Vec::new()))
@@ -222,6 +236,7 @@ impl Engine {
         };
         let resolved = match via {
             Some(hosts) => self.router.targets_via(hosts).await,
+            None if route.relay => self.router.relay_targets().await,
             None => self.router.targets(domain).await,
         };
         let targets = match resolved {

@@ -49,8 +49,9 @@ pub fn is_throttle(reply: &str) -> bool {
                 || lower.contains("throttl")))
 }
 
-/// Connections are only reused for the same address and the same TLS demands.
-type PoolKey = (SocketAddr, TlsPolicy);
+/// Connections are only reused for the same address, the same TLS demands
+/// and the same login (none, or the smart host's).
+type PoolKey = (SocketAddr, TlsPolicy, bool);
 
 pub struct Transport {
     dialer: Dialer,
@@ -143,7 +144,7 @@ impl Transport {
         target: &Target,
         tx: &Transaction<'_>,
     ) -> Result<AttemptReport, SessionFailure> {
-        let key = (target.addr, tx.policy(target));
+        let key = (target.addr, tx.policy(target), target.login.is_some());
         let wire = tx.wire();
         // A pooled session was opened for another message: when it lacks
         // REQUIRETLS, ask a fresh one (the upstream may offer it by now).
@@ -173,6 +174,12 @@ impl Transport {
             }
         }
         let mut session = self.dialer.open(&target.host, target.addr, key.1).await?;
+        if let Some(login) = &target.login {
+            session
+                .authenticate(&login.username, &login.password)
+                .await
+                .map_err(SessionFailure::Broken)?;
+        }
         match session.transaction(&wire, self.data_timeout).await {
             Ok(answers) => {
                 let tls = session.tls.clone();

@@ -258,7 +258,8 @@ impl DeliveryHandle {
                 .zip(&message.state.recipients)
                 .any(|(r, st)| {
                     !st.status.is_final()
-                        && engine.route_name(&message.state, r.domain()) == upstream
+                        && engine.route_name(&message.envelope, &message.state, r.domain())
+                            == upstream
                 });
             if pending_here {
                 ids.push(message.id);
@@ -278,7 +279,10 @@ impl DeliveryHandle {
             .iter()
             .zip(&message.state.recipients)
             .filter(|(_, st)| !st.status.is_final())
-            .map(|(r, _)| self.engine.route_name(&message.state, r.domain()))
+            .map(|(r, _)| {
+                self.engine
+                    .route_name(&message.envelope, &message.state, r.domain())
+            })
             .collect();
         names.sort();
         names.dedup();

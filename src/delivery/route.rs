@@ -24,6 +24,32 @@ pub struct Route {
     /// `mx:<domain>`. Health, hold and concurrency are tracked per upstream.
     pub upstream: String,
     pub tls: UpstreamTls,
+    /// Through `[send] relay`, the outbound smart host for users' mail.
+    pub relay: bool,
+}
+
+/// `[send] relay_username` and its password, for AUTH at the smart host.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Login {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Login({:?}, password hidden)", self.username)
+    }
+}
+
+/// `[send] relay`: where mail written in the web reader leaves for other
+/// domains, when it may not go by MX (port 25 blocked, a provider's
+/// reputation wanted).
+#[derive(Debug, Clone)]
+struct SmartHost {
+    name: String,
+    host: String,
+    port: u16,
+    login: Option<std::sync::Arc<Login>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +60,8 @@ pub struct Target {
     /// Chosen under the recipient domain's MTA-STS `enforce` policy: only
     /// TLS verified for `host` will do, never cleartext.
     pub mta_sts: bool,
+    /// Authenticate (after STARTTLS) before the transaction.
+    pub login: Option<std::sync::Arc<Login>>,
 }
 
 /// A routing failure, with the enhanced status code it maps to.
@@ -59,6 +87,31 @@ pub struct Router {
     domains: HashMap<String, (Spec, String, UpstreamTls)>,
     /// `[delivery] mta_sts`: recipient domains' policies, for MX routes.
     sts: Option<StsPolicies>,
+    relay: Option<SmartHost>,
+}
+
+/// The smart host's login: `relay_username` and the password file's only
+/// line (a password in the config would end up in backups and tickets).
+fn relay_login(send: &crate::config::SendConfig) -> Result<Option<std::sync::Arc<Login>>, String> {
+    if send.relay_username.is_empty() {
+        return Ok(None);
+    }
+    let Some(path) = &send.relay_password_file else {
+        return Err("send.relay_password_file: needed with send.relay_username".into());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("send.relay_password_file {}: {e}", path.display()))?;
+    let password = text.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() || password.contains(['\r', '\n']) {
+        return Err(format!(
+            "send.relay_password_file {}: must hold the password alone, on one line",
+            path.display()
+        ));
+    }
+    Ok(Some(std::sync::Arc::new(Login {
+        username: send.relay_username.clone(),
+        password,
+    })))
 }
 
 impl Router {
@@ -93,7 +146,17 @@ impl Router {
             )),
             false => None,
         };
+        let relay = match parse_host_port(&config.send.relay) {
+            None => None,
+            Some((host, port)) => Some(SmartHost {
+                name: config.send.relay.clone(),
+                host: host.to_string(),
+                port,
+                login: relay_login(&config.send)?,
+            }),
+        };
         Ok(Router {
+            relay,
             sts,
             resolver,
             hostname: config.hostname.trim_end_matches('.').to_ascii_lowercase(),
@@ -112,12 +175,51 @@ impl Router {
             Some((_, key, tls)) => Route {
                 upstream: key.clone(),
                 tls: *tls,
+                relay: false,
             },
             None => Route {
                 upstream: format!("mx:{domain}"),
                 tls: UpstreamTls::Opportunistic,
+                relay: false,
             },
         }
+    }
+
+    /// The route for one recipient of `envelope`: mail written in the web
+    /// reader to a domain we do not serve takes `[send] relay` when one is
+    /// set (with a password: verified TLS, never a password in cleartext).
+    pub fn route_for_recipient(&self, envelope: &crate::envelope::Envelope, domain: &str) -> Route {
+        let ours = self
+            .domains
+            .contains_key(&domain.trim_end_matches('.').to_ascii_lowercase());
+        match &self.relay {
+            Some(relay) if envelope.sent_by.is_some() && !ours => Route {
+                upstream: relay.name.clone(),
+                tls: match relay.login {
+                    Some(_) => UpstreamTls::Required,
+                    None => UpstreamTls::Opportunistic,
+                },
+                relay: true,
+            },
+            _ => self.route_for(domain),
+        }
+    }
+
+    /// The smart host's addresses, with its login.
+    pub async fn relay_targets(&self) -> Result<Vec<Target>, RouteError> {
+        let Some(relay) = &self.relay else {
+            return Err(RouteError::Temporary(
+                "4.3.5 no [send] relay configured".into(),
+            ));
+        };
+        let found = self.addresses(&relay.host, relay.port).await?;
+        Ok(found
+            .into_iter()
+            .map(|t| Target {
+                login: relay.login.clone(),
+                ..t
+            })
+            .collect())
     }
 
     /// Concrete addresses to try, in order.
@@ -308,6 +410,7 @@ impl Router {
                 host: host.to_string(),
                 addr: SocketAddr::new(ip, port),
                 mta_sts: false,
+                login: None,
             }]);
         }
         let fqdn = format!("{}.", host.trim_end_matches('.'));
@@ -320,6 +423,7 @@ impl Router {
                         host: host.to_string(),
                         addr: SocketAddr::new(ip, port),
                         mta_sts: false,
+                        login: None,
                     })
                     .collect();
                 if targets.is_empty() && self.ipv4_only {

@@ -258,6 +258,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             size: 0,
             lure,
             auth,
+            sent_by: None,
         };
         let started = std::time::Instant::now();
         match self.ctx.spool.enqueue(body, envelope).await {

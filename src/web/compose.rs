@@ -3,9 +3,12 @@
 //! that matters (From among the user's own addresses, limits, header
 //! injection, DKIM) is `sending::Outbox`'s, so a crafted form gets no
 //! further than the page's own one would.
+//!
+//! The form is `multipart/form-data` (attachments); a plain urlencoded
+//! post (no attachments) is taken too.
 
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequest, Multipart, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Form;
 use maud::{html, Markup};
@@ -49,6 +52,9 @@ pub struct SendForm {
     /// The queue ID of a forwarded message: its attachments go along.
     #[serde(default)]
     forward: String,
+    /// `[send] require_totp`: the code, at a session's first send.
+    #[serde(default)]
+    send_code: String,
 }
 
 /// May this viewer send now? (The outbox says so again at send time.)
@@ -166,14 +172,23 @@ async fn draft_from(
     Ok(form)
 }
 
-fn form_markup(viewer: &Viewer, form: &SendForm, error: Option<&str>) -> Markup {
+fn form_markup(state: &Shared, viewer: &Viewer, form: &SendForm, error: Option<&str>) -> Markup {
     let lang = viewer.lang;
     let own: Vec<&str> = viewer.account.addresses().collect();
+    let send = state
+        .outbox
+        .as_ref()
+        .map(|o| o.config().clone())
+        .unwrap_or_default();
+    let ask_code = send.require_totp && !viewer.session.send_confirmed;
     html! {
         h1 { (lang.t("compose.title")) }
-        p.notice { (lang.t("compose.note")) }
+        p.notice {
+            (lang.t("compose.note")) " "
+            @if send.copy_to_mailbox { (lang.t("compose.copy_note")) } @else { (lang.t("compose.no_copy_note")) }
+        }
         @if let Some(error) = error { p.error role="alert" { (lang.t("compose.refused")) " " (error) } }
-        form.compose method="post" action="/mail/send" {
+        form.compose method="post" action="/mail/send" enctype="multipart/form-data" {
             input type="hidden" name="csrf" value=(viewer.session.csrf);
             input type="hidden" name="in_reply_to" value=(form.in_reply_to);
             input type="hidden" name="references" value=(form.references);
@@ -191,6 +206,14 @@ fn form_markup(viewer: &Viewer, form: &SendForm, error: Option<&str>) -> Markup 
             label { (lang.t("compose.subject")) input type="text" name="subject" value=(form.subject); }
             textarea name="text" rows="16" { (form.text) }
             @if !form.forward.is_empty() { p.meta { (lang.t("compose.forward_attachments")) } }
+            label { (lang.t("compose.attach")) " (" (pages::fill(lang.t("compose.attach_limit"), &[&send.max_message_size.to_string()])) ")"
+                input type="file" name="attachment" multiple;
+            }
+            @if ask_code {
+                label { (lang.t("compose.send_code"))
+                    input type="text" name="send_code" inputmode="numeric" autocomplete="one-time-code" required;
+                }
+            }
             button type="submit" { (lang.t("compose.send")) }
         }
     }
@@ -213,7 +236,7 @@ pub async fn form(
             &state,
             &viewer,
             lang.t("compose.title"),
-            form_markup(&viewer, &form, None),
+            form_markup(&state, &viewer, &form, None),
         ),
         Err(response) => response,
     }
@@ -235,19 +258,216 @@ fn split(field: &str) -> Vec<String> {
         .collect()
 }
 
-pub async fn send(
-    State(state): State<Shared>,
-    viewer: Viewer,
-    headers: HeaderMap,
-    Form(form): Form<SendForm>,
-) -> Response {
-    let lang = viewer.lang;
-    if !check_csrf(&headers, &viewer.session.csrf, &form.csrf) {
-        return pages::csrf_error(lang);
+/// Why the posted form could not be read.
+enum Unreadable {
+    /// Larger than `[send] max_message_size` allows.
+    TooLarge,
+    Broken(String),
+}
+
+/// The form and its uploaded files, from a multipart or urlencoded post.
+/// Uploads stop at `max` bytes in all: the outbox checks the message as
+/// built, this only keeps a hostile post from filling the memory first.
+async fn read_form(
+    state: &Shared,
+    request: Request,
+    max: u64,
+) -> Result<(SendForm, Vec<Attachment>), Unreadable> {
+    let multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    if !multipart {
+        return Form::<SendForm>::from_request(request, state)
+            .await
+            .map(|Form(form)| (form, Vec::new()))
+            .map_err(|e| Unreadable::Broken(e.body_text()));
     }
+    let mut parts = Multipart::from_request(request, state)
+        .await
+        .map_err(|e| Unreadable::Broken(e.body_text()))?;
+    let mut form = SendForm::default();
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    let broken = |e: axum::extract::multipart::MultipartError| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => Unreadable::TooLarge,
+        _ => Unreadable::Broken(e.body_text()),
+    };
+    while let Some(mut field) = parts.next_field().await.map_err(broken)? {
+        let name = field.name().unwrap_or("").to_string();
+        if name == "attachment" {
+            let file_name = field.file_name().unwrap_or("").to_string();
+            let content_type = field
+                .content_type()
+                .filter(|t| t.contains('/'))
+                .unwrap_or("application/octet-stream")
+                .to_string();
+            let mut data = Vec::new();
+            while let Some(chunk) = field.chunk().await.map_err(broken)? {
+                total += chunk.len() as u64;
+                if total > max {
+                    return Err(Unreadable::TooLarge);
+                }
+                data.extend_from_slice(&chunk);
+            }
+            // An empty file input still posts a part without a name.
+            if !file_name.is_empty() {
+                files.push(Attachment {
+                    name: file_name,
+                    content_type,
+                    data,
+                });
+            }
+            continue;
+        }
+        let value = field.text().await.map_err(broken)?;
+        total += value.len() as u64;
+        if total > max {
+            return Err(Unreadable::TooLarge);
+        }
+        let slot = match name.as_str() {
+            "csrf" => &mut form.csrf,
+            "from" => &mut form.from,
+            "to" => &mut form.to,
+            "cc" => &mut form.cc,
+            "bcc" => &mut form.bcc,
+            "subject" => &mut form.subject,
+            "text" => &mut form.text,
+            "in_reply_to" => &mut form.in_reply_to,
+            "references" => &mut form.references,
+            "forward" => &mut form.forward,
+            "send_code" => &mut form.send_code,
+            _ => continue,
+        };
+        *slot = value;
+    }
+    Ok((form, files))
+}
+
+/// The refusal in the viewer's language.
+fn refusal_text(lang: super::Lang, refusal: &Refusal) -> String {
+    use pages::fill;
+    let field = |name: &'static str| match name {
+        "subject" => lang.t("compose.subject"),
+        "sender" => lang.t("compose.from"),
+        "recipient list" => lang.t("send.field_recipients"),
+        "reply reference" => lang.t("send.field_reference"),
+        "attachment name" | "attachment type" => lang.t("compose.attach"),
+        other => other,
+    };
+    match refusal {
+        Refusal::Off => lang.t("compose.off").into(),
+        Refusal::Stopped => lang.t("compose.stopped").into(),
+        Refusal::NotDuringOutage => lang.t("compose.not_now").into(),
+        Refusal::NotYourAddress(address) => fill(lang.t("send.not_yours"), &[address]),
+        Refusal::NoKey { domain } => fill(lang.t("send.no_key"), &[domain]),
+        Refusal::NoRecipients => lang.t("send.no_recipients").into(),
+        Refusal::TooManyRecipients { max } => fill(lang.t("send.too_many"), &[&max.to_string()]),
+        Refusal::BadRecipient { address, problem } => {
+            fill(lang.t("send.bad_recipient"), &[address, problem])
+        }
+        Refusal::ControlCharacter(name) => fill(lang.t("send.control"), &[field(name)]),
+        Refusal::RateLimited { max, retry_after } => fill(
+            lang.t("send.rate"),
+            &[
+                &max.to_string(),
+                &retry_after.as_secs().div_ceil(60).to_string(),
+            ],
+        ),
+        Refusal::TooLarge { size, max } => fill(
+            lang.t("send.too_large"),
+            &[
+                &bytesize::ByteSize::b(*size).to_string(),
+                &bytesize::ByteSize::b(*max).to_string(),
+            ],
+        ),
+        Refusal::Failed(why) => fill(lang.t("send.failed"), &[why]),
+    }
+}
+
+/// `[send] require_totp`: the session's first send needs a current code.
+/// Wrong codes count towards the account's lockout like sign-in failures.
+fn second_factor(state: &Shared, viewer: &Viewer, code: &str) -> Result<(), &'static str> {
+    let require = state
+        .outbox
+        .as_ref()
+        .is_some_and(|o| o.config().require_totp);
+    if !require || viewer.session.send_confirmed {
+        return Ok(());
+    }
+    let user = &viewer.account.address;
+    let Some(secret) = viewer.account.totp_secret.as_deref() else {
+        return Err("send.totp_enrol");
+    };
+    if state.throttle.check(user, &viewer.ip).is_err() {
+        return Err("send.totp_locked");
+    }
+    if code.trim().is_empty() {
+        return Err("send.totp_needed");
+    }
+    if state.second_factor.verify(secret, user, code) {
+        state.throttle.succeed(user);
+        state.sessions.confirm_sending(&viewer.session.handle);
+        return Ok(());
+    }
+    let (account_locked, address_locked) = state.throttle.fail(user, &viewer.ip);
+    let locked = match (account_locked, address_locked) {
+        (true, _) => Some("account"),
+        (false, true) => Some("address"),
+        _ => None,
+    };
+    state.security.sign_in_failed(user, &viewer.ip, locked);
+    Err("send.totp_wrong")
+}
+
+/// The form again, with why it was not sent.
+fn refused_page(
+    state: &Shared,
+    viewer: &Viewer,
+    form: &SendForm,
+    status: StatusCode,
+    why: &str,
+) -> Response {
+    let mut response = page(
+        state,
+        viewer,
+        viewer.lang.t("compose.title"),
+        form_markup(state, viewer, form, Some(why)),
+    );
+    *response.status_mut() = status;
+    response
+}
+
+pub async fn send(State(state): State<Shared>, viewer: Viewer, request: Request) -> Response {
+    let lang = viewer.lang;
+    let headers: HeaderMap = request.headers().clone();
     let Some(outbox) = state.outbox.clone() else {
         return (StatusCode::FORBIDDEN, lang.t("compose.off")).into_response();
     };
+    let max = outbox.config().max_message_size.as_u64();
+    let (form, uploads) = match read_form(&state, request, max).await {
+        Ok(read) => read,
+        Err(Unreadable::TooLarge) => {
+            let why = refusal_text(lang, &Refusal::TooLarge { size: max + 1, max });
+            return refused_page(
+                &state,
+                &viewer,
+                &SendForm::default(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &why,
+            );
+        }
+        Err(Unreadable::Broken(why)) => return (StatusCode::BAD_REQUEST, why).into_response(),
+    };
+    if !check_csrf(&headers, &viewer.session.csrf, &form.csrf) {
+        return pages::csrf_error(lang);
+    }
+    let user = viewer.account.address.clone();
+    if let Err(why) = second_factor(&state, &viewer, &form.send_code) {
+        state.audit(&user, &viewer.ip, "web-send-refused", &form.from, why);
+        return refused_page(&state, &viewer, &form, StatusCode::FORBIDDEN, lang.t(why));
+    }
     let mut attachments = Vec::new();
     if !form.forward.is_empty() {
         // The user's own access to the forwarded message is checked again.
@@ -270,6 +490,7 @@ pub async fn send(
             }
         }
     }
+    attachments.extend(uploads);
     let draft = Draft {
         from: form.from.clone(),
         to: split(&form.to),
@@ -287,7 +508,7 @@ pub async fn send(
     };
     let own: Vec<String> = viewer.account.addresses().map(str::to_string).collect();
     let outage = pages::outage_for(&state, &viewer);
-    let user = viewer.account.address.clone();
+    let attached = draft.attachments.len();
     match outbox.send(&user, &own, outage, draft.clone()).await {
         Ok(sent) => {
             let recipients: Vec<String> = draft
@@ -303,7 +524,7 @@ pub async fn send(
                 "web-send",
                 &sent.queue_id.to_string(),
                 &format!(
-                    "from {} to {}; {} bytes; Message-ID <{}>",
+                    "from {} to {}; {} bytes, {attached} attachments; Message-ID <{}>",
                     draft.from,
                     recipients.join(", "),
                     sent.size,
@@ -313,7 +534,7 @@ pub async fn send(
             let body = html! {
                 h1 { (lang.t("compose.sent_title")) }
                 p { (pages::fill(lang.t("compose.sent_text"), &[&sent.recipients.to_string(), &sent.queue_id.to_string()])) }
-                p { a href="/mail" { "← " (lang.t("message.back")) } }
+                p { a href="/mail/sent" { (lang.t("nav.sent")) } " · " a href="/mail" { "← " (lang.t("message.back")) } }
             };
             page(&state, &viewer, lang.t("compose.sent_title"), body)
         }
@@ -326,22 +547,35 @@ pub async fn send(
                 &refusal.to_string(),
             );
             let status = match refusal {
-                Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                Refusal::RateLimited { .. } => {
+                    state.security.raise_at_most_every(
+                        &format!("sending-limit:{}", user.to_ascii_lowercase()),
+                        std::time::Duration::from_secs(3600),
+                        crate::security_events::SecurityEvent {
+                            kind: crate::security_events::EventKind::SendingLimitReached,
+                            subject: user.clone(),
+                            actor: user.clone(),
+                            ip: viewer.ip.clone(),
+                            detail: refusal.to_string(),
+                        },
+                    );
+                    StatusCode::TOO_MANY_REQUESTS
+                }
                 Refusal::Off
                 | Refusal::Stopped
                 | Refusal::NotDuringOutage
                 | Refusal::NotYourAddress(_) => StatusCode::FORBIDDEN,
+                Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 Refusal::Failed(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
             };
-            let mut response = page(
+            refused_page(
                 &state,
                 &viewer,
-                lang.t("compose.title"),
-                form_markup(&viewer, &form, Some(&refusal.to_string())),
-            );
-            *response.status_mut() = status;
-            response
+                &form,
+                status,
+                &refusal_text(lang, &refusal),
+            )
         }
     }
 }

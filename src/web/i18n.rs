@@ -111,6 +111,36 @@ const TEXT: &[(&str, &str, &str)] = &[
     ("compose.forward_attachments", "The original's attachments are forwarded with it.", "元のメールの添付ファイルも転送されます。"),
     ("compose.sent_title", "Sent", "送信しました"),
     ("compose.sent_text", "Queued for {} recipients (queue ID {}); delivery retries until each one has it.", "{} 件の宛先への送信を受け付けました（キュー ID {}）。届くまで再送します。"),
+    ("compose.copy_note", "Once your mail host is back, a copy goes to your own mailbox there, so the thread is complete.", "メールホストの復旧後、スレッドがそろうよう控えがあなたのメールボックスにも届きます。"),
+    ("compose.no_copy_note", "It will not appear in your usual Sent folder; see Sent here.", "通常の送信済みフォルダーには残りません。ここの「送信済み」で確認できます。"),
+    ("compose.attach", "Attachments", "添付ファイル"),
+    ("compose.attach_limit", "the whole message at most {}", "メール全体で最大 {}"),
+    ("compose.send_code", "Code from your authenticator app (asked once per sign-in before sending)", "認証アプリのコード（サインインごとに最初の送信時に確認します）"),
+    ("send.not_yours", "{} is not one of your addresses.", "{} はあなたのアドレスではありません。"),
+    ("send.no_key", "{} cannot send: it has no DKIM key. Ask the administrator.", "{} からは送信できません（DKIM 鍵がありません）。管理者にお問い合わせください。"),
+    ("send.no_recipients", "Add at least one recipient.", "宛先を 1 件以上入力してください。"),
+    ("send.too_many", "At most {} recipients per message (To, Cc and Bcc together).", "1 通の宛先は To・Cc・Bcc 合わせて最大 {} 件です。"),
+    ("send.bad_recipient", "{} is not an address: {}", "{} はメールアドレスではありません: {}"),
+    ("send.control", "The field \"{}\" holds a line break or another control character.", "「{}」に改行などの制御文字が含まれています。"),
+    ("send.field_recipients", "recipients", "宛先"),
+    ("send.field_reference", "reply reference", "返信元の参照"),
+    ("send.rate", "You can send at most {} messages an hour. The next one in {} min.", "送信は 1 時間に {} 通までです。次の送信まであと {} 分です。"),
+    ("send.too_large", "The message is {}; at most {} can be sent.", "メールのサイズは {} です。送信できるのは最大 {} です。"),
+    ("send.failed", "Not queued: {}. Try again in a moment.", "送信キューに入れられませんでした: {}。少し待ってからもう一度お試しください。"),
+    ("send.totp_enrol", "Sending needs two-factor authentication: set up an authenticator app on the Account page first.", "送信には二要素認証が必要です。先に「アカウント」ページで認証アプリを設定してください。"),
+    ("send.totp_needed", "Enter the code from your authenticator app to send.", "送信するには認証アプリのコードを入力してください。"),
+    ("send.totp_wrong", "That code is not right. Enter the current code from your authenticator app.", "コードが正しくありません。認証アプリの現在のコードを入力してください。"),
+    ("send.totp_locked", "Too many wrong codes: try again later.", "誤ったコードが多すぎます。しばらくしてからお試しください。"),
+    ("sent.title", "Sent", "送信済み"),
+    ("sent.explain", "Messages you sent from here during the outage, with each recipient's delivery status.", "障害中にここから送信したメールと、宛先ごとの配送状況です。"),
+    ("sent.empty", "You have not sent anything from here.", "ここから送信したメールはありません。"),
+    ("sent.queued", "queued", "送信待ち"),
+    ("sent.deferred", "retrying", "再送中"),
+    ("sent.delivered", "delivered", "配送済み"),
+    ("sent.failed", "failed", "配送失敗"),
+    ("sent.finished", "done (no longer held here)", "完了（保管期間終了）"),
+    ("sent.copy", "Copy to your mailbox:", "あなたのメールボックスへの控え:"),
+    ("nav.sent", "Sent", "送信済み"),
     ("message.reply", "Reply", "返信"),
     ("message.reply_all", "Reply all", "全員に返信"),
     ("message.forward", "Forward", "転送"),
@@ -237,6 +267,45 @@ mod tests {
             assert!(!en.is_empty() && !ja.is_empty(), "{key} incomplete");
             assert_eq!(en.matches("{}").count(), ja.matches("{}").count(), "{key}");
         }
+    }
+
+    /// A key used in the web pages but missing from the table shows "?"
+    /// in a release build: every literal that looks like one of the
+    /// table's keys (its prefix before the dot is one the table uses)
+    /// must be in it.
+    #[test]
+    fn every_key_the_pages_use_is_in_the_table() {
+        let prefixes: std::collections::HashSet<&str> = TEXT
+            .iter()
+            .filter_map(|(key, _, _)| key.split_once('.').map(|(p, _)| p))
+            .collect();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/web");
+        let mut missing = Vec::new();
+        let mut files = vec![dir.clone()];
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for literal in text.split('"').skip(1).step_by(2) {
+                let Some((prefix, rest)) = literal.split_once('.') else {
+                    continue;
+                };
+                let keyish = !rest.is_empty()
+                    && rest
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+                    && prefixes.contains(prefix);
+                if keyish && !TEXT.iter().any(|(k, _, _)| k == &literal) {
+                    missing.push(format!("{}: {literal}", path.display()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "not in the table: {missing:#?}");
     }
 
     #[test]

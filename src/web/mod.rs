@@ -34,6 +34,7 @@ mod reauth;
 mod redirect;
 pub mod render;
 mod search;
+mod sent;
 pub mod session;
 mod summaries;
 
@@ -177,6 +178,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/mail"),
     ("get", "/mail/compose"),
     ("post", "/mail/send"),
+    ("get", "/mail/sent"),
     ("get", "/mail/{id}"),
     ("get", "/mail/{id}/body"),
     ("get", "/mail/{id}/part/{index}"),
@@ -215,7 +217,19 @@ pub fn router(state: Shared) -> Router {
         .route("/static/app.js", get(pages::script))
         .route("/mail", get(mailbox::list))
         .route("/mail/compose", get(compose::form))
-        .route("/mail/send", post(compose::send))
+        .route(
+            "/mail/send",
+            // Room for `[send] max_message_size` of attachments (checked
+            // again as they arrive) and the form's text.
+            post(compose::send).layer(axum::extract::DefaultBodyLimit::max(
+                state
+                    .outbox
+                    .as_ref()
+                    .map_or(0, |o| o.config().max_message_size.as_u64() as usize)
+                    + 1024 * 1024,
+            )),
+        )
+        .route("/mail/sent", get(sent::list))
         .route("/mail/{id}", get(mailbox::show))
         .route("/mail/{id}/body", get(mailbox::body_frame))
         .route("/mail/{id}/part/{index}", get(mailbox::download))

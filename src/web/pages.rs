@@ -222,6 +222,7 @@ pub fn page(state: &WebState, viewer: &Viewer, title: &str, body: Markup) -> Res
                         a href="/account" { (lang.t("nav.account")) }
                         @if state.outbox.as_ref().is_some_and(|o| o.mode() != crate::config::SendMode::Off) {
                             a href="/mail/compose" { (lang.t("nav.compose")) }
+                            a href="/mail/sent" { (lang.t("nav.sent")) }
                         }
                         @if viewer.account.admin {
                             a href="/admin" { (lang.t("nav.admin")) }

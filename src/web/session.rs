@@ -42,6 +42,9 @@ pub struct Session {
     /// A TOTP secret shown to the user and not yet proven with a code.
     #[serde(skip)]
     pub enrolling: Option<String>,
+    /// `[send] require_totp`: a code was given at this session's first send.
+    #[serde(skip)]
+    pub send_confirmed: bool,
 }
 
 pub struct Sessions {
@@ -77,6 +80,7 @@ impl Sessions {
             user_agent: user_agent.chars().take(200).collect(),
             confirmed_until_ms: if full { now + self.reauth_ms } else { 0 },
             enrolling: None,
+            send_confirmed: false,
         };
         let mut map = self.map.lock().expect("sessions lock");
         map.retain(|_, s| !self.expired(s, now));
@@ -125,6 +129,11 @@ impl Sessions {
     pub fn confirm(&self, handle: &str) {
         let until = now_ms() + self.reauth_ms;
         self.with_handle(handle, |s| s.confirmed_until_ms = until);
+    }
+
+    /// `[send] require_totp`: this session gave a code for sending.
+    pub fn confirm_sending(&self, handle: &str) {
+        self.with_handle(handle, |s| s.send_confirmed = true);
     }
 
     /// Remember (or forget) the TOTP secret being enrolled in this session.

@@ -11,7 +11,9 @@
 //! bounded per message and messages per hour, no field can carry a line
 //! break into a header, and a domain without a DKIM key cannot send.
 //!
-//! Imports spool, config, envelope, address, dkim.
+//! Imports spool, config, envelope, address, dkim, fsutil.
+
+mod sent_log;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -24,9 +26,16 @@ use crate::config::{Config, SendConfig, SendMode};
 use crate::dkim::DomainKey;
 use crate::envelope::{Envelope, QueueId, Recipient};
 use crate::spool::Spool;
+pub use sent_log::{SentLog, SentRecord};
 
 /// In the spool directory while an admin has stopped sending.
 const STOP_FILE: &str = "sending-stopped";
+
+/// In the spool directory: what users sent (`SentLog`).
+const SENT_LOG: &str = "sent.jsonl";
+
+/// The Sent view shows at most this many, newest first.
+const SENT_SHOWN: usize = 200;
 
 /// The window of `[send] max_per_hour`.
 const HOUR: Duration = Duration::from_secs(3600);
@@ -89,6 +98,8 @@ pub enum Refusal {
 #[derive(Debug, Clone)]
 pub struct Sent {
     pub queue_id: QueueId,
+    /// The copy for the sender's own mailbox upstream.
+    pub copy: Option<QueueId>,
     /// Without `<>`.
     pub message_id: String,
     pub recipients: usize,
@@ -108,13 +119,17 @@ pub struct Outbox {
     /// (or an attacker causing one) does not undo it.
     stopped: std::sync::atomic::AtomicBool,
     stop_file: std::path::PathBuf,
+    sent: SentLog,
 }
 
 impl Outbox {
     /// `keys`: the domains' DKIM keys (`dkim::load_configured`).
     pub fn new(config: &Config, spool: Spool, keys: Vec<DomainKey>) -> Outbox {
         let stop_file = config.spool.dir.join(STOP_FILE);
+        let sent = SentLog::new(config.spool.dir.join(SENT_LOG));
+        let recent = Mutex::new(last_hour(&sent));
         Outbox {
+            sent,
             stopped: std::sync::atomic::AtomicBool::new(stop_file.exists()),
             stop_file,
             spool,
@@ -124,12 +139,17 @@ impl Outbox {
                 .into_iter()
                 .map(|key| (key.domain.clone(), key))
                 .collect(),
-            recent: Mutex::new(HashMap::new()),
+            recent,
         }
     }
 
     pub fn mode(&self) -> SendMode {
         self.config.mode
+    }
+
+    /// `[send]` as configured.
+    pub fn config(&self) -> &SendConfig {
+        &self.config
     }
 
     pub fn stopped(&self) -> bool {
@@ -187,13 +207,6 @@ impl Outbox {
         };
         no_control_characters(&draft)?;
         let recipients = self.recipients(&draft)?;
-        let retry_after = self.wait_before_next(user);
-        if let Some(retry_after) = retry_after {
-            return Err(Refusal::RateLimited {
-                max: self.config.max_per_hour,
-                retry_after,
-            });
-        }
         let message_id = format!("{}@{}", ulid::Ulid::new(), self.hostname);
         let message = build(&draft, &from, &message_id)?;
         let max = self.config.max_message_size.as_u64();
@@ -208,7 +221,43 @@ impl Outbox {
             .map_err(|e| Refusal::Failed(e.to_string()))?;
         let mut signed = signature.into_bytes();
         signed.extend_from_slice(&message);
-        let mut envelope = Envelope::local(&from, &recipients[0], &self.hostname);
+        // Taken now, given back if queueing fails: two sends at once
+        // cannot both slip under the limit.
+        let slot = self
+            .reserve(user)
+            .map_err(|retry_after| Refusal::RateLimited {
+                max: self.config.max_per_hour,
+                retry_after,
+            })?;
+        let queued = self
+            .queue(
+                user,
+                &from,
+                &recipients,
+                &signed,
+                &message_id,
+                &draft.subject,
+            )
+            .await;
+        if queued.is_err() {
+            self.release(user, slot);
+        }
+        queued
+    }
+
+    /// Queue the signed message (and the sender's copy), and log it.
+    async fn queue(
+        &self,
+        user: &str,
+        from: &str,
+        recipients: &[String],
+        signed: &[u8],
+        message_id: &str,
+        subject: &str,
+    ) -> Result<Sent, Refusal> {
+        let failed = |e: &dyn std::fmt::Display| Refusal::Failed(e.to_string());
+        let mut envelope = Envelope::local(from, &recipients[0], &self.hostname);
+        envelope.sent_by = Some(user.to_ascii_lowercase());
         envelope.recipients = recipients
             .iter()
             .map(|address| Recipient {
@@ -219,26 +268,64 @@ impl Outbox {
             .collect();
         envelope.smtputf8 = !from.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
         let mut body = self.spool.new_body();
-        body.write(&signed)
-            .map_err(|e| Refusal::Failed(e.to_string()))?;
+        body.write(signed).map_err(|e| failed(&e))?;
         let queue_id = self
             .spool
             .enqueue(body, envelope)
             .await
-            .map_err(|e| Refusal::Failed(e.to_string()))?;
-        self.recent
-            .lock()
-            .expect("outbox lock")
-            .entry(user.to_ascii_lowercase())
-            .or_default()
-            .push_back(Instant::now());
+            .map_err(|e| failed(&e))?;
         tracing::info!(%queue_id, user, from = %from, recipients = recipients.len(), size = signed.len(), message_id = %message_id, "sending: queued a message written in the web reader");
+        let wants_copy =
+            self.config.copy_to_mailbox && !recipients.iter().any(|r| r.eq_ignore_ascii_case(user));
+        let copy = match wants_copy {
+            false => None,
+            true => {
+                // To the sender's own mailbox upstream: held by the spool
+                // like any mail for our domains until the upstream is back.
+                let mut envelope = Envelope::local(from, user, &self.hostname);
+                envelope.recipients[0].notify = crate::envelope::NOTIFY_NEVER;
+                let mut body = self.spool.new_body();
+                body.write(signed).map_err(|e| failed(&e))?;
+                let copy = self
+                    .spool
+                    .enqueue(body, envelope)
+                    .await
+                    .map_err(|e| failed(&e))?;
+                tracing::info!(queue_id = %copy, sent = %queue_id, user, "sending: queued the sender's copy for their mailbox upstream");
+                Some(copy)
+            }
+        };
+        let record = SentRecord {
+            at_ms: crate::envelope::now_ms(),
+            user: user.to_ascii_lowercase(),
+            queue_id,
+            copy,
+            message_id: message_id.to_string(),
+            from: from.to_string(),
+            recipients: recipients.to_vec(),
+            subject: subject.to_string(),
+            size: signed.len(),
+        };
+        let log = &self.sent;
+        if let Err(err) = crate::fsutil::run_blocking(|| log.append(&record)) {
+            // Queued all the same: the Sent view misses it, the mail does not.
+            tracing::error!(%queue_id, error = %err, "sending: cannot record the message in the sent log");
+        }
         Ok(Sent {
             queue_id,
-            message_id,
+            copy,
+            message_id: message_id.to_string(),
             recipients: recipients.len(),
             size: signed.len(),
         })
+    }
+
+    /// What `user` sent, newest first (at most `SENT_SHOWN`). Blocking.
+    pub fn sent_by(&self, user: &str) -> std::io::Result<Vec<SentRecord>> {
+        let mut records = self.sent.read(|r| r.user.eq_ignore_ascii_case(user))?;
+        records.reverse();
+        records.truncate(SENT_SHOWN);
+        Ok(records)
     }
 
     /// Every recipient (To, Cc, Bcc) in wire form, domain lower-cased,
@@ -275,16 +362,55 @@ impl Outbox {
         Ok(all)
     }
 
-    /// `Some(wait)` when `user` has sent `max_per_hour` in the last hour.
-    fn wait_before_next(&self, user: &str) -> Option<Duration> {
+    /// Take one of `user`'s sends this hour, or say how long until one
+    /// is free.
+    fn reserve(&self, user: &str) -> Result<Instant, Duration> {
         let mut recent = self.recent.lock().expect("outbox lock");
         let sends = recent.entry(user.to_ascii_lowercase()).or_default();
         while sends.front().is_some_and(|at| at.elapsed() >= HOUR) {
             sends.pop_front();
         }
-        (sends.len() >= self.config.max_per_hour as usize)
-            .then(|| HOUR.saturating_sub(sends.front().map_or(Duration::ZERO, |at| at.elapsed())))
+        if sends.len() >= self.config.max_per_hour as usize {
+            return Err(
+                HOUR.saturating_sub(sends.front().map_or(Duration::ZERO, |at| at.elapsed()))
+            );
+        }
+        let now = Instant::now();
+        sends.push_back(now);
+        Ok(now)
     }
+
+    fn release(&self, user: &str, slot: Instant) {
+        if let Some(sends) = self
+            .recent
+            .lock()
+            .expect("outbox lock")
+            .get_mut(&user.to_ascii_lowercase())
+        {
+            sends.retain(|at| *at != slot);
+        }
+    }
+}
+
+/// Each user's sends within the last hour, from the sent log.
+fn last_hour(log: &SentLog) -> HashMap<String, VecDeque<Instant>> {
+    let now_ms = crate::envelope::now_ms();
+    let hour_ms = HOUR.as_millis() as u64;
+    let records = log
+        .read(|r| now_ms.saturating_sub(r.at_ms) < hour_ms)
+        .unwrap_or_else(|err| {
+            tracing::error!(error = %err, "sending: cannot read the sent log; hourly limits start afresh");
+            Vec::new()
+        });
+    let mut recent: HashMap<String, VecDeque<Instant>> = HashMap::new();
+    let now = Instant::now();
+    for record in records {
+        let ago = Duration::from_millis(now_ms.saturating_sub(record.at_ms));
+        if let Some(at) = now.checked_sub(ago) {
+            recent.entry(record.user).or_default().push_back(at);
+        }
+    }
+    recent
 }
 
 /// A line break in a header field would let the user write headers of
@@ -381,6 +507,7 @@ mod tests {
 
     struct World {
         _dir: tempfile::TempDir,
+        config: Config,
         spool: Spool,
         outbox: Outbox,
     }
@@ -416,6 +543,7 @@ mod tests {
         let outbox = Outbox::new(&config, spool.clone(), keys);
         World {
             _dir: dir,
+            config,
             spool,
             outbox,
         }
@@ -596,6 +724,59 @@ mod tests {
         assert!(again.stopped());
         again.set_stopped(false).unwrap();
         assert!(!Outbox::new(&config, w.spool.clone(), Vec::new()).stopped());
+    }
+
+    /// `[send] copy_to_mailbox`, the Sent view's log, and the hourly limit
+    /// remembered across a restart (a restart must not hand out a new hour).
+    #[tokio::test]
+    async fn the_sender_gets_a_copy_and_the_sent_log_keeps_the_limit_across_a_restart() {
+        let w = world(SendMode::Always, 2);
+        let user = "taro@example.com";
+        let sent = w.outbox.send(user, &own(), true, reply()).await.unwrap();
+        let queued = w.spool.get(sent.queue_id).await.unwrap().unwrap();
+        assert_eq!(queued.envelope.sent_by.as_deref(), Some(user));
+        let copy = sent.copy.expect("a copy for the sender's mailbox");
+        let copied = w.spool.get(copy).await.unwrap().unwrap();
+        assert_eq!(copied.envelope.recipients.len(), 1);
+        assert_eq!(copied.envelope.recipients[0].address, user);
+        assert_eq!(
+            copied.envelope.recipients[0].notify,
+            crate::envelope::NOTIFY_NEVER
+        );
+        assert_eq!(copied.envelope.sender, "sales@example.com");
+        assert_eq!(copied.envelope.sent_by, None, "not relayed: it is ours");
+        assert_eq!(
+            w.spool.read_body(copy).await.unwrap(),
+            w.spool.read_body(sent.queue_id).await.unwrap(),
+            "the same signed message"
+        );
+        // Already among the recipients: no second copy.
+        let to_self = Draft {
+            cc: vec!["Taro@example.com".into()],
+            ..reply()
+        };
+        let second = w.outbox.send(user, &own(), true, to_self).await.unwrap();
+        assert_eq!(second.copy, None);
+        let log = w.outbox.sent_by("TARO@example.com").unwrap();
+        assert_eq!(
+            log.iter().map(|r| r.queue_id).collect::<Vec<_>>(),
+            [second.queue_id, sent.queue_id],
+            "newest first"
+        );
+        assert_eq!(log[1].copy, Some(copy));
+        assert_eq!(log[1].subject, "Re: お見積もりのお願い");
+        assert!(w.outbox.sent_by("hanako@example.com").unwrap().is_empty());
+        // A restart: the two sends of this hour still count.
+        let keys = crate::dkim::load_configured(&w.config).unwrap();
+        let again = Outbox::new(&w.config, w.spool.clone(), keys);
+        assert!(matches!(
+            again.send(user, &own(), true, reply()).await,
+            Err(Refusal::RateLimited { max: 2, .. })
+        ));
+        assert!(again
+            .send("hanako@example.com", &own(), true, reply())
+            .await
+            .is_ok());
     }
 
     #[tokio::test]
