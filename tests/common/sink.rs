@@ -24,6 +24,8 @@ pub struct Delivered {
     /// The client's RCPT commands had already arrived when its MAIL was
     /// read (RFC 2920 pipelining).
     pub pipelined: bool,
+    /// The user the session authenticated as (`Script::auth`).
+    pub authenticated: Option<String>,
 }
 
 /// The transaction being received in one session.
@@ -32,6 +34,7 @@ struct Txn {
     mail_line: String,
     rcpt_lines: Vec<String>,
     pipelined: bool,
+    authenticated: Option<String>,
 }
 
 impl Delivered {
@@ -76,6 +79,9 @@ pub struct Script {
     /// Keep each message's data (else only its length and CRC-32, for
     /// tests that move gigabytes).
     pub keep_data: bool,
+    /// A smart host: AUTH PLAIN offered after STARTTLS, this (user,
+    /// password) required before MAIL.
+    pub auth: Option<(String, String)>,
 }
 
 impl Default for Script {
@@ -93,6 +99,7 @@ impl Default for Script {
             data_seen: Arc::default(),
             stall: false,
             keep_data: true,
+            auth: None,
         }
     }
 }
@@ -233,6 +240,7 @@ async fn session(
         .await?;
     let mut txn = Txn::default();
     let mut bdat_data = Vec::new();
+    let mut authenticated: Option<String> = None;
     loop {
         let mut line = String::new();
         if io.read_line(&mut line).await? == 0 {
@@ -262,6 +270,9 @@ async fn session(
             if script_now.requiretls && tls {
                 caps.push("250-REQUIRETLS");
             }
+            if script_now.auth.is_some() && tls {
+                caps.push("250-AUTH PLAIN");
+            }
             caps.push("250 HELP");
             caps.join("\r\n") + "\r\n"
         } else if upper.starts_with("STARTTLS") {
@@ -275,11 +286,36 @@ async fn session(
             io = BufReader::new(Box::new(tls_stream));
             tls = true;
             continue;
+        } else if upper.starts_with("AUTH PLAIN") && script_now.auth.is_some() && tls {
+            let mut response = line.trim_end()[10..].trim().to_string();
+            if response.is_empty() {
+                io.get_mut().write_all(b"334 \r\n").await?;
+                let mut next = String::new();
+                io.read_line(&mut next).await?;
+                response = next.trim().to_string();
+            }
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(response.as_bytes())
+                .unwrap_or_default();
+            let fields: Vec<&[u8]> = decoded.split(|b| *b == 0).collect();
+            let (user, password) = script_now.auth.clone().unwrap();
+            if fields.len() == 3 && fields[1] == user.as_bytes() && fields[2] == password.as_bytes()
+            {
+                authenticated = Some(user);
+                "235 2.7.0 Authentication successful\r\n".into()
+            } else {
+                "535 5.7.8 Authentication credentials invalid\r\n".into()
+            }
+        } else if upper.starts_with("MAIL") && script_now.auth.is_some() && authenticated.is_none()
+        {
+            "530 5.7.0 Authentication required\r\n".into()
         } else if upper.starts_with("MAIL") {
             txn = Txn {
                 mail_line: line.trim_end().to_string(),
                 rcpt_lines: Vec::new(),
                 pipelined: !io.buffer().is_empty(),
+                authenticated: authenticated.clone(),
             };
             bdat_data.clear();
             "250 2.1.0 ok\r\n".into()
@@ -391,6 +427,7 @@ async fn finish(
             bdat,
             tls,
             pipelined: txn.pipelined,
+            authenticated: txn.authenticated.clone(),
         });
     }
     format!("{}\r\n", script.data_reply)

@@ -140,6 +140,47 @@ impl WebClient {
         self.finish(response)
     }
 
+    /// A `multipart/form-data` post, as a browser sends a form with file
+    /// inputs: `files` are (field, file name, content type, bytes).
+    pub fn post_multipart(
+        &mut self,
+        path: &str,
+        form: &[(&str, &str)],
+        files: &[(&str, &str, &str, &[u8])],
+    ) -> Page {
+        let boundary = "----breakwater-test-boundary-7MA4YWxkTrZu0gW";
+        let mut body = Vec::new();
+        for (name, value) in form {
+            body.extend_from_slice(
+                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                    .as_bytes(),
+            );
+        }
+        for (name, file_name, content_type, data) in files {
+            body.extend_from_slice(
+                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{file_name}\"\r\nContent-Type: {content_type}\r\n\r\n")
+                    .as_bytes(),
+            );
+            body.extend_from_slice(data);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let mut request = self.agent.post(format!("{}{path}", self.base));
+        if !self.cookies.is_empty() {
+            request = request.header("Cookie", self.cookie_header());
+        }
+        for (k, v) in &self.headers {
+            request = request.header(k, v);
+        }
+        let response = request
+            .header(
+                "Content-Type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .send(&body[..]);
+        self.finish(response)
+    }
+
     /// Password sign-in; returns the answer to the POST.
     pub fn login(&mut self, address: &str, password: &str) -> Page {
         let form = self.get("/login");
