@@ -156,6 +156,7 @@ pub async fn run_with_mta_sts_port(
         spf_check(&mut report, &resolver, &domain).await;
         dmarc_check(&mut report, &resolver, &domain).await;
         dkim_check(&mut report, &resolver, config, &domain).await;
+        sending_spf_check(&mut report, &resolver, config, &domain, &hostname).await;
         let sts = MtaStsTarget {
             domain: &domain,
             hostname: &hostname,
@@ -551,6 +552,125 @@ async fn spf_check(report: &mut Report, resolver: &TokioResolver, domain: &str) 
 /// A domain that can send during an outage (`dkim_key`): the record
 /// published under its selector must hold the key on disk, or every
 /// message sent fails DKIM (and, with DMARC enforced, is rejected).
+/// The addresses users' mail leaves from (`[send]`): the smart host's
+/// when `[send] relay` is set, else our host name's (the address
+/// receivers see when DNS is right; behind NAT it may differ).
+async fn outbound_addresses(
+    resolver: &TokioResolver,
+    config: &Config,
+    hostname: &str,
+) -> Result<(String, Vec<IpAddr>), String> {
+    let host = match parse_host_port(&config.send.relay) {
+        Some((host, _)) => host.trim_matches(['[', ']']).to_string(),
+        None => hostname.to_string(),
+    };
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok((host, vec![ip]));
+    }
+    match resolver.lookup_ip(fqdn(&host).as_str()).await {
+        Ok(lookup) => Ok((host, lookup.iter().collect())),
+        Err(err) => Err(format!("{host} does not resolve: {err}")),
+    }
+}
+
+/// A domain users send from (it has a DKIM key): does its SPF record
+/// authorise the address that mail leaves from? Without it, receivers
+/// with DMARC `p=reject` may still take it on DKIM alone, but SPF-only
+/// checkers (and DMARC with a broken DKIM path) will not.
+async fn sending_spf_check(
+    report: &mut Report,
+    resolver: &TokioResolver,
+    config: &Config,
+    domain: &str,
+    hostname: &str,
+) {
+    let sends = config
+        .domains
+        .iter()
+        .any(|d| d.dkim_key.is_some() && d.name.trim_end_matches('.').eq_ignore_ascii_case(domain));
+    if !sends {
+        return;
+    }
+    let (host, addresses) = match outbound_addresses(resolver, config, hostname).await {
+        Ok(found) => found,
+        Err(err) => {
+            report.add(
+                domain,
+                "spf-send",
+                Level::Fail,
+                err,
+                Some("fix `hostname` or `[send] relay`"),
+            );
+            return;
+        }
+    };
+    let verifier = mail_auth::MessageAuthenticator(resolver.clone());
+    let sender = format!("postmaster@{domain}");
+    let mut refused = Vec::new();
+    for ip in &addresses {
+        let output = verifier
+            .verify_spf(mail_auth::spf::verify::SpfParameters::verify_mail_from(
+                *ip, hostname, hostname, &sender,
+            ))
+            .await;
+        if output.result() != mail_auth::SpfResult::Pass {
+            refused.push((*ip, output.result()));
+        }
+    }
+    if refused.is_empty() && !addresses.is_empty() {
+        report.add(
+            domain,
+            "spf-send",
+            Level::Pass,
+            format!(
+                "SPF of {domain} authorises {host} ({})",
+                join_ips(&addresses)
+            ),
+            None,
+        );
+        return;
+    }
+    let mechanisms: Vec<String> = refused
+        .iter()
+        .map(|(ip, _)| match ip {
+            IpAddr::V4(v4) => format!("ip4:{v4}"),
+            IpAddr::V6(v6) => format!("ip6:{v6}"),
+        })
+        .collect();
+    let results: Vec<String> = refused
+        .iter()
+        .map(|(ip, result)| format!("{ip}: {result}"))
+        .collect();
+    let fix = match config.send.relay.is_empty() {
+        true => format!(
+            "add {} to the SPF record of {domain} before [send] mode leaves off",
+            mechanisms.join(" ")
+        ),
+        false => format!(
+            "add the include: your smart host documents (or {}) to the SPF record of {domain}",
+            mechanisms.join(" ")
+        ),
+    };
+    report.add(
+        domain,
+        "spf-send",
+        Level::Fail,
+        format!(
+            "mail users send from {domain} leaves from {host}, which its SPF does not authorise ({})",
+            results.join(", ")
+        ),
+        Some(&fix),
+    );
+}
+
+fn join_ips(addresses: &[IpAddr]) -> String {
+    addresses
+        .iter()
+        .map(|ip| ip.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 async fn dkim_check(report: &mut Report, resolver: &TokioResolver, config: &Config, domain: &str) {
     let Some(configured) = config
         .domains

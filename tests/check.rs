@@ -528,6 +528,11 @@ fn dkim_keys_are_made_published_verified_and_checked() {
     zone.with_txt("bw1._domainkey.signed.test", &records["signed.test"])
         .with_txt("bw1._domainkey.ed.test", &records["ed.test"])
         .with_txt("bw1._domainkey.stale.test", &records["other.test"]);
+    // Users' mail leaves from our host name's address: signed.test's SPF
+    // (ip4:127.0.0.1) authorises it, ed.test's does not.
+    zone.with_host(HOST, "127.0.0.1");
+    zone.txt
+        .insert("ed.test".into(), vec!["v=spf1 ip4:192.0.2.99 -all".into()]);
     let dns = rt.block_on(TestDns::start(zone));
     fixture.config.dns.nameservers = vec![dns.addr];
     fixture.config.domains = ["signed.test", "ed.test", "stale.test", "unpublished.test"]
@@ -607,6 +612,28 @@ fn dkim_keys_are_made_published_verified_and_checked() {
             .unwrap()
             .contains(&records["stale.test"][..40]),
         "the fix is the record to publish: {stale}"
+    );
+    let spf_send = |domain: &str| {
+        findings
+            .iter()
+            .find(|f| f["subject"] == domain && f["check"] == "spf-send")
+            .unwrap_or_else(|| panic!("no spf-send finding for {domain}: {findings:#?}"))
+            .clone()
+    };
+    assert_eq!(
+        spf_send("signed.test")["level"],
+        "pass",
+        "{}",
+        spf_send("signed.test")
+    );
+    let unauthorised = spf_send("ed.test");
+    assert_eq!(unauthorised["level"], "fail", "{unauthorised}");
+    assert!(
+        unauthorised["fix"]
+            .as_str()
+            .unwrap()
+            .contains("ip4:127.0.0.1"),
+        "{unauthorised}"
     );
     let missing = dkim("unpublished.test");
     assert_eq!(missing["level"], "fail");
