@@ -1440,3 +1440,164 @@ fn a_forward_carries_the_original_attachments() {
         Some("application")
     );
 }
+
+/// What stands between one phished password and a spam cannon, over real
+/// HTTP: `require_totp` (no authenticator, no code, a wrong code: refused;
+/// the right one once per session), the hourly limit (429 with the wait,
+/// in Japanese too, and a `sending-limit-reached` security event), an
+/// oversized upload (413 before it is all read, nothing queued), the CSRF
+/// token on the multipart form, a subject whose encoded word hides a line
+/// break (stays one header), and a disabled account.
+#[test]
+fn sending_limits_hold_over_real_http() {
+    let w = world_with(|f| {
+        let key = f.path().join("dkim-example.com.key");
+        std::fs::write(
+            &key,
+            breakwater::dkim::generate(breakwater::dkim::Algorithm::Ed25519).unwrap(),
+        )
+        .unwrap();
+        f.config.send.mode = breakwater::config::SendMode::Always;
+        f.config.send.max_per_hour = 2;
+        f.config.send.max_message_size = bytesize::ByteSize::kib(64);
+        f.config.send.require_totp = true;
+        f.config.domains[0].dkim_selector = "bw1".into();
+        f.config.domains[0].dkim_key = Some(key);
+    });
+    let users = w.fixture.config.web.users_file.clone();
+    let secret = add_user(&users, "carol@example.com", &[], false, true).unwrap();
+    let fields = |csrf: &str, code: &str, subject: &str| {
+        vec![
+            ("csrf".to_string(), csrf.to_string()),
+            ("from".to_string(), "carol@example.com".to_string()),
+            ("to".to_string(), "partner@remote.test".to_string()),
+            ("subject".to_string(), subject.to_string()),
+            ("text".to_string(), "hello".to_string()),
+            ("send_code".to_string(), code.to_string()),
+        ]
+    };
+    let post = |client: &mut common::web::WebClient,
+                fields: &[(String, String)],
+                files: &[(&str, &str, &str, &[u8])]| {
+        let pairs: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        client.post_multipart("/mail/send", &pairs, files)
+    };
+
+    // Alice has no authenticator: she cannot send at all.
+    let mut alice = w.client();
+    alice.login_fully("alice@example.com", None);
+    let csrf = alice.get("/mail/compose").csrf();
+    let before = w.server.spool.len();
+    let refused = post(&mut alice, &fields(&csrf, "", "hi"), &[]);
+    assert_eq!(refused.status, 403);
+    assert!(
+        refused.text().contains("set up an authenticator app"),
+        "{}",
+        refused.text()
+    );
+
+    let mut carol = w.client();
+    carol.login_fully("carol@example.com", Some(&secret));
+    let form = carol.get("/mail/compose");
+    assert!(
+        form.text().contains("name=\"send_code\""),
+        "{}",
+        form.text()
+    );
+    let csrf = form.csrf();
+    let no_code = post(&mut carol, &fields(&csrf, "", "hi"), &[]);
+    assert_eq!(no_code.status, 403);
+    assert!(
+        no_code.text().contains("Enter the code"),
+        "{}",
+        no_code.text()
+    );
+    let wrong = post(&mut carol, &fields(&csrf, "000000", "hi"), &[]);
+    assert_eq!(wrong.status, 403);
+    assert!(wrong.text().contains("not right"), "{}", wrong.text());
+    assert_eq!(w.server.spool.len(), before, "nothing queued so far");
+    // The CSRF token is checked on the multipart form too. (The sign-in
+    // spent this window's code, and a code is good once: the next one.)
+    let next_window = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 30;
+    let code = breakwater::accounts::totp::totp_for(&secret, "carol@example.com")
+        .unwrap()
+        .generate(next_window);
+    assert_eq!(
+        post(&mut carol, &fields("forged", &code, "hi"), &[]).status,
+        403
+    );
+    // Too large: refused as it arrives, nothing queued.
+    let big = vec![b'x'; 80 * 1024];
+    let oversized = post(
+        &mut carol,
+        &fields(&csrf, &code, "big"),
+        &[("attachment", "big.bin", "application/octet-stream", &big)],
+    );
+    assert_eq!(oversized.status, 413, "{}", oversized.text());
+    assert!(oversized.text().contains("at most"), "{}", oversized.text());
+    assert_eq!(w.server.spool.len(), before);
+    // The right code: sent; a subject whose encoded word hides a CR LF
+    // and a Bcc stays one header line.
+    let hidden = "=?UTF-8?B?aGkNCkJjYzogdmljdGltQHJlbW90ZS50ZXN0?=";
+    let first = post(&mut carol, &fields(&csrf, &code, hidden), &[]);
+    assert_eq!(first.status, 200, "{}", first.text());
+    let id = between(&first.text(), "queue ID ", ")")[0].parse().unwrap();
+    let raw = common::block(w.server.spool.read_body(id)).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("bcc:")),
+        "{text}"
+    );
+    let queued = common::block(w.server.spool.get(id)).unwrap().unwrap();
+    assert!(!queued
+        .envelope
+        .recipients
+        .iter()
+        .any(|r| r.address.contains("victim")));
+    // Once per session: the second send needs no code.
+    let second = post(&mut carol, &fields(&csrf, "", "second"), &[]);
+    assert_eq!(second.status, 200, "{}", second.text());
+    // Two an hour: the third waits, told how long, in her language.
+    carol.headers.push(("Accept-Language".into(), "ja".into()));
+    let third = post(&mut carol, &fields(&csrf, "", "third"), &[]);
+    assert_eq!(third.status, 429);
+    assert!(
+        third.text().contains("1 時間に 2 通まで"),
+        "{}",
+        third.text()
+    );
+    assert!(wait_for(Duration::from_secs(2), || w
+        .audit()
+        .contains("\"action\":\"security:sending-limit-reached\"")));
+    // The Sent page lists both.
+    let sent = carol.get("/mail/sent").text();
+    assert!(
+        sent.contains("second") && sent.contains("partner@remote.test"),
+        "{sent}"
+    );
+    // Disabled: the session ends (a POST without one is 401), nothing
+    // more is sent.
+    breakwater::accounts::update(&users, "carol@example.com", |a| {
+        a.disabled = true;
+        Ok(())
+    })
+    .unwrap();
+    let queued_now = w.server.spool.len();
+    assert!(wait_for(Duration::from_secs(3), || post(
+        &mut carol,
+        &fields(&csrf, "", "after"),
+        &[]
+    )
+    .status
+        == 401));
+    assert_eq!(w.server.spool.len(), queued_now);
+}
