@@ -91,21 +91,22 @@ impl Server {
             config.clone(),
             shutdown_rx.clone(),
         ));
+        let outbox = Arc::new(crate::sending::Outbox::new(
+            &config,
+            spool.clone(),
+            dkim_keys,
+        ));
         let drills = Drills::open(
             &config,
             spool.clone(),
             handle.clone(),
             audit.clone(),
             smtp_addrs[0],
+            outbox.clone(),
         )?;
         let _ = outage.set(outage_probe(handle.clone(), drills.clone()));
         // /readyz reports the SMTP listeners down once their accept loops end.
         let (smtp_up, smtp_up_rx) = watch::channel(true);
-        let outbox = Arc::new(crate::sending::Outbox::new(
-            &config,
-            spool.clone(),
-            dkim_keys,
-        ));
         let admin = crate::admin::AdminState {
             outbox: outbox.clone(),
             spool: spool.clone(),

@@ -255,3 +255,157 @@ fn failover_drill_end_to_end() {
     );
     rt.block_on(server.shutdown());
 }
+
+/// A drill rehearses sending: `[send] mode = "outage"` opens while the
+/// drill holds the upstream (and not before); the drill's sending probe,
+/// written through the outbox as a user's message would be, reaches an
+/// outside MX DKIM-signed while the upstream is held; the report says it
+/// was delivered and counts what users sent. With sending stopped, the
+/// probe is refused and the report names the problem.
+#[test]
+fn a_drill_rehearses_sending() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut zone = Zone::default();
+    zone.with_mx("remote.test", &[(10, "mx.remote.test")])
+        .with_host("mx.remote.test", "127.0.0.1");
+    let (upstream, remote_mx, dns) = rt.block_on(async {
+        (
+            Sink::start("127.0.0.1:0", Script::default()).await,
+            Sink::start("127.0.0.1:0", Script::default()).await,
+            TestDns::start(zone).await,
+        )
+    });
+    let mut fixture = Fixture::new();
+    let key = fixture.path().join("dkim-example.com.key");
+    std::fs::write(
+        &key,
+        breakwater::dkim::generate(breakwater::dkim::Algorithm::Ed25519).unwrap(),
+    )
+    .unwrap();
+    fixture.config.delivery.enabled = true;
+    fixture.config.delivery.mx_port = remote_mx.addr.port();
+    fixture.config.domains[0].upstream = upstream.addr.to_string();
+    fixture.config.domains[0].tls = UpstreamTls::None;
+    fixture.config.domains[0].dkim_selector = "bw1".into();
+    fixture.config.domains[0].dkim_key = Some(key);
+    fixture.config.domains.truncate(1);
+    fixture.config.dns.nameservers = vec![dns.addr];
+    fixture.config.send.mode = breakwater::config::SendMode::Outage;
+    let users = fixture.config.web.users_file.clone();
+    add_user(&users, "alice@example.com", &[], false, false);
+    let token = auth::create(
+        &fixture.config.admin.tokens_file,
+        "drill-test",
+        Role::Admin,
+        None,
+    )
+    .unwrap();
+    let server = rt.block_on(fixture.start());
+    fixture.config.admin.listen = server.admin_addr.unwrap();
+    let config = fixture.write_config();
+    let api = Api {
+        base: format!("http://{}", server.admin_addr.unwrap()),
+        token: token.clone(),
+        agent: ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_idle_connections(0)
+            .build()
+            .into(),
+    };
+    let mut alice = WebClient::new(server.web_addr.unwrap());
+    alice.login_fully("alice@example.com", None);
+    assert_eq!(
+        alice.get("/mail/compose").status,
+        403,
+        "no outage, no drill: not yet"
+    );
+
+    let (ok, out) = cli(
+        &config,
+        &token,
+        &[
+            "start",
+            "--send-probe-from",
+            "it@example.com",
+            "--send-probe-to",
+            "you@remote.test",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        wait_for(Duration::from_secs(15), || remote_mx.delivered().len() == 1),
+        "the sending probe at the outside MX"
+    );
+    let probe = remote_mx.delivered()[0].clone();
+    assert_eq!(probe.rcpts(), ["you@remote.test"]);
+    let text = String::from_utf8_lossy(&probe.data).into_owned();
+    assert!(text.starts_with("DKIM-Signature: "), "{text}");
+    assert!(text.contains("failover drill"), "{text}");
+    assert!(upstream.delivered().is_empty(), "the upstream is held");
+    // During the drill users may send (mode "outage").
+    let form = alice.get("/mail/compose");
+    assert_eq!(form.status, 200, "{}", form.text());
+    let done = alice.post(
+        "/mail/send",
+        &[
+            ("csrf", &form.csrf()),
+            ("from", "alice@example.com"),
+            ("to", "partner@remote.test"),
+            ("subject", "during the drill"),
+            ("text", "hello"),
+        ],
+    );
+    assert_eq!(done.status, 200, "{}", done.text());
+    let (_, current) = api.call("GET", "/api/v1/drills/current", None);
+    let id = current["drill"]["id"].as_str().unwrap().to_string();
+    let (ok, out) = cli(&config, &token, &["finish"]);
+    assert!(ok, "{out}");
+    let mut report = Value::Null;
+    assert!(
+        wait_for(Duration::from_secs(15), || {
+            report = api.call("GET", &format!("/api/v1/drills/{id}"), None).1;
+            report["drain"].is_object()
+        }),
+        "{report}"
+    );
+    assert_eq!(report["send_probe"]["outcome"], "delivered", "{report}");
+    assert_eq!(report["sent_by_users"], 1, "{report}");
+    assert!(
+        !report["problems"].as_array().unwrap().iter().any(|p| p
+            .as_str()
+            .unwrap()
+            .contains("sending probe")
+            || p.as_str().unwrap().contains("users could not send")),
+        "{report}"
+    );
+    let (ok, markdown) = cli(&config, &token, &["show", &id]);
+    assert!(ok, "{markdown}");
+    assert!(
+        markdown.contains("Sending probe: from it@example.com to you@remote.test: delivered"),
+        "{markdown}"
+    );
+
+    // Sending stopped by an admin: the rehearsal finds out.
+    let (status, _) = api.call("POST", "/api/v1/sending", Some(json!({ "stopped": true })));
+    assert_eq!(status, 200);
+    let (status, started) = api.call(
+        "POST",
+        "/api/v1/drills/start",
+        Some(json!({ "send_probe_from": "it@example.com", "send_probe_to": "you@remote.test" })),
+    );
+    assert_eq!(status, 200, "{started}");
+    assert!(
+        started["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("stopped all sending")),
+        "{started}"
+    );
+    assert!(started["send_probe"]["queue_id"].is_null(), "{started}");
+    assert_eq!(api.call("POST", "/api/v1/drills/finish", None).0, 200);
+}

@@ -24,6 +24,14 @@ pub enum DrillCommand {
         /// Send a tagged probe message to this local address through our own listener.
         #[arg(long)]
         probe_to: Option<String>,
+        /// Rehearse sending: write a message as a user would, from this
+        /// address of ours (its domain needs a DKIM key; `[send] mode`
+        /// must not be off) ...
+        #[arg(long, requires = "send_probe_to")]
+        send_probe_from: Option<String>,
+        /// ... to this outside address you can read.
+        #[arg(long, requires = "send_probe_from")]
+        send_probe_to: Option<String>,
     },
     /// Elapsed time, mail spooled since the start, queue, probe visibility.
     Status,
@@ -165,9 +173,18 @@ fn answer(client: &ApiClient, command: DrillCommand) -> Result<Value, String> {
             reason,
             duration,
             probe_to,
+            send_probe_from,
+            send_probe_to,
         } => client.post(
             "/api/v1/drills/start",
-            &json!({ "upstream": upstream, "reason": reason, "duration": duration, "probe_to": probe_to }),
+            &json!({
+                "upstream": upstream,
+                "reason": reason,
+                "duration": duration,
+                "probe_to": probe_to,
+                "send_probe_from": send_probe_from,
+                "send_probe_to": send_probe_to,
+            }),
         ),
         DrillCommand::Status => client.get("/api/v1/drills/current"),
         DrillCommand::Finish => client.post("/api/v1/drills/finish", &json!({})),

@@ -6,6 +6,12 @@
 //! intake → spool → web visibility. Finish = release the hold and watch the
 //! drill's messages drain; the report (JSON + Markdown, and a page in the
 //! web admin) records the timeline, counts, drain time and problems found.
+//!
+//! Sending is rehearsed too: with `send_probe_from` and `send_probe_to` the
+//! drill writes a message through `sending::Outbox` as a user would (mode,
+//! stop switch, DKIM key, limits all apply) to an outside address the
+//! admin reads, and the report says whether it was delivered, while the
+//! upstream is held, and how many messages users sent during the drill.
 //! One drill at a time; its state is a file, so a restart does not forget it.
 
 use std::collections::BTreeMap;
@@ -22,6 +28,7 @@ use crate::config::Config;
 use crate::delivery::DeliveryHandle;
 use crate::envelope::{now_ms, QueueId};
 use crate::selfcheck::{self as check, Finding, Level, Mode};
+use crate::sending::{Draft, Outbox};
 use crate::smtp_client::{self, Dialer, Relay, TlsClients, TlsPolicy};
 use crate::spool::Spool;
 
@@ -43,6 +50,12 @@ pub struct Drill {
     pub probe_to: Option<String>,
     #[serde(default)]
     pub probe_id: Option<String>,
+    /// The sending rehearsal: from one of our addresses to an outside one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_probe: Option<SendProbe>,
+    /// Messages users sent from the web reader during the drill.
+    #[serde(default)]
+    pub sent_by_users: usize,
     #[serde(default)]
     pub queue_at_start: usize,
     #[serde(default)]
@@ -61,6 +74,19 @@ pub struct Drill {
     pub finished_by: Option<String>,
     #[serde(default)]
     pub drain: Option<DrainReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendProbe {
+    pub from: String,
+    pub to: String,
+    /// Its queue ID, once the outbox took it.
+    #[serde(default)]
+    pub queue_id: Option<String>,
+    /// What became of it when the drain was watched: delivered, failed
+    /// or waiting.
+    #[serde(default)]
+    pub outcome: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -96,6 +122,11 @@ pub struct StartRequest {
     /// e.g. "30m"
     pub duration: Option<String>,
     pub probe_to: Option<String>,
+    /// Rehearse sending: one of our addresses (its domain needs a DKIM
+    /// key) ...
+    pub send_probe_from: Option<String>,
+    /// ... to an outside address the admin reads.
+    pub send_probe_to: Option<String>,
 }
 
 pub struct Drills {
@@ -108,6 +139,8 @@ pub struct Drills {
     smtp_addr: SocketAddr,
     /// The web reader's accounts: can the probe's recipient read it there?
     accounts: Accounts,
+    /// Users' sending, rehearsed by the send probe.
+    outbox: Arc<Outbox>,
     current: Mutex<Option<Drill>>,
 }
 
@@ -122,6 +155,7 @@ impl Drills {
         delivery: Option<DeliveryHandle>,
         audit: Arc<AuditLog>,
         smtp_addr: SocketAddr,
+        outbox: Arc<Outbox>,
     ) -> std::io::Result<Arc<Drills>> {
         let dir = config.drill.reports_dir.clone();
         std::fs::create_dir_all(&dir)?;
@@ -136,6 +170,7 @@ impl Drills {
             audit,
             smtp_addr,
             accounts: Accounts::new(&config.web.users_file),
+            outbox,
             current: Mutex::new(current.clone()),
         });
         if let Some(drill) = current {
@@ -176,6 +211,16 @@ impl Drills {
         request: StartRequest,
     ) -> Result<Drill, String> {
         let delivery = self.delivery()?;
+        let send_probe = match (&request.send_probe_from, &request.send_probe_to) {
+            (None, None) => None,
+            (Some(from), Some(to)) => Some(SendProbe {
+                from: from.trim().to_string(),
+                to: to.trim().to_string(),
+                queue_id: None,
+                outcome: None,
+            }),
+            _ => return Err("send_probe_from and send_probe_to go together".into()),
+        };
         let duration = request
             .duration
             .as_deref()
@@ -213,6 +258,8 @@ impl Drills {
             duration_seconds: duration.map(|d| d.as_secs().max(1)),
             probe_to: request.probe_to.clone(),
             probe_id: None,
+            send_probe: send_probe.clone(),
+            sent_by_users: 0,
             queue_at_start: self.spool.len(),
             max_queue_depth: self.spool.len(),
             self_check: Vec::new(),
@@ -258,8 +305,31 @@ impl Drills {
                 }
             }
         }
+        if let Some(probe) = &mut drill.send_probe {
+            match self.send_through_outbox(&id, probe).await {
+                Ok(queue_id) => {
+                    drill.timeline.push((
+                        now_ms(),
+                        format!(
+                            "sending probe {queue_id} queued from {} to {}",
+                            probe.from, probe.to
+                        ),
+                    ));
+                    probe.queue_id = Some(queue_id);
+                }
+                Err(e) => {
+                    drill.problems.push(format!(
+                        "users could not send: the sending probe was refused: {e}"
+                    ));
+                    drill
+                        .timeline
+                        .push((now_ms(), format!("sending probe refused: {e}")));
+                }
+            }
+        }
         self.update(|d| {
             d.probe_id = drill.probe_id.clone();
+            d.send_probe = drill.send_probe.clone();
             d.timeline = drill.timeline.clone();
             d.problems = drill.problems.clone();
         })?;
@@ -326,6 +396,30 @@ impl Drills {
         if let Err(e) = self.audit.record(actor, ip, action, target, "ok") {
             tracing::error!(error = %e, "cannot write the audit log");
         }
+    }
+
+    /// The sending rehearsal: a message written as a user would, checked
+    /// by the outbox like theirs (the drill counts as the outage).
+    async fn send_through_outbox(&self, id: &str, probe: &SendProbe) -> Result<String, String> {
+        let draft = Draft {
+            from: probe.from.clone(),
+            to: vec![probe.to.clone()],
+            subject: format!("Breakwater failover drill {id}: sending"),
+            text: format!(
+                "This is a failover drill ({id}) of sending during an outage.\n\
+                 It was written by Breakwater as a user would write one in the web\n\
+                 reader, DKIM-signed for its domain. If it arrived, check that your\n\
+                 mail system shows DKIM, SPF and DMARC as passed.\n"
+            ),
+            ..Draft::default()
+        };
+        let user = format!("drill:{id}");
+        let sent = self
+            .outbox
+            .send(&user, std::slice::from_ref(&probe.from), true, draft)
+            .await
+            .map_err(|refusal| refusal.to_string())?;
+        Ok(sent.queue_id.to_string())
     }
 
     /// A uniquely tagged message submitted to our own listener: the same
@@ -424,7 +518,20 @@ impl Drills {
             .release(&drill.upstream)
             .await
             .map_err(|e| format!("cannot release {}: {e}", drill.upstream))?;
+        let sent_by_users = {
+            let outbox = self.outbox.clone();
+            let since = drill.started_ms;
+            crate::fsutil::run_blocking(move || outbox.sent_between(since, now))
+                .map(|records| {
+                    records
+                        .iter()
+                        .filter(|r| !r.user.starts_with("drill:"))
+                        .count()
+                })
+                .unwrap_or(0)
+        };
         self.update(|d| {
+            d.sent_by_users = sent_by_users;
             d.finished_ms = Some(now);
             d.finished_by = Some(actor.to_string());
             d.timeline.push((
@@ -554,6 +661,22 @@ impl Drills {
                 drain.failed
             ));
         }
+        let send_probe_id = drill
+            .send_probe
+            .as_ref()
+            .and_then(|p| p.queue_id.as_deref())
+            .and_then(|id| id.parse::<QueueId>().ok());
+        if let Some(id) = send_probe_id {
+            let outcome = self.outcome(id).await;
+            if outcome != "delivered" {
+                drill.problems.push(format!(
+                    "the sending probe was not delivered ({outcome}): users' mail may not get out"
+                ));
+            }
+            if let Some(probe) = &mut drill.send_probe {
+                probe.outcome = Some(outcome.to_string());
+            }
+        }
         if drill.probe_id.is_some() && !drain.probe_delivered {
             drill
                 .problems
@@ -649,6 +772,22 @@ pub fn markdown(drill: &Drill) -> String {
         None if drill.finished_ms.is_some() => out.push_str("- Drain: in progress\n"),
         None => out.push_str("- Drain: the drill is still running\n"),
     }
+    if let Some(probe) = &drill.send_probe {
+        out.push_str(&format!(
+            "- Sending probe: from {} to {}: {}\n",
+            probe.from,
+            probe.to,
+            match (&probe.queue_id, &probe.outcome) {
+                (None, _) => "REFUSED (see problems)".to_string(),
+                (Some(id), None) => format!("queued as {id}"),
+                (Some(id), Some(outcome)) => format!("{outcome} (queue ID {id})"),
+            }
+        ));
+    }
+    out.push_str(&format!(
+        "- Sent by users from the web reader during the drill: {}\n",
+        drill.sent_by_users
+    ));
     out.push_str("\n## Problems found\n\n");
     if drill.problems.is_empty() {
         out.push_str("None.\n");

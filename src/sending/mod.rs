@@ -320,6 +320,12 @@ impl Outbox {
         })
     }
 
+    /// Everything sent from `since_ms` to `until_ms` (a drill's report).
+    /// Blocking.
+    pub fn sent_between(&self, since_ms: u64, until_ms: u64) -> std::io::Result<Vec<SentRecord>> {
+        self.sent.read(|r| (since_ms..=until_ms).contains(&r.at_ms))
+    }
+
     /// What `user` sent, newest first (at most `SENT_SHOWN`). Blocking.
     pub fn sent_by(&self, user: &str) -> std::io::Result<Vec<SentRecord>> {
         let mut records = self.sent.read(|r| r.user.eq_ignore_ascii_case(user))?;

@@ -599,6 +599,17 @@ pub async fn drill_report(
                 (drain.drain_ms.map_or("not finished".to_string(), |ms| format!("{:.1} s", ms as f64 / 1000.0)))
             }
             dt { "Probe" } dd { @if drill.probe_id.is_none() { "—" } @else if drain.probe_delivered { "delivered ✓" } @else { "NOT confirmed" } }
+            @if let Some(probe) = &drill.send_probe {
+                dt { (lang.t("drills.send_probe")) } dd {
+                    (probe.from) " → " (probe.to) ": "
+                    @match (&probe.queue_id, &probe.outcome) {
+                        (None, _) => span.badge.failed { "refused" },
+                        (Some(_), None) => span.badge.queued { "queued" },
+                        (Some(_), Some(outcome)) => span class={ "badge " (outcome) } { (outcome) },
+                    }
+                }
+            }
+            dt { (lang.t("drills.sent_by_users")) } dd { (drill.sent_by_users) }
         }
         h2 { (lang.t("drills.problems")) }
         @if drill.problems.is_empty() { p { "—" } }

@@ -140,6 +140,8 @@ const TEXT: &[(&str, &str, &str)] = &[
     ("sent.failed", "failed", "配送失敗"),
     ("sent.finished", "done (no longer held here)", "完了（保管期間終了）"),
     ("sent.copy", "Copy to your mailbox:", "あなたのメールボックスへの控え:"),
+    ("drills.send_probe", "Sending probe", "送信のテスト"),
+    ("drills.sent_by_users", "Sent by users during the drill", "訓練中に利用者が送信した数"),
     ("nav.sent", "Sent", "送信済み"),
     ("message.reply", "Reply", "返信"),
     ("message.reply_all", "Reply all", "全員に返信"),
