@@ -212,3 +212,108 @@ fn web_reader_end_to_end_in_chromium() {
         assert!(shots.join(shot).exists(), "{shot} taken");
     }
 }
+
+/// Sending in Chromium on a phone, in Japanese: reply to a spooled message
+/// with an attachment while the mail host is down; the outside MX (by DNS
+/// MX on loopback) receives it with the file; the Sent page shows the
+/// recipient delivered and the copy waiting for the mail host.
+#[test]
+fn a_user_replies_with_an_attachment_in_chromium() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut zone = common::dns::Zone::default();
+    zone.with_mx("remote.test", &[(10, "mx.remote.test")])
+        .with_host("mx.remote.test", "127.0.0.1");
+    let (remote_mx, dns) = rt.block_on(async {
+        (
+            common::sink::Sink::start("127.0.0.1:0", common::sink::Script::default()).await,
+            common::dns::TestDns::start(zone).await,
+        )
+    });
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_upstream = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let mut fixture = Fixture::new();
+    let key = fixture.path().join("dkim-example.com.key");
+    std::fs::write(
+        &key,
+        breakwater::dkim::generate(breakwater::dkim::Algorithm::Ed25519).unwrap(),
+    )
+    .unwrap();
+    fixture.config.delivery.enabled = true;
+    fixture.config.delivery.down_after_failures = 1;
+    fixture.config.delivery.retry = vec![Duration::from_millis(500).into()];
+    fixture.config.delivery.mx_port = remote_mx.addr.port();
+    fixture.config.dns.nameservers = vec![dns.addr];
+    fixture.config.domains[0].upstream = dead_upstream;
+    fixture.config.domains[0].tls = UpstreamTls::None;
+    fixture.config.domains[0].dkim_selector = "bw1".into();
+    fixture.config.domains[0].dkim_key = Some(key);
+    fixture.config.send.mode = breakwater::config::SendMode::Outage;
+    add_user(
+        &fixture.config.web.users_file,
+        "alice@example.com",
+        &[],
+        false,
+        false,
+    );
+    let server = rt.block_on(fixture.start());
+    let original = {
+        let mut c = RawClient::greeted(server.smtp_addrs[0]);
+        c.expect("EHLO browser.test", 250);
+        let reply = c.send_mail(
+            "tanaka@remote.test",
+            &["alice@example.com"],
+            "From: =?UTF-8?B?55Sw5Lit?= <tanaka@remote.test>\r\nTo: alice@example.com\r\nSubject: =?UTF-8?B?6LOH5paZ44Gu44GK6aGY44GE?=\r\nMessage-ID: <ask-1@remote.test>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n資料をお送りいただけますか。\r\n"
+                .as_bytes(),
+        );
+        assert_eq!(reply.code, 250, "{reply:?}");
+        queue_id(&reply)
+    };
+    let delivery = server.delivery().expect("delivery on");
+    assert!(
+        wait_for(Duration::from_secs(15), || delivery
+            .status()
+            .iter()
+            .any(|s| s.state == "down")),
+        "the mail host marked down: {:?}",
+        delivery.status()
+    );
+    let attachment = fixture.path().join("見積書.pdf");
+    std::fs::write(&attachment, b"%PDF-1.4 quote for tanaka").unwrap();
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-screenshots");
+    run_script(
+        "send.mjs",
+        &[
+            ("BW_BASE", format!("http://{}", server.web_addr.unwrap())),
+            ("BW_SCREENSHOTS", shots.display().to_string()),
+            ("BW_PASSWORD", PASSWORD.to_string()),
+            ("BW_USER", "alice@example.com".to_string()),
+            ("BW_MESSAGE_ID", original.to_string()),
+            ("BW_REPLY_TO", "tanaka@remote.test".to_string()),
+            ("BW_ATTACHMENT", attachment.display().to_string()),
+        ],
+    );
+    let arrived = remote_mx.delivered();
+    assert_eq!(arrived.len(), 1, "one reply at the outside MX");
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&arrived[0].data)
+        .unwrap();
+    assert_eq!(parsed.subject(), Some("Re: 資料のお願い"));
+    assert_eq!(parsed.in_reply_to().as_text(), Some("ask-1@remote.test"));
+    use mail_parser::MimeHeaders;
+    let file = parsed.attachment(0).expect("the attachment");
+    assert_eq!(file.attachment_name(), Some("見積書.pdf"));
+    assert_eq!(file.contents(), b"%PDF-1.4 quote for tanaka");
+    assert!(parsed.body_text(0).unwrap().contains("資料を添付します"));
+    for shot in [
+        "10-compose-reply-phone-ja.png",
+        "11-sent-phone-ja.png",
+        "12-sent-desktop-ja.png",
+    ] {
+        assert!(shots.join(shot).exists(), "{shot} taken");
+    }
+}

@@ -39,6 +39,10 @@ pub struct SendConfig {
     pub copy_to_mailbox: bool,
     /// A current TOTP code at the first send of each session.
     pub require_totp: bool,
+    /// How long users' sent mail stays in the spool after its last
+    /// recipient is done (delivered or failed), for the Sent page.
+    #[serde(with = "humantime_serde")]
+    pub keep_sent: std::time::Duration,
 }
 
 impl Default for SendConfig {
@@ -53,6 +57,7 @@ impl Default for SendConfig {
             relay_password_file: None,
             copy_to_mailbox: true,
             require_totp: false,
+            keep_sent: std::time::Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

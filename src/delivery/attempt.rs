@@ -155,7 +155,10 @@ impl Engine {
             .bounce_failures(&message, &mut state, &body.head, body.tail.is_none())
             .await;
         if state.is_finished() && bounced {
-            if self.retain(id, &message.state, &mut state, recorded).await {
+            if self
+                .retain(id, envelope, &message.state, &mut state, recorded)
+                .await
+            {
                 return;
             }
             let reason = if state

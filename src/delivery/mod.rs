@@ -64,6 +64,8 @@ struct Engine {
     retry: Vec<Duration>,
     /// `[web] retain_delivered`: keep delivered messages readable this long.
     retain_delivered_ms: u64,
+    /// `[send] keep_sent`: users' own mail stays for the Sent page.
+    keep_sent_ms: u64,
     global: Arc<Semaphore>,
     /// Messages with an attempt (or an operator's bounce) under way: the
     /// delivery lock of a message. Whoever inserts an ID owns the message's
@@ -117,6 +119,7 @@ impl DeliveryEngine {
             ),
             retry: config.delivery.retry_schedule(),
             retain_delivered_ms: config.web.retain_delivered.as_millis() as u64,
+            keep_sent_ms: config.send.keep_sent.as_millis() as u64,
             global: Arc::new(Semaphore::new(config.delivery.concurrency)),
             config: config.delivery.clone(),
             hostname: config.hostname.clone(),

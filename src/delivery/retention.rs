@@ -1,9 +1,11 @@
 //! `[web] retain_delivered`: a delivered message stays readable in the web
-//! reader (finished, read-only) until its retention ends.
+//! reader (finished, read-only) until its retention ends. `[send]
+//! keep_sent`: mail a user wrote in the web reader stays, delivered or
+//! not, so the Sent page can show each recipient's outcome.
 
 use super::attempt::merge_attempt;
 use super::*;
-use crate::envelope::{now_ms, MessageState, QueueId, RecipientStatus};
+use crate::envelope::{now_ms, Envelope, MessageState, QueueId, RecipientStatus};
 
 impl Engine {
     /// With `[web] retain_delivered`, a delivered message stays in the spool
@@ -12,20 +14,27 @@ impl Engine {
     pub(super) async fn retain(
         &self,
         id: QueueId,
+        envelope: &Envelope,
         before: &MessageState,
         state: &mut MessageState,
         recorded: usize,
     ) -> bool {
         let now = now_ms();
+        let delivered = state
+            .recipients
+            .iter()
+            .any(|r| r.status == RecipientStatus::Delivered);
+        let keep_ms = match envelope.sent_by {
+            Some(_) => self
+                .keep_sent_ms
+                .max(self.retain_delivered_ms * u64::from(delivered)),
+            None if delivered => self.retain_delivered_ms,
+            None => 0,
+        };
         let until = match state.retain_until_ms {
             Some(until) => until,
-            None if self.retain_delivered_ms > 0
-                && state
-                    .recipients
-                    .iter()
-                    .any(|r| r.status == RecipientStatus::Delivered) =>
-            {
-                let until = now + self.retain_delivered_ms;
+            None if keep_ms > 0 => {
+                let until = now + keep_ms;
                 state.retain_until_ms = Some(until);
                 state.next_attempt_ms = until;
                 let merged = self

@@ -591,8 +591,20 @@ impl Drills {
             Some("bounced") => "failed",
             Some(_) => "other",
             None => match self.spool.get(id).await.ok().flatten() {
-                // Kept by [web] retain_delivered: delivered.
-                Some(m) if m.state.retain_until_ms.is_some() => "delivered",
+                // Kept by [web] retain_delivered or [send] keep_sent: done;
+                // kept_sent mail may also have failed.
+                Some(m) if m.state.retain_until_ms.is_some() => {
+                    let failed = m
+                        .state
+                        .recipients
+                        .iter()
+                        .any(|r| r.status == crate::envelope::RecipientStatus::Failed);
+                    if failed {
+                        "failed"
+                    } else {
+                        "delivered"
+                    }
+                }
                 _ => "waiting",
             },
         }

@@ -284,6 +284,9 @@ impl Outbox {
                 // like any mail for our domains until the upstream is back.
                 let mut envelope = Envelope::local(from, user, &self.hostname);
                 envelope.recipients[0].notify = crate::envelope::NOTIFY_NEVER;
+                // Kept for the Sent page like the message itself; never
+                // relayed (the address is ours).
+                envelope.sent_by = Some(user.to_ascii_lowercase());
                 let mut body = self.spool.new_body();
                 body.write(signed).map_err(|e| failed(&e))?;
                 let copy = self
@@ -750,7 +753,7 @@ mod tests {
             crate::envelope::NOTIFY_NEVER
         );
         assert_eq!(copied.envelope.sender, "sales@example.com");
-        assert_eq!(copied.envelope.sent_by, None, "not relayed: it is ours");
+        assert_eq!(copied.envelope.sent_by.as_deref(), Some(user));
         assert_eq!(
             w.spool.read_body(copy).await.unwrap(),
             w.spool.read_body(sent.queue_id).await.unwrap(),
