@@ -111,6 +111,13 @@ fn a_reply_during_a_real_outage_reaches_the_remote_mx_signed_and_the_copy_follow
     let mut w = world(|config, _| {
         config.send.mode = breakwater::config::SendMode::Outage;
         config.web.listen = format!("127.0.0.1:{web_port}").parse().unwrap();
+        add_user(
+            &config.web.users_file,
+            "colleague@example.com",
+            &[],
+            false,
+            false,
+        );
     });
     // The mail host is down from the start.
     w.upstream.stop();
@@ -156,6 +163,7 @@ fn a_reply_during_a_real_outage_reaches_the_remote_mx_signed_and_the_copy_follow
             ("csrf", &csrf),
             ("from", "sales@example.com"),
             ("to", "buyer@remote.test"),
+            ("cc", "colleague@example.com"),
             ("subject", "Re: 注文の確認"),
             (
                 "text",
@@ -221,14 +229,31 @@ fn a_reply_during_a_real_outage_reaches_the_remote_mx_signed_and_the_copy_follow
     assert!(sent.contains("badge delivered"), "{sent}");
     assert!(sent.contains("class=\"meta copy\""), "{sent}");
     assert!(w.upstream.delivered().is_empty());
+    // A colleague in our own domain reads it at once in the web reader,
+    // while the mail host is still down.
+    let mut colleague = WebClient::new(format!("127.0.0.1:{web_port}").parse().unwrap());
+    colleague.login_fully("colleague@example.com", None);
+    let mailbox = colleague.get("/mail").text();
+    assert!(mailbox.contains("Re: 注文の確認"), "{mailbox}");
 
     // The mail host is back: the buyer's message and the sender's copy
     // reach it.
     w.rt.block_on(w.upstream.resume());
-    let upstream = wait_for_mail(&w.upstream, 2, "the original and the copy upstream");
-    let copy = upstream
+    let upstream = wait_for_mail(
+        &w.upstream,
+        3,
+        "the original, the reply to the colleague and the copy upstream",
+    );
+    let with_reply: Vec<&Delivered> = upstream
         .iter()
-        .find(|d| String::from_utf8_lossy(&d.data).contains(&message_id))
+        .filter(|d| String::from_utf8_lossy(&d.data).contains(&message_id))
+        .collect();
+    assert!(with_reply
+        .iter()
+        .any(|d| d.rcpts() == ["colleague@example.com"]));
+    let copy = with_reply
+        .iter()
+        .find(|d| d.rcpts() == ["alice@example.com"])
         .expect("the copy upstream");
     assert_eq!(copy.rcpts(), ["alice@example.com"]);
     let copied = mail_parser::MessageParser::default()

@@ -1601,3 +1601,82 @@ fn sending_limits_hold_over_real_http() {
         == 401));
     assert_eq!(w.server.spool.len(), queued_now);
 }
+
+/// The admins' switch in the web admin: stop is one click; resume asks
+/// "confirm it's you" (a stolen admin cookie alone cannot turn sending
+/// back on); both audited as security events; a user sees the stop.
+#[test]
+fn an_admin_stops_and_resumes_sending_in_the_web_admin() {
+    let w = world_with(|f| {
+        let key = f.path().join("dkim-example.com.key");
+        std::fs::write(
+            &key,
+            breakwater::dkim::generate(breakwater::dkim::Algorithm::Ed25519).unwrap(),
+        )
+        .unwrap();
+        f.config.send.mode = breakwater::config::SendMode::Always;
+        f.config.domains[0].dkim_selector = "bw1".into();
+        f.config.domains[0].dkim_key = Some(key);
+        f.config.web.reauth_window = Duration::from_millis(1);
+    });
+    let mut admin = w.client();
+    admin.login_fully("admin@example.com", Some(&w.admin_secret));
+    let page = admin.get("/admin/upstreams");
+    assert!(
+        page.text().contains("value=\"stop_sending\""),
+        "{}",
+        page.text()
+    );
+    let csrf = page.csrf();
+    let stopped = admin.post(
+        "/admin/sending",
+        &[("csrf", &csrf), ("action", "stop_sending")],
+    );
+    assert_eq!(stopped.status, 303, "{}", stopped.text());
+    let mut alice = w.client();
+    alice.login_fully("alice@example.com", None);
+    assert!(alice
+        .get("/mail/compose")
+        .text()
+        .contains("stopped all sending"));
+    assert!(admin
+        .get("/admin/upstreams")
+        .text()
+        .contains("value=\"resume_sending\""));
+    // Resume: the cookie alone is not enough.
+    let challenged = admin.post(
+        "/admin/sending",
+        &[("csrf", &csrf), ("action", "resume_sending")],
+    );
+    assert_eq!(challenged.status, 403);
+    assert!(
+        challenged.text().contains("reauth_password"),
+        "{}",
+        challenged.text()
+    );
+    assert!(alice
+        .get("/mail/compose")
+        .text()
+        .contains("stopped all sending"));
+    let resumed = admin.post(
+        "/admin/sending",
+        &[
+            ("csrf", &csrf),
+            ("action", "resume_sending"),
+            ("reauth_password", PASSWORD),
+        ],
+    );
+    assert_eq!(resumed.status, 303, "{}", resumed.text());
+    assert_eq!(alice.get("/mail/compose").status, 200);
+    let audit = w.audit();
+    for action in [
+        "web-sending-stop",
+        "web-sending-resume",
+        "security:sending-switched",
+    ] {
+        assert!(
+            audit.contains(&format!("\"action\":\"{action}\"")),
+            "{action}: {audit}"
+        );
+    }
+}

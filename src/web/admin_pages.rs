@@ -349,6 +349,19 @@ pub async fn upstreams(State(state): State<Shared>, viewer: Viewer) -> Response 
                 }
             }
         }
+        @if let Some(outbox) = state.outbox.as_ref().filter(|o| o.mode() != crate::config::SendMode::Off) {
+            h2 { (lang.t("sending.title")) }
+            p {
+                @if outbox.stopped() { span.badge.failed { (lang.t("sending.stopped")) } }
+                @else { span.badge.up { (lang.t("sending.open")) } }
+                " " (lang.t("sending.explain"))
+            }
+            form.actions method="post" action="/admin/sending" {
+                (csrf_field(&viewer))
+                @if outbox.stopped() { (action_button(&viewer, "resume_sending", true)) }
+                @else { (action_button(&viewer, "stop_sending", true)) }
+            }
+        }
     };
     page(&state, &viewer, lang.t("upstreams.title"), body)
 }
@@ -403,6 +416,64 @@ pub async fn upstream_action(
         &name,
         &result,
     );
+    Redirect::to("/admin/upstreams").into_response()
+}
+
+/// The admins' switch for all users' sending (`[send]`), as `breakwater
+/// sending stop|resume` and `POST /api/v1/sending`. Stopping is one click;
+/// resuming is what an attacker holding an admin's cookie would do, so it
+/// asks "confirm it's you". Either way a security event.
+pub async fn sending_action(
+    State(state): State<Shared>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    if let Err(denied) = viewer.require_admin() {
+        return denied;
+    }
+    let lang = viewer.lang;
+    if !check_csrf(&headers, &viewer.session.csrf, &form.csrf) {
+        return pages::csrf_error(lang);
+    }
+    let Some(outbox) = state.outbox.clone() else {
+        return pages::not_found(lang);
+    };
+    let stop = match form.action.as_str() {
+        "stop_sending" => true,
+        "resume_sending" => false,
+        _ => {
+            return pages::error_page(lang, axum::http::StatusCode::BAD_REQUEST, "error.forbidden")
+        }
+    };
+    if !stop {
+        let carry = [("action", form.action.as_str())];
+        if let Err(challenge) =
+            reauth::require(&state, &viewer, "/admin/sending", &carry, &form.proof).await
+        {
+            return challenge;
+        }
+    }
+    let word = if stop { "stopped" } else { "resumed" };
+    let result = crate::fsutil::run_blocking(|| outbox.set_stopped(stop))
+        .map(|()| word.to_string())
+        .unwrap_or_else(|e| format!("error: {e}"));
+    state.audit(
+        &viewer.account.address,
+        &viewer.ip,
+        &format!("web-sending-{}", if stop { "stop" } else { "resume" }),
+        "sending",
+        &result,
+    );
+    if result == word {
+        state.security.raise(crate::security_events::SecurityEvent {
+            kind: crate::security_events::EventKind::SendingSwitched,
+            subject: "sending".into(),
+            actor: viewer.account.address.clone(),
+            ip: viewer.ip.clone(),
+            detail: format!("all sending from the web reader {word} (web admin)"),
+        });
+    }
     Redirect::to("/admin/upstreams").into_response()
 }
 

@@ -188,6 +188,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/admin/message/{id}/action"),
     ("get", "/admin/upstreams"),
     ("post", "/admin/upstreams/{name}/action"),
+    ("post", "/admin/sending"),
     ("get", "/admin/audit"),
     ("get", "/admin/sessions"),
     ("get", "/admin/drills"),
@@ -245,6 +246,7 @@ pub fn router(state: Shared) -> Router {
             "/admin/upstreams/{name}/action",
             post(admin_pages::upstream_action),
         )
+        .route("/admin/sending", post(admin_pages::sending_action))
         .route("/admin/audit", get(admin_pages::audit))
         .route("/admin/sessions", get(admin_pages::sessions))
         .route("/admin/drills", get(admin_pages::drills))
