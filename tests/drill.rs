@@ -280,18 +280,11 @@ fn a_drill_rehearses_sending() {
         )
     });
     let mut fixture = Fixture::new();
-    let key = fixture.path().join("dkim-example.com.key");
-    std::fs::write(
-        &key,
-        breakwater::dkim::generate(breakwater::dkim::Algorithm::Ed25519).unwrap(),
-    )
-    .unwrap();
+    fixture.with_dkim_key(breakwater::dkim::Algorithm::Ed25519);
     fixture.config.delivery.enabled = true;
     fixture.config.delivery.mx_port = remote_mx.addr.port();
     fixture.config.domains[0].upstream = upstream.addr.to_string();
     fixture.config.domains[0].tls = UpstreamTls::None;
-    fixture.config.domains[0].dkim_selector = "bw1".into();
-    fixture.config.domains[0].dkim_key = Some(key);
     fixture.config.domains.truncate(1);
     fixture.config.dns.nameservers = vec![dns.addr];
     fixture.config.send.mode = breakwater::config::SendMode::Outage;
@@ -347,17 +340,11 @@ fn a_drill_rehearses_sending() {
     assert!(text.contains("failover drill"), "{text}");
     assert!(upstream.delivered().is_empty(), "the upstream is held");
     // During the drill users may send (mode "outage").
-    let form = alice.get("/mail/compose");
-    assert_eq!(form.status, 200, "{}", form.text());
-    let done = alice.post(
-        "/mail/send",
-        &[
-            ("csrf", &form.csrf()),
-            ("from", "alice@example.com"),
-            ("to", "partner@remote.test"),
-            ("subject", "during the drill"),
-            ("text", "hello"),
-        ],
+    let done = alice.compose_and_send(
+        "alice@example.com",
+        "partner@remote.test",
+        "during the drill",
+        "hello",
     );
     assert_eq!(done.status, 200, "{}", done.text());
     let (_, current) = api.call("GET", "/api/v1/drills/current", None);

@@ -34,13 +34,8 @@ fn world(adjust: impl FnOnce(&mut Config, &World)) -> World {
         .enable_all()
         .build()
         .unwrap();
-    let fixture = Fixture::new();
-    let key_path = fixture.path().join("dkim-example.com.key");
-    std::fs::write(
-        &key_path,
-        breakwater::dkim::generate(breakwater::dkim::Algorithm::Rsa).unwrap(),
-    )
-    .unwrap();
+    let mut fixture = Fixture::new();
+    let key_path = fixture.with_dkim_key(breakwater::dkim::Algorithm::Rsa);
     let key = breakwater::dkim::load(&key_path, "example.com", "bw1").unwrap();
     let mut zone = Zone::default();
     zone.with_mx("remote.test", &[(10, "mx.remote.test")])
@@ -70,8 +65,6 @@ fn world(adjust: impl FnOnce(&mut Config, &World)) -> World {
     config.dns.nameservers = vec![world.dns.addr];
     config.domains[0].upstream = world.upstream.addr.to_string();
     config.domains[0].tls = UpstreamTls::None;
-    config.domains[0].dkim_selector = "bw1".into();
-    config.domains[0].dkim_key = Some(key_path);
     config.send.copy_to_mailbox = true;
     add_user(
         &config.web.users_file,
@@ -305,26 +298,9 @@ fn through_a_smart_host_users_mail_authenticates_after_starttls() {
     let mut alice = WebClient::new(server.web_addr.unwrap());
     alice.login_fully("alice@example.com", None);
     let mut send = |to: &str, subject: &str| {
-        let form = alice.get("/mail/compose");
-        assert_eq!(form.status, 200, "{}", form.text());
-        let done = alice.post(
-            "/mail/send",
-            &[
-                ("csrf", &form.csrf()),
-                ("from", "alice@example.com"),
-                ("to", to),
-                ("subject", subject),
-                ("text", "hello"),
-            ],
-        );
+        let done = alice.compose_and_send("alice@example.com", to, subject, "hello");
         assert_eq!(done.status, 200, "{}", done.text());
-        done.text()
-            .split("queue ID ")
-            .nth(1)
-            .and_then(|rest| rest.split(')').next())
-            .unwrap()
-            .parse::<breakwater::envelope::QueueId>()
-            .unwrap()
+        sent_queue_id(&done)
     };
     send(
         "partner@remote.test, colleague@example.com",

@@ -1230,12 +1230,18 @@ fn destructive_and_account_changes_ask_to_confirm_it_is_you() {
 
 /// The world with `[send] mode = "always"` and a DKIM key for example.com.
 fn world_that_sends(algorithm: breakwater::dkim::Algorithm) -> World {
+    world_that_sends_with(algorithm, |_| {})
+}
+
+/// `[send] mode = "always"` with a DKIM key for example.com, then `adjust`.
+fn world_that_sends_with(
+    algorithm: breakwater::dkim::Algorithm,
+    adjust: impl FnOnce(&mut Fixture),
+) -> World {
     world_with(|f| {
-        let key = f.path().join("dkim-example.com.key");
-        std::fs::write(&key, breakwater::dkim::generate(algorithm).unwrap()).unwrap();
+        f.with_dkim_key(algorithm);
         f.config.send.mode = breakwater::config::SendMode::Always;
-        f.config.domains[0].dkim_selector = "bw1".into();
-        f.config.domains[0].dkim_key = Some(key);
+        adjust(f);
     })
 }
 
@@ -1450,19 +1456,10 @@ fn a_forward_carries_the_original_attachments() {
 /// break (stays one header), and a disabled account.
 #[test]
 fn sending_limits_hold_over_real_http() {
-    let w = world_with(|f| {
-        let key = f.path().join("dkim-example.com.key");
-        std::fs::write(
-            &key,
-            breakwater::dkim::generate(breakwater::dkim::Algorithm::Ed25519).unwrap(),
-        )
-        .unwrap();
-        f.config.send.mode = breakwater::config::SendMode::Always;
+    let w = world_that_sends_with(breakwater::dkim::Algorithm::Ed25519, |f| {
         f.config.send.max_per_hour = 2;
         f.config.send.max_message_size = bytesize::ByteSize::kib(64);
         f.config.send.require_totp = true;
-        f.config.domains[0].dkim_selector = "bw1".into();
-        f.config.domains[0].dkim_key = Some(key);
     });
     let users = w.fixture.config.web.users_file.clone();
     let secret = add_user(&users, "carol@example.com", &[], false, true).unwrap();
@@ -1607,16 +1604,7 @@ fn sending_limits_hold_over_real_http() {
 /// back on); both audited as security events; a user sees the stop.
 #[test]
 fn an_admin_stops_and_resumes_sending_in_the_web_admin() {
-    let w = world_with(|f| {
-        let key = f.path().join("dkim-example.com.key");
-        std::fs::write(
-            &key,
-            breakwater::dkim::generate(breakwater::dkim::Algorithm::Ed25519).unwrap(),
-        )
-        .unwrap();
-        f.config.send.mode = breakwater::config::SendMode::Always;
-        f.config.domains[0].dkim_selector = "bw1".into();
-        f.config.domains[0].dkim_key = Some(key);
+    let w = world_that_sends_with(breakwater::dkim::Algorithm::Ed25519, |f| {
         f.config.web.reauth_window = Duration::from_millis(1);
     });
     let mut admin = w.client();

@@ -237,12 +237,7 @@ fn a_user_replies_with_an_attachment_in_chromium() {
     let dead_upstream = closed.local_addr().unwrap().to_string();
     drop(closed);
     let mut fixture = Fixture::new();
-    let key = fixture.path().join("dkim-example.com.key");
-    std::fs::write(
-        &key,
-        breakwater::dkim::generate(breakwater::dkim::Algorithm::Ed25519).unwrap(),
-    )
-    .unwrap();
+    fixture.with_dkim_key(breakwater::dkim::Algorithm::Ed25519);
     fixture.config.delivery.enabled = true;
     fixture.config.delivery.down_after_failures = 1;
     fixture.config.delivery.retry = vec![Duration::from_millis(500).into()];
@@ -250,8 +245,6 @@ fn a_user_replies_with_an_attachment_in_chromium() {
     fixture.config.dns.nameservers = vec![dns.addr];
     fixture.config.domains[0].upstream = dead_upstream;
     fixture.config.domains[0].tls = UpstreamTls::None;
-    fixture.config.domains[0].dkim_selector = "bw1".into();
-    fixture.config.domains[0].dkim_key = Some(key);
     fixture.config.send.mode = breakwater::config::SendMode::Outage;
     add_user(
         &fixture.config.web.users_file,

@@ -112,6 +112,21 @@ impl Fixture {
         self.dir.path()
     }
 
+    /// Let users send from the first domain (`example.com`): a DKIM key
+    /// of `algorithm` under selector `bw1`, in the fixture's directory.
+    /// Returns the key's path.
+    pub fn with_dkim_key(&mut self, algorithm: breakwater::dkim::Algorithm) -> PathBuf {
+        let key = self.path().join("dkim-example.com.key");
+        std::fs::write(
+            &key,
+            breakwater::dkim::generate(algorithm).expect("DKIM key"),
+        )
+        .expect("write DKIM key");
+        self.config.domains[0].dkim_selector = "bw1".into();
+        self.config.domains[0].dkim_key = Some(key.clone());
+        key
+    }
+
     /// Write the config as TOML for the binary.
     pub fn write_config(&self) -> PathBuf {
         let path = self.path().join("breakwater.toml");

@@ -181,6 +181,23 @@ impl WebClient {
         self.finish(response)
     }
 
+    /// Open the compose page and send a plain message from it; the answer
+    /// to the POST.
+    pub fn compose_and_send(&mut self, from: &str, to: &str, subject: &str, text: &str) -> Page {
+        let form = self.get("/mail/compose");
+        assert_eq!(form.status, 200, "{}", form.text());
+        self.post(
+            "/mail/send",
+            &[
+                ("csrf", &form.csrf()),
+                ("from", from),
+                ("to", to),
+                ("subject", subject),
+                ("text", text),
+            ],
+        )
+    }
+
     /// Password sign-in; returns the answer to the POST.
     pub fn login(&mut self, address: &str, password: &str) -> Page {
         let form = self.get("/login");
@@ -225,6 +242,16 @@ pub fn totp_code(secret: &str, address: &str) -> String {
         .unwrap()
         .as_secs();
     totp::totp_for(secret, address).expect("totp").generate(now)
+}
+
+/// The queue ID on the "sent" page.
+pub fn sent_queue_id(page: &Page) -> breakwater::envelope::QueueId {
+    page.text()
+        .split("queue ID ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no queue ID on the page: {}", page.text()))
 }
 
 /// Create an account; with `totp`, enrol it and return the secret.
