@@ -207,21 +207,8 @@ impl Outbox {
         };
         no_control_characters(&draft)?;
         let recipients = self.recipients(&draft)?;
-        let message_id = format!("{}@{}", ulid::Ulid::new(), self.hostname);
-        let message = build(&draft, &from, &message_id)?;
-        let max = self.config.max_message_size.as_u64();
-        if message.len() as u64 > max {
-            return Err(Refusal::TooLarge {
-                size: message.len() as u64,
-                max,
-            });
-        }
-        let signature = key
-            .sign(&message)
-            .map_err(|e| Refusal::Failed(e.to_string()))?;
-        let mut signed = signature.into_bytes();
-        signed.extend_from_slice(&message);
-        // Taken now, given back if queueing fails: two sends at once
+        // Taken before any work is done for the message (building, an RSA
+        // signature), given back if it is not queued: two sends at once
         // cannot both slip under the limit.
         let slot = self
             .reserve(user)
@@ -229,8 +216,22 @@ impl Outbox {
                 max: self.config.max_per_hour,
                 retry_after,
             })?;
-        let queued = self
-            .queue(
+        let queued = async {
+            let message_id = format!("{}@{}", ulid::Ulid::new(), self.hostname);
+            let message = build(&draft, &from, &message_id)?;
+            let max = self.config.max_message_size.as_u64();
+            if message.len() as u64 > max {
+                return Err(Refusal::TooLarge {
+                    size: message.len() as u64,
+                    max,
+                });
+            }
+            let signature = key
+                .sign(&message)
+                .map_err(|e| Refusal::Failed(e.to_string()))?;
+            let mut signed = signature.into_bytes();
+            signed.extend_from_slice(&message);
+            self.queue(
                 user,
                 &from,
                 &recipients,
@@ -238,7 +239,9 @@ impl Outbox {
                 &message_id,
                 &draft.subject,
             )
-            .await;
+            .await
+        }
+        .await;
         if queued.is_err() {
             self.release(user, slot);
         }
@@ -277,26 +280,20 @@ impl Outbox {
         tracing::info!(%queue_id, user, from = %from, recipients = recipients.len(), size = signed.len(), message_id = %message_id, "sending: queued a message written in the web reader");
         let wants_copy =
             self.config.copy_to_mailbox && !recipients.iter().any(|r| r.eq_ignore_ascii_case(user));
+        // The message is queued: from here on nothing may say "not sent"
+        // (the user would send it again).
         let copy = match wants_copy {
             false => None,
-            true => {
-                // To the sender's own mailbox upstream: held by the spool
-                // like any mail for our domains until the upstream is back.
-                let mut envelope = Envelope::local(from, user, &self.hostname);
-                envelope.recipients[0].notify = crate::envelope::NOTIFY_NEVER;
-                // Kept for the Sent page like the message itself; never
-                // relayed (the address is ours).
-                envelope.sent_by = Some(user.to_ascii_lowercase());
-                let mut body = self.spool.new_body();
-                body.write(signed).map_err(|e| failed(&e))?;
-                let copy = self
-                    .spool
-                    .enqueue(body, envelope)
-                    .await
-                    .map_err(|e| failed(&e))?;
-                tracing::info!(queue_id = %copy, sent = %queue_id, user, "sending: queued the sender's copy for their mailbox upstream");
-                Some(copy)
-            }
+            true => match self.queue_copy(user, from, signed).await {
+                Ok(copy) => {
+                    tracing::info!(queue_id = %copy, sent = %queue_id, user, "sending: queued the sender's copy for their mailbox upstream");
+                    Some(copy)
+                }
+                Err(err) => {
+                    tracing::error!(sent = %queue_id, user, error = %err, "sending: the message is queued, but its copy for the sender's mailbox is not");
+                    None
+                }
+            },
         };
         let record = SentRecord {
             at_ms: crate::envelope::now_ms(),
@@ -327,6 +324,24 @@ impl Outbox {
     /// Blocking.
     pub fn sent_between(&self, since_ms: u64, until_ms: u64) -> std::io::Result<Vec<SentRecord>> {
         self.sent.read(|r| (since_ms..=until_ms).contains(&r.at_ms))
+    }
+
+    /// To the sender's own mailbox upstream: held by the spool like any
+    /// mail for our domains until the upstream is back; no DSN for it;
+    /// kept for the Sent page like the message itself (never relayed: the
+    /// address is ours).
+    async fn queue_copy(
+        &self,
+        user: &str,
+        from: &str,
+        signed: &[u8],
+    ) -> Result<QueueId, crate::spool::SpoolError> {
+        let mut envelope = Envelope::local(from, user, &self.hostname);
+        envelope.recipients[0].notify = crate::envelope::NOTIFY_NEVER;
+        envelope.sent_by = Some(user.to_ascii_lowercase());
+        let mut body = self.spool.new_body();
+        body.write(signed)?;
+        self.spool.enqueue(body, envelope).await
     }
 
     /// What `user` sent, newest first (at most `SENT_SHOWN`). Blocking.

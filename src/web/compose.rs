@@ -465,7 +465,13 @@ pub async fn send(State(state): State<Shared>, viewer: Viewer, request: Request)
     }
     let user = viewer.account.address.clone();
     if let Err(why) = second_factor(&state, &viewer, &form.send_code) {
-        state.audit(&user, &viewer.ip, "web-send-refused", &form.from, why);
+        state.audit(
+            &user,
+            &viewer.ip,
+            "web-send-refused",
+            &form.from,
+            super::Lang::En.t(why),
+        );
         return refused_page(&state, &viewer, &form, StatusCode::FORBIDDEN, lang.t(why));
     }
     let mut attachments = Vec::new();
