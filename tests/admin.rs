@@ -574,11 +574,7 @@ fn upstream_hold_release_flush_and_bounce_over_the_api() {
     let admin = auth::create(&fixture.config.admin.tokens_file, "ops", Role::Admin, None).unwrap();
     let viewer =
         auth::create(&fixture.config.admin.tokens_file, "noc", Role::Viewer, None).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let sink = rt.block_on(Sink::start("127.0.0.1:0", Script::default()));
     fixture.config.delivery.enabled = true;
     for domain in &mut fixture.config.domains {

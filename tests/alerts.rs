@@ -14,11 +14,7 @@ use common::*;
 
 #[test]
 fn upstream_outage_is_alerted_repeated_and_recovered() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let (mut upstream, relay) = rt.block_on(async {
         (
             Sink::start("127.0.0.1:0", Script::default()).await,
@@ -249,11 +245,7 @@ fn silent_upstream_is_alerted_by_the_probe_timeout() {
 /// reply in it, and releasing the upstream ends it.
 #[test]
 fn a_bounce_guard_trip_is_alerted_with_the_reply_and_ends_at_release() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let upstream = rt.block_on(Sink::start(
         "127.0.0.1:0",
         Script {

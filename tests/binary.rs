@@ -425,11 +425,7 @@ fn kill_9_during_compaction_loses_nothing_and_resurrects_nothing() {
 
     // 1,200 messages over ~60 segments; every fourth stays (plus a few
     // large ones), so every segment is sparse and pinned.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let mut live: HashMap<breakwater::envelope::QueueId, Vec<u8>> = HashMap::new();
     let mut removed = Vec::new();
     rt.block_on(async {

@@ -383,11 +383,7 @@ fn chaos_soak_loses_nothing() {
                 | 1
         });
     println!("chaos: {seconds} s, CHAOS_SEED={seed}");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let mut sink = rt.block_on(Sink::start("127.0.0.1:0", Script::default()));
     let base_rules = |script: &mut Script| {
         script.rcpt_prefix = vec![("perm.".into(), "550 5.1.1 no such user (chaos)".into())];

@@ -72,11 +72,7 @@ fn level(findings: &[Value], subject: &str, check: &str) -> String {
 
 #[test]
 fn self_check_reports_good_and_broken_deployments() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let mut fixture = Fixture::new();
     let bundle = fixture.path().join("test-ca.pem");
     let mut zone = Zone::default();
@@ -288,11 +284,7 @@ fn self_check_reports_good_and_broken_deployments() {
 /// oversized or unanswered policy; TLS-RPT's absence is a warning.
 #[test]
 fn mta_sts_policies_that_leave_breakwater_out_are_found() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let mut fixture = Fixture::new();
     let bundle = fixture.path().join("policy-ca.pem");
     let domains = [
@@ -459,11 +451,7 @@ fn mta_sts_policies_that_leave_breakwater_out_are_found() {
 #[test]
 fn dkim_keys_are_made_published_verified_and_checked() {
     use std::os::unix::fs::PermissionsExt;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let mut fixture = Fixture::new();
     let keygen = |domain: &str, algorithm: &str, out: &std::path::Path| {
         Command::new(env!("CARGO_BIN_EXE_breakwater"))

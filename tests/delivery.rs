@@ -35,11 +35,7 @@ fn base_zone() -> Zone {
 }
 
 fn setup(zone: Zone, tweak: impl FnOnce(&mut Config, &Setup)) -> (Setup, Server) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let (upstream, mx_sink, data_only, dns) = rt.block_on(async {
         (
             Sink::start("127.0.0.1:0", Script::default()).await,

@@ -62,13 +62,37 @@ fn cli(config: &std::path::Path, token: &str, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// Start the server with an admin API token; the config written for the
+/// CLI (which finds the running server through it) and an API client.
+fn start_with_admin_token(
+    rt: &tokio::runtime::Runtime,
+    fixture: &mut Fixture,
+) -> (breakwater::server::Server, std::path::PathBuf, Api) {
+    let token = auth::create(
+        &fixture.config.admin.tokens_file,
+        "drill-test",
+        Role::Admin,
+        None,
+    )
+    .unwrap();
+    let server = rt.block_on(fixture.start());
+    fixture.config.admin.listen = server.admin_addr.unwrap();
+    let config = fixture.write_config();
+    let api = Api {
+        base: format!("http://{}", server.admin_addr.unwrap()),
+        token,
+        agent: ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_idle_connections(0)
+            .build()
+            .into(),
+    };
+    (server, config, api)
+}
+
 #[test]
 fn failover_drill_end_to_end() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let (upstream, dns) = rt.block_on(async {
         (
             Sink::start("127.0.0.1:0", Script::default()).await,
@@ -84,26 +108,8 @@ fn failover_drill_end_to_end() {
     let users = fixture.config.web.users_file.clone();
     add_user(&users, "alice@example.com", &[], false, false);
     let admin_secret = add_user(&users, "admin@example.com", &[], true, true).unwrap();
-    let token = auth::create(
-        &fixture.config.admin.tokens_file,
-        "drill-test",
-        Role::Admin,
-        None,
-    )
-    .unwrap();
-    let server = rt.block_on(fixture.start());
-    // The CLI finds the running server through the config.
-    fixture.config.admin.listen = server.admin_addr.unwrap();
-    let config = fixture.write_config();
-    let api = Api {
-        base: format!("http://{}", server.admin_addr.unwrap()),
-        token: token.clone(),
-        agent: ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_idle_connections(0)
-            .build()
-            .into(),
-    };
+    let (server, config, api) = start_with_admin_token(&rt, &mut fixture);
+    let token = api.token.clone();
     assert_eq!(api.call("GET", "/api/v1/drills/current", None).0, 404);
 
     // Start, with a probe to a user who has a web account.
@@ -264,11 +270,7 @@ fn failover_drill_end_to_end() {
 /// probe is refused and the report names the problem.
 #[test]
 fn a_drill_rehearses_sending() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let mut zone = Zone::default();
     zone.with_mx("remote.test", &[(10, "mx.remote.test")])
         .with_host("mx.remote.test", "127.0.0.1");
@@ -290,25 +292,8 @@ fn a_drill_rehearses_sending() {
     fixture.config.send.mode = breakwater::config::SendMode::Outage;
     let users = fixture.config.web.users_file.clone();
     add_user(&users, "alice@example.com", &[], false, false);
-    let token = auth::create(
-        &fixture.config.admin.tokens_file,
-        "drill-test",
-        Role::Admin,
-        None,
-    )
-    .unwrap();
-    let server = rt.block_on(fixture.start());
-    fixture.config.admin.listen = server.admin_addr.unwrap();
-    let config = fixture.write_config();
-    let api = Api {
-        base: format!("http://{}", server.admin_addr.unwrap()),
-        token: token.clone(),
-        agent: ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_idle_connections(0)
-            .build()
-            .into(),
-    };
+    let (server, config, api) = start_with_admin_token(&rt, &mut fixture);
+    let token = api.token.clone();
     let mut alice = WebClient::new(server.web_addr.unwrap());
     alice.login_fully("alice@example.com", None);
     assert_eq!(

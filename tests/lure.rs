@@ -164,11 +164,7 @@ fn specific_signals_are_named() {
 
 #[test]
 fn intake_records_the_verdict_web_warns_and_delivery_marks() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let upstream = rt.block_on(Sink::start("127.0.0.1:0", Script::default()));
     let mut fixture = Fixture::new();
     fixture.config.delivery.enabled = true;

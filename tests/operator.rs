@@ -454,11 +454,7 @@ fn every_metric_the_dashboard_and_the_rules_query_exists() {
 
     // A server with something to show in each family: a delivery, a
     // rejection, an alert (an upstream that refuses connections).
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let sink = rt.block_on(common::sink::Sink::start(
         "127.0.0.1:0",
         common::sink::Script::default(),

@@ -101,11 +101,7 @@ fn full_disk_refuses_with_452_keeps_every_acked_message_and_recovers() {
     let Some(disk) = SmallDisk::mount(fixture.path(), 24) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let sink = rt.block_on(Sink::start("127.0.0.1:0", Script::default()));
     let mut config = fixture.config.clone();
     config.spool.dir = disk.mount.join("spool");
@@ -576,11 +572,7 @@ fn a_slowloris_crowd_of_1000_does_not_stop_real_mail() {
 fn twenty_50_mb_messages_in_flight_are_streamed_not_held_in_memory() {
     const COUNT: usize = 20;
     const SIZE: usize = 50 * 1024 * 1024;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let sink = rt.block_on(Sink::start(
         "127.0.0.1:0",
         Script {

@@ -29,11 +29,7 @@ struct World {
 /// Sinks, DNS with the DKIM record of `example.com` (selector bw1), the
 /// config for a server that delivers to them; `adjust` finishes it.
 fn world(adjust: impl FnOnce(&mut Config, &World)) -> World {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let mut fixture = Fixture::new();
     let key_path = fixture.with_dkim_key(breakwater::dkim::Algorithm::Rsa);
     let key = breakwater::dkim::load(&key_path, "example.com", "bw1").unwrap();

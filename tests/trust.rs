@@ -21,14 +21,6 @@ use mail_auth::common::crypto::Ed25519Key;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn message(from: &str, subject: &str, body: &str) -> String {
     format!(
         "From: {from}\r\nTo: <someone@enforced.example>\r\nSubject: {subject}\r\nDate: Sun, 22 Nov 2026 09:00:00 +0000\r\nMessage-ID: <{}@test>\r\n\r\n{body}\r\n",
@@ -727,11 +719,7 @@ fn connection_limits_dnsbl_and_tarpit() {
 fn dead_resolver_fixture(
     udp: &std::net::UdpSocket,
 ) -> (tokio::runtime::Runtime, Sink, TestDns, Fixture) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let upstream = rt.block_on(Sink::start("127.0.0.1:0", Script::default()));
     let dns = rt.block_on(TestDns::start(zone()));
     let mut fixture = trust_fixture(&dns, &upstream);

@@ -603,11 +603,7 @@ fn language_follows_the_browser_and_the_switch() {
 
 #[test]
 fn delivered_mail_stays_readable_for_the_retention_time() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let sink = rt.block_on(common::sink::Sink::start(
         "127.0.0.1:0",
         common::sink::Script::default(),

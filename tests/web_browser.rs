@@ -219,11 +219,7 @@ fn web_reader_end_to_end_in_chromium() {
 /// recipient delivered and the copy waiting for the mail host.
 #[test]
 fn a_user_replies_with_an_attachment_in_chromium() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let mut zone = common::dns::Zone::default();
     zone.with_mx("remote.test", &[(10, "mx.remote.test")])
         .with_host("mx.remote.test", "127.0.0.1");

@@ -436,12 +436,18 @@ pub fn queue_id(reply: &Reply) -> breakwater::envelope::QueueId {
 /// Wait until `f` holds, up to `limit`.
 /// Start an in-process server on its own runtime; blocking test code can
 /// then talk to it from the test thread.
-pub fn start_in_process(fixture: &Fixture) -> (tokio::runtime::Runtime, Server) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// The runtime the tests run servers, sinks and DNS on: two workers, like
+/// the machine the suite is sized for.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+pub fn start_in_process(fixture: &Fixture) -> (tokio::runtime::Runtime, Server) {
+    let runtime = runtime();
     let server = runtime.block_on(fixture.start());
     (runtime, server)
 }
