@@ -35,6 +35,7 @@ pub mod alert_channels;
 pub mod api_tokens;
 pub mod audit;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod delivery;

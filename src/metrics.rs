@@ -43,6 +43,13 @@ pub struct Metrics {
     pub html_parser_warnings: Counter,
     pub compacted_messages: Counter,
     pub bounce_guard_trips: Counter,
+    /// Cluster mode: 1 while this node's last database commit succeeded.
+    pub cluster_database_up: Gauge,
+    /// Cluster mode: messages this node acknowledged that the database
+    /// does not hold yet (marked on local disk, uploaded when it is back).
+    pub cluster_unreplicated: Gauge,
+    /// Cluster mode: messages committed to the database before their 250.
+    pub cluster_replicated: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -81,6 +88,9 @@ impl Metrics {
             html_parser_warnings: Counter::default(),
             compacted_messages: Counter::default(),
             bounce_guard_trips: Counter::default(),
+            cluster_database_up: Gauge::default(),
+            cluster_unreplicated: Gauge::default(),
+            cluster_replicated: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -157,6 +167,21 @@ impl Metrics {
             "spool_min_free_bytes",
             "spool.min_free: below this free space, mail is refused with 452",
             metrics.spool_min_free_bytes.clone(),
+        );
+        registry.register(
+            "cluster_database_up",
+            "Cluster mode: 1 while this node's database commits succeed",
+            metrics.cluster_database_up.clone(),
+        );
+        registry.register(
+            "cluster_unreplicated_messages",
+            "Cluster mode: acknowledged messages the database does not hold yet",
+            metrics.cluster_unreplicated.clone(),
+        );
+        registry.register(
+            "cluster_replicated",
+            "Cluster mode: messages committed to the database (acceptance and reconciliation)",
+            metrics.cluster_replicated.clone(),
         );
         registry.register(
             "alerts",

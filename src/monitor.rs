@@ -36,7 +36,8 @@ use crate::spool::Spool;
 pub struct Notice {
     /// upstream-down | upstream-still-down | upstream-recovered |
     /// queue-depth | queue-depth-recovered | queue-age | queue-age-recovered |
-    /// bounce-guard | bounce-guard-recovered
+    /// bounce-guard | bounce-guard-recovered |
+    /// cluster-unreplicated | cluster-unreplicated-recovered
     pub event: String,
     /// The upstream name, or "queue".
     pub subject: String,
@@ -80,6 +81,7 @@ pub async fn run(
     spool: Spool,
     delivery: Option<DeliveryHandle>,
     users: UserNotices,
+    cluster: Option<crate::cluster::ClusterHandle>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut watch = Watch::default();
@@ -95,6 +97,23 @@ pub async fn run(
             next_probe = tokio::time::Instant::now() + config.alerts.check_interval;
         }
         let started = round(&config, &spool, delivery.as_ref(), &mut watch, probe_now).await;
+        if let Some(cluster) = &cluster {
+            let census = spool.census();
+            let oldest = census
+                .oldest_received_ms
+                .map_or(0, |t| now_ms().saturating_sub(t));
+            update(
+                &config,
+                &mut watch,
+                "cluster",
+                cluster.node(),
+                cluster.problem(),
+                spool.len(),
+                oldest,
+                "cluster-unreplicated",
+            )
+            .await;
+        }
         for upstream in started {
             notify_users(&config, &users(&upstream), &upstream).await;
         }

@@ -36,6 +36,8 @@ pub enum StartError {
     Trust(String),
     #[error("{0}")]
     Dkim(String),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A running Breakwater.
@@ -69,7 +71,7 @@ impl Server {
         let dkim_keys = crate::dkim::load_configured(&config).map_err(StartError::Dkim)?;
         let tls = TlsHandle::new(load_tls(&config)?);
         let policy = Arc::new(RwLock::new(Arc::new(RecipientPolicy::load(&config)?)));
-        let spool = open_spool(&config)?;
+        let (spool, cluster) = open_spool(&config).await?;
         let outage = Arc::new(std::sync::OnceLock::new());
         let smtp = SmtpServer::bind(smtp_context(&config, &spool, &policy, &tls, &outage)?).await?;
         let smtp_addrs = smtp.local_addrs();
@@ -142,6 +144,7 @@ impl Server {
                 spool.clone(),
                 handle.clone(),
                 user_notices(&config, handle),
+                cluster.clone(),
                 shutdown_rx.clone(),
             ));
         }
@@ -256,12 +259,26 @@ impl Server {
     }
 }
 
-/// The spool, opened and recovered (the start-up log line says what it found).
-fn open_spool(config: &Config) -> Result<Spool, StartError> {
-    let (spool, report) = Spool::open(&config.spool).map_err(|source| StartError::Spool {
-        dir: config.spool.dir.clone(),
-        source,
-    })?;
+/// The spool, opened and recovered (the start-up log line says what it
+/// found); in cluster mode the local spool behind the replication to the
+/// database.
+async fn open_spool(
+    config: &Config,
+) -> Result<(Spool, Option<crate::cluster::ClusterHandle>), StartError> {
+    let (spool, report, cluster) = match &config.cluster {
+        None => {
+            let (spool, report) =
+                Spool::open(&config.spool).map_err(|source| StartError::Spool {
+                    dir: config.spool.dir.clone(),
+                    source,
+                })?;
+            (spool, report, None)
+        }
+        Some(cluster) => {
+            let (spool, report, handle) = crate::cluster::open(config, cluster).await?;
+            (spool, report, Some(handle))
+        }
+    };
     tracing::info!(
         messages = report.messages,
         segments = report.segments,
@@ -273,7 +290,7 @@ fn open_spool(config: &Config) -> Result<Spool, StartError> {
     crate::metrics::get()
         .spool_min_free_bytes
         .set(i64::try_from(config.spool.min_free.as_u64()).unwrap_or(i64::MAX));
-    Ok(spool)
+    Ok((spool, cluster))
 }
 
 /// What intake needs: its settings, the spool, the recipient policy, TLS

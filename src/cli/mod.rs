@@ -2,6 +2,7 @@
 
 mod api_client;
 mod check_config;
+mod cluster;
 mod dkim;
 mod drill;
 mod queue;
@@ -112,6 +113,11 @@ pub enum Command {
         #[command(subcommand)]
         command: dkim::DkimCommand,
     },
+    /// Cluster mode's database: create/migrate the schema, status.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
     /// TLS certificates for labs.
     Cert {
         #[command(subcommand)]
@@ -191,6 +197,9 @@ pub fn main() -> ExitCode {
         }
         Command::Token { command } => with_config(&cli.config, |c| token::run(c, command, json)),
         Command::Dkim { command } => dkim::run(command, json),
+        Command::Cluster { command } => {
+            with_config(&cli.config, |c| cluster::run(c, command, json))
+        }
         Command::Sending { command } => {
             with_config(&cli.config, |c| sending::run(c, command, json))
         }

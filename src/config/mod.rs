@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod admin;
+mod cluster;
 mod delivery;
 mod domain;
 mod drill;
@@ -21,6 +22,7 @@ mod trust;
 mod web;
 
 pub use admin::AdminConfig;
+pub use cluster::{ClusterConfig, OnUnavailable, Replicate};
 pub use delivery::DeliveryConfig;
 pub use domain::{CalloutFallback, DmarcMode, DomainConfig, RecipientCheck, SpfMode, UpstreamTls};
 pub use drill::{AlertKind, AlertTarget, AlertsConfig, DrillConfig, WebhookFormat};
@@ -90,6 +92,10 @@ pub struct Config {
     pub alert_targets: Vec<AlertTarget>,
     #[serde(default)]
     pub send: SendConfig,
+    /// Several nodes on one PostgreSQL database (docs/CLUSTER.md); absent =
+    /// a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
     #[serde(default, rename = "domain")]
     pub domains: Vec<DomainConfig>,
 }
@@ -184,6 +190,9 @@ impl Config {
         domain::validate_domains(&self.domains, &invalid)?;
         policy::validate(&self.limits, &self.dnsbls, &self.callout, &invalid)?;
         self.trust.validate(&invalid)?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate(&invalid)?;
+        }
         Ok(())
     }
 

@@ -50,6 +50,10 @@ pub enum SpoolError {
     Closed,
     #[error("the spool {0} is in use by another process")]
     Locked(std::path::PathBuf),
+    /// Cluster mode with `on_unavailable = "tempfail"`: the database did
+    /// not commit the message, so it is not acknowledged.
+    #[error("not committed to the cluster database: {0}")]
+    NotReplicated(String),
 }
 
 /// A message as the rest of the program sees it.

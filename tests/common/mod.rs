@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub mod dns;
 pub mod https;
 pub mod ledger;
+pub mod postgres;
 pub mod sink;
 pub mod web;
 pub mod webhook;
@@ -77,6 +78,7 @@ impl Fixture {
             },
             alert_targets: Vec::new(),
             send: breakwater::config::SendConfig::default(),
+            cluster: None,
             // No DNS in most tests: SPF/DKIM/DMARC would wait on the
             // system resolver. tests/trust.rs turns it on with a loopback DNS.
             trust: TrustConfig {

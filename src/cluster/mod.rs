@@ -1,0 +1,168 @@
+//! Cluster mode: several Breakwater nodes on one PostgreSQL database, so
+//! that a message acknowledged by a node survives the loss of that node.
+//!
+//! Why PostgreSQL and not a protocol of our own: synchronous streaming
+//! replication (`synchronous_commit = on` with a synchronous standby)
+//! already puts every commit on two machines before it returns, and
+//! operators know how to run, fail over (Patroni, managed services) and
+//! back it up. A node keeps its own segment spool as the first copy and the
+//! fallback (`store`); the database gets every message, state change and
+//! removal through one ordered writer per node (`replicator`). Without a
+//! `[cluster]` section none of this runs: no database, same speed.
+//!
+//! Layout: `schema` (versioned migrations), `database` (connections),
+//! `local_marks` (unreplicated marks and the spool's name, on local disk),
+//! `replicator` (batches, up/down, reconciliation), `store` (the
+//! `SpoolStore` the stages talk to), `status` (`breakwater cluster status`).
+//! The contract — what is where at the moment of `250` — is in
+//! docs/CLUSTER.md.
+
+mod database;
+mod local_marks;
+mod replicator;
+pub mod schema;
+mod status;
+mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use status::{ClusterStatus, DatabaseMember, NodeStatus};
+pub use store::ReplicatedStore;
+
+use crate::config::{ClusterConfig, Config};
+use crate::spool::{OpenReport, SegmentStore, Spool, SpoolError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{0}")]
+    Config(String),
+    #[error("database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error("{0}")]
+    Schema(String),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("cluster state on local disk: {0}")]
+    Local(#[from] std::io::Error),
+    #[error("database: no answer within {0}")]
+    Timeout(String),
+}
+
+/// What the rest of a cluster node asks of the cluster: is the database
+/// taking commits, and how much acknowledged mail it still lacks.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    shared: Arc<replicator::Shared>,
+}
+
+impl ClusterHandle {
+    pub fn node(&self) -> &str {
+        &self.shared.config.node
+    }
+
+    pub fn database_up(&self) -> bool {
+        self.shared.is_up()
+    }
+
+    pub fn unreplicated(&self) -> usize {
+        self.shared.marks.unreplicated_count()
+    }
+
+    /// `None` while every acknowledged message is in the database, else
+    /// what is wrong (for the alert monitor and `/readyz`).
+    pub fn problem(&self) -> Option<String> {
+        let unreplicated = self.unreplicated();
+        if !self.database_up() {
+            Some(format!(
+                "cluster database unavailable ({}); {unreplicated} acknowledged messages are on this node only",
+                self.shared.last_error()
+            ))
+        } else if unreplicated > 0 {
+            Some(format!(
+                "{unreplicated} acknowledged messages are on this node only; uploading"
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// Open the local spool and the replication to the database. The database
+/// being unreachable is not an error here (the node starts and follows
+/// `on_unavailable`); a database with the wrong schema is.
+pub async fn open(
+    config: &Config,
+    cluster: &ClusterConfig,
+) -> Result<(Spool, OpenReport, ClusterHandle), ClusterError> {
+    let settings = database::settings(cluster)?;
+    match tokio::time::timeout(
+        cluster.commit_timeout.max(Duration::from_secs(1)),
+        database::connect(&settings),
+    )
+    .await
+    {
+        Ok(Ok(client)) => schema::check(&client).await?,
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "cluster: database unreachable at start; starting anyway (cluster.on_unavailable applies)")
+        }
+        Err(_) => tracing::error!(
+            "cluster: database did not answer at start; starting anyway (cluster.on_unavailable applies)"
+        ),
+    }
+    let (local, report) = SegmentStore::open(&config.spool)?;
+    let marks = local_marks::LocalMarks::open(&config.spool.dir)?;
+    let shared = Arc::new(replicator::Shared::new(
+        cluster.clone(),
+        settings,
+        Arc::new(local),
+        marks,
+    ));
+    let (ops, queue) = tokio::sync::mpsc::unbounded_channel();
+    let mut replicator = replicator::Replicator::new(shared.clone(), queue);
+    replicator.first_probe().await;
+    tracing::info!(
+        node = %cluster.node,
+        database_up = shared.is_up(),
+        unreplicated = shared.marks.unreplicated_count(),
+        replicate = ?cluster.replicate,
+        on_unavailable = ?cluster.on_unavailable,
+        "cluster: node started"
+    );
+    tokio::spawn(replicator.run());
+    tokio::spawn(status::heartbeat(shared.clone()));
+    let store = ReplicatedStore {
+        shared: shared.clone(),
+        ops,
+    };
+    Ok((
+        Spool::new(Arc::new(store)),
+        report,
+        ClusterHandle { shared },
+    ))
+}
+
+/// `breakwater cluster init`: create or migrate the schema; (from, to).
+pub async fn init(cluster: &ClusterConfig) -> Result<(i32, i32), ClusterError> {
+    let settings = database::settings(cluster)?;
+    let mut client = connect_in_time(&settings, cluster.commit_timeout).await?;
+    schema::migrate(&mut client).await
+}
+
+/// `breakwater cluster status`, read from the database.
+pub async fn status(cluster: &ClusterConfig) -> Result<ClusterStatus, ClusterError> {
+    let settings = database::settings(cluster)?;
+    let client = connect_in_time(&settings, cluster.commit_timeout).await?;
+    schema::check(&client).await?;
+    status::read(&client).await
+}
+
+async fn connect_in_time(
+    settings: &tokio_postgres::Config,
+    limit: Duration,
+) -> Result<tokio_postgres::Client, ClusterError> {
+    let limit = limit.max(Duration::from_secs(3));
+    tokio::time::timeout(limit, database::connect(settings))
+        .await
+        .map_err(|_| ClusterError::Timeout(humantime::format_duration(limit).to_string()))?
+}

@@ -1,0 +1,682 @@
+//! The one task that writes this node's mail to the database.
+//!
+//! Why one task: every database write of a node — a new message, a state
+//! change, a removal, a reconciliation — goes through one ordered queue, so
+//! the database sees them in the order they happened on the node (a
+//! removal can never be overtaken by the upload of the same message). New
+//! messages that arrive while a commit runs wait for the next one and share
+//! it, as the segment writer shares an fsync: one transaction per batch.
+//!
+//! Up and down: after a commit fails or does not return within
+//! `commit_timeout`, the connection is thrown away (its server side may
+//! still wait for a synchronous standby; the query is cancelled) and the
+//! database counts as **down**: new messages are answered at once by the
+//! `on_unavailable` rule instead of each waiting `commit_timeout`. Every
+//! second a probe (the reconciliation of marked messages, else a heartbeat
+//! write, both of which wait for the synchronous standby like any commit)
+//! tries again; the first one that commits in time brings it **up**.
+//!
+//! Reconciliation uploads what the database may lack or have stale: the
+//! messages marked unreplicated on disk (`local_marks`), state changes and
+//! removals whose write failed, and at start a pass over the whole spool
+//! against this node's rows (both directions, in pages, between batches).
+//! Every upload is idempotent by queue ID, and a re-upload always writes a
+//! row version, so its commit, too, waits for the standby: a commit that
+//! was cancelled after it committed on the primary alone is made good.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::Json;
+use tokio_postgres::{Client, NoTls, Statement, Transaction};
+
+use super::local_marks::LocalMarks;
+use super::ClusterError;
+use crate::config::ClusterConfig;
+use crate::envelope::QueueId;
+use crate::spool::{SegmentStore, SpoolStore};
+
+/// Work for the replicator, in the order the node did it.
+pub(super) enum Op {
+    /// Write the local message (envelope, state, body, recipients) to the
+    /// database; `done` hears when that is committed (before-ack).
+    Upload {
+        id: QueueId,
+        done: Option<oneshot::Sender<Result<(), String>>>,
+    },
+    /// The message changed state or left the spool: make its row say so.
+    Sync(QueueId),
+    /// Finish what is queued (briefly), then stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// What the store, the heartbeat and the status read of the replicator.
+pub(super) struct Shared {
+    pub config: ClusterConfig,
+    pub settings: tokio_postgres::Config,
+    pub local: Arc<SegmentStore>,
+    pub marks: LocalMarks,
+    up: AtomicBool,
+    last_error: Mutex<String>,
+    /// Set by `close`: the heartbeat stops.
+    pub closed: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(
+        config: ClusterConfig,
+        settings: tokio_postgres::Config,
+        local: Arc<SegmentStore>,
+        marks: LocalMarks,
+    ) -> Shared {
+        Shared {
+            config,
+            settings,
+            local,
+            marks,
+            up: AtomicBool::new(false),
+            last_error: Mutex::new("not connected yet".into()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Did the last commit (or probe) succeed in time?
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    pub fn last_error(&self) -> String {
+        self.last_error.lock().expect("error lock").clone()
+    }
+
+    fn set_up(&self) {
+        if !self.up.swap(true, Ordering::AcqRel) {
+            tracing::info!(node = %self.config.node, unreplicated = self.marks.unreplicated_count(), "cluster: database commits succeed again");
+        }
+        crate::metrics::get().cluster_database_up.set(1);
+    }
+
+    fn set_down(&self, error: String) {
+        if self.up.swap(false, Ordering::AcqRel) {
+            tracing::error!(node = %self.config.node, error = %error, "cluster: database unavailable; new mail is handled by cluster.on_unavailable");
+        }
+        *self.last_error.lock().expect("error lock") = error;
+        crate::metrics::get().cluster_database_up.set(0);
+    }
+}
+
+const UPSERT: &str = "INSERT INTO breakwater_messages
+        (queue_id, node, received_at, sender, size, envelope, state, body, body_sha256)
+    VALUES ($1, $2, to_timestamp($3::float8 / 1000), $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (queue_id) DO UPDATE
+        SET state = EXCLUDED.state, orphaned = false, replicated_at = now()";
+const RECIPIENTS: &str = "INSERT INTO breakwater_recipients (address, queue_id)
+    SELECT unnest($1::text[]), $2 ON CONFLICT DO NOTHING";
+const UPDATE_STATE: &str =
+    "UPDATE breakwater_messages SET state = $2, replicated_at = now() WHERE queue_id = $1";
+const DELETE: &str = "DELETE FROM breakwater_messages WHERE queue_id = $1 AND node = $2";
+
+struct Statements {
+    upsert: Statement,
+    recipients: Statement,
+    update_state: Statement,
+    delete: Statement,
+}
+
+struct Connection {
+    client: Client,
+    statements: Statements,
+}
+
+impl Connection {
+    async fn open(settings: &tokio_postgres::Config) -> Result<Connection, ClusterError> {
+        let client = super::database::connect_checked(settings).await?;
+        let statements = Statements {
+            upsert: client.prepare(UPSERT).await?,
+            recipients: client.prepare(RECIPIENTS).await?,
+            update_state: client.prepare(UPDATE_STATE).await?,
+            delete: client.prepare(DELETE).await?,
+        };
+        Ok(Connection { client, statements })
+    }
+}
+
+/// Most operations in one transaction, and most body bytes.
+const BATCH_OPS: usize = 512;
+const BATCH_BYTES: u64 = 32 * 1024 * 1024;
+/// Messages reconciled per transaction; local messages per start-up page.
+const RECONCILE_CHUNK: usize = 200;
+const RESYNC_PAGE: usize = 500;
+/// How often a down database is tried again.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Where the start-up pass over the spool is.
+#[derive(Debug, Clone, PartialEq)]
+enum Resync {
+    /// Compare the spool's name with the node's row first.
+    Start,
+    /// Local messages after this one are still to be compared.
+    Upload(Option<QueueId>),
+    /// This node's rows after this queue ID are still to be looked for locally.
+    Absent(String),
+    Done,
+}
+
+pub(super) struct Replicator {
+    shared: Arc<Shared>,
+    ops: mpsc::UnboundedReceiver<Op>,
+    connection: Option<Connection>,
+    /// Messages whose row may be out of date after a failed write.
+    pending: BTreeSet<QueueId>,
+    next_probe: Instant,
+    resync: Resync,
+}
+
+impl Replicator {
+    pub fn new(shared: Arc<Shared>, ops: mpsc::UnboundedReceiver<Op>) -> Replicator {
+        Replicator {
+            shared,
+            ops,
+            connection: None,
+            pending: BTreeSet::new(),
+            next_probe: Instant::now(),
+            resync: Resync::Start,
+        }
+    }
+
+    /// Connect and probe once, so the node starts knowing whether the
+    /// database is there (the start-up log says so).
+    pub async fn first_probe(&mut self) {
+        self.probe().await;
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            let background = self.background_due();
+            let wait = if background {
+                Duration::ZERO
+            } else {
+                self.next_probe.saturating_duration_since(Instant::now())
+            };
+            let first = tokio::select! {
+                biased;
+                op = self.ops.recv() => match op {
+                    Some(op) => Some(op),
+                    None => return,
+                },
+                _ = tokio::time::sleep(wait), if background || !self.shared.is_up() => None,
+            };
+            match first {
+                Some(op) => {
+                    let mut ops = vec![op];
+                    let mut bytes = 0;
+                    while ops.len() < BATCH_OPS && bytes < BATCH_BYTES {
+                        match self.ops.try_recv() {
+                            Ok(op) => {
+                                if let Op::Upload { id, .. } = &op {
+                                    bytes += self.size_of(*id).await;
+                                }
+                                ops.push(op);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if self.run_batch(ops).await {
+                        return;
+                    }
+                }
+                None if !self.shared.is_up() => self.probe().await,
+                None => self.background_step().await,
+            }
+        }
+    }
+
+    async fn size_of(&self, id: QueueId) -> u64 {
+        match self.shared.local.get(id).await {
+            Ok(Some(message)) => message.envelope.size,
+            _ => 0,
+        }
+    }
+
+    fn background_due(&self) -> bool {
+        self.shared.is_up()
+            && (!self.pending.is_empty()
+                || self.shared.marks.unreplicated_count() > 0
+                || self.resync != Resync::Done)
+    }
+
+    /// One batch in one transaction. True when a `Close` was in it.
+    async fn run_batch(&mut self, ops: Vec<Op>) -> bool {
+        let mut closing = Vec::new();
+        let mut work = Vec::new();
+        for op in ops {
+            match op {
+                Op::Close(done) => closing.push(done),
+                other => work.push(other),
+            }
+        }
+        if !work.is_empty() {
+            self.commit_batch(work).await;
+        }
+        let close = !closing.is_empty();
+        for done in closing {
+            let _ = done.send(());
+        }
+        close
+    }
+
+    async fn commit_batch(&mut self, work: Vec<Op>) {
+        let writes: Vec<(QueueId, bool)> = work
+            .iter()
+            .filter_map(|op| match op {
+                Op::Upload { id, .. } => Some((*id, true)),
+                Op::Sync(id) => Some((*id, false)),
+                Op::Close(_) => None,
+            })
+            .collect();
+        let replicated = writes.iter().filter(|(_, whole)| *whole).count();
+        let outcome = if self.shared.is_up() {
+            self.within_timeout(writes).await
+        } else {
+            Err(format!(
+                "database unavailable: {}",
+                self.shared.last_error()
+            ))
+        };
+        for op in work {
+            match op {
+                Op::Upload {
+                    done: Some(done), ..
+                } => {
+                    // The store decides (mark or refuse); a dropped receiver
+                    // (the store stopped waiting) is the store's timeout.
+                    let _ = done.send(outcome.clone());
+                }
+                Op::Upload { id, done: None } => {
+                    if outcome.is_err() {
+                        if let Err(err) = self.shared.marks.mark(id) {
+                            tracing::error!(queue_id = %id, error = %err, "cluster: cannot mark the message unreplicated; the start-up pass will find it");
+                        }
+                    }
+                }
+                Op::Sync(id) => {
+                    if outcome.is_err() {
+                        self.pending.insert(id);
+                    }
+                }
+                Op::Close(_) => {}
+            }
+        }
+        if outcome.is_ok() {
+            crate::metrics::get()
+                .cluster_replicated
+                .inc_by(replicated as u64);
+        }
+    }
+
+    /// Bring the rows of `ids` in line with the local spool in one
+    /// transaction, within `commit_timeout`; on failure the database is
+    /// down. `(id, whole)`: whole = write the whole row (a new message, or
+    /// a reconciliation: the row may be missing, and a written row version
+    /// makes the commit wait for the standby), else only its state.
+    async fn within_timeout(&mut self, writes: Vec<(QueueId, bool)>) -> Result<(), String> {
+        let limit = self.shared.config.commit_timeout;
+        let result = match self.connection.as_mut() {
+            None => Err("not connected".to_string()),
+            Some(connection) => {
+                let cancel = connection.client.cancel_token();
+                let shared = self.shared.clone();
+                let Connection { client, statements } = connection;
+                let work = async {
+                    let tx = client.transaction().await?;
+                    for (id, whole) in &writes {
+                        write_one(&tx, statements, &shared, *id, *whole).await?;
+                    }
+                    tx.commit().await?;
+                    Ok::<(), ClusterError>(())
+                };
+                match tokio::time::timeout(limit, work).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(err)) => Err(err.to_string()),
+                    Err(_) => {
+                        // The server may go on waiting for the standby; the
+                        // connection is dropped either way.
+                        tokio::spawn(async move {
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(5),
+                                cancel.cancel_query(NoTls),
+                            )
+                            .await;
+                        });
+                        Err(format!(
+                            "no commit within {} (a synchronous standby missing?)",
+                            humantime::format_duration(limit)
+                        ))
+                    }
+                }
+            }
+        };
+        match &result {
+            Ok(()) => self.shared.set_up(),
+            Err(err) => {
+                self.connection = None;
+                self.next_probe = Instant::now() + PROBE_EVERY;
+                self.shared.set_down(err.clone());
+            }
+        }
+        result
+    }
+
+    /// The database is down: connect if needed and try one real write.
+    async fn probe(&mut self) {
+        self.next_probe = Instant::now() + PROBE_EVERY;
+        if self.connection.is_none() {
+            let limit = self.shared.config.commit_timeout;
+            match tokio::time::timeout(limit, Connection::open(&self.shared.settings)).await {
+                Ok(Ok(connection)) => self.connection = Some(connection),
+                Ok(Err(err)) => return self.shared.set_down(err.to_string()),
+                Err(_) => {
+                    return self.shared.set_down(format!(
+                        "cannot connect within {}",
+                        humantime::format_duration(limit)
+                    ))
+                }
+            }
+        }
+        let marked = self.reconcile_ids();
+        if marked.is_empty() {
+            self.heartbeat_probe().await;
+        } else {
+            self.reconcile(marked).await;
+        }
+    }
+
+    /// A write that waits for the standby like any commit.
+    async fn heartbeat_probe(&mut self) {
+        let limit = self.shared.config.commit_timeout;
+        let node = self.shared.config.node.clone();
+        let Some(connection) = self.connection.as_mut() else {
+            return;
+        };
+        let cancel = connection.client.cancel_token();
+        let outcome = tokio::time::timeout(
+            limit,
+            connection.client.execute(
+                "UPDATE breakwater_nodes SET heartbeat_at = now() WHERE node = $1",
+                &[&node],
+            ),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(_)) => self.shared.set_up(),
+            Ok(Err(err)) => {
+                self.connection = None;
+                self.shared.set_down(err.to_string());
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), cancel.cancel_query(NoTls))
+                            .await;
+                });
+                self.connection = None;
+                self.shared.set_down(format!(
+                    "no commit within {} (a synchronous standby missing?)",
+                    humantime::format_duration(limit)
+                ));
+            }
+        }
+    }
+
+    /// Up to a chunk of the messages to reconcile: marked, then pending.
+    fn reconcile_ids(&self) -> Vec<QueueId> {
+        let mut ids: Vec<QueueId> = match self.shared.marks.unreplicated() {
+            Ok(marked) => marked.into_iter().take(RECONCILE_CHUNK).collect(),
+            Err(err) => {
+                tracing::error!(error = %err, "cluster: cannot list the unreplicated marks");
+                Vec::new()
+            }
+        };
+        let room = RECONCILE_CHUNK.saturating_sub(ids.len());
+        ids.extend(self.pending.iter().take(room).copied());
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    async fn reconcile(&mut self, ids: Vec<QueueId>) {
+        let writes = ids.iter().map(|id| (*id, true)).collect();
+        if self.within_timeout(writes).await.is_ok() {
+            for id in &ids {
+                self.shared.marks.clear(*id);
+                self.pending.remove(id);
+            }
+            crate::metrics::get()
+                .cluster_replicated
+                .inc_by(ids.len() as u64);
+            tracing::info!(
+                messages = ids.len(),
+                still_unreplicated = self.shared.marks.unreplicated_count(),
+                "cluster: reconciled messages with the database"
+            );
+        }
+    }
+
+    /// While up, between batches: reconcile, then the start-up pass.
+    async fn background_step(&mut self) {
+        let ids = self.reconcile_ids();
+        if !ids.is_empty() {
+            return self.reconcile(ids).await;
+        }
+        let step = self.resync_step().await;
+        match step {
+            Ok(next) => self.resync = next,
+            Err(err) => {
+                self.connection = None;
+                self.next_probe = Instant::now() + PROBE_EVERY;
+                self.shared.set_down(err);
+            }
+        }
+    }
+
+    /// One page of the start-up pass (see [`Resync`]).
+    async fn resync_step(&mut self) -> Result<Resync, String> {
+        let limit = self.shared.config.commit_timeout * 2;
+        let shared = self.shared.clone();
+        let resync = self.resync.clone();
+        let pending = &mut self.pending;
+        let Some(connection) = self.connection.as_mut() else {
+            return Err("not connected".into());
+        };
+        let client = &connection.client;
+        let step = async move {
+            match resync {
+                Resync::Start => {
+                    resync_start(client, &shared).await?;
+                    Ok(Resync::Upload(None))
+                }
+                Resync::Upload(after) => {
+                    let (page, next) = shared.local.page(after, RESYNC_PAGE, &mut |_| true).await?;
+                    let ids: Vec<String> = page.iter().map(|m| m.id.to_string()).collect();
+                    let rows = client
+                        .query(
+                            "SELECT queue_id, state FROM breakwater_messages WHERE queue_id = ANY($1)",
+                            &[&ids],
+                        )
+                        .await?;
+                    let in_database: HashMap<String, serde_json::Value> = rows
+                        .into_iter()
+                        .map(|row| {
+                            (
+                                row.get::<_, String>(0),
+                                row.get::<_, Json<serde_json::Value>>(1).0,
+                            )
+                        })
+                        .collect();
+                    let stale: Vec<QueueId> = page
+                        .iter()
+                        .filter(|m| {
+                            in_database.get(&m.id.to_string())
+                                != serde_json::to_value(&m.state).ok().as_ref()
+                        })
+                        .map(|m| m.id)
+                        .collect();
+                    if !stale.is_empty() {
+                        tracing::info!(messages = stale.len(), "cluster: start-up pass: uploading messages the database lacks or has stale");
+                    }
+                    pending.extend(stale);
+                    Ok(match next {
+                        Some(cursor) => Resync::Upload(Some(cursor)),
+                        None => Resync::Absent(String::new()),
+                    })
+                }
+                Resync::Absent(after) => {
+                    // The database first, then the spool: a row seen here
+                    // was acknowledged before, so the spool shows it unless
+                    // it really left (and then its removal is queued anyway).
+                    let rows = client
+                        .query(
+                            "SELECT queue_id FROM breakwater_messages
+                             WHERE node = $1 AND NOT orphaned AND queue_id > $2
+                             ORDER BY queue_id LIMIT 500",
+                            &[&shared.config.node, &after],
+                        )
+                        .await?;
+                    let mut last = None;
+                    for row in &rows {
+                        let text: String = row.get(0);
+                        if let Ok(id) = text.parse::<QueueId>() {
+                            if shared.local.get(id).await?.is_none() {
+                                pending.insert(id);
+                            }
+                        }
+                        last = Some(text);
+                    }
+                    Ok(match last {
+                        Some(last) if rows.len() == 500 => Resync::Absent(last),
+                        _ => {
+                            tracing::info!(node = %shared.config.node, "cluster: start-up pass over the spool finished");
+                            Resync::Done
+                        }
+                    })
+                }
+                Resync::Done => Ok::<Resync, ClusterError>(Resync::Done),
+            }
+        };
+        match tokio::time::timeout(limit, step).await {
+            Ok(Ok(next)) => Ok(next),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("start-up pass: no answer in time".into()),
+        }
+    }
+}
+
+/// The node's row against the spool's name: a spool that is not the one
+/// the database knows (new disk, deleted directory) did not deliver the
+/// node's rows it lacks, so those are kept as orphaned, never deleted.
+async fn resync_start(client: &Client, shared: &Shared) -> Result<(), ClusterError> {
+    let node = &shared.config.node;
+    let spool_id = &shared.marks.spool_id;
+    let known: Option<String> = client
+        .query_opt(
+            "SELECT spool_id FROM breakwater_nodes WHERE node = $1",
+            &[node],
+        )
+        .await?
+        .map(|row| row.get(0));
+    if known.as_ref() != Some(spool_id) {
+        let orphaned = client
+            .execute(
+                "UPDATE breakwater_messages SET orphaned = true WHERE node = $1 AND NOT orphaned",
+                &[node],
+            )
+            .await?;
+        if orphaned > 0 {
+            tracing::warn!(node = %node, messages = orphaned, "cluster: this spool is not the one the database knew for this node; its messages there are kept as orphaned (not delivered by this node)");
+        }
+    }
+    client
+        .execute(
+            "INSERT INTO breakwater_nodes (node, spool_id, version, started_at, heartbeat_at, spooled, unreplicated)
+             VALUES ($1, $2, $3, now(), now(), $4, $5)
+             ON CONFLICT (node) DO UPDATE SET spool_id = EXCLUDED.spool_id, version = EXCLUDED.version,
+                 started_at = now(), heartbeat_at = now(), spooled = EXCLUDED.spooled,
+                 unreplicated = EXCLUDED.unreplicated",
+            &[
+                node,
+                spool_id,
+                &env!("CARGO_PKG_VERSION"),
+                &(shared.local.len() as i64),
+                &(shared.marks.unreplicated_count() as i64),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Make one message's row match the local spool: absent locally → delete;
+/// present → its state (or, for a new or reconciled message, the whole row).
+async fn write_one(
+    tx: &Transaction<'_>,
+    statements: &Statements,
+    shared: &Shared,
+    id: QueueId,
+    whole: bool,
+) -> Result<(), ClusterError> {
+    let node = &shared.config.node;
+    let key = id.to_string();
+    let message = match shared.local.get(id).await {
+        Ok(message) => message,
+        Err(err) => {
+            tracing::error!(queue_id = %id, error = %err, "cluster: cannot read the message locally; not replicated");
+            return Ok(());
+        }
+    };
+    let Some(message) = message else {
+        tx.execute(&statements.delete, &[&key, node]).await?;
+        return Ok(());
+    };
+    if !whole {
+        let updated = tx
+            .execute(&statements.update_state, &[&key, &Json(&message.state)])
+            .await?;
+        if updated == 1 {
+            return Ok(());
+        }
+    }
+    let body = match shared.local.read_body(id).await {
+        Ok(body) => body,
+        Err(err) => {
+            tracing::error!(queue_id = %id, error = %err, "cluster: cannot read the body locally; not replicated");
+            return Ok(());
+        }
+    };
+    let digest = ring::digest::digest(&ring::digest::SHA256, &body);
+    tx.execute(
+        &statements.upsert,
+        &[
+            &key,
+            node,
+            &(message.envelope.received_at_ms as f64),
+            &message.envelope.sender,
+            &(body.len() as i64),
+            &Json(&message.envelope),
+            &Json(&message.state),
+            &body,
+            &digest.as_ref(),
+        ],
+    )
+    .await?;
+    let recipients: Vec<String> = message
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| r.address.to_lowercase())
+        .collect();
+    tx.execute(&statements.recipients, &[&recipients, &key])
+        .await?;
+    Ok(())
+}

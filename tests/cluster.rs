@@ -1,0 +1,446 @@
+//! Cluster mode on real PostgreSQL (issue "Cluster 1/2"): a primary and a
+//! synchronous standby started by the tests (tests/common/postgres.rs), the
+//! real `breakwater` binary as nodes, mail over real SMTP on loopback.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use breakwater::config::{ClusterConfig, OnUnavailable, Replicate, WebhookFormat};
+use common::postgres::Postgres;
+use common::webhook::{wait_for_event, webhook_receiver, webhook_target};
+use common::{queue_id, run_cli, wait_for, without_trace_header, BinaryServer, Fixture, RawClient};
+
+fn node_config(node: &str, database: String, on_unavailable: OnUnavailable) -> ClusterConfig {
+    ClusterConfig {
+        node: node.into(),
+        database,
+        password_file: None,
+        replicate: Replicate::BeforeAck,
+        commit_timeout: Duration::from_secs(1),
+        on_unavailable,
+        heartbeat_interval: Duration::from_millis(500),
+    }
+}
+
+/// A primary with one synchronous standby, both streaming.
+fn database_pair() -> (Postgres, Postgres) {
+    let primary = Postgres::primary();
+    let standby = Postgres::standby_of(&primary);
+    primary.wait_for_sync_standbys(1);
+    (primary, standby)
+}
+
+fn message(node: &str, n: usize) -> Vec<u8> {
+    // Varied sizes, 8-bit text, a line that needs dot-stuffing.
+    let filler = "日本語の本文 and some ASCII.\r\n".repeat(1 + n * 37 % 200);
+    format!(
+        "From: sender{n}@outside.test\r\nTo: user{n}@example.com\r\nSubject: cluster {node} {n}\r\n\
+         Message-ID: <{node}-{n}@outside.test>\r\n\r\n{filler}\r\n..a dot-stuffed line\r\nend {n}\r\n"
+    )
+    .into_bytes()
+}
+
+/// What the receiving side stores for `sent` (dot-unstuffed).
+fn as_stored(sent: &[u8]) -> Vec<u8> {
+    String::from_utf8(sent.to_vec())
+        .unwrap()
+        .replace("\r\n..a dot", "\r\n.a dot")
+        .into_bytes()
+}
+
+/// One message in its own session: the final reply.
+fn send(addr: std::net::SocketAddr, node: &str, n: usize) -> common::Reply {
+    let mut client = RawClient::greeted(addr);
+    client.expect("EHLO client.test", 250);
+    let reply = client.send_mail(
+        &format!("sender{n}@outside.test"),
+        &[&format!("user{n}@example.com")],
+        &message(node, n),
+    );
+    let _ = client.cmd("QUIT");
+    reply
+}
+
+/// One message in its own session, for senders that outlive the server:
+/// the final (code, text), or `None` once the connection fails.
+fn try_send(addr: std::net::SocketAddr, node: &str, n: usize) -> Option<(u16, String)> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .ok()?;
+    let mut writer = stream.try_clone().ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut reply = || -> Option<(u16, String)> {
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                let code = line.get(..3)?.parse().ok()?;
+                return Some((code, line.get(4..).unwrap_or("").trim_end().to_string()));
+            }
+        }
+    };
+    reply()?;
+    let mut body = message(node, n);
+    body.extend_from_slice(b".\r\n");
+    for (command, want) in [
+        (b"EHLO client.test\r\n".to_vec(), 250),
+        (
+            format!("MAIL FROM:<sender{n}@outside.test>\r\n").into_bytes(),
+            250,
+        ),
+        (
+            format!("RCPT TO:<user{n}@example.com>\r\n").into_bytes(),
+            250,
+        ),
+        (b"DATA\r\n".to_vec(), 354),
+    ] {
+        writer.write_all(&command).ok()?;
+        let (code, text) = reply()?;
+        if code != want {
+            return Some((code, text));
+        }
+    }
+    writer.write_all(&body).ok()?;
+    let last = reply()?;
+    let _ = writer.write_all(b"QUIT\r\n");
+    Some(last)
+}
+
+/// The node's messages in a database: queue ID → SHA-256 of the body
+/// without our trace header (digests, so a failure prints short).
+fn stored(db: &Postgres, node: &str) -> BTreeMap<String, String> {
+    db.bodies(&format!("WHERE node = '{node}'"))
+        .into_iter()
+        .map(|(id, body)| (id, digest(without_trace_header(&body))))
+        .collect()
+}
+
+fn digest(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every acknowledged message is in `db`, byte for byte. It may hold more:
+/// a message committed whose 250 never reached the client (the node died
+/// in between) is a duplicate when the client sends it again, not a loss.
+fn assert_holds(db: &Postgres, node: &str, acked: &BTreeMap<String, String>, what: &str) {
+    let stored = stored(db, node);
+    let missing: Vec<&String> = acked
+        .keys()
+        .filter(|id| !stored.contains_key(*id))
+        .collect();
+    let differ: Vec<&String> = acked
+        .iter()
+        .filter(|(id, sum)| stored.get(*id).is_some_and(|s| s != *sum))
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        missing.is_empty() && differ.is_empty(),
+        "{what}: {} acknowledged, {} stored; missing {missing:?}; different bytes {differ:?}",
+        acked.len(),
+        stored.len()
+    );
+}
+
+fn unreplicated_marks(spool: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(spool.join("cluster/unreplicated"))
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn cli_ok(config: &Path, args: &[&str]) -> String {
+    let out = run_cli(config, args, "");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Before-ack with `tempfail`: a 250 means the message was committed on
+/// the primary and flushed on the synchronous standby. Shown the hard
+/// way: the primary is killed the moment the last 250 is in and the
+/// standby promoted; it holds every acknowledged message byte for byte.
+/// The node then reconnects through its multi-host connection string;
+/// killed with its spool deleted, its mail is all in the database, and a
+/// node back on an empty spool keeps it there (orphaned), deleting nothing.
+#[test]
+fn acknowledged_mail_outlives_the_primary_and_its_own_node() {
+    let (mut primary, standby) = database_pair();
+    let mut fixture = Fixture::new();
+    let database = format!(
+        "postgresql://breakwater@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
+        primary.port, standby.port
+    );
+    fixture.config.cluster = Some(node_config("mx-a", database, OnUnavailable::Tempfail));
+    let config = fixture.write_config();
+
+    let first = cli_ok(&config, &["cluster", "init"]);
+    assert!(first.contains("migrated from version 0 to 1"), "{first}");
+    let again = cli_ok(&config, &["cluster", "init"]);
+    assert!(again.contains("already current"), "{again}");
+
+    let node = BinaryServer::start(&config);
+    let addr = node.addr;
+    // Three senders at once, so acceptances share commits.
+    let mut acked: BTreeMap<String, String> = BTreeMap::new();
+    let threads: Vec<_> = (0..3)
+        .map(|t| {
+            std::thread::spawn(move || {
+                (0..10)
+                    .map(|i| {
+                        let n = t * 10 + i;
+                        let reply = send(addr, "mx-a", n);
+                        assert_eq!(reply.code, 250, "message {n}: {reply:?}");
+                        (
+                            queue_id(&reply).to_string(),
+                            digest(&as_stored(&message("mx-a", n))),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for thread in threads {
+        acked.extend(thread.join().unwrap());
+    }
+    primary.kill9();
+    standby.promote_alone();
+    assert_eq!(
+        stored(&standby, "mx-a"),
+        acked,
+        "the promoted standby differs"
+    );
+
+    // The node finds the new primary by itself (target_session_attrs),
+    // and is killed under load with its disk: three senders keep going
+    // (retrying each 451 while it reconnects) when the kill comes.
+    let after_failover = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders: Vec<_> = (0..3)
+        .map(|t| {
+            let (acked, stop) = (after_failover.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 1000 * (t + 1);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match try_send(addr, "mx-a", n) {
+                        Some((250, text)) => {
+                            let id = text.rsplit(' ').next().unwrap().to_string();
+                            acked
+                                .lock()
+                                .unwrap()
+                                .insert(id, digest(&as_stored(&message("mx-a", n))));
+                            n += 1;
+                        }
+                        Some((451, _)) => std::thread::sleep(Duration::from_millis(100)),
+                        Some(other) => panic!("message {n}: {other:?}"),
+                        None => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+        })
+        .collect();
+    assert!(
+        wait_for(Duration::from_secs(30), || after_failover
+            .lock()
+            .unwrap()
+            .len()
+            >= 30),
+        "fewer than 30 acknowledged by the new primary in 30 s; log: {}",
+        node.log_text()
+    );
+    node.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    acked.extend(after_failover.lock().unwrap().clone());
+    std::fs::remove_dir_all(&fixture.config.spool.dir).unwrap();
+    assert_holds(
+        &standby,
+        "mx-a",
+        &acked,
+        "after the node and its disk were lost",
+    );
+    let acked = stored(&standby, "mx-a");
+
+    // Back on an empty spool: nothing is taken for delivered.
+    let node = BinaryServer::start(&config);
+    let orphaned = || {
+        standby.query("SELECT count(*) FROM breakwater_messages WHERE node = 'mx-a' AND orphaned")
+            [0][0]
+            .parse::<usize>()
+            .unwrap()
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || orphaned() == acked.len()),
+        "orphaned {} of {}; log: {}",
+        orphaned(),
+        acked.len(),
+        node.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        stored(&standby, "mx-a"),
+        acked,
+        "rows deleted after the restart"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&cli_ok(&config, &["--json", "cluster", "status"])).unwrap();
+    let me = &status["nodes"][0];
+    assert_eq!(me["node"], "mx-a", "{status}");
+    assert_eq!(me["in_database"], acked.len() as u64, "{status}");
+    assert_eq!(me["orphaned"], acked.len() as u64, "{status}");
+    assert_eq!(status["in_recovery"], false, "{status}");
+    let text = cli_ok(&config, &["cluster", "status"]);
+    assert!(text.contains("mx-a") && text.contains("ORPHANED"), "{text}");
+    assert!(text.contains("standbys: none connected"), "{text}");
+    node.terminate(Duration::from_secs(20));
+}
+
+/// A stopped synchronous standby: commits hang. `tempfail` answers 451
+/// (the sender retries; the withdrawn message is neither delivered nor
+/// left in the database); `accept-local` answers 250, marks the message
+/// unreplicated on disk and alerts; when the standby is back, the marked
+/// mail is uploaded and the alert ends. Nothing lost, nothing twice.
+#[test]
+fn a_missing_standby_means_451_or_250_marked_unreplicated() {
+    let (primary, mut standby) = database_pair();
+    let (url, hooks) = webhook_receiver();
+
+    let mut strict = Fixture::new();
+    strict.config.cluster = Some(node_config("mx-t", primary.url(), OnUnavailable::Tempfail));
+    let strict_config = strict.write_config();
+    cli_ok(&strict_config, &["cluster", "init"]);
+
+    let mut lenient = Fixture::new();
+    lenient.config.cluster = Some(node_config(
+        "mx-l",
+        primary.url(),
+        OnUnavailable::AcceptLocal,
+    ));
+    lenient.config.alerts.enabled = true;
+    lenient.config.alerts.check_interval = Duration::from_millis(300);
+    lenient.config.alert_targets = vec![webhook_target(&url, WebhookFormat::Json)];
+    let lenient_config = lenient.write_config();
+
+    let t = BinaryServer::start(&strict_config);
+    let l = BinaryServer::start(&lenient_config);
+    let mut acked_t = BTreeMap::new();
+    let mut acked_l = BTreeMap::new();
+    for n in 0..3 {
+        let reply = send(t.addr, "mx-t", n);
+        assert_eq!(reply.code, 250, "{reply:?}");
+        acked_t.insert(
+            queue_id(&reply).to_string(),
+            digest(&as_stored(&message("mx-t", n))),
+        );
+        let reply = send(l.addr, "mx-l", n);
+        assert_eq!(reply.code, 250, "{reply:?}");
+        acked_l.insert(
+            queue_id(&reply).to_string(),
+            digest(&as_stored(&message("mx-l", n))),
+        );
+    }
+    assert!(unreplicated_marks(&lenient.config.spool.dir).is_empty());
+
+    standby.stop();
+    for n in 10..12 {
+        let started = Instant::now();
+        let reply = send(t.addr, "mx-t", n);
+        assert_eq!(reply.code, 451, "tempfail without a standby: {reply:?}");
+        assert!(reply.text.starts_with("4.3.0"), "{reply:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let mut marked = BTreeSet::new();
+    for n in 10..13 {
+        let reply = send(l.addr, "mx-l", n);
+        assert_eq!(reply.code, 250, "accept-local without a standby: {reply:?}");
+        let id = queue_id(&reply).to_string();
+        // The mark is on disk by the time of the 250.
+        assert!(
+            unreplicated_marks(&lenient.config.spool.dir).contains(&id),
+            "no unreplicated mark for {id} at its 250"
+        );
+        marked.insert(id.clone());
+        acked_l.insert(id, digest(&as_stored(&message("mx-l", n))));
+    }
+    assert_eq!(unreplicated_marks(&lenient.config.spool.dir), marked);
+    wait_for_event(&hooks, "cluster-unreplicated", Duration::from_secs(10));
+
+    standby.start();
+    primary.wait_for_sync_standbys(1);
+    assert!(
+        wait_for(Duration::from_secs(20), || unreplicated_marks(
+            &lenient.config.spool.dir
+        )
+        .is_empty()),
+        "still marked: {:?}; log: {}",
+        unreplicated_marks(&lenient.config.spool.dir),
+        l.log_text()
+    );
+    wait_for_event(
+        &hooks,
+        "cluster-unreplicated-recovered",
+        Duration::from_secs(10),
+    );
+    assert_eq!(stored(&standby, "mx-l"), acked_l);
+    // The withdrawn messages' cancelled commits reached the primary (and
+    // then the standby); the node deletes them once it can.
+    assert!(
+        wait_for(Duration::from_secs(20), || stored(&primary, "mx-t")
+            == acked_t),
+        "mx-t rows: {:?}, acknowledged: {:?}",
+        stored(&primary, "mx-t").keys().collect::<Vec<_>>(),
+        acked_t.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || stored(&standby, "mx-t")
+            == acked_t),
+        "the standby still has withdrawn mail"
+    );
+    // …and its own spool holds only what it acknowledged.
+    let spooled =
+        || primary.query("SELECT spooled FROM breakwater_nodes WHERE node = 'mx-t'")[0][0].clone();
+    assert!(
+        wait_for(Duration::from_secs(10), || spooled() == "3"),
+        "mx-t spools {}",
+        spooled()
+    );
+
+    // A database whose schema is newer than this build: refused.
+    t.kill9();
+    l.kill9();
+    primary.query("INSERT INTO breakwater_schema (version) VALUES (99)");
+    let out = run_cli(&strict_config, &["cluster", "init"], "");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("version 99, newer than this Breakwater knows"),
+        "{err}"
+    );
+    let out = run_cli(&strict_config, &["serve"], "");
+    assert!(!out.status.success(), "serve started on a newer schema");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("version 99"), "{err}");
+}
