@@ -444,3 +444,101 @@ fn a_missing_standby_means_451_or_250_marked_unreplicated() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("version 99"), "{err}");
 }
+
+/// State changes and removals reach the database through the same
+/// ordered writer: deferred attempts show there while the upstream is
+/// down, and delivered mail leaves it. A restart's pass over the spool
+/// repairs what the database missed: a deleted row comes back byte for
+/// byte, a wrong state is corrected, and a row of this node whose message
+/// the spool does not hold (finished while the write was lost) goes.
+#[test]
+fn delivery_outcomes_reach_the_database_and_a_restart_repairs_it() {
+    use common::sink::{Script, Sink};
+    let (primary, _standby) = database_pair();
+    let rt = common::runtime();
+    let mut upstream = rt.block_on(Sink::start("127.0.0.1:0", Script::default()));
+    upstream.stop();
+    let mut fixture = Fixture::new();
+    let mut cluster = node_config("mx-d", primary.url(), OnUnavailable::Tempfail);
+    cluster.heartbeat_interval = Duration::from_millis(200);
+    fixture.config.cluster = Some(cluster);
+    fixture.config.delivery.enabled = true;
+    fixture.config.delivery.retry = vec![Duration::from_millis(300).into()];
+    fixture.config.delivery.probe_interval = Duration::from_millis(300);
+    fixture.config.domains[0].upstream = upstream.addr.to_string();
+    fixture.config.domains[0].tls = breakwater::config::UpstreamTls::None;
+    let config = fixture.write_config();
+    cli_ok(&config, &["cluster", "init"]);
+
+    let server = BinaryServer::start(&config);
+    let mut acked = BTreeMap::new();
+    for n in 0..3 {
+        let reply = send(server.addr, "mx-d", n);
+        assert_eq!(reply.code, 250, "{reply:?}");
+        acked.insert(
+            queue_id(&reply).to_string(),
+            digest(&as_stored(&message("mx-d", n))),
+        );
+    }
+    let deferred = || {
+        primary.query(
+            "SELECT count(*) FROM breakwater_messages WHERE node = 'mx-d'
+             AND state->'recipients'->0->>'status' = 'deferred'
+             AND (state->'recipients'->0->>'attempts')::int >= 1",
+        )[0][0]
+            .clone()
+    };
+    assert!(
+        wait_for(Duration::from_secs(15), || deferred() == "3"),
+        "deferred in the database: {}",
+        deferred()
+    );
+
+    // A restart repairs what the database missed.
+    assert!(server.terminate(Duration::from_secs(20)).success());
+    let victims: Vec<&String> = acked.keys().take(2).collect();
+    primary.query(&format!(
+        "DELETE FROM breakwater_messages WHERE queue_id = '{}'",
+        victims[0]
+    ));
+    primary.query(&format!(
+        "UPDATE breakwater_messages SET state = '{{\"next_attempt_ms\": 0, \"recipients\": []}}' WHERE queue_id = '{}'",
+        victims[1]
+    ));
+    let stray = breakwater::envelope::QueueId::generate().to_string();
+    primary.query(&format!(
+        "INSERT INTO breakwater_messages (queue_id, node, received_at, sender, size, envelope, state, body, body_sha256)
+         SELECT '{stray}', node, received_at, sender, size, envelope, state, body, body_sha256
+         FROM breakwater_messages WHERE queue_id = '{}'",
+        victims[1]
+    ));
+    let server = BinaryServer::start(&config);
+    let repaired = || {
+        let rows = stored(&primary, "mx-d");
+        let bad_state = primary.query(
+            "SELECT count(*) FROM breakwater_messages WHERE node = 'mx-d'
+             AND jsonb_array_length(state->'recipients') = 0",
+        )[0][0]
+            .clone();
+        rows == acked && bad_state == "0"
+    };
+    assert!(
+        wait_for(Duration::from_secs(15), repaired),
+        "not repaired: {:?} vs {:?}",
+        stored(&primary, "mx-d").keys().collect::<Vec<_>>(),
+        acked.keys().collect::<Vec<_>>()
+    );
+
+    // The upstream is back: delivered mail leaves the database.
+    rt.block_on(upstream.resume());
+    let left = || {
+        primary.query("SELECT count(*) FROM breakwater_messages WHERE node = 'mx-d'")[0][0].clone()
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || left() == "0"),
+        "{} rows left after delivery",
+        left()
+    );
+    assert_eq!(upstream.delivered().len(), 3);
+    assert!(server.terminate(Duration::from_secs(20)).success());
+}

@@ -50,33 +50,39 @@ pub enum ClusterError {
 }
 
 /// What the rest of a cluster node asks of the cluster: is the database
-/// taking commits, and how much acknowledged mail it still lacks.
+/// taking commits, and how much acknowledged mail it still lacks. Holds
+/// the replication weakly: a monitor that outlives the spool must not keep
+/// the spool (and its lock) open.
 #[derive(Clone)]
 pub struct ClusterHandle {
-    shared: Arc<replicator::Shared>,
+    node: String,
+    shared: std::sync::Weak<replicator::Shared>,
 }
 
 impl ClusterHandle {
     pub fn node(&self) -> &str {
-        &self.shared.config.node
+        &self.node
     }
 
     pub fn database_up(&self) -> bool {
-        self.shared.is_up()
+        self.shared.upgrade().is_some_and(|s| s.is_up())
     }
 
     pub fn unreplicated(&self) -> usize {
-        self.shared.marks.unreplicated_count()
+        self.shared
+            .upgrade()
+            .map_or(0, |s| s.marks.unreplicated_count())
     }
 
     /// `None` while every acknowledged message is in the database, else
-    /// what is wrong (for the alert monitor and `/readyz`).
+    /// what is wrong (for the alert monitor).
     pub fn problem(&self) -> Option<String> {
-        let unreplicated = self.unreplicated();
-        if !self.database_up() {
+        let shared = self.shared.upgrade()?;
+        let unreplicated = shared.marks.unreplicated_count();
+        if !shared.is_up() {
             Some(format!(
                 "cluster database unavailable ({}); {unreplicated} acknowledged messages are on this node only",
-                self.shared.last_error()
+                shared.last_error()
             ))
         } else if unreplicated > 0 {
             Some(format!(
@@ -129,17 +135,22 @@ pub async fn open(
         on_unavailable = ?cluster.on_unavailable,
         "cluster: node started"
     );
-    tokio::spawn(replicator.run());
-    tokio::spawn(status::heartbeat(shared.clone()));
-    let store = ReplicatedStore {
-        shared: shared.clone(),
-        ops,
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    let tasks = vec![
+        tokio::spawn(replicator.run()),
+        tokio::spawn(status::heartbeat(shared.clone(), closed)),
+    ];
+    let handle = ClusterHandle {
+        node: cluster.node.clone(),
+        shared: Arc::downgrade(&shared),
     };
-    Ok((
-        Spool::new(Arc::new(store)),
-        report,
-        ClusterHandle { shared },
-    ))
+    let store = ReplicatedStore {
+        shared,
+        ops,
+        closing,
+        tasks: std::sync::Mutex::new(tasks),
+    };
+    Ok((Spool::new(Arc::new(store)), report, handle))
 }
 
 /// `breakwater cluster init`: create or migrate the schema; (from, to).

@@ -61,8 +61,6 @@ pub(super) struct Shared {
     pub marks: LocalMarks,
     up: AtomicBool,
     last_error: Mutex<String>,
-    /// Set by `close`: the heartbeat stops.
-    pub closed: AtomicBool,
 }
 
 impl Shared {
@@ -79,7 +77,6 @@ impl Shared {
             marks,
             up: AtomicBool::new(false),
             last_error: Mutex::new("not connected yet".into()),
-            closed: AtomicBool::new(false),
         }
     }
 
@@ -152,6 +149,9 @@ const RECONCILE_CHUNK: usize = 200;
 const RESYNC_PAGE: usize = 500;
 /// How often a down database is tried again.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// While new mail keeps the queue busy, reconciliation still runs a step
+/// this often.
+const BACKGROUND_EVERY: Duration = Duration::from_millis(50);
 
 /// Where the start-up pass over the spool is.
 #[derive(Debug, Clone, PartialEq)]
@@ -194,7 +194,16 @@ impl Replicator {
     }
 
     pub async fn run(mut self) {
+        let mut last_background = Instant::now();
         loop {
+            // Under a steady stream of new mail the queue is never empty:
+            // the probe and the reconciliation still get their turn.
+            if !self.shared.is_up() && Instant::now() >= self.next_probe {
+                self.probe().await;
+            } else if self.background_due() && last_background.elapsed() >= BACKGROUND_EVERY {
+                self.background_step().await;
+                last_background = Instant::now();
+            }
             let background = self.background_due();
             let wait = if background {
                 Duration::ZERO
@@ -229,7 +238,10 @@ impl Replicator {
                     }
                 }
                 None if !self.shared.is_up() => self.probe().await,
-                None => self.background_step().await,
+                None => {
+                    self.background_step().await;
+                    last_background = Instant::now();
+                }
             }
         }
     }
@@ -404,9 +416,14 @@ impl Replicator {
         let cancel = connection.client.cancel_token();
         let outcome = tokio::time::timeout(
             limit,
+            // Always a row written (also for a node never seen: its spool
+            // name stays empty, so the start-up pass treats the database's
+            // rows for it as not its spool's), so the commit waits for the
+            // synchronous standby like any other.
             connection.client.execute(
-                "UPDATE breakwater_nodes SET heartbeat_at = now() WHERE node = $1",
-                &[&node],
+                "INSERT INTO breakwater_nodes (node, spool_id, version) VALUES ($1, '', $2)
+                 ON CONFLICT (node) DO UPDATE SET heartbeat_at = now()",
+                &[&node, &env!("CARGO_PKG_VERSION")],
             ),
         )
         .await;

@@ -110,14 +110,17 @@ pub(super) async fn read(client: &Client) -> Result<ClusterStatus, ClusterError>
 /// Every `heartbeat_interval`: this node's row says it is alive, how much
 /// it spools and how much of that the database lacks. Its own connection,
 /// so a slow replication batch never delays it (and the other way round).
-pub(super) async fn heartbeat(shared: Arc<Shared>) {
+pub(super) async fn heartbeat(
+    shared: Arc<Shared>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
     let mut client: Option<Client> = None;
     let mut ticker = tokio::time::interval(shared.config.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
-        if shared.closed.load(std::sync::atomic::Ordering::Acquire) {
-            return;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = closing.wait_for(|closed| *closed) => return,
         }
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             client = tokio::time::timeout(

@@ -20,6 +20,11 @@ use crate::spool::{
 pub struct ReplicatedStore {
     pub(super) shared: Arc<Shared>,
     pub(super) ops: mpsc::UnboundedSender<Op>,
+    /// Tells the heartbeat to stop.
+    pub(super) closing: tokio::sync::watch::Sender<bool>,
+    /// The replicator and the heartbeat: awaited at close, so that nothing
+    /// holds the local spool (and its lock) once `close` returns.
+    pub(super) tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl ReplicatedStore {
@@ -225,12 +230,17 @@ impl SpoolStore for ReplicatedStore {
     async fn close(&self) {
         // Queued writes get one commit's time; what misses it is found by
         // the next start's pass over the spool.
-        self.shared
-            .closed
-            .store(true, std::sync::atomic::Ordering::Release);
         let (done, finished) = oneshot::channel();
         self.send(Op::Close(done));
-        let _ = tokio::time::timeout(self.shared.config.commit_timeout * 2, finished).await;
+        let limit = self.shared.config.commit_timeout * 2;
+        let _ = tokio::time::timeout(limit, finished).await;
+        let _ = self.closing.send(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        for task in tasks {
+            // The replicator has answered the close; what it still does is
+            // not needed, and a heartbeat stuck on the network is dropped.
+            let _ = tokio::time::timeout(limit, task).await;
+        }
         self.shared.local.close().await;
     }
 }
