@@ -105,20 +105,22 @@ impl Shared {
     }
 }
 
-const UPSERT: &str = "INSERT INTO breakwater_messages
-        (queue_id, node, received_at, sender, size, envelope, state, body, body_sha256)
-    VALUES ($1, $2, to_timestamp($3::float8 / 1000), $4, $5, $6, $7, $8, $9)
-    ON CONFLICT (queue_id) DO UPDATE
-        SET state = EXCLUDED.state, orphaned = false, replicated_at = now()";
-const RECIPIENTS: &str = "INSERT INTO breakwater_recipients (address, queue_id)
-    SELECT unnest($1::text[]), $2 ON CONFLICT DO NOTHING";
+/// The whole row and its recipient index entries, in one statement.
+const UPSERT: &str = "WITH message AS (
+        INSERT INTO breakwater_messages
+            (queue_id, node, received_at, sender, size, envelope, state, body, body_sha256)
+        VALUES ($1, $2, to_timestamp($3::float8 / 1000), $4, $5, $6, $7, $8, $9)
+        ON CONFLICT (queue_id) DO UPDATE
+            SET state = EXCLUDED.state, orphaned = false, replicated_at = now()
+        RETURNING queue_id)
+    INSERT INTO breakwater_recipients (address, queue_id)
+    SELECT unnest($10::text[]), queue_id FROM message ON CONFLICT DO NOTHING";
 const UPDATE_STATE: &str =
     "UPDATE breakwater_messages SET state = $2, replicated_at = now() WHERE queue_id = $1";
 const DELETE: &str = "DELETE FROM breakwater_messages WHERE queue_id = $1 AND node = $2";
 
 struct Statements {
     upsert: Statement,
-    recipients: Statement,
     update_state: Statement,
     delete: Statement,
 }
@@ -133,7 +135,6 @@ impl Connection {
         let client = super::database::connect_checked(settings).await?;
         let statements = Statements {
             upsert: client.prepare(UPSERT).await?,
-            recipients: client.prepare(RECIPIENTS).await?,
             update_state: client.prepare(UPDATE_STATE).await?,
             delete: client.prepare(DELETE).await?,
         };
@@ -343,10 +344,9 @@ impl Replicator {
                 let shared = self.shared.clone();
                 let Connection { client, statements } = connection;
                 let work = async {
+                    let rows = local_rows(&shared, writes).await;
                     let tx = client.transaction().await?;
-                    for (id, whole) in &writes {
-                        write_one(&tx, statements, &shared, *id, *whole).await?;
-                    }
+                    write_rows(&tx, statements, &shared, &rows).await?;
                     tx.commit().await?;
                     Ok::<(), ClusterError>(())
                 };
@@ -634,66 +634,139 @@ async fn resync_start(client: &Client, shared: &Shared) -> Result<(), ClusterErr
     Ok(())
 }
 
-/// Make one message's row match the local spool: absent locally → delete;
-/// present → its state (or, for a new or reconciled message, the whole row).
-async fn write_one(
-    tx: &Transaction<'_>,
-    statements: &Statements,
-    shared: &Shared,
-    id: QueueId,
-    whole: bool,
-) -> Result<(), ClusterError> {
-    let node = &shared.config.node;
-    let key = id.to_string();
+/// What one message's row must become, read from the local spool.
+enum Row {
+    /// Not in the spool (finished, or withdrawn): no row.
+    Gone(String),
+    /// Its state only; the whole row when the database lacks it.
+    State(QueueId, Json<crate::envelope::MessageState>),
+    Whole(Box<WholeRow>),
+}
+
+struct WholeRow {
+    key: String,
+    message: crate::spool::SpooledMessage,
+    body: Vec<u8>,
+    digest: Vec<u8>,
+    recipients: Vec<String>,
+}
+
+/// The rows for `writes`, one per message: every write reads the message
+/// as it is now, so several writes of one message in a batch are one row
+/// (the whole row if any of them asked for it). A message that cannot be
+/// read locally is logged and left out; the start-up pass tries again.
+async fn local_rows(shared: &Shared, writes: Vec<(QueueId, bool)>) -> Vec<Row> {
+    let mut order: Vec<QueueId> = Vec::new();
+    let mut whole: HashMap<QueueId, bool> = HashMap::new();
+    for (id, want_whole) in writes {
+        match whole.get_mut(&id) {
+            Some(flag) => *flag |= want_whole,
+            None => {
+                order.push(id);
+                whole.insert(id, want_whole);
+            }
+        }
+    }
+    let mut rows = Vec::with_capacity(order.len());
+    for id in order {
+        if let Some(row) = local_row(shared, id, whole[&id]).await {
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+async fn local_row(shared: &Shared, id: QueueId, whole: bool) -> Option<Row> {
     let message = match shared.local.get(id).await {
-        Ok(message) => message,
+        Ok(Some(message)) => message,
+        Ok(None) => return Some(Row::Gone(id.to_string())),
         Err(err) => {
             tracing::error!(queue_id = %id, error = %err, "cluster: cannot read the message locally; not replicated");
-            return Ok(());
+            return None;
         }
-    };
-    let Some(message) = message else {
-        tx.execute(&statements.delete, &[&key, node]).await?;
-        return Ok(());
     };
     if !whole {
-        let updated = tx
-            .execute(&statements.update_state, &[&key, &Json(&message.state)])
-            .await?;
-        if updated == 1 {
-            return Ok(());
-        }
+        return Some(Row::State(id, Json(message.state)));
     }
     let body = match shared.local.read_body(id).await {
         Ok(body) => body,
         Err(err) => {
             tracing::error!(queue_id = %id, error = %err, "cluster: cannot read the body locally; not replicated");
-            return Ok(());
+            return None;
         }
     };
-    let digest = ring::digest::digest(&ring::digest::SHA256, &body);
-    tx.execute(
-        &statements.upsert,
-        &[
-            &key,
-            node,
-            &(message.envelope.received_at_ms as f64),
-            &message.envelope.sender,
-            &(body.len() as i64),
-            &Json(&message.envelope),
-            &Json(&message.state),
-            &body,
-            &digest.as_ref(),
-        ],
-    )
-    .await?;
-    let recipients: Vec<String> = message
+    let digest = ring::digest::digest(&ring::digest::SHA256, &body)
+        .as_ref()
+        .to_vec();
+    let recipients = message
         .envelope
         .recipients
         .iter()
         .map(|r| r.address.to_lowercase())
         .collect();
-    tx.execute(&statements.recipients, &[&recipients, &key])
-        .await?;
+    Some(Row::Whole(Box::new(WholeRow {
+        key: id.to_string(),
+        message,
+        body,
+        digest,
+        recipients,
+    })))
+}
+
+/// Write the rows in one pipelined round: every statement is sent before
+/// the first answer is awaited (tokio-postgres sends concurrent queries on
+/// one connection in the order they are first polled, and each message has
+/// one row, so no two statements of a message race). A state whose row is
+/// missing (its upload failed earlier) is then written whole.
+async fn write_rows(
+    tx: &Transaction<'_>,
+    statements: &Statements,
+    shared: &Shared,
+    rows: &[Row],
+) -> Result<(), ClusterError> {
+    let node = &shared.config.node;
+    let written = futures_util::future::try_join_all(rows.iter().map(|row| async move {
+        match row {
+            Row::Gone(key) => tx.execute(&statements.delete, &[key, node]).await,
+            Row::State(id, state) => {
+                tx.execute(&statements.update_state, &[&id.to_string(), state])
+                    .await
+            }
+            Row::Whole(row) => upsert(tx, statements, node, row).await,
+        }
+    }))
+    .await?;
+    for (row, count) in rows.iter().zip(written) {
+        if let (Row::State(id, _), 0) = (row, count) {
+            if let Some(Row::Whole(whole)) = local_row(shared, *id, true).await {
+                upsert(tx, statements, node, &whole).await?;
+            }
+        }
+    }
     Ok(())
+}
+
+async fn upsert(
+    tx: &Transaction<'_>,
+    statements: &Statements,
+    node: &String,
+    row: &WholeRow,
+) -> Result<u64, tokio_postgres::Error> {
+    let envelope = &row.message.envelope;
+    tx.execute(
+        &statements.upsert,
+        &[
+            &row.key,
+            node,
+            &(envelope.received_at_ms as f64),
+            &envelope.sender,
+            &(row.body.len() as i64),
+            &Json(envelope),
+            &Json(&row.message.state),
+            &row.body,
+            &row.digest,
+            &row.recipients,
+        ],
+    )
+    .await
 }
