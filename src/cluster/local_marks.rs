@@ -51,7 +51,13 @@ impl LocalMarks {
     }
 
     /// Mark a message unreplicated, durably (file, then its directory).
+    /// Blocks on two fsyncs: off the async workers' hands
+    /// (`fsutil::run_blocking`).
     pub fn mark(&self, id: QueueId) -> std::io::Result<()> {
+        crate::fsutil::run_blocking(|| self.mark_now(id))
+    }
+
+    fn mark_now(&self, id: QueueId) -> std::io::Result<()> {
         let path = self.unreplicated_dir.join(id.to_string());
         let file = std::fs::OpenOptions::new()
             .write(true)

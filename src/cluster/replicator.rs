@@ -551,6 +551,20 @@ impl Replicator {
                     })
                 }
                 Resync::Absent(after) => {
+                    // Two nodes configured with one name would take each
+                    // other's rows for finished mail: the row must still
+                    // name this spool before anything is taken for gone.
+                    let owner: Option<String> = client
+                        .query_opt(
+                            "SELECT spool_id FROM breakwater_nodes WHERE node = $1",
+                            &[&shared.config.node],
+                        )
+                        .await?
+                        .map(|row| row.get(0));
+                    if owner.as_ref() != Some(&shared.marks.spool_id) {
+                        tracing::error!(node = %shared.config.node, "cluster: another spool uses this node name (cluster.node must be unique); the start-up pass deletes nothing");
+                        return Ok(Resync::Done);
+                    }
                     // The database first, then the spool: a row seen here
                     // was acknowledged before, so the spool shows it unless
                     // it really left (and then its removal is queued anyway).

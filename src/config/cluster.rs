@@ -94,3 +94,35 @@ impl ClusterConfig {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn parse(cluster: &str) -> Result<Config, String> {
+        let text = format!("hostname = \"mx2.example.com\"\n[cluster]\n{cluster}\n[[domain]]\nname = \"example.com\"\n");
+        Config::parse(&text, Path::new("bw.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn cluster_keys_are_checked_and_named() {
+        let ok = parse("node = \"mx2-tokyo-a\"\ndatabase = \"postgresql://breakwater@db1,db2/breakwater?target_session_attrs=read-write\"").unwrap();
+        let cluster = ok.cluster.unwrap();
+        assert_eq!(cluster.commit_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(cluster.replicate, super::Replicate::BeforeAck);
+        assert_eq!(cluster.on_unavailable, super::OnUnavailable::AcceptLocal);
+        let err = parse("node = \"mx 2\"\ndatabase = \"host=db1\"").unwrap_err();
+        assert!(err.starts_with("bw.toml: key `cluster.node`"), "{err}");
+        let err = parse("node = \"a\"\ndatabase = \"postgresql://db1:notaport/x\"").unwrap_err();
+        assert!(err.contains("key `cluster.database`"), "{err}");
+        let err =
+            parse("node = \"a\"\ndatabase = \"host=db1\"\ncommit_timeout = \"0s\"").unwrap_err();
+        assert!(err.contains("key `cluster.commit_timeout`"), "{err}");
+        let err =
+            parse("node = \"a\"\ndatabase = \"host=db1\"\non_unavailable = \"maybe\"").unwrap_err();
+        assert!(err.contains("cluster.on_unavailable"), "{err}");
+        let err = parse("database = \"host=db1\"").unwrap_err();
+        assert!(err.contains("cluster"), "{err}");
+    }
+}
