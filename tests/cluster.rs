@@ -542,3 +542,67 @@ fn delivery_outcomes_reach_the_database_and_a_restart_repairs_it() {
     assert_eq!(upstream.delivered().len(), 3);
     assert!(server.terminate(Duration::from_secs(20)).success());
 }
+
+/// `replicate = "after-ack"`: the 250 does not wait for the database, even
+/// with the standby gone; the failed upload leaves a mark, and the message
+/// reaches the database once the standby is back. A password file that is
+/// empty is named in the error.
+#[test]
+fn after_ack_answers_at_once_and_uploads_later() {
+    let (primary, mut standby) = database_pair();
+    let mut fixture = Fixture::new();
+    let mut cluster = node_config("mx-x", primary.url(), OnUnavailable::AcceptLocal);
+    cluster.replicate = Replicate::AfterAck;
+    fixture.config.cluster = Some(cluster.clone());
+    let config = fixture.write_config();
+    cli_ok(&config, &["cluster", "init"]);
+    let node = BinaryServer::start(&config);
+
+    standby.stop();
+    let mut acked = BTreeMap::new();
+    for n in 0..3 {
+        let started = Instant::now();
+        let reply = send(node.addr, "mx-x", n);
+        assert_eq!(reply.code, 250, "{reply:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "after-ack waited {:?} (commit_timeout is 1 s)",
+            started.elapsed()
+        );
+        acked.insert(
+            queue_id(&reply).to_string(),
+            digest(&as_stored(&message("mx-x", n))),
+        );
+    }
+    let spool = &fixture.config.spool.dir;
+    assert!(
+        wait_for(Duration::from_secs(10), || unreplicated_marks(spool).len()
+            == 3),
+        "marks: {:?}",
+        unreplicated_marks(spool)
+    );
+    standby.start();
+    primary.wait_for_sync_standbys(1);
+    assert!(
+        wait_for(Duration::from_secs(20), || unreplicated_marks(spool)
+            .is_empty()
+            && stored(&standby, "mx-x") == acked),
+        "marks {:?}; log: {}",
+        unreplicated_marks(spool),
+        node.log_text()
+    );
+    node.terminate(Duration::from_secs(20));
+
+    let password = fixture.path().join("db.password");
+    std::fs::write(&password, "\n").unwrap();
+    cluster.password_file = Some(password);
+    fixture.config.cluster = Some(cluster);
+    let config = fixture.write_config();
+    let out = run_cli(&config, &["cluster", "init"], "");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cluster.password_file") && err.contains("is empty"),
+        "{err}"
+    );
+}

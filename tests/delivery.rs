@@ -1551,3 +1551,49 @@ fn mx_delivery_honours_the_recipient_domains_mta_sts_policy() {
     assert_eq!(rcpts(&s.mx_sink).len(), 2, "nothing else in cleartext");
     s.rt.block_on(server.shutdown());
 }
+
+/// `Server::shutdown` leaves no task holding the spool: with the upstream
+/// down (so its probe loop runs), the same spool opens again in the same
+/// process, and the mail is delivered once the upstream is back. The probe
+/// used to loop until the upstream answered, holding the spool and its lock.
+#[test]
+fn a_shutdown_while_the_upstream_is_down_releases_the_spool() {
+    let rt = common::runtime();
+    let mut upstream = rt.block_on(Sink::start("127.0.0.1:0", Script::default()));
+    upstream.stop();
+    let mut fixture = Fixture::new();
+    fixture.config.delivery.enabled = true;
+    fixture.config.delivery.retry = vec![Duration::from_millis(200).into()];
+    fixture.config.delivery.probe_interval = Duration::from_millis(200);
+    fixture.config.delivery.down_after_failures = 1;
+    fixture.config.domains[0].upstream = upstream.addr.to_string();
+    fixture.config.domains[0].tls = UpstreamTls::None;
+    let server = rt.block_on(fixture.start());
+    let mut client = RawClient::greeted(server.smtp_addrs[0]);
+    client.expect("EHLO client.test", 250);
+    let reply = client.send_mail(
+        "a@outside.test",
+        &["b@example.com"],
+        b"Subject: x\r\n\r\nx\r\n",
+    );
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let delivery = server.delivery().unwrap().clone();
+    assert!(
+        wait_for(Duration::from_secs(10), || delivery
+            .status()
+            .iter()
+            .any(|u| u.state == "down")),
+        "the upstream never went down"
+    );
+    drop(delivery);
+    rt.block_on(server.shutdown());
+    let server = rt
+        .block_on(Server::start(fixture.config.clone()))
+        .expect("the spool opens again after shutdown");
+    rt.block_on(upstream.resume());
+    assert!(
+        wait_for(Duration::from_secs(15), || upstream.delivered().len() == 1),
+        "not delivered after the restart"
+    );
+    rt.block_on(server.shutdown());
+}

@@ -72,6 +72,9 @@ struct Engine {
     /// delivery until it removes it and wakes `in_flight_done`.
     in_flight: Mutex<HashSet<QueueId>>,
     in_flight_done: tokio::sync::Notify,
+    /// `serve`'s shutdown signal: tasks the engine spawns on its own (the
+    /// upstream probes) end with it instead of outliving the spool.
+    stopping: watch::Receiver<bool>,
 }
 
 pub struct DeliveryEngine {
@@ -125,6 +128,7 @@ impl DeliveryEngine {
             hostname: config.hostname.clone(),
             in_flight: Mutex::new(HashSet::new()),
             in_flight_done: tokio::sync::Notify::new(),
+            stopping: shutdown.clone(),
             spool,
             router,
             transport,

@@ -99,8 +99,12 @@ impl Engine {
 
     pub(super) async fn probe(self: Arc<Self>, name: String) {
         let interval = self.config.probe_interval;
+        let mut stopping = self.stopping.clone();
         loop {
-            tokio::time::sleep(interval).await;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
             if !self.upstreams.is_down(&name) {
                 return;
             }

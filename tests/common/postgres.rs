@@ -130,15 +130,7 @@ impl Postgres {
                 socket_dir.display()
             ),
         );
-        let mut server = Postgres {
-            log: dir.path().join("postgres.log"),
-            _dir: dir,
-            data,
-            port,
-            child: None,
-        };
-        server.start();
-        server
+        Postgres::started(dir, data, port)
     }
 
     /// A synchronous standby of `primary`, started and streaming.
@@ -168,6 +160,11 @@ impl Postgres {
                 dir.path().display()
             ),
         );
+        Postgres::started(dir, data, port)
+    }
+
+    /// The server of a prepared data directory, started.
+    fn started(dir: tempfile::TempDir, data: PathBuf, port: u16) -> Postgres {
         let mut server = Postgres {
             log: dir.path().join("postgres.log"),
             _dir: dir,
