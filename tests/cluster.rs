@@ -517,7 +517,7 @@ fn delivery_outcomes_reach_the_database_and_a_restart_repairs_it() {
         let rows = stored(&primary, "mx-d");
         let bad_state = primary.query(
             "SELECT count(*) FROM breakwater_messages WHERE node = 'mx-d'
-             AND jsonb_array_length(state->'recipients') = 0",
+             AND json_array_length(state->'recipients') = 0",
         )[0][0]
             .clone();
         rows == acked && bad_state == "0"
@@ -605,4 +605,37 @@ fn after_ack_answers_at_once_and_uploads_later() {
         err.contains("cluster.password_file") && err.contains("is empty"),
         "{err}"
     );
+}
+
+/// A hostile client's EHLO name with a NUL byte goes into the envelope the
+/// database stores. It must not make the commit fail (PostgreSQL's jsonb
+/// cannot hold U+0000): that would take the node's replication down for
+/// everyone, each retry failing on the same row.
+#[test]
+fn a_nul_in_the_ehlo_name_does_not_stop_replication() {
+    let (primary, _standby) = database_pair();
+    let mut fixture = Fixture::new();
+    fixture.config.cluster = Some(node_config("mx-n", primary.url(), OnUnavailable::Tempfail));
+    let config = fixture.write_config();
+    cli_ok(&config, &["cluster", "init"]);
+    let node = BinaryServer::start(&config);
+    let mut client = RawClient::greeted(node.addr);
+    client.send(b"EHLO bad\0name.test\r\n");
+    let ehlo = client.reply();
+    if ehlo.code == 250 {
+        let reply = client.send_mail(
+            "a@outside.test",
+            &["b@example.com"],
+            b"Subject: nul\r\n\r\nx\r\n",
+        );
+        assert_eq!(reply.code, 250, "{reply:?}; log: {}", node.log_text());
+    }
+    let reply = send(node.addr, "mx-n", 1);
+    assert_eq!(
+        reply.code,
+        250,
+        "after the NUL: {reply:?}; log: {}",
+        node.log_text()
+    );
+    node.terminate(Duration::from_secs(20));
 }

@@ -14,6 +14,9 @@ use super::ClusterError;
 /// migration is never edited.
 const MIGRATIONS: &[&str] = &[
     // 1: nodes, messages (envelope, state, body), the recipient index.
+    // Envelope and state are `json`, not `jsonb`: jsonb cannot hold U+0000,
+    // and a client's EHLO name (kept in the envelope) may contain one; a
+    // row the database refuses would stop the node's replication.
     "CREATE TABLE breakwater_nodes (
         node text PRIMARY KEY,
         spool_id text NOT NULL,
@@ -30,8 +33,8 @@ const MIGRATIONS: &[&str] = &[
         received_at timestamptz NOT NULL,
         sender text NOT NULL,
         size bigint NOT NULL,
-        envelope jsonb NOT NULL,
-        state jsonb NOT NULL,
+        envelope json NOT NULL,
+        state json NOT NULL,
         body bytea NOT NULL,
         body_sha256 bytea NOT NULL,
         replicated_at timestamptz NOT NULL DEFAULT now()
