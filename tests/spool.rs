@@ -1421,3 +1421,31 @@ async fn bodies_are_intact(spool: &Spool, ids: &[QueueId], content: impl Fn(usiz
         }
     }
 }
+
+/// A start while an earlier handle on the index still holds sled's file
+/// lock (sled lets go a moment after its last `Db` is dropped) waits for it
+/// and resumes from the checkpoint; it used to take the lock failure for a
+/// broken index, delete it and rebuild it from the segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_waits_for_the_index_lock_instead_of_rebuilding_the_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(&config(tmp.path())).unwrap();
+    let ids = put_numbered(&spool, 20).await;
+    spool.close().await;
+    drop(spool);
+
+    let held = sled::open(tmp.path().join("spool/index")).unwrap();
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        drop(held);
+    });
+    let (spool, report) = Spool::open(&config(tmp.path())).unwrap();
+    holder.join().unwrap();
+    assert!(report.from_checkpoint, "{report:?}");
+    assert_eq!(report.index_rebuilt, None, "{report:?}");
+    assert_eq!(spool.len(), ids.len());
+    for id in &ids {
+        assert!(spool.get(*id).await.unwrap().is_some());
+    }
+    spool.close().await;
+}

@@ -141,19 +141,44 @@ const CHECKPOINT_MARK: &[u8] = b"checkpoint-mark";
 /// Key (in sled's default tree) of the index watermark (`watermark`).
 const DURABLE_BELOW: &[u8] = b"durable-below";
 
+/// How long [`Index::open`] waits for sled's file lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Is this sled's "could not acquire lock" (another handle on the same
+/// files is still open)? The spool's own lock keeps other processes out, so
+/// the holder is an earlier handle in this process whose background threads
+/// have not let go yet (sled releases its file lock a moment after the last
+/// `Db` is dropped). Such an index is healthy and must never be rebuilt.
+pub(crate) fn is_locked(err: &sled::Error) -> bool {
+    matches!(err, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
+}
+
 /// sled's own cache of index pages.
 const INDEX_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Index {
+    /// Open the index, waiting up to [`LOCK_WAIT`] while an earlier opener
+    /// in this process is still letting go of it (see [`is_locked`]).
     pub fn open(dir: &Path) -> IndexResult<Index> {
-        // sled's page cache defaults to 1 GiB, which a large spool's index
-        // fills (start-up reconciliation reads every entry): RSS then grows
-        // with the spool. The index is read through the OS page cache anyway.
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(INDEX_CACHE_BYTES)
-            .flush_every_ms(Some(1000))
-            .open()?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            // sled's page cache defaults to 1 GiB, which a large spool's
+            // index fills (start-up reconciliation reads every entry): RSS
+            // then grows with the spool. The index is read through the OS
+            // page cache anyway.
+            match sled::Config::new()
+                .path(dir)
+                .cache_capacity(INDEX_CACHE_BYTES)
+                .flush_every_ms(Some(1000))
+                .open()
+            {
+                Ok(db) => break db,
+                Err(err) if is_locked(&err) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(err) => return Err(err),
+            }
+        };
         // sled never syncs the directory it creates its files in; without
         // this, a power cut soon after the first start loses the whole index
         // (recovery would rebuild it, but from scratch every time).

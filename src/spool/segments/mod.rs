@@ -346,6 +346,9 @@ impl SegmentStore {
         });
         let (index, index_recreated) = match index::Index::open(&index_dir) {
             Ok(index) => (index, false),
+            // Held open elsewhere past the wait: fail the start, naming it,
+            // rather than delete a healthy index under its holder.
+            Err(err) if index::is_locked(&err) => return Err(SpoolError::Index(err)),
             Err(err) => {
                 tracing::error!(error = %err, "spool: index does not open; rebuilding it from the spool files");
                 std::fs::remove_dir_all(&index_dir)?;
