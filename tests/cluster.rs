@@ -192,7 +192,7 @@ fn acknowledged_mail_outlives_the_primary_and_its_own_node() {
     let config = fixture.write_config();
 
     let first = cli_ok(&config, &["cluster", "init"]);
-    assert!(first.contains("migrated from version 0 to 1"), "{first}");
+    assert!(first.contains("migrated from version 0 to 2"), "{first}");
     let again = cli_ok(&config, &["cluster", "init"]);
     assert!(again.contains("already current"), "{again}");
 
@@ -637,5 +637,329 @@ fn a_nul_in_the_ehlo_name_does_not_stop_replication() {
         "after the NUL: {reply:?}; log: {}",
         node.log_text()
     );
+    node.terminate(Duration::from_secs(20));
+}
+
+/// The readers' view spans the cluster: node B's web reader (real HTTP)
+/// lists, shows, searches and serves the source of the mail node A
+/// accepted, Japanese text decoded, and its admin API lists, shows and
+/// downloads it byte for byte. With the database gone, B shows its own mail
+/// and says the rest cannot be shown, instead of failing the page.
+#[test]
+fn a_node_reads_the_mail_another_node_accepted() {
+    use breakwater::api_tokens::{self as tokens, Role};
+    use common::web::{add_user, iso2022jp_message, plain_message, WebClient};
+
+    let (mut primary, standby) = database_pair();
+    let database = format!(
+        "postgresql://breakwater@127.0.0.1:{}/postgres",
+        primary.port
+    );
+    let node = |name: &str| {
+        let mut fixture = Fixture::new();
+        fixture.config.cluster = Some(node_config(name, database.clone(), OnUnavailable::Tempfail));
+        // Accounts are still per node: alice has one on each.
+        add_user(
+            &fixture.config.web.users_file,
+            "alice@example.com",
+            &[],
+            false,
+            false,
+        );
+        fixture
+    };
+    let (a, b) = (node("mx-a"), node("mx-b"));
+    cli_ok(&a.write_config(), &["cluster", "init"]);
+    let token = tokens::create(&b.config.admin.tokens_file, "ops", Role::Admin, None).unwrap();
+    let rt = common::runtime();
+    let node_a = rt.block_on(a.start());
+    let node_b = rt.block_on(b.start());
+
+    let deliver = |addr: std::net::SocketAddr, body: &[u8]| {
+        let mut client = RawClient::greeted(addr);
+        client.expect("EHLO client.test", 250);
+        let reply = client.send_mail("yamada@example.jp", &["alice@example.com"], body);
+        assert_eq!(reply.code, 250, "{reply:?}");
+        queue_id(&reply)
+    };
+    let japanese = deliver(
+        node_a.smtp_addrs[0],
+        &iso2022jp_message("alice@example.com"),
+    );
+    let plain = deliver(
+        node_a.smtp_addrs[0],
+        &plain_message("alice@example.com", "Quarterly invoice", "numbers inside"),
+    );
+    let local = deliver(
+        node_b.smtp_addrs[0],
+        &plain_message("alice@example.com", "Held on B", "B's own"),
+    );
+
+    let mut alice = WebClient::new(node_b.web_addr.unwrap());
+    alice.login_fully("alice@example.com", None);
+    let mailbox = alice.get("/mail").text();
+    for subject in ["障害のお知らせ", "Quarterly invoice", "Held on B"] {
+        assert!(
+            mailbox.contains(subject),
+            "{subject} missing on B: {mailbox}"
+        );
+    }
+    assert!(!mailbox.contains("class=\"note partial\""), "{mailbox}");
+    let view = alice.get(&format!("/mail/{japanese}"));
+    assert_eq!(view.status, 200);
+    assert!(
+        view.text().contains("本日の会議は中止です。"),
+        "{}",
+        view.text()
+    );
+    let found = alice.get("/mail?q=invoice").text();
+    assert!(
+        found.contains("Quarterly invoice") && !found.contains("Held on B"),
+        "{found}"
+    );
+    let found = alice.get("/mail?q=%E9%9A%9C%E5%AE%B3").text(); // 障害
+    assert!(found.contains("障害のお知らせ"), "{found}");
+
+    // What A holds, byte for byte, through B's admin API and web source.
+    let on_a = rt
+        .block_on(node_a.spool.read_body(plain))
+        .expect("A holds its message");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let admin = |path: &str| {
+        let mut response = agent
+            .get(format!("http://{}{path}", node_b.admin_addr.unwrap()))
+            .header("Authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.body_mut().read_to_vec().unwrap(),
+        )
+    };
+    let (status, raw) = admin(&format!("/api/v1/queue/{plain}/raw"));
+    assert_eq!(status, 200);
+    assert_eq!(raw, on_a, "B's admin API serves A's bytes");
+    let source = alice.get(&format!("/mail/{plain}/source"));
+    assert_eq!(source.status, 200);
+    assert!(
+        source.text().contains("numbers inside"),
+        "{}",
+        source.text()
+    );
+    let (status, shown) = admin(&format!("/api/v1/queue/{japanese}"));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&shown));
+    let listed = |query: &str| -> Vec<String> {
+        let (status, page) = admin(&format!("/api/v1/queue?{query}"));
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&page));
+        let page: serde_json::Value = serde_json::from_slice(&page).unwrap();
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut all = vec![japanese.to_string(), plain.to_string(), local.to_string()];
+    all.sort();
+    assert_eq!(listed("limit=100"), all);
+    // Pages of one across both sources: each message once, in order.
+    let mut paged = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (_, page) = admin(&format!("/api/v1/queue?limit=1{after}"));
+        let page: serde_json::Value = serde_json::from_slice(&page).unwrap();
+        paged.extend(
+            page["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_string()),
+        );
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+        assert!(paged.len() <= all.len(), "{paged:?}");
+    }
+    assert_eq!(paged, all);
+    assert_eq!(listed("subject=invoice"), vec![plain.to_string()]);
+    assert_eq!(
+        listed("recipient=ALICE@example.com&limit=2").len(),
+        2,
+        "a recipient filter pages across nodes too"
+    );
+    // A's own view is this node's spool plus B's: the same three.
+    assert_eq!(
+        rt.block_on(
+            node_a
+                .spool
+                .everywhere()
+                .ids_for_recipient("alice@example.com")
+        )
+        .unwrap()
+        .len(),
+        3
+    );
+
+    // The database gone: B's page still comes, with its own mail and a note.
+    primary.stop();
+    drop(standby);
+    let started = Instant::now();
+    let mailbox = alice.get("/mail");
+    assert_eq!(mailbox.status, 200);
+    let text = mailbox.text();
+    assert!(
+        text.contains("Held on B") && !text.contains("Quarterly invoice"),
+        "{text}"
+    );
+    assert!(text.contains("class=\"note partial\""), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    rt.block_on(async {
+        node_a.shutdown().await;
+        node_b.shutdown().await;
+    });
+}
+
+/// A row the database refuses (here a CHECK constraint an operator added;
+/// in life a value a column cannot hold) fails its own message only: the
+/// others of its batch commit, the node stays up and the senders around
+/// it all get 250. With `tempfail` the refused message gets 451; with
+/// `accept-local` 250, marked unreplicated, and uploaded once the database
+/// takes it (here after the constraint is dropped and the node restarted).
+#[test]
+fn a_row_the_database_refuses_fails_only_its_own_message() {
+    let (primary, _standby) = database_pair();
+    let database = format!(
+        "postgresql://breakwater@127.0.0.1:{}/postgres",
+        primary.port
+    );
+    let mut fixture = Fixture::new();
+    fixture.config.cluster = Some(node_config(
+        "mx-a",
+        database.clone(),
+        OnUnavailable::Tempfail,
+    ));
+    let config = fixture.write_config();
+    cli_ok(&config, &["cluster", "init"]);
+    primary.query(
+        "ALTER TABLE breakwater_messages ADD CONSTRAINT no_poison CHECK (sender <> 'poison@outside.test')",
+    );
+    let node = BinaryServer::start(&config);
+    let addr = node.addr;
+    let poison = |addr: std::net::SocketAddr| {
+        let mut client = RawClient::greeted(addr);
+        client.expect("EHLO client.test", 250);
+        let reply = client.send_mail(
+            "poison@outside.test",
+            &["user1@example.com"],
+            b"Subject: refused\r\n\r\nthe database will not take this\r\n",
+        );
+        let _ = client.cmd("QUIT");
+        reply
+    };
+    // Four senders around the refused message, all through the same
+    // batches (some share its batch, the rest follow it at once).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders: Vec<_> = (0..4)
+        .map(|t| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut replies = Vec::new();
+                let mut n = 100 * (t + 1);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && replies.len() < 200 {
+                    replies.push((n, send(addr, "mx-a", n)));
+                    n += 1;
+                }
+                replies
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = poison(addr);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = BTreeMap::new();
+    for sender in senders {
+        for (n, reply) in sender.join().unwrap() {
+            assert_eq!(
+                reply.code, 250,
+                "message {n} next to the refused one: {reply:?}"
+            );
+            acked.insert(
+                queue_id(&reply).to_string(),
+                digest(&as_stored(&message("mx-a", n))),
+            );
+        }
+    }
+    assert!(acked.len() >= 8, "only {} sent", acked.len());
+    assert_eq!(refused.code, 451, "{refused:?}");
+    assert!(
+        refused.text.contains("not committed") || refused.text.contains("try again"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        stored(&primary, "mx-a"),
+        acked,
+        "the database holds exactly the others"
+    );
+    let log = node.log_text();
+    assert!(
+        log.contains("refuses this message's row") && log.contains("no_poison"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("database unavailable"),
+        "the node went down: {log}"
+    );
+    node.terminate(Duration::from_secs(20));
+
+    // accept-local: 250, marked, and uploaded once the database takes it.
+    fixture.config.cluster = Some(node_config("mx-a", database, OnUnavailable::AcceptLocal));
+    let config = fixture.write_config();
+    let node = BinaryServer::start(&config);
+    let accepted = poison(node.addr);
+    assert_eq!(accepted.code, 250, "{accepted:?}");
+    let id = queue_id(&accepted).to_string();
+    assert_eq!(
+        unreplicated_marks(&fixture.config.spool.dir),
+        BTreeSet::from([id.clone()])
+    );
+    // The node row's count is refreshed by the heartbeat, so it may lag the mark.
+    let mut status = serde_json::Value::Null;
+    let counted = wait_for(Duration::from_secs(10), || {
+        status = serde_json::from_str(&cli_ok(&config, &["--json", "cluster", "status"])).unwrap();
+        status["nodes"][0]["unreplicated"] == 1
+    });
+    assert!(
+        counted,
+        "the node's row does not count the refused message: {status}"
+    );
+    assert_eq!(
+        send(node.addr, "mx-a", 999).code,
+        250,
+        "the node is still up"
+    );
+    node.terminate(Duration::from_secs(20));
+    primary.query("ALTER TABLE breakwater_messages DROP CONSTRAINT no_poison");
+    let node = BinaryServer::start(&config);
+    assert!(
+        wait_for(Duration::from_secs(20), || unreplicated_marks(
+            &fixture.config.spool.dir
+        )
+        .is_empty()),
+        "still marked; log: {}",
+        node.log_text()
+    );
+    let rows = primary.query(&format!(
+        "SELECT sender FROM breakwater_messages WHERE queue_id = '{id}'"
+    ));
+    assert_eq!(rows, vec![vec!["poison@outside.test".to_string()]]);
     node.terminate(Duration::from_secs(20));
 }

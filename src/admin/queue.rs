@@ -15,7 +15,7 @@ use crate::control::apply_action;
 use crate::control::filter::{self, status_of, Filter, HEADER_SCAN};
 use crate::envelope::{now_ms, QueueId};
 use crate::spool::Destination;
-use crate::spool::SpooledMessage;
+use crate::spool::{SpooledMessage, View};
 
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
@@ -69,14 +69,16 @@ fn compile(filter: Filter) -> Result<filter::Compiled, ApiError> {
     filter.compile().map_err(ApiError::bad_request)
 }
 
-/// Messages matching `filter`, a page at a time.
+/// Messages matching `filter`, a page at a time, from `mail` (every node's
+/// for a list, this node's for an action: see `spool::View`).
 async fn select(
     state: &AdminState,
+    mail: &View,
     filter: &filter::Compiled,
     after: Option<QueueId>,
     limit: usize,
 ) -> Result<(Vec<SpooledMessage>, Option<QueueId>), ApiError> {
-    Ok(filter::select(&state.spool, filter, state.delivery.as_ref(), after, limit).await?)
+    Ok(filter::select(mail, filter, state.delivery.as_ref(), after, limit).await?)
 }
 
 pub async fn list(
@@ -93,7 +95,7 @@ pub async fn list(
     }
     let after = query.after.as_deref().map(parse_id).transpose()?;
     let filter = compile(query.filter)?;
-    let (page, next) = select(&state, &filter, after, limit).await?;
+    let (page, next) = select(&state, &state.spool.everywhere(), &filter, after, limit).await?;
     Ok(Json(json!({
         "messages": page.iter().map(|m| summary(m, &state)).collect::<Vec<_>>(),
         "next": next.map(|id| id.to_string()),
@@ -106,12 +108,12 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let message = state
-        .spool
+    let mail = state.spool.everywhere();
+    let message = mail
         .get(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("message {id} is not in the spool")))?;
-    let body = state.spool.read_head(id, HEADER_SCAN).await?;
+    let body = mail.read_head(id, HEADER_SCAN).await?;
     let mut out = summary(&message, &state);
     out["envelope"] = serde_json::to_value(&message.envelope).map_err(ApiError::internal)?;
     out["state"] = serde_json::to_value(&message.state).map_err(ApiError::internal)?;
@@ -127,12 +129,13 @@ pub async fn raw(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    if state.spool.get(id).await?.is_none() {
+    let mail = state.spool.everywhere();
+    if mail.get(id).await?.is_none() {
         return Err(ApiError::not_found(format!(
             "message {id} is not in the spool"
         )));
     }
-    let body = state.spool.read_body(id).await?;
+    let body = mail.read_body(id).await?;
     // Reading someone's mail is an audited act.
     state
         .audit
@@ -228,7 +231,14 @@ pub async fn actions(
                 ));
             }
             let compiled = compile(filter.clone())?;
-            let (all, _) = select(&state, &compiled, None, usize::MAX).await?;
+            let (all, _) = select(
+                &state,
+                &state.spool.this_node(),
+                &compiled,
+                None,
+                usize::MAX,
+            )
+            .await?;
             all.into_iter().map(|m| m.id).collect()
         }
     };

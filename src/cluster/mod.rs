@@ -13,12 +13,14 @@
 //! Layout: `schema` (versioned migrations), `database` (connections),
 //! `local_marks` (unreplicated marks and the spool's name, on local disk),
 //! `replicator` (batches, up/down, reconciliation), `store` (the
-//! `SpoolStore` the stages talk to), `status` (`breakwater cluster status`).
+//! `SpoolStore` the stages talk to), `reader` (other nodes' mail for the
+//! readers' view), `status` (`breakwater cluster status`).
 //! The contract — what is where at the moment of `250` — is in
 //! docs/CLUSTER.md.
 
 mod database;
 mod local_marks;
+mod reader;
 mod replicator;
 pub mod schema;
 mod status;
@@ -37,7 +39,7 @@ use crate::spool::{OpenReport, SegmentStore, Spool, SpoolError};
 pub enum ClusterError {
     #[error("{0}")]
     Config(String),
-    #[error("database: {0}")]
+    #[error("database: {}", describe(.0))]
     Database(#[from] tokio_postgres::Error),
     #[error("{0}")]
     Schema(String),
@@ -47,6 +49,23 @@ pub enum ClusterError {
     Local(#[from] std::io::Error),
     #[error("database: no answer within {0}")]
     Timeout(String),
+}
+
+/// A database error as an operator needs it: for an error the server sent,
+/// its message, constraint and SQLSTATE (tokio-postgres' own text for
+/// those is only "db error").
+pub(crate) fn describe(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} (SQLSTATE {}", db.message(), db.code().code());
+            if let Some(constraint) = db.constraint() {
+                text.push_str(&format!(", constraint {constraint}"));
+            }
+            text.push(')');
+            text
+        }
+        None => err.to_string(),
+    }
 }
 
 /// What the rest of a cluster node asks of the cluster: is the database
@@ -84,6 +103,11 @@ impl ClusterHandle {
                 "cluster database unavailable ({}); {unreplicated} acknowledged messages are on this node only",
                 shared.last_error()
             ))
+        } else if shared.refused() > 0 {
+            Some(format!(
+                "{unreplicated} acknowledged messages are on this node only; the database refuses the rows of {} of them (see the log for each queue ID and SQLSTATE; tried again every 5 minutes)",
+                shared.refused()
+            ))
         } else if unreplicated > 0 {
             Some(format!(
                 "{unreplicated} acknowledged messages are on this node only; uploading"
@@ -118,6 +142,11 @@ pub async fn open(
     }
     let (local, report) = SegmentStore::open(&config.spool)?;
     let marks = local_marks::LocalMarks::open(&config.spool.dir)?;
+    let reader = reader::DatabaseReader::new(
+        cluster.node.clone(),
+        settings.clone(),
+        cluster.commit_timeout,
+    );
     let shared = Arc::new(replicator::Shared::new(
         cluster.clone(),
         settings,
@@ -150,7 +179,8 @@ pub async fn open(
         closing,
         tasks: std::sync::Mutex::new(tasks),
     };
-    Ok((Spool::new(Arc::new(store)), report, handle))
+    let spool = Spool::with_other_nodes(Arc::new(store), Arc::new(reader));
+    Ok((spool, report, handle))
 }
 
 /// `breakwater cluster init`: create or migrate the schema; (from, to).

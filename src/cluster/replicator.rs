@@ -16,6 +16,13 @@
 //! write, both of which wait for the synchronous standby like any commit)
 //! tries again; the first one that commits in time brings it **up**.
 //!
+//! A row the database refuses (a data or constraint error, SQLSTATE class
+//! 22 or 23: the database is up, this message is the problem) must not
+//! take the node's replication down with it: the batch is written again
+//! one message per transaction, the others commit, and the refused one
+//! stays on this node only (marked unreplicated, alerted, logged with its
+//! SQLSTATE) and is tried again every [`REFUSED_RETRY`].
+//!
 //! Reconciliation uploads what the database may lack or have stale: the
 //! messages marked unreplicated on disk (`local_marks`), state changes and
 //! removals whose write failed, and at start a pass over the whole spool
@@ -25,7 +32,7 @@
 //! was cancelled after it committed on the primary alone is made good.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,6 +68,8 @@ pub(super) struct Shared {
     pub marks: LocalMarks,
     up: AtomicBool,
     last_error: Mutex<String>,
+    /// Messages whose row the database refused, waiting to be tried again.
+    refused: AtomicUsize,
 }
 
 impl Shared {
@@ -77,12 +86,18 @@ impl Shared {
             marks,
             up: AtomicBool::new(false),
             last_error: Mutex::new("not connected yet".into()),
+            refused: AtomicUsize::new(0),
         }
     }
 
     /// Did the last commit (or probe) succeed in time?
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// How many messages' rows the database refused (see the module doc).
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::Acquire)
     }
 
     pub fn last_error(&self) -> String {
@@ -148,6 +163,9 @@ const BATCH_BYTES: u64 = 32 * 1024 * 1024;
 /// Messages reconciled per transaction; local messages per start-up page.
 const RECONCILE_CHUNK: usize = 200;
 const RESYNC_PAGE: usize = 500;
+/// How long a message whose row the database refused waits before it is
+/// tried again (a constraint an operator fixes, a bug fixed by an upgrade).
+const REFUSED_RETRY: Duration = Duration::from_secs(300);
 /// How often a down database is tried again.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// While new mail keeps the queue busy, reconciliation still runs a step
@@ -172,8 +190,38 @@ pub(super) struct Replicator {
     connection: Option<Connection>,
     /// Messages whose row may be out of date after a failed write.
     pending: BTreeSet<QueueId>,
+    /// Messages whose row the database refused, and when to try again.
+    refused: HashMap<QueueId, Instant>,
+    /// Set when everything left to reconcile was refused: no background
+    /// step before then (the marks are not listed in a busy loop).
+    quiet_until: Option<Instant>,
     next_probe: Instant,
     resync: Resync,
+}
+
+/// Why a write did not commit.
+#[derive(Debug, Clone)]
+enum WriteError {
+    /// Not connected, failed or late: the database counts as down.
+    Down(String),
+    /// The database answered and refused a row (SQLSTATE class 22 or 23).
+    Refused(String),
+}
+
+impl WriteError {
+    fn text(&self) -> String {
+        match self {
+            WriteError::Down(why) => why.clone(),
+            WriteError::Refused(why) => format!("refused by the database: {why}"),
+        }
+    }
+}
+
+/// A data exception or an integrity constraint violation: the row, not the
+/// database, is at fault.
+fn is_refusal(err: &ClusterError) -> bool {
+    matches!(err, ClusterError::Database(db)
+        if db.code().is_some_and(|code| code.code().starts_with("22") || code.code().starts_with("23")))
 }
 
 impl Replicator {
@@ -183,6 +231,8 @@ impl Replicator {
             ops,
             connection: None,
             pending: BTreeSet::new(),
+            refused: HashMap::new(),
+            quiet_until: None,
             next_probe: Instant::now(),
             resync: Resync::Start,
         }
@@ -256,6 +306,7 @@ impl Replicator {
 
     fn background_due(&self) -> bool {
         self.shared.is_up()
+            && self.quiet_until.is_none_or(|until| Instant::now() >= until)
             && (!self.pending.is_empty()
                 || self.shared.marks.unreplicated_count() > 0
                 || self.resync != Resync::Done)
@@ -290,43 +341,111 @@ impl Replicator {
                 Op::Close(_) => None,
             })
             .collect();
-        let replicated = writes.iter().filter(|(_, whole)| *whole).count();
-        let outcome = if self.shared.is_up() {
-            self.within_timeout(writes).await
+        let outcomes = if self.shared.is_up() {
+            self.commit_writes(writes).await
         } else {
-            Err(format!(
-                "database unavailable: {}",
-                self.shared.last_error()
-            ))
+            let down = format!("database unavailable: {}", self.shared.last_error());
+            writes
+                .iter()
+                .map(|(id, _)| (*id, Err(down.clone())))
+                .collect()
         };
+        let mut replicated = 0;
         for op in work {
             match op {
-                Op::Upload {
-                    done: Some(done), ..
-                } => {
-                    // The store decides (mark or refuse); a dropped receiver
-                    // (the store stopped waiting) is the store's timeout.
-                    let _ = done.send(outcome.clone());
-                }
-                Op::Upload { id, done: None } => {
-                    if outcome.is_err() {
-                        if let Err(err) = self.shared.marks.mark(id) {
-                            tracing::error!(queue_id = %id, error = %err, "cluster: cannot mark the message unreplicated; the start-up pass will find it");
+                Op::Upload { id, done } => {
+                    let outcome = outcomes.get(&id).cloned().unwrap_or(Ok(()));
+                    replicated += usize::from(outcome.is_ok());
+                    match done {
+                        // The store decides (mark or refuse); a dropped
+                        // receiver (the store stopped waiting) is the
+                        // store's timeout.
+                        Some(done) => {
+                            let _ = done.send(outcome);
                         }
+                        None if outcome.is_err() => {
+                            if let Err(err) = self.shared.marks.mark(id) {
+                                tracing::error!(queue_id = %id, error = %err, "cluster: cannot mark the message unreplicated; the start-up pass will find it");
+                            }
+                        }
+                        None => {}
                     }
                 }
                 Op::Sync(id) => {
-                    if outcome.is_err() {
+                    if outcomes.get(&id).is_some_and(|o| o.is_err()) {
                         self.pending.insert(id);
                     }
                 }
                 Op::Close(_) => {}
             }
         }
-        if outcome.is_ok() {
-            crate::metrics::get()
-                .cluster_replicated
-                .inc_by(replicated as u64);
+        crate::metrics::get()
+            .cluster_replicated
+            .inc_by(replicated as u64);
+    }
+
+    /// Commit `writes` in one transaction; when the database refuses a row,
+    /// again one message per transaction, so that only the refused ones
+    /// fail (see the module doc). The outcome per message.
+    async fn commit_writes(
+        &mut self,
+        writes: Vec<(QueueId, bool)>,
+    ) -> HashMap<QueueId, Result<(), String>> {
+        let mut outcomes = HashMap::new();
+        match self.within_timeout(writes.clone()).await {
+            Ok(()) => {
+                for (id, _) in &writes {
+                    self.forgive(*id);
+                }
+                outcomes.extend(writes.iter().map(|(id, _)| (*id, Ok(()))));
+            }
+            Err(WriteError::Down(why)) => {
+                outcomes.extend(writes.iter().map(|(id, _)| (*id, Err(why.clone()))));
+            }
+            Err(WriteError::Refused(why)) => {
+                tracing::warn!(messages = writes.len(), error = %why, "cluster: the database refused a row of a batch; writing its messages one by one");
+                let mut down: Option<String> = None;
+                for (id, whole) in writes {
+                    if let Some(why) = &down {
+                        outcomes.insert(id, Err(why.clone()));
+                        continue;
+                    }
+                    let outcome = match self.within_timeout(vec![(id, whole)]).await {
+                        Ok(()) => {
+                            self.forgive(id);
+                            Ok(())
+                        }
+                        Err(WriteError::Down(why)) => {
+                            down = Some(why.clone());
+                            Err(why)
+                        }
+                        Err(refused @ WriteError::Refused(_)) => {
+                            tracing::error!(queue_id = %id, error = %refused.text(), "cluster: the database refuses this message's row; it stays on this node only, tried again in 5 minutes");
+                            if self
+                                .refused
+                                .insert(id, Instant::now() + REFUSED_RETRY)
+                                .is_none()
+                            {
+                                self.shared.refused.fetch_add(1, Ordering::AcqRel);
+                            }
+                            Err(refused.text())
+                        }
+                    };
+                    // One message written twice in a batch: any failure counts.
+                    let entry = outcomes.entry(id).or_insert(Ok(()));
+                    if entry.is_ok() {
+                        *entry = outcome;
+                    }
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// The database took the row of a message it refused before.
+    fn forgive(&mut self, id: QueueId) {
+        if self.refused.remove(&id).is_some() {
+            self.shared.refused.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -335,10 +454,10 @@ impl Replicator {
     /// down. `(id, whole)`: whole = write the whole row (a new message, or
     /// a reconciliation: the row may be missing, and a written row version
     /// makes the commit wait for the standby), else only its state.
-    async fn within_timeout(&mut self, writes: Vec<(QueueId, bool)>) -> Result<(), String> {
+    async fn within_timeout(&mut self, writes: Vec<(QueueId, bool)>) -> Result<(), WriteError> {
         let limit = self.shared.config.commit_timeout;
         let result = match self.connection.as_mut() {
-            None => Err("not connected".to_string()),
+            None => Err(WriteError::Down("not connected".to_string())),
             Some(connection) => {
                 let cancel = connection.client.cancel_token();
                 let shared = self.shared.clone();
@@ -352,7 +471,8 @@ impl Replicator {
                 };
                 match tokio::time::timeout(limit, work).await {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(err)) => Err(err.to_string()),
+                    Ok(Err(err)) if is_refusal(&err) => Err(WriteError::Refused(err.to_string())),
+                    Ok(Err(err)) => Err(WriteError::Down(err.to_string())),
                     Err(_) => {
                         // The server may go on waiting for the standby; the
                         // connection is dropped either way.
@@ -363,17 +483,19 @@ impl Replicator {
                             )
                             .await;
                         });
-                        Err(format!(
+                        Err(WriteError::Down(format!(
                             "no commit within {} (a synchronous standby missing?)",
                             humantime::format_duration(limit)
-                        ))
+                        )))
                     }
                 }
             }
         };
         match &result {
-            Ok(()) => self.shared.set_up(),
-            Err(err) => {
+            // A refusal is an answer: the database is up, the connection
+            // fine (the failed transaction was rolled back).
+            Ok(()) | Err(WriteError::Refused(_)) => self.shared.set_up(),
+            Err(WriteError::Down(err)) => {
                 self.connection = None;
                 self.next_probe = Instant::now() + PROBE_EVERY;
                 self.shared.set_down(err.clone());
@@ -431,7 +553,7 @@ impl Replicator {
             Ok(Ok(_)) => self.shared.set_up(),
             Ok(Err(err)) => {
                 self.connection = None;
-                self.shared.set_down(err.to_string());
+                self.shared.set_down(super::describe(&err));
             }
             Err(_) => {
                 tokio::spawn(async move {
@@ -448,34 +570,53 @@ impl Replicator {
         }
     }
 
-    /// Up to a chunk of the messages to reconcile: marked, then pending.
-    fn reconcile_ids(&self) -> Vec<QueueId> {
+    /// Up to a chunk of the messages to reconcile: marked, then pending;
+    /// not those the database refused a moment ago.
+    fn reconcile_ids(&mut self) -> Vec<QueueId> {
+        let now = Instant::now();
+        let waiting = |id: &QueueId| self.refused.get(id).is_some_and(|until| *until > now);
         let mut ids: Vec<QueueId> = match self.shared.marks.unreplicated() {
-            Ok(marked) => marked.into_iter().take(RECONCILE_CHUNK).collect(),
+            Ok(marked) => marked
+                .into_iter()
+                .filter(|id| !waiting(id))
+                .take(RECONCILE_CHUNK)
+                .collect(),
             Err(err) => {
                 tracing::error!(error = %err, "cluster: cannot list the unreplicated marks");
                 Vec::new()
             }
         };
         let room = RECONCILE_CHUNK.saturating_sub(ids.len());
-        ids.extend(self.pending.iter().take(room).copied());
+        ids.extend(
+            self.pending
+                .iter()
+                .filter(|id| !waiting(id))
+                .take(room)
+                .copied(),
+        );
         ids.sort();
         ids.dedup();
+        let all_refused = ids.is_empty()
+            && (!self.pending.is_empty() || self.shared.marks.unreplicated_count() > 0);
+        self.quiet_until = all_refused.then(|| now + PROBE_EVERY);
         ids
     }
 
     async fn reconcile(&mut self, ids: Vec<QueueId>) {
         let writes = ids.iter().map(|id| (*id, true)).collect();
-        if self.within_timeout(writes).await.is_ok() {
-            for id in &ids {
+        let outcomes = self.commit_writes(writes).await;
+        let mut done = 0;
+        for id in &ids {
+            if outcomes.get(id).is_some_and(|o| o.is_ok()) {
                 self.shared.marks.clear(*id);
                 self.pending.remove(id);
+                done += 1;
             }
-            crate::metrics::get()
-                .cluster_replicated
-                .inc_by(ids.len() as u64);
+        }
+        if done > 0 {
+            crate::metrics::get().cluster_replicated.inc_by(done as u64);
             tracing::info!(
-                messages = ids.len(),
+                messages = done,
                 still_unreplicated = self.shared.marks.unreplicated_count(),
                 "cluster: reconciled messages with the database"
             );

@@ -46,6 +46,9 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (address, queue_id)
     );
     CREATE INDEX breakwater_recipients_message ON breakwater_recipients (queue_id);",
+    // 2: messages in queue-ID order for the readers' pages (a ULID's text
+    // sorts as the ID only byte by byte, whatever the database's collation).
+    "CREATE INDEX breakwater_messages_order ON breakwater_messages (queue_id COLLATE \"C\");",
 ];
 
 /// The schema version this build reads and writes.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::delivery::DeliveryHandle;
 use crate::envelope::{now_ms, QueueId};
-use crate::spool::{Spool, SpoolError, SpooledMessage};
+use crate::spool::{SpoolError, SpooledMessage, View};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,7 +142,7 @@ const SUBJECT_SCAN_BATCH: usize = 256;
 /// Subject term reads each candidate's header section, so it is checked
 /// last, only for messages that match everything else.
 pub async fn select(
-    spool: &Spool,
+    spool: &View,
     filter: &Compiled,
     delivery: Option<&DeliveryHandle>,
     after: Option<QueueId>,
@@ -186,7 +186,7 @@ pub async fn select(
 /// instead of the whole spool, where a page for an address with 98 of a
 /// million messages read all million entries.
 async fn select_for_recipient(
-    spool: &Spool,
+    spool: &View,
     filter: &Compiled,
     delivery: Option<&DeliveryHandle>,
     recipient: &str,
@@ -249,6 +249,7 @@ mod tests {
     use super::*;
     use crate::config::SpoolConfig;
     use crate::envelope::Envelope;
+    use crate::spool::Spool;
 
     async fn put(spool: &Spool, subject: &str, to: &str) -> QueueId {
         let mut body = spool.new_body();
@@ -262,7 +263,9 @@ mod tests {
         let compiled = filter.compile().unwrap();
         let (mut seen, mut after) = (Vec::new(), None);
         loop {
-            let (page, next) = select(spool, &compiled, None, after, limit).await.unwrap();
+            let (page, next) = select(&spool.this_node(), &compiled, None, after, limit)
+                .await
+                .unwrap();
             assert!(page.len() <= limit);
             seen.extend(page.iter().map(|m| m.id));
             match next {

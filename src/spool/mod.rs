@@ -9,7 +9,10 @@
 //! - [`SpoolStore`] is where mail is kept, with its contract (what is
 //!   durable, atomic or only a hint) written once in `store`. Today's one
 //!   implementation is [`SegmentStore`]: append-only segment files with a
-//!   sled index on this node's disk (layout in `segments`).
+//!   sled index on this node's disk (layout in `segments`); a cluster
+//!   node's is `cluster::ReplicatedStore`.
+//! - [`View`] (`view`) is the read-only half for readers, over this node's
+//!   mail or, in a cluster, every node's ([`Spool::everywhere`]).
 //!
 //! Durability at `250`: [`Spool::enqueue`] returns only once the store has
 //! made the message durable; the SMTP layer answers 250 only after that.
@@ -19,6 +22,7 @@ mod census;
 mod segments;
 mod space;
 mod store;
+mod view;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +36,7 @@ pub use census::{Census, CensusCounts, CensusSnapshot, Destination};
 pub use segments::{OpenReport, SegmentStore};
 pub use space::{is_storage_full, Shortage};
 pub use store::{Maintenance, SpoolStore, StateUpdate};
+pub use view::{OtherNodes, View};
 
 use crate::config::SpoolConfig;
 use crate::envelope::{Envelope, MessageState, QueueId};
@@ -94,6 +99,8 @@ pub struct Spool {
     removed: Arc<Mutex<HashMap<QueueId, String>>>,
     /// Arrivals and removals, for followers such as the web's search index.
     events: tokio::sync::broadcast::Sender<SpoolEvent>,
+    /// In a cluster, the other nodes' mail, for readers ([`Spool::everywhere`]).
+    others: Option<Arc<dyn OtherNodes>>,
 }
 
 /// A message came into or left the spool (see [`Spool::subscribe`]).
@@ -124,6 +131,16 @@ impl Spool {
             work: Arc::new(tokio::sync::Notify::new()),
             removed: Arc::new(Mutex::new(HashMap::new())),
             events: tokio::sync::broadcast::channel(EVENTS_BUFFERED).0,
+            others: None,
+        }
+    }
+
+    /// The API over a cluster node's store, whose readers also see what the
+    /// other nodes hold ([`Spool::everywhere`]).
+    pub fn with_other_nodes(store: Arc<dyn SpoolStore>, others: Arc<dyn OtherNodes>) -> Spool {
+        Spool {
+            others: Some(others),
+            ..Spool::new(store)
         }
     }
 

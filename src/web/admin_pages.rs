@@ -82,8 +82,9 @@ pub async fn spool(
         .after
         .as_deref()
         .and_then(|a| a.parse::<QueueId>().ok());
+    // This node's mail: the page's actions act on what this node holds.
     let result = filter::select(
-        &state.spool,
+        &state.spool.this_node(),
         &compiled,
         state.delivery.as_ref(),
         after,

@@ -196,6 +196,7 @@ const TEXT: &[(&str, &str, &str)] = &[
     ("mailbox.empty", "No messages are waiting here for you.", "ここに保管されているメッセージはありません。"),
     ("mailbox.search", "Search subject, sender, text", "件名・差出人・本文を検索"),
     ("mailbox.search_button", "Search", "検索"),
+    ("mailbox.partial", "Mail held by the other Breakwater servers cannot be shown right now (their shared database does not answer); this list has only this server's. Try again in a minute.", "他の Breakwater サーバーが保管しているメールは現在表示できません（共有データベースが応答しません）。この一覧はこのサーバーのメールのみです。しばらくしてから再度お試しください。"),
     ("mailbox.search_building", "The search index is still being built: this search read every message, and may have been slow.", "検索インデックスを作成中のため、すべてのメッセージを読んで検索しました（時間がかかることがあります）。"),
     ("mailbox.count", "{} messages", "{} 件"),
     ("mailbox.newer", "Newer", "新しい"),

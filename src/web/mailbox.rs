@@ -30,16 +30,25 @@ pub struct ListQuery {
     page: usize,
 }
 
-/// Every message addressed to the viewer, newest first.
+/// Every message addressed to the viewer, newest first (every node's in a
+/// cluster), and those this node holds (the ones its search index knows).
 async fn mailbox_ids(
     state: &WebState,
     viewer: &Viewer,
-) -> Result<Vec<QueueId>, crate::spool::SpoolError> {
+) -> Result<(Vec<QueueId>, HashSet<QueueId>), crate::spool::SpoolError> {
+    let mail = state.mail();
     let mut ids = BTreeSet::new();
+    let mut here = HashSet::new();
     for address in viewer.account.addresses() {
-        ids.extend(state.spool.ids_for_recipient(address).await?);
+        ids.extend(mail.ids_for_recipient(address).await?);
+        if mail.spans_nodes() {
+            here.extend(state.spool.ids_for_recipient(address).await?);
+        }
     }
-    Ok(ids.into_iter().rev().collect())
+    if !mail.spans_nodes() {
+        here.extend(ids.iter().copied());
+    }
+    Ok((ids.into_iter().rev().collect(), here))
 }
 
 /// What the status badge says, from the viewer's own recipients' states.
@@ -96,7 +105,7 @@ fn indexed_search(
 async fn scan_search(state: &WebState, ids: Vec<QueueId>, needle: &str) -> Vec<QueueId> {
     let mut matching = Vec::new();
     for id in ids {
-        let summary = state.summaries.get(&state.spool, id).await;
+        let summary = state.summaries.get(&state.mail(), id).await;
         if summary.is_some_and(|s| s.search_text.contains(needle)) {
             matching.push(id);
         }
@@ -113,7 +122,7 @@ pub async fn list(
     let needle = query.q.trim().to_lowercase();
     let page_size = state.config.page_size;
     let result = async {
-        let ids = mailbox_ids(&state, &viewer).await?;
+        let (ids, here) = mailbox_ids(&state, &viewer).await?;
         let mut scanned = false;
         let matching: Vec<QueueId> = if needle.is_empty() {
             ids
@@ -124,9 +133,11 @@ pub async fn list(
                     for id in ids {
                         if found.contains(&id) {
                             matching.push(id);
-                        } else if waiting.contains(&id) {
-                            // Arrived a moment ago, not in the index yet.
-                            let summary = state.summaries.get(&state.spool, id).await;
+                        } else if waiting.contains(&id) || !here.contains(&id) {
+                            // Arrived a moment ago, not in the index yet, or
+                            // on another node (the index follows this one's
+                            // spool): checked one by one.
+                            let summary = state.summaries.get(&state.mail(), id).await;
                             if summary.is_some_and(|s| search::matches(&s.search_text, &needle)) {
                                 matching.push(id);
                             }
@@ -143,10 +154,10 @@ pub async fn list(
         let total = matching.len();
         let mut rows = Vec::new();
         for id in matching.iter().skip(query.page * page_size).take(page_size) {
-            let Ok(Some(message)) = state.spool.get(*id).await else {
+            let Ok(Some(message)) = state.mail().get(*id).await else {
                 continue;
             };
-            if let Some(summary) = state.summaries.get(&state.spool, *id).await {
+            if let Some(summary) = state.summaries.get(&state.mail(), *id).await {
                 rows.push((message, summary));
             }
         }
@@ -180,6 +191,9 @@ pub async fn list(
         p.count { (fill(lang.t("mailbox.count"), &[&total.to_string()])) }
         @if scanned && state.search.as_ref().is_some_and(|index| !index.is_caught_up()) {
             p.note.search-building { (lang.t("mailbox.search_building")) }
+        }
+        @if state.mail().is_partial() {
+            p.note.partial role="status" { (lang.t("mailbox.partial")) }
         }
         @if rows.is_empty() {
             p.empty { (lang.t("mailbox.empty")) }
@@ -237,7 +251,7 @@ pub(super) async fn open(
 ) -> Result<(SpooledMessage, Access, Vec<u8>), Response> {
     let not_found = || pages::not_found(viewer.lang);
     let id: QueueId = id.parse().map_err(|_| not_found())?;
-    let message = match state.spool.get(id).await {
+    let message = match state.mail().get(id).await {
         Ok(Some(message)) => message,
         Ok(None) => return Err(not_found()),
         Err(err) => return Err(pages::internal_error(viewer.lang, err)),
@@ -280,7 +294,7 @@ fn audit_view(
 }
 
 async fn read_raw(state: &WebState, lang: Lang, id: QueueId) -> Result<Vec<u8>, Response> {
-    state.spool.read_body(id).await.map_err(|err| match err {
+    state.mail().read_body(id).await.map_err(|err| match err {
         crate::spool::SpoolError::NotFound(_) => pages::not_found(lang),
         other => pages::internal_error(lang, other),
     })

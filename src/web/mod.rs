@@ -83,6 +83,12 @@ pub struct WebState {
 }
 
 impl WebState {
+    /// What the reader shows: every node's mail in a cluster, this node's
+    /// otherwise (`spool::View`).
+    pub fn mail(&self) -> crate::spool::View {
+        self.spool.everywhere()
+    }
+
     pub fn new(
         config: WebConfig,
         spool: Spool,

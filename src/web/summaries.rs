@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use super::render::{self, Summary};
 use crate::envelope::QueueId;
-use crate::spool::Spool;
+use crate::spool::View;
 
 const MAX_ENTRIES: usize = 200_000;
 /// Bytes of a message read to summarise it (headers, preview, early parts).
@@ -22,10 +22,10 @@ const SUMMARY_SCAN: usize = 2 * 1024 * 1024;
 
 /// Read and decode a message's summary (not cached). None when it is no
 /// longer in the spool.
-pub async fn summarize(spool: &Spool, id: QueueId) -> Option<Summary> {
+pub async fn summarize(mail: &View, id: QueueId) -> Option<Summary> {
     // The head is enough for subject, sender, date, preview and which
     // attachments start early; a huge message is never read whole here.
-    let raw = spool.read_head(id, SUMMARY_SCAN).await.ok()?;
+    let raw = mail.read_head(id, SUMMARY_SCAN).await.ok()?;
     Some(crate::fsutil::run_blocking(|| render::summarize(&raw)))
 }
 
@@ -66,11 +66,11 @@ impl SummaryCache {
 
     /// The summary of a message, decoding it on first use. None when it is
     /// no longer in the spool.
-    pub async fn get(&self, spool: &Spool, id: QueueId) -> Option<Arc<Summary>> {
+    pub async fn get(&self, mail: &View, id: QueueId) -> Option<Arc<Summary>> {
         if let Some(summary) = self.map.lock().expect("summary lock").get(&id) {
             return Some(summary.clone());
         }
-        let summary = Arc::new(summarize(spool, id).await?);
+        let summary = Arc::new(summarize(mail, id).await?);
         use std::sync::atomic::Ordering;
         let mut map = self.map.lock().expect("summary lock");
         let size = summary_bytes(&summary);
@@ -114,7 +114,7 @@ mod tests {
             dir: dir.path().join("spool"),
             ..crate::config::SpoolConfig::default()
         };
-        let (spool, _) = Spool::open(&config).unwrap();
+        let (spool, _) = crate::spool::Spool::open(&config).unwrap();
         let text = "word ".repeat(8 * 1024);
         let mut ids = Vec::new();
         for i in 0..40 {
@@ -135,7 +135,7 @@ mod tests {
         let mut peak = 0;
         for round in 0..3 {
             for id in &ids {
-                cache.get(&spool, *id).await.unwrap();
+                cache.get(&spool.everywhere(), *id).await.unwrap();
                 peak = peak.max(cache.held_bytes());
             }
             let _ = round;

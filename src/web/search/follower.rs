@@ -132,7 +132,8 @@ async fn add(
     spool: &Spool,
     message: &SpooledMessage,
 ) -> Result<bool, super::SearchError> {
-    let Some(summary) = super::super::summaries::summarize(spool, message.id).await else {
+    let Some(summary) = super::super::summaries::summarize(&spool.this_node(), message.id).await
+    else {
         return Ok(false);
     };
     index.add(&Indexed {
